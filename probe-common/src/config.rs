@@ -1,0 +1,117 @@
+//! Load-time configuration: struct offsets resolved from the running kernel's BTF, and the
+//! runtime role switches user space flips once it knows which hooks attached.
+//!
+//! Offsets are never compiled in: rustc emits no CO-RE relocations, so user space reads
+//! /sys/kernel/btf/vmlinux, fills [`Config`] and writes it into the read-only global
+//! `CONFIG` of the eBPF object before loading it.
+
+/// Byte offsets inside kernel structs; `u32::MAX` means "not found in this kernel's BTF".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// `struct sock_common`: `skc_daddr`, `skc_rcv_saddr`, `skc_dport`, `skc_num`.
+    pub sk_daddr: u32,
+    pub sk_rcv_saddr: u32,
+    pub sk_dport: u32,
+    pub sk_num: u32,
+    pub sk_family: u32,
+    pub sk_state: u32,
+    /// `skc_net.net`: the `struct net *` of the socket's namespace.
+    pub sk_net: u32,
+    pub sk_v6_daddr: u32,
+    pub sk_v6_rcv_saddr: u32,
+    /// `skc_nulls_node.pprev`: NULL once the socket left the established hash table.
+    pub sk_nulls_pprev: u32,
+    /// `struct sock::sk_err`.
+    pub sk_err: u32,
+    /// `struct sock::sk_protocol` (a u16 since Linux 5.6; `u32::MAX` when it is a bitfield).
+    pub sk_protocol: u32,
+    /// `struct net::ns.inum`: the namespace inode number `ls -l /proc/PID/ns/net` shows.
+    pub net_ns_inum: u32,
+    /// fd → socket walk: `task_struct::files`, `files_struct::fdt`, `fdtable::{fd,max_fds}`,
+    /// `file::private_data`, `socket::{type,sk}`.
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdt_fd: u32,
+    pub fdt_max_fds: u32,
+    pub file_private_data: u32,
+    pub socket_type: u32,
+    pub socket_sk: u32,
+    /// `task_struct::signal` and `signal_struct::rlim` (RLIMIT_NOFILE is read from there).
+    pub task_signal: u32,
+    pub signal_rlim: u32,
+    /// `struct pt_regs::orig_ax` (x86_64): the syscall number at raw `sys_exit`.
+    pub regs_syscall_nr: u32,
+    /// Events per second and per (process, kind) sent through the ring buffer; the rest are
+    /// only counted (the counters stay exact).
+    pub events_per_sec: u32,
+}
+
+pub const OFFSET_MISSING: u32 = u32::MAX;
+
+impl Config {
+    pub const fn missing() -> Self {
+        let m = OFFSET_MISSING;
+        Config {
+            sk_daddr: m,
+            sk_rcv_saddr: m,
+            sk_dport: m,
+            sk_num: m,
+            sk_family: m,
+            sk_state: m,
+            sk_net: m,
+            sk_v6_daddr: m,
+            sk_v6_rcv_saddr: m,
+            sk_nulls_pprev: m,
+            sk_err: m,
+            sk_protocol: m,
+            net_ns_inum: m,
+            task_files: m,
+            files_fdt: m,
+            fdt_fd: m,
+            fdt_max_fds: m,
+            file_private_data: m,
+            socket_type: m,
+            socket_sk: m,
+            task_signal: m,
+            signal_rlim: m,
+            regs_syscall_nr: m,
+            events_per_sec: 20,
+        }
+    }
+}
+
+/// Indexes into the `ROLES` array map. A value of 1 switches that piece of logic on.
+///
+/// Several signals share one hook (`inet_sock_set_state` serves port failures, TIME_WAIT and
+/// asynchronous connect outcomes), and which of them that hook must handle depends on what
+/// else attached: user space decides after attaching and writes these switches.
+pub mod role {
+    /// Port-assignment failures are detected from SYN_SENT→CLOSE during connect() (no fexit).
+    pub const PORT_VIA_SET_STATE: u32 = 0;
+    /// TIME_WAIT creation is detected from FIN_WAIT*/CLOSING→CLOSE with the socket unhashed.
+    pub const TW_VIA_SET_STATE: u32 = 1;
+    /// connect() outcomes are tracked (synchronous and asynchronous).
+    pub const CONNECT: u32 = 2;
+    /// fd-allocation failures come from the raw `sys_exit` tracepoint.
+    pub const FD_VIA_SYS_EXIT: u32 = 3;
+    /// fd-allocation failures come from fexit (the sys_exit program must stay quiet).
+    pub const FD_VIA_FEXIT: u32 = 4;
+    pub const COUNT: u32 = 8;
+}
+
+/// Indexes into the per-CPU `STATS` array: things user space must report, never hide.
+pub mod stat {
+    /// A failure event did not fit in the ring buffer (user space too slow).
+    pub const EVENTS_DROPPED: u32 = 0;
+    /// A counter could not be created because the counter map was full.
+    pub const COUNTER_MAP_FULL: u32 = 1;
+    /// A socket owner could not be recorded.
+    pub const OWNER_MAP_FULL: u32 = 2;
+    /// An in-flight connect could not be recorded (per-thread map full).
+    pub const INFLIGHT_MAP_FULL: u32 = 3;
+    pub const COUNT: u32 = 8;
+}
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for Config {}

@@ -1,0 +1,44 @@
+//! Per-process counters, kept in the kernel in a per-CPU hash map and summed in user space.
+
+/// Key of the `COUNTS` map: one counter per process, kind and detail.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CountKey {
+    /// Thread-group id (the pid users see); 0 = owner unknown (see [`UNATTRIBUTED`]).
+    pub tgid: u32,
+    /// One of [`kind`].
+    pub kind: u16,
+    /// Detail: the errno for connect errors, else 0.
+    pub aux: u16,
+}
+
+/// Counts charged to a socket whose owner was never recorded (it was created before
+/// conntrace started, or its owner record was evicted).
+pub const UNATTRIBUTED: u32 = 0;
+
+pub mod kind {
+    /// connect() on a TCP socket (a new attempt, not a re-poll of a pending one).
+    pub const CONNECT_ATTEMPT: u16 = 1;
+    /// connect() returned 0.
+    pub const CONNECT_OK: u16 = 2;
+    /// connect() failed synchronously; aux = errno.
+    pub const CONNECT_ERROR: u16 = 3;
+    /// A non-blocking connect (EINPROGRESS) reached ESTABLISHED.
+    pub const CONNECT_ASYNC_OK: u16 = 4;
+    /// A non-blocking connect failed later; aux = errno (sk_err, or ECANCELED when the
+    /// application closed it before it completed).
+    pub const CONNECT_ASYNC_ERROR: u16 = 5;
+    /// Ephemeral port assignment failed (inet_hash_connect returned -EADDRNOTAVAIL).
+    pub const PORT_ASSIGN_FAILURE: u16 = 6;
+    /// A TIME_WAIT (timewait) socket was created for a socket this process owned.
+    pub const TIME_WAIT: u16 = 7;
+    /// inet_twsk_alloc failed (tcp_max_tw_buckets reached); fexit mode only.
+    pub const TW_OVERFLOW: u16 = 8;
+    /// fd allocation failed with EMFILE (RLIMIT_NOFILE).
+    pub const EMFILE: u16 = 9;
+    /// file allocation failed with ENFILE (fs.file-max).
+    pub const ENFILE: u16 = 10;
+}
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for CountKey {}

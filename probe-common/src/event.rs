@@ -1,0 +1,53 @@
+//! Failure events sent to user space through the ring buffer (failures only: successes are
+//! just counted).
+
+use crate::COMM_LEN;
+
+pub mod kind {
+    pub const PORT_ASSIGN_FAILURE: u16 = 1;
+    pub const EMFILE: u16 = 2;
+    pub const ENFILE: u16 = 3;
+    pub const CONNECT_ERROR: u16 = 4;
+}
+
+/// `Event::flags` bits.
+pub mod flag {
+    /// The connect failed after connect() returned EINPROGRESS.
+    pub const ASYNC: u32 = 1;
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// bpf_ktime_get_ns() (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+    /// RLIMIT_NOFILE in force for EMFILE; 0 otherwise.
+    pub limit: u64,
+    pub kind: u16,
+    /// AF_INET / AF_INET6 for network events, 0 otherwise.
+    pub family: u16,
+    /// Positive errno.
+    pub errno: u16,
+    /// Destination port, host byte order.
+    pub dport: u16,
+    /// Source port, host byte order (0 when none was assigned).
+    pub sport: u16,
+    pub _pad: u16,
+    /// Process (thread-group) id and thread id.
+    pub pid: u32,
+    pub tid: u32,
+    /// Network namespace inode number; 0 if unknown.
+    pub netns: u32,
+    /// Syscall number for fd failures seen at sys_exit; -1 if not known.
+    pub syscall_nr: i32,
+    pub flags: u32,
+    /// Events of the same process and kind not sent since the previous one (rate limit).
+    pub suppressed: u32,
+    /// Network order; IPv4 in the first 4 bytes.
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub comm: [u8; COMM_LEN],
+}
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for Event {}

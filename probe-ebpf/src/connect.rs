@@ -1,0 +1,244 @@
+//! connect() outcomes and port-assignment failures seen from connect().
+//!
+//! `enter` runs at connect() entry (sys_enter_connect or fentry/inet_stream_connect),
+//! `exit` at its return, `transition` on SYN_SENT→ESTABLISHED/CLOSE. The outcome of a
+//! non-blocking connect is counted when the state changes; a state change seen while
+//! connect() still runs (loopback handshakes complete inside connect()) is parked in the
+//! owner record and settled at `exit`, so each attempt is counted exactly once.
+
+use aya_ebpf::maps::ring_buf::RingBufEntry;
+use probe_common::{
+    config::{role, stat},
+    counters::kind,
+    event::{self, Event},
+    sock::{pending, phase, tcp_state, Inflight, SockOwner},
+    COMM_LEN,
+};
+
+use crate::{
+    count::{bump, current, current_comm, new_event},
+    kernel::{read_sockaddr, sk_addrs, sk_err, sk_family, sk_is_tcp, sk_netns, sk_ports, sk_state},
+    maps::{role_on, stat_inc, INFLIGHT, OWNERS},
+};
+
+const EADDRNOTAVAIL: u16 = 99;
+const EINPROGRESS: u16 = 115;
+const ECANCELED: u16 = 125;
+/// ERESTARTSYS..ERESTART_RESTARTBLOCK (include/linux/errno.h): the syscall is restarted and
+/// the connection goes on, as with EINPROGRESS.
+const ERESTART_MIN: u16 = 512;
+const ERESTART_MAX: u16 = 516;
+
+#[inline(always)]
+pub fn enter(sk: u64, sockaddr: u64, user_sockaddr: bool) {
+    if !role_on(role::CONNECT) || !sk_is_tcp(sk) {
+        return;
+    }
+    let (tgid, tid) = current();
+    let mut inf = Inflight {
+        sk,
+        repoll: 0,
+        closed_in_connect: 0,
+        port_event_sent: 0,
+        _pad: [0; 1],
+        family: 0,
+        dport: 0,
+        sport: 0,
+        _pad2: 0,
+        netns: 0,
+        saddr: [0; 16],
+        daddr: [0; 16],
+    };
+    let (family, dport) = read_sockaddr(sockaddr, user_sockaddr, &mut inf.daddr);
+    inf.family = family;
+    inf.dport = dport;
+    // A second connect() on a socket whose non-blocking connect is already tracked only
+    // polls it (EALREADY, or the final result): not a new attempt.
+    if let Some(o) = OWNERS.get_ptr(&sk) {
+        let p = unsafe { (*o).phase };
+        if p == phase::ASYNC_PENDING || p == phase::ASYNC_DONE {
+            inf.repoll = 1;
+        }
+    }
+    if inf.repoll == 0 {
+        let owner = SockOwner {
+            tgid,
+            phase: phase::IN_CONNECT,
+            pending: pending::NONE,
+            pending_err: 0,
+            comm: current_comm(),
+        };
+        if OWNERS.insert(&sk, &owner, 0).is_err() {
+            stat_inc(stat::OWNER_MAP_FULL);
+        }
+    }
+    if INFLIGHT.insert(&tid, &inf, 0).is_err() {
+        stat_inc(stat::INFLIGHT_MAP_FULL);
+    }
+}
+
+#[inline(always)]
+pub fn exit(ret: i64) {
+    let (tgid, tid) = current();
+    let Some(p) = INFLIGHT.get_ptr(&tid) else {
+        return;
+    };
+    let inf = unsafe { *p };
+    let _ = INFLIGHT.remove(&tid);
+    if inf.repoll == 1 {
+        return;
+    }
+    let sk = inf.sk;
+    let comm = current_comm();
+    bump(tgid, kind::CONNECT_ATTEMPT, 0, &comm);
+    let owner = OWNERS.get_ptr_mut(&sk);
+    if ret == 0 {
+        bump(tgid, kind::CONNECT_OK, 0, &comm);
+        if let Some(o) = owner {
+            unsafe { (*o).phase = phase::SYNC_DONE };
+        }
+        return;
+    }
+    let err = (-ret) as u16;
+    if err == EINPROGRESS || (ERESTART_MIN..=ERESTART_MAX).contains(&err) {
+        if let Some(o) = owner {
+            let o = unsafe { &mut *o };
+            match o.pending {
+                pending::ESTABLISHED => {
+                    bump(tgid, kind::CONNECT_ASYNC_OK, 0, &comm);
+                    o.phase = phase::ASYNC_DONE;
+                }
+                pending::FAILED => {
+                    let e = o.pending_err;
+                    async_failed(sk, tgid, e, &comm);
+                    let _ = OWNERS.remove(&sk);
+                }
+                _ => o.phase = phase::ASYNC_PENDING,
+            }
+        }
+        return;
+    }
+    bump(tgid, kind::CONNECT_ERROR, err, &comm);
+    let port_failure = err == EADDRNOTAVAIL && inf.closed_in_connect == 1;
+    if port_failure && role_on(role::PORT_VIA_SET_STATE) {
+        bump(tgid, kind::PORT_ASSIGN_FAILURE, 0, &comm);
+        if let Some(mut e) = new_event(event::kind::PORT_ASSIGN_FAILURE, tgid, tid, err, &comm) {
+            fill_from_inflight(&mut e, &inf);
+            e.submit(0);
+        }
+    } else if !(err == EADDRNOTAVAIL && inf.port_event_sent == 1) {
+        if let Some(mut e) = new_event(event::kind::CONNECT_ERROR, tgid, tid, err, &comm) {
+            fill_from_inflight(&mut e, &inf);
+            let ev = unsafe { e.assume_init_mut() };
+            let (sport, _) = sk_ports(sk);
+            ev.sport = sport;
+            ev.netns = sk_netns(sk);
+            sk_addrs(sk, inf.family, &mut ev.saddr, None);
+            e.submit(0);
+        }
+    }
+    // A failed connect leaves the socket in CLOSE (no later transition removes the owner).
+    if sk_state(sk) as i32 == tcp_state::CLOSE {
+        let _ = OWNERS.remove(&sk);
+    } else if let Some(o) = owner {
+        unsafe { (*o).phase = phase::SYNC_DONE };
+    }
+}
+
+#[inline(always)]
+fn fill_from_inflight(e: &mut RingBufEntry<Event>, inf: &Inflight) {
+    let ev = unsafe { e.assume_init_mut() };
+    ev.family = inf.family;
+    ev.dport = inf.dport;
+    ev.sport = inf.sport;
+    ev.netns = inf.netns;
+    ev.saddr = inf.saddr;
+    ev.daddr = inf.daddr;
+}
+
+/// Counts a non-blocking connect that failed: `err` is sk_err at the SYN_SENT→CLOSE change
+/// (tcp_reset/tcp_write_err set it before tcp_done), 0 when the application closed it first.
+#[inline(always)]
+fn async_failed(sk: u64, tgid: u32, err: u16, comm: &[u8; COMM_LEN]) {
+    let err = if err == 0 { ECANCELED } else { err };
+    bump(tgid, kind::CONNECT_ASYNC_ERROR, err, comm);
+    if let Some(mut e) = new_event(event::kind::CONNECT_ERROR, tgid, 0, err, comm) {
+        let ev = unsafe { e.assume_init_mut() };
+        ev.flags = event::flag::ASYNC;
+        let family = sk_family(sk);
+        ev.family = family;
+        let (sport, dport) = sk_ports(sk);
+        ev.sport = sport;
+        ev.dport = dport;
+        ev.netns = sk_netns(sk);
+        sk_addrs(sk, family, &mut ev.saddr, Some(&mut ev.daddr));
+        e.submit(0);
+    }
+}
+
+/// SYN_SENT → ESTABLISHED or CLOSE. Runs in whatever context the kernel is in (often
+/// softirq): the owner record, not the current task, says whose connect it was.
+#[inline(always)]
+pub fn transition(sk: u64, newstate: i32) {
+    if newstate == tcp_state::CLOSE {
+        // tcp_v4_connect()/tcp_v6_connect() failure path: inet_hash_connect failed and the
+        // socket goes back to CLOSE inside the caller's connect(). Remember it for `exit`.
+        let (_, tid) = current();
+        if let Some(p) = INFLIGHT.get_ptr_mut(&tid) {
+            let inf = unsafe { &mut *p };
+            if inf.sk == sk {
+                inf.closed_in_connect = 1;
+                let (sport, _) = sk_ports(sk);
+                inf.sport = sport;
+                inf.netns = sk_netns(sk);
+                let family = inf.family;
+                sk_addrs(sk, family, &mut inf.saddr, None);
+            }
+        }
+    }
+    let Some(o) = OWNERS.get_ptr_mut(&sk) else {
+        return;
+    };
+    let o = unsafe { &mut *o };
+    match o.phase {
+        phase::IN_CONNECT => {
+            if newstate == tcp_state::ESTABLISHED {
+                o.pending = pending::ESTABLISHED;
+            } else {
+                o.pending = pending::FAILED;
+                o.pending_err = sk_err(sk);
+            }
+        }
+        phase::ASYNC_PENDING => {
+            o.phase = phase::ASYNC_DONE;
+            let tgid = o.tgid;
+            let comm = o.comm;
+            if newstate == tcp_state::ESTABLISHED {
+                bump(tgid, kind::CONNECT_ASYNC_OK, 0, &comm);
+            } else {
+                async_failed(sk, tgid, sk_err(sk), &comm);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Records the process that accepted `sk`, so TIME_WAIT created later in softirq is charged
+/// to it.
+#[inline(always)]
+pub fn accepted(sk: u64) {
+    if !sk_is_tcp(sk) {
+        return;
+    }
+    let (tgid, _) = current();
+    let owner = SockOwner {
+        tgid,
+        phase: phase::ACCEPTED,
+        pending: pending::NONE,
+        pending_err: 0,
+        comm: current_comm(),
+    };
+    if OWNERS.insert(&sk, &owner, 0).is_err() {
+        stat_inc(stat::OWNER_MAP_FULL);
+    }
+}

@@ -1,0 +1,118 @@
+//! Counting per process and emitting failure events.
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    maps::ring_buf::RingBufEntry,
+};
+use probe_common::{config::stat, counters::CountKey, event::Event, COMM_LEN};
+
+use crate::maps::{stat_inc, Limiter, COMMS, COUNTS, EVENTS, LIMITER};
+
+#[inline(always)]
+pub fn current() -> (u32, u32) {
+    let pt = bpf_get_current_pid_tgid();
+    ((pt >> 32) as u32, pt as u32)
+}
+
+#[inline(always)]
+pub fn current_comm() -> [u8; COMM_LEN] {
+    bpf_get_current_comm().unwrap_or([0; COMM_LEN])
+}
+
+/// Adds one to the counter (tgid, kind, aux) on this CPU.
+#[inline(always)]
+pub fn bump(tgid: u32, kind: u16, aux: u16, comm: &[u8; COMM_LEN]) {
+    let key = CountKey { tgid, kind, aux };
+    if let Some(p) = COUNTS.get_ptr_mut(&key) {
+        unsafe { *p += 1 };
+        return;
+    }
+    match COUNTS.insert(&key, &1, BPF_NOEXIST as u64) {
+        Ok(()) => {
+            let _ = COMMS.insert(&tgid, comm, 0);
+        }
+        // Another CPU created the entry meanwhile (EEXIST): count on ours.
+        Err(_) => match COUNTS.get_ptr_mut(&key) {
+            Some(p) => unsafe { *p += 1 },
+            None => stat_inc(stat::COUNTER_MAP_FULL),
+        },
+    }
+}
+
+/// Per (process, kind) token window: at most `events_per_sec` events a second go through
+/// the ring buffer; the rest are counted as `suppressed` and reported with the next event.
+/// Returns the suppressed count to attach, or None when this event must not be sent.
+#[inline(always)]
+fn event_allowed(tgid: u32, kind: u16) -> Option<u32> {
+    let key = ((tgid as u64) << 16) | kind as u64;
+    let now = unsafe { bpf_ktime_get_ns() };
+    let limit = off!(events_per_sec);
+    match LIMITER.get_ptr_mut(&key) {
+        Some(l) => {
+            let l = unsafe { &mut *l };
+            if now.wrapping_sub(l.window_start) >= 1_000_000_000 {
+                l.window_start = now;
+                l.sent = 0;
+            }
+            if l.sent < limit {
+                l.sent += 1;
+                let s = l.suppressed;
+                l.suppressed = 0;
+                Some(s)
+            } else {
+                l.suppressed += 1;
+                None
+            }
+        }
+        None => {
+            let _ = LIMITER.insert(
+                &key,
+                &Limiter {
+                    window_start: now,
+                    sent: 1,
+                    suppressed: 0,
+                },
+                0,
+            );
+            Some(0)
+        }
+    }
+}
+
+/// Reserves an event of `kind` for process `tgid`, pre-filled with the header fields, or
+/// None when rate-limited or the ring buffer is full (then counted in STATS).
+#[inline(always)]
+pub fn new_event(
+    kind: u16,
+    tgid: u32,
+    tid: u32,
+    errno: u16,
+    comm: &[u8; COMM_LEN],
+) -> Option<RingBufEntry<Event>> {
+    let suppressed = event_allowed(tgid, kind)?;
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        stat_inc(stat::EVENTS_DROPPED);
+        return None;
+    };
+    entry.write(Event {
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        limit: 0,
+        kind,
+        family: 0,
+        errno,
+        dport: 0,
+        sport: 0,
+        _pad: 0,
+        pid: tgid,
+        tid,
+        netns: 0,
+        syscall_nr: -1,
+        flags: 0,
+        suppressed,
+        saddr: [0; 16],
+        daddr: [0; 16],
+        comm: *comm,
+    });
+    Some(entry)
+}

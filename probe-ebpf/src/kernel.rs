@@ -1,0 +1,176 @@
+//! Reading kernel memory at offsets resolved from the running kernel's BTF.
+
+use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user};
+use probe_common::config::{Config, OFFSET_MISSING};
+
+/// Filled by user space before load (`EbpfLoader::override_global`).
+#[unsafe(no_mangle)]
+pub static CONFIG: Config = Config::missing();
+
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+const SOCK_STREAM: u16 = 1;
+const IPPROTO_TCP: u16 = 6;
+/// RLIMIT_NOFILE (include/uapi/asm-generic/resource.h); `struct rlimit` is two u64.
+const RLIMIT_NOFILE: u64 = 7;
+
+#[inline(always)]
+pub fn read<T>(base: u64, off: u32) -> Option<T> {
+    if off == OFFSET_MISSING || base == 0 {
+        return None;
+    }
+    unsafe { bpf_probe_read_kernel((base + off as u64) as *const T).ok() }
+}
+
+#[inline(always)]
+pub fn sk_family(sk: u64) -> u16 {
+    read::<u16>(sk, off!(sk_family)).unwrap_or(0)
+}
+
+#[inline(always)]
+pub fn sk_state(sk: u64) -> u8 {
+    read::<u8>(sk, off!(sk_state)).unwrap_or(0)
+}
+
+/// True for an IPv4/IPv6 TCP socket. `sk_protocol` is checked where the kernel has it as a
+/// plain u16 (5.6+); MPTCP subflows are TCP sockets too.
+#[inline(always)]
+pub fn sk_is_tcp(sk: u64) -> bool {
+    let family = sk_family(sk);
+    if family != AF_INET && family != AF_INET6 {
+        return false;
+    }
+    match read::<u16>(sk, off!(sk_protocol)) {
+        Some(p) => p == IPPROTO_TCP,
+        None => off!(sk_protocol) == OFFSET_MISSING,
+    }
+}
+
+#[inline(always)]
+pub fn sk_err(sk: u64) -> u16 {
+    read::<i32>(sk, off!(sk_err)).unwrap_or(0) as u16
+}
+
+/// Inode number of the socket's network namespace (`ls -l /proc/PID/ns/net` shows it).
+#[inline(always)]
+pub fn sk_netns(sk: u64) -> u32 {
+    let net = read::<u64>(sk, off!(sk_net)).unwrap_or(0);
+    read::<u32>(net, off!(net_ns_inum)).unwrap_or(0)
+}
+
+/// `skc_num` (local port, host order) and `skc_dport` (network order → host order).
+#[inline(always)]
+pub fn sk_ports(sk: u64) -> (u16, u16) {
+    let sport = read::<u16>(sk, off!(sk_num)).unwrap_or(0);
+    let dport = read::<u16>(sk, off!(sk_dport)).unwrap_or(0);
+    (sport, u16::from_be(dport))
+}
+
+/// Source address (and destination, when `dst` is given) of the socket, IPv4 in the first
+/// four bytes.
+#[inline(always)]
+pub fn sk_addrs(sk: u64, family: u16, saddr: &mut [u8; 16], daddr: Option<&mut [u8; 16]>) {
+    if family == AF_INET6 {
+        if let Some(a) = read::<[u8; 16]>(sk, off!(sk_v6_rcv_saddr)) {
+            *saddr = a;
+        }
+        if let Some(d) = daddr {
+            if let Some(a) = read::<[u8; 16]>(sk, off!(sk_v6_daddr)) {
+                *d = a;
+            }
+        }
+    } else {
+        if let Some(a) = read::<[u8; 4]>(sk, off!(sk_rcv_saddr)) {
+            saddr[..4].copy_from_slice(&a);
+        }
+        if let Some(d) = daddr {
+            if let Some(a) = read::<[u8; 4]>(sk, off!(sk_daddr)) {
+                d[..4].copy_from_slice(&a);
+            }
+        }
+    }
+}
+
+/// True once the socket has left the established hash (`sk_unhashed()` on
+/// `skc_nulls_node`). tcp_time_wait() → inet_twsk_hashdance_schedule() unhashes the full
+/// socket *before* tcp_done() moves it to CLOSE, whereas every other path to CLOSE
+/// (reset, tw allocation failure, linger) unhashes it only after the state change
+/// (tcp_set_state → inet_unhash), so at the tracepoint this tells them apart.
+#[inline(always)]
+pub fn sk_unhashed(sk: u64) -> Option<bool> {
+    read::<u64>(sk, off!(sk_nulls_pprev)).map(|p| p == 0)
+}
+
+/// The `struct sock *` behind file descriptor `fd` of the current task, if it is a stream
+/// socket: current->files->fdt->fd[fd]->private_data (a `struct socket *`)->sk.
+#[inline(always)]
+pub fn current_stream_sock(fd: u64) -> Option<u64> {
+    let task = unsafe { bpf_get_current_task() };
+    let files = read::<u64>(task, off!(task_files))?;
+    let fdt = read::<u64>(files, off!(files_fdt))?;
+    let max = read::<u32>(fdt, off!(fdt_max_fds))?;
+    if fd >= max as u64 {
+        return None;
+    }
+    let fds = read::<u64>(fdt, off!(fdt_fd))?;
+    let file = read::<u64>(fds, (fd * 8) as u32)?;
+    let socket = read::<u64>(file, off!(file_private_data))?;
+    socket_stream_sk(socket)
+}
+
+/// `socket->sk` when `socket->type` is SOCK_STREAM.
+#[inline(always)]
+pub fn socket_stream_sk(socket: u64) -> Option<u64> {
+    let ty = read::<u16>(socket, off!(socket_type))?;
+    if ty != SOCK_STREAM {
+        return None;
+    }
+    let sk = read::<u64>(socket, off!(socket_sk))?;
+    if sk == 0 { None } else { Some(sk) }
+}
+
+/// Soft RLIMIT_NOFILE of the current process (`current->signal->rlim[RLIMIT_NOFILE]`).
+#[inline(always)]
+pub fn current_nofile_limit() -> u64 {
+    let task = unsafe { bpf_get_current_task() };
+    let Some(signal) = read::<u64>(task, off!(task_signal)) else {
+        return 0;
+    };
+    let rlim = off!(signal_rlim);
+    if rlim == OFFSET_MISSING {
+        return 0;
+    }
+    read::<u64>(signal, rlim + (RLIMIT_NOFILE * 16) as u32).unwrap_or(0)
+}
+
+/// Destination requested by connect(): family, port (host order) and address, from a
+/// `struct sockaddr` in user memory (syscall tracepoints) or kernel memory (fentry).
+#[inline(always)]
+pub fn read_sockaddr(ptr: u64, user: bool, daddr: &mut [u8; 16]) -> (u16, u16) {
+    #[inline(always)]
+    fn rd<T>(p: u64, user: bool) -> Option<T> {
+        if p == 0 {
+            return None;
+        }
+        unsafe {
+            if user {
+                bpf_probe_read_user(p as *const T).ok()
+            } else {
+                bpf_probe_read_kernel(p as *const T).ok()
+            }
+        }
+    }
+    let family = rd::<u16>(ptr, user).unwrap_or(0);
+    let port = u16::from_be(rd::<u16>(ptr + 2, user).unwrap_or(0));
+    if family == AF_INET {
+        if let Some(a) = rd::<[u8; 4]>(ptr + 4, user) {
+            daddr[..4].copy_from_slice(&a);
+        }
+    } else if family == AF_INET6 {
+        // struct sockaddr_in6: family, port, flowinfo (4 bytes), then the address.
+        if let Some(a) = rd::<[u8; 16]>(ptr + 8, user) {
+            *daddr = a;
+        }
+    }
+    (family, port)
+}

@@ -1,0 +1,65 @@
+//! The maps shared by all programs. Sizes bound the memory conntrace takes; when one fills up
+//! the overflow is counted in `STATS` and reported, never silent.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+};
+use probe_common::{
+    config::{role, stat},
+    counters::CountKey,
+    sock::{Inflight, SockOwner},
+    COMM_LEN,
+};
+
+/// Per process, kind and errno. Entries of exited processes are removed by user space after
+/// their last interval was reported.
+#[map]
+pub static COUNTS: PerCpuHashMap<CountKey, u64> = PerCpuHashMap::with_max_entries(16384, 0);
+
+/// Process name at the time its first counter was created (for processes that exit).
+#[map]
+pub static COMMS: LruHashMap<u32, [u8; COMM_LEN]> = LruHashMap::with_max_entries(16384, 0);
+
+/// Owner of each socket connected or accepted while conntrace runs, keyed by `struct sock *`,
+/// removed when the socket reaches CLOSE. LRU so a flood of sockets degrades attribution
+/// (counted as unattributed) instead of failing.
+#[map]
+pub static OWNERS: LruHashMap<u64, SockOwner> = LruHashMap::with_max_entries(131072, 0);
+
+/// connect() calls in progress, keyed by thread id.
+#[map]
+pub static INFLIGHT: LruHashMap<u32, Inflight> = LruHashMap::with_max_entries(16384, 0);
+
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+#[map]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+
+#[map]
+pub static ROLES: Array<u32> = Array::with_max_entries(role::COUNT, 0);
+
+/// Event rate limiter state per (process, kind): see `count::event_allowed`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Limiter {
+    pub window_start: u64,
+    pub sent: u32,
+    pub suppressed: u32,
+}
+
+#[map]
+pub static LIMITER: HashMap<u64, Limiter> = HashMap::with_max_entries(8192, 0);
+
+#[inline(always)]
+pub fn role_on(idx: u32) -> bool {
+    ROLES.get(idx).is_some_and(|v| *v == 1)
+}
+
+#[inline(always)]
+pub fn stat_inc(idx: u32) {
+    if let Some(p) = STATS.get_ptr_mut(idx) {
+        unsafe { *p += 1 };
+    }
+}

@@ -1,0 +1,223 @@
+//! Program entry points, grouped by signal. Names are what user space loads; each group lists
+//! its hooks in order of preference.
+
+use aya_ebpf::{
+    macros::{btf_tracepoint, fentry, fexit, raw_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, FEntryContext, FExitContext, RawTracePointContext, TracePointContext},
+};
+use probe_common::{
+    config::{role, stat},
+    counters::kind,
+    event,
+};
+
+use crate::{
+    connect,
+    count::{bump, current, current_comm, new_event},
+    fd,
+    kernel::{current_nofile_limit, current_stream_sock, read, sk_addrs, sk_family, sk_is_tcp, sk_netns, sk_ports, socket_stream_sk},
+    maps::{role_on, stat_inc, INFLIGHT},
+    state,
+};
+
+// ---- inet_sock_set_state (port fallback, TIME_WAIT fallback, async connect outcomes) ----
+
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn set_state_btf(ctx: BtfTracePointContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
+    let old: i32 = ctx.arg(1);
+    let new: i32 = ctx.arg(2);
+    state::on_set_state(sk, old, new);
+    0
+}
+
+/// Classic tracepoint; record offsets (skaddr 8, oldstate 16, newstate 20) are checked
+/// against the event's format file by user space before attaching.
+#[tracepoint(category = "sock", name = "inet_sock_set_state")]
+pub fn set_state_tp(ctx: TracePointContext) -> u32 {
+    let (Ok(sk), Ok(old), Ok(new)) = (unsafe { ctx.read_at::<u64>(8) }, unsafe { ctx.read_at::<i32>(16) }, unsafe {
+        ctx.read_at::<i32>(20)
+    }) else {
+        return 0;
+    };
+    state::on_set_state(sk, old, new);
+    0
+}
+
+// ---- connect() ----
+
+#[fentry(function = "inet_stream_connect")]
+pub fn connect_fentry(ctx: FEntryContext) -> u32 {
+    // int inet_stream_connect(struct socket *sock, struct sockaddr *uaddr, int addr_len, int flags)
+    let sock: u64 = ctx.arg(0);
+    let uaddr: u64 = ctx.arg(1);
+    if let Some(sk) = socket_stream_sk(sock) {
+        connect::enter(sk, uaddr, false);
+    }
+    0
+}
+
+#[fexit(function = "inet_stream_connect")]
+pub fn connect_fexit(ctx: FExitContext) -> u32 {
+    if let Ok(ret) = ctx.ret::<i32>() {
+        connect::exit(ret as i64);
+    }
+    0
+}
+
+/// Syscall tracepoint records: args are 8-byte slots from offset 16 (fd, uservaddr, addrlen).
+#[tracepoint(category = "syscalls", name = "sys_enter_connect")]
+pub fn connect_enter_tp(ctx: TracePointContext) -> u32 {
+    let (Ok(fd), Ok(addr)) = (unsafe { ctx.read_at::<u64>(16) }, unsafe { ctx.read_at::<u64>(24) }) else {
+        return 0;
+    };
+    if !role_on(role::CONNECT) {
+        return 0;
+    }
+    if let Some(sk) = current_stream_sock(fd) {
+        connect::enter(sk, addr, true);
+    }
+    0
+}
+
+/// `ret` is the long at offset 16 of every syscalls:sys_exit_* record.
+#[tracepoint(category = "syscalls", name = "sys_exit_connect")]
+pub fn connect_exit_tp(ctx: TracePointContext) -> u32 {
+    if let Ok(ret) = unsafe { ctx.read_at::<i64>(16) } {
+        connect::exit(ret);
+    }
+    0
+}
+
+// ---- accept(): record socket owners for TIME_WAIT attribution ----
+
+#[fexit(function = "inet_accept")]
+pub fn accept_fexit(ctx: FExitContext) -> u32 {
+    // inet_accept(struct socket *sock, struct socket *newsock, ...): newsock->sk is set on
+    // success only.
+    let newsock: u64 = ctx.arg(1);
+    if let Some(sk) = socket_stream_sk(newsock) {
+        connect::accepted(sk);
+    }
+    0
+}
+
+/// Attached to sys_exit_accept4 and sys_exit_accept: the returned fd is the new socket.
+#[tracepoint(category = "syscalls", name = "sys_exit_accept4")]
+pub fn accept_exit_tp(ctx: TracePointContext) -> u32 {
+    let Ok(ret) = (unsafe { ctx.read_at::<i64>(16) }) else {
+        return 0;
+    };
+    if ret >= 0 {
+        if let Some(sk) = current_stream_sock(ret as u64) {
+            connect::accepted(sk);
+        }
+    }
+    0
+}
+
+// ---- port assignment (preferred: the return value of the port search itself) ----
+
+#[inline(always)]
+fn port_failed(sk: u64) {
+    if !sk_is_tcp(sk) {
+        return;
+    }
+    let (tgid, tid) = current();
+    let comm = current_comm();
+    bump(tgid, kind::PORT_ASSIGN_FAILURE, 0, &comm);
+    // Tell connect::exit the event is out, so it does not send a second one.
+    if let Some(p) = INFLIGHT.get_ptr_mut(&tid) {
+        unsafe { (*p).port_event_sent = 1 };
+    }
+    if let Some(mut e) = new_event(event::kind::PORT_ASSIGN_FAILURE, tgid, tid, 99, &comm) {
+        let ev = unsafe { e.assume_init_mut() };
+        let family = sk_family(sk);
+        ev.family = family;
+        let (sport, dport) = sk_ports(sk);
+        ev.sport = sport;
+        ev.dport = dport;
+        ev.netns = sk_netns(sk);
+        sk_addrs(sk, family, &mut ev.saddr, Some(&mut ev.daddr));
+        e.submit(0);
+    }
+}
+
+/// -EADDRNOTAVAIL (include/uapi/asm-generic/errno.h).
+const NEG_EADDRNOTAVAIL: i32 = -99;
+
+#[fexit(function = "inet_hash_connect")]
+pub fn port_fexit_v4(ctx: FExitContext) -> u32 {
+    // int inet_hash_connect(struct inet_timewait_death_row *death_row, struct sock *sk)
+    if ctx.ret::<i32>() == Ok(NEG_EADDRNOTAVAIL) {
+        port_failed(ctx.arg(1));
+    }
+    0
+}
+
+#[fexit(function = "inet6_hash_connect")]
+pub fn port_fexit_v6(ctx: FExitContext) -> u32 {
+    if ctx.ret::<i32>() == Ok(NEG_EADDRNOTAVAIL) {
+        port_failed(ctx.arg(1));
+    }
+    0
+}
+
+// ---- TIME_WAIT (preferred: the timewait allocation itself) ----
+
+#[fexit(function = "inet_twsk_alloc")]
+pub fn tw_fexit(ctx: FExitContext) -> u32 {
+    // struct inet_timewait_sock *inet_twsk_alloc(const struct sock *sk, ...): NULL when
+    // tcp_max_tw_buckets is reached.
+    let sk: u64 = ctx.arg(0);
+    if !sk_is_tcp(sk) {
+        return 0;
+    }
+    match ctx.ret::<u64>() {
+        Ok(0) => state::charge_to_owner(sk, kind::TW_OVERFLOW),
+        Ok(_) => state::charge_to_owner(sk, kind::TIME_WAIT),
+        Err(_) => stat_inc(stat::COUNTER_MAP_FULL),
+    }
+    0
+}
+
+// ---- fd exhaustion ----
+
+#[fexit(function = "alloc_fd")]
+pub fn fd_fexit_alloc_fd(ctx: FExitContext) -> u32 {
+    // static int alloc_fd(unsigned start, unsigned end, unsigned flags): end is the
+    // RLIMIT_NOFILE in force (fs/file.c); -EMFILE when no fd below it is free.
+    if ctx.ret::<i32>() == Ok(-(fd::EMFILE as i32)) {
+        let end: u32 = ctx.arg(1);
+        fd::failed(fd::EMFILE, end as u64, -1);
+    }
+    0
+}
+
+#[fexit(function = "alloc_empty_file")]
+pub fn fd_fexit_alloc_file(ctx: FExitContext) -> u32 {
+    // struct file *alloc_empty_file(int flags, const struct cred *cred): ERR_PTR(-ENFILE)
+    // above fs.file-max (fs/file_table.c).
+    if ctx.ret::<i64>() == Ok(-fd::ENFILE) {
+        fd::failed(fd::ENFILE, 0, -1);
+    }
+    0
+}
+
+/// Fallback: every syscall that returns EMFILE/ENFILE, i.e. exactly what applications saw.
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn fd_sys_exit(ctx: RawTracePointContext) -> i32 {
+    // TP_PROTO(struct pt_regs *regs, long ret)
+    let ret: i64 = ctx.arg(1);
+    if ret != -fd::EMFILE && ret != -fd::ENFILE {
+        return 0;
+    }
+    if !role_on(role::FD_VIA_SYS_EXIT) {
+        return 0;
+    }
+    let regs: u64 = ctx.arg(0);
+    let nr = read::<u64>(regs, off!(regs_syscall_nr)).map(|n| n as i32).unwrap_or(-1);
+    let limit = if ret == -fd::EMFILE { current_nofile_limit() } else { 0 };
+    fd::failed(-ret, limit, nr);
+    0
+}
