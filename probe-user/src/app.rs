@@ -1,0 +1,289 @@
+//! `conntrace watch`: the collection loop. Kernel I/O (the probe) and output are kept apart:
+//! this module only moves data between them on a timer.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io::Write,
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::{bail, Context as _, Result};
+use probe_common::{counters::UNATTRIBUTED, event::Event};
+use tokio::{
+    io::{unix::AsyncFd, Interest},
+    signal::unix::{signal, SignalKind},
+};
+
+use crate::{
+    cli::WatchArgs,
+    model::{self, EventRecord, Sample, Snapshot},
+    output, procinfo,
+    probe::{self, Probe},
+    status::Status,
+};
+
+/// Which processes the user asked about.
+#[derive(Debug, Default, Clone)]
+pub struct Filter {
+    pub pids: BTreeSet<u32>,
+    pub comms: Vec<String>,
+}
+
+impl Filter {
+    pub fn is_all(&self) -> bool {
+        self.pids.is_empty() && self.comms.is_empty()
+    }
+
+    /// `comm` is compared as the kernel stores it (15 characters at most).
+    pub fn matches(&self, pid: u32, comm: &str) -> bool {
+        if self.is_all() || self.pids.contains(&pid) {
+            return true;
+        }
+        self.comms.iter().any(|c| {
+            let c: String = c.chars().take(15).collect();
+            c == comm
+        })
+    }
+}
+
+struct Output<W: Write> {
+    json: bool,
+    w: W,
+}
+
+impl<W: Write> Output<W> {
+    fn line(&mut self, s: &str) -> Result<()> {
+        writeln!(self.w, "{s}")?;
+        self.w.flush()?;
+        Ok(())
+    }
+
+    fn status(&mut self, s: &Status) -> Result<()> {
+        if self.json {
+            self.line(&output::status_json(SystemTime::now(), s).to_string())
+        } else {
+            let t = output::status_text(s);
+            self.line(t.trim_end())
+        }
+    }
+
+    fn event(&mut self, e: &EventRecord) -> Result<()> {
+        if self.json {
+            self.line(&output::event_json(e).to_string())
+        } else {
+            self.line(&output::event_text(e))
+        }
+    }
+
+    fn samples(&mut self, samples: &[Sample]) -> Result<()> {
+        let now = SystemTime::now();
+        if self.json {
+            for s in samples {
+                self.line(&output::sample_json(now, s).to_string())?;
+            }
+            Ok(())
+        } else {
+            let t = output::interval_text(now, samples);
+            self.line(t.trim_end())
+        }
+    }
+}
+
+/// CLOCK_REALTIME − CLOCK_MONOTONIC: turns bpf_ktime_get_ns() into wall time.
+fn boot_offset() -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let mono = Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().saturating_sub(mono)
+}
+
+pub fn check_privileges() -> Result<()> {
+    let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "conntrace".into());
+    if let Some(msg) = procinfo::privilege_problem(procinfo::effective_caps(), &exe) {
+        bail!(msg);
+    }
+    Ok(())
+}
+
+struct State {
+    filter: Filter,
+    prev: Snapshot,
+    last: Instant,
+    status: Status,
+}
+
+impl State {
+    fn comm_of(&self, probe: &Probe, pid: u32) -> String {
+        if pid == UNATTRIBUTED {
+            return "(unattributed)".into();
+        }
+        procinfo::comm(pid).or_else(|| probe.kernel_comm(pid)).unwrap_or_else(|| "?".into())
+    }
+
+    /// Reads the counters and builds the samples of the interval that just ended.
+    fn interval(&mut self, probe: &mut Probe) -> Result<Vec<Sample>> {
+        let cur = probe.snapshot()?;
+        let now = Instant::now();
+        let interval_s = now.duration_since(self.last).as_secs_f64();
+        self.last = now;
+        let mut deltas = model::diff(&self.prev, &cur);
+        for pid in &self.filter.pids {
+            if procinfo::exists(*pid) {
+                deltas.entry(*pid).or_default();
+            }
+        }
+        let mut samples = Vec::new();
+        for (pid, counts) in deltas {
+            let comm = self.comm_of(probe, pid);
+            if !self.filter.matches(pid, &comm) {
+                continue;
+            }
+            let alive = pid != UNATTRIBUTED && procinfo::exists(pid);
+            samples.push(Sample {
+                pid,
+                comm,
+                interval_s,
+                counts,
+                nofile_limit: if alive { procinfo::nofile_limit(pid) } else { None },
+                open_fds: if alive { procinfo::open_fds(pid) } else { None },
+            });
+        }
+        // Counters of exited processes have been reported for the last time: drop them so the
+        // map does not fill up. (TIME_WAIT of their orphaned sockets recreates entries later.)
+        let dead: Vec<_> =
+            cur.keys().filter(|k| k.tgid != UNATTRIBUTED && !procinfo::exists(k.tgid)).copied().collect();
+        if !dead.is_empty() {
+            probe.forget(&dead)?;
+        }
+        let mut cur = cur;
+        for k in &dead {
+            cur.remove(k);
+        }
+        self.prev = cur;
+        Ok(samples)
+    }
+
+    /// Refreshes losses and watched pids; true when the status changed.
+    fn refresh_status(&mut self, probe: &Probe) -> Result<bool> {
+        let losses = probe.losses()?;
+        let watched: Vec<(u32, bool)> = self.filter.pids.iter().map(|p| (*p, procinfo::exists(*p))).collect();
+        let changed = losses != self.status.losses || watched != self.status.watched;
+        self.status.losses = losses;
+        self.status.watched = watched;
+        Ok(changed)
+    }
+}
+
+pub async fn watch(args: WatchArgs) -> Result<()> {
+    check_privileges()?;
+    for pid in &args.pids {
+        if !procinfo::exists(*pid) {
+            bail!("no process with pid {pid}: check the pid (ps -p {pid}) and try again");
+        }
+    }
+    if let Err(e) = probe::ensure_tracefs() {
+        eprintln!("conntrace: warning: {e:#}; tracepoint fallbacks unavailable");
+    }
+    let mut probe = Probe::load(args.attach_mode, args.events_per_sec)?;
+    let ring = probe.take_events()?;
+    // SAFETY: the ring buffer's fd stays open for as long as `ring` lives, which outlives the
+    // registration (both are dropped at the end of this function, the AsyncFd first).
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+        .map_err(|e| anyhow::anyhow!("registering the ring buffer: {e}"))?;
+    let offset = boot_offset();
+
+    let filter = Filter { pids: args.pids.iter().copied().collect(), comms: args.comms.clone() };
+    let mut st = State { filter, prev: probe.snapshot()?, last: Instant::now(), status: probe.status.clone() };
+    st.refresh_status(&probe)?;
+    let mut out = Output { json: args.json, w: std::io::stdout().lock() };
+    out.status(&st.status)?;
+
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + args.interval, args.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut comms: BTreeMap<u32, bool> = BTreeMap::new();
+
+    loop {
+        let sleep_until_deadline = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard.context("waiting for events")?;
+                drain(guard.get_inner_mut(), offset, &st, &probe, &mut out, &mut comms)?;
+                guard.clear_ready();
+            }
+            _ = tick.tick() => {
+                let samples = st.interval(&mut probe)?;
+                out.samples(&samples)?;
+                if st.refresh_status(&probe)? {
+                    out.status(&st.status)?;
+                }
+            }
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+            _ = sleep_until_deadline => break,
+        }
+    }
+    // The last, partial interval: events first, then the counts that include them.
+    drain(ring.get_mut(), offset, &st, &probe, &mut out, &mut comms)?;
+    let samples = st.interval(&mut probe)?;
+    out.samples(&samples)?;
+    if st.refresh_status(&probe)? {
+        out.status(&st.status)?;
+    }
+    Ok(())
+}
+
+fn drain<W: Write>(
+    ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
+    offset: Duration,
+    st: &State,
+    probe: &Probe,
+    out: &mut Output<W>,
+    match_cache: &mut BTreeMap<u32, bool>,
+) -> Result<()> {
+    while let Some(item) = ring.next() {
+        if item.len() < std::mem::size_of::<Event>() {
+            continue;
+        }
+        // SAFETY: the kernel wrote a whole `Event` (checked length); read_unaligned copes with
+        // the ring buffer's 8-byte alignment.
+        let ev: Event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+        let rec = model::decode(&ev, offset);
+        let wanted = if st.filter.is_all() {
+            true
+        } else {
+            *match_cache.entry(rec.pid).or_insert_with(|| {
+                let comm = st.comm_of(probe, rec.pid);
+                st.filter.matches(rec.pid, &comm) || st.filter.matches(rec.pid, &rec.comm)
+            })
+        };
+        if wanted {
+            out.event(&rec)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_matches_pid_or_comm() {
+        let all = Filter::default();
+        assert!(all.matches(5, "x"));
+        let f = Filter { pids: [5].into(), comms: vec!["nginx".into(), "a-very-long-process-name".into()] };
+        assert!(f.matches(5, "other"));
+        assert!(f.matches(6, "nginx"));
+        assert!(!f.matches(6, "nginx2"));
+        assert!(f.matches(7, "a-very-long-pro"));
+    }
+}

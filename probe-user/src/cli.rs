@@ -1,0 +1,92 @@
+//! Command line.
+
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(name = "conntrace", version, about = "Explains why a Linux server stops accepting or opening connections")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Watch connection failures live, per process.
+    Watch(WatchArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AttachMode {
+    /// Best hook the kernel allows, per signal (fexit, then tracepoints).
+    Auto,
+    /// Only fentry/fexit (fails a signal rather than falling back).
+    Fexit,
+    /// Only the tracepoint fallbacks (tp_btf, classic and raw tracepoints).
+    Tracepoint,
+    /// Only kprobes (not implemented yet: every signal reports unavailable).
+    Kprobe,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct WatchArgs {
+    /// Watch this process (and its threads); repeatable. Default: every process.
+    #[arg(long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+    /// Watch processes with this name (as in /proc/PID/comm); repeatable.
+    #[arg(long = "comm", value_name = "NAME")]
+    pub comms: Vec<String>,
+    /// Reporting interval, e.g. 1s, 500ms.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub interval: Duration,
+    /// Stop after this long, e.g. 30s, 5m.
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Print NDJSON (one object per line) instead of the text table.
+    #[arg(long)]
+    pub json: bool,
+    /// Which hooks to use.
+    #[arg(long, value_enum, default_value = "auto", env = "CONNTRACE_ATTACH_MODE")]
+    pub attach_mode: AttachMode,
+    /// Failure events per second and per (process, kind) to print; the counts stay exact.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub events_per_sec: u32,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 1s, 500ms, 2m)"))?;
+    if d < Duration::from_millis(10) {
+        return Err("must be at least 10ms".into());
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_watch_flags() {
+        let cli = Cli::try_parse_from([
+            "conntrace", "watch", "--pid", "1", "--pid", "2", "--comm", "nginx", "--interval", "250ms", "--duration",
+            "3s", "--json",
+        ])
+        .unwrap();
+        let Command::Watch(w) = cli.command;
+        assert_eq!(w.pids, [1, 2]);
+        assert_eq!(w.comms, ["nginx"]);
+        assert_eq!(w.interval, Duration::from_millis(250));
+        assert_eq!(w.duration, Some(Duration::from_secs(3)));
+        assert!(w.json);
+        assert_eq!(w.attach_mode, AttachMode::Auto);
+    }
+
+    #[test]
+    fn rejects_bad_flags() {
+        assert!(Cli::try_parse_from(["conntrace", "watch", "--interval", "fast"]).is_err());
+        assert!(Cli::try_parse_from(["conntrace", "watch", "--interval", "1ms"]).is_err());
+        assert!(Cli::try_parse_from(["conntrace", "watch", "--pid", "x"]).is_err());
+        assert!(Cli::try_parse_from(["conntrace", "watch", "--bogus"]).is_err());
+    }
+}

@@ -1,0 +1,15 @@
+//! conntrace's user-space side: loader and attach strategy (`probe`), aggregation (`model`),
+//! output (`output`), and the `watch` loop (`app`). Pure logic lives in modules that need no
+//! kernel: `btf`, `tpformat`, `model`, `output`, `procinfo` parsing, `cli`.
+
+pub mod app;
+pub mod btf;
+pub mod cli;
+pub mod errno;
+pub mod model;
+pub mod offsets;
+pub mod output;
+pub mod probe;
+pub mod procinfo;
+pub mod status;
+pub mod tpformat;

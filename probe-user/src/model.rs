@@ -1,0 +1,270 @@
+//! Aggregation: kernel counters (summed over CPUs) → per-process interval counts, and raw
+//! ring-buffer events → event records. Pure logic, no I/O.
+
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, Ipv6Addr},
+    time::{Duration, SystemTime},
+};
+
+use probe_common::{
+    counters::{kind, CountKey},
+    event::{self, Event},
+};
+
+use crate::errno;
+
+/// All counters, summed over CPUs, as read at one instant.
+pub type Snapshot = BTreeMap<CountKey, u64>;
+
+/// What one process did during one interval (or in total).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Counts {
+    pub connect_attempts: u64,
+    pub connect_ok: u64,
+    /// Synchronous and asynchronous failures by errno name.
+    pub connect_errors: BTreeMap<String, u64>,
+    /// Of `connect_ok` and `connect_errors`, the outcomes of non-blocking connects.
+    pub connect_async_ok: u64,
+    pub connect_async_errors: u64,
+    pub port_assign_failures: u64,
+    pub time_wait_created: u64,
+    pub emfile: u64,
+    pub enfile: u64,
+}
+
+impl Counts {
+    pub fn is_empty(&self) -> bool {
+        *self == Counts::default()
+    }
+
+    fn add(&mut self, key: &CountKey, n: u64) {
+        match key.kind {
+            kind::CONNECT_ATTEMPT => self.connect_attempts += n,
+            kind::CONNECT_OK => self.connect_ok += n,
+            kind::CONNECT_ASYNC_OK => {
+                self.connect_ok += n;
+                self.connect_async_ok += n;
+            }
+            kind::CONNECT_ERROR => *self.connect_errors.entry(errno::name(key.aux)).or_default() += n,
+            kind::CONNECT_ASYNC_ERROR => {
+                *self.connect_errors.entry(errno::name(key.aux)).or_default() += n;
+                self.connect_async_errors += n;
+            }
+            kind::PORT_ASSIGN_FAILURE => self.port_assign_failures += n,
+            kind::TIME_WAIT => self.time_wait_created += n,
+            kind::EMFILE => self.emfile += n,
+            kind::ENFILE => self.enfile += n,
+            // Counted by the kernel for later issues' signals; not part of this contract yet.
+            _ => {}
+        }
+    }
+
+    pub fn connect_error_total(&self) -> u64 {
+        self.connect_errors.values().sum()
+    }
+}
+
+/// Per-process change between two snapshots; processes with no change are left out.
+/// A counter missing from `prev` started at zero.
+pub fn diff(prev: &Snapshot, cur: &Snapshot) -> BTreeMap<u32, Counts> {
+    let mut out: BTreeMap<u32, Counts> = BTreeMap::new();
+    for (key, &now) in cur {
+        let before = prev.get(key).copied().unwrap_or(0);
+        // Counters only grow; a smaller value means the entry was deleted and re-created.
+        let delta = if now >= before { now - before } else { now };
+        if delta > 0 {
+            out.entry(key.tgid).or_default().add(key, delta);
+        }
+    }
+    out
+}
+
+/// One failure as reported to the user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRecord {
+    pub ts: SystemTime,
+    pub kind: &'static str,
+    pub pid: u32,
+    /// 0 when the failure was seen in softirq (asynchronous connect outcomes).
+    pub tid: u32,
+    pub comm: String,
+    pub errno: String,
+    pub netns: Option<u32>,
+    pub saddr: Option<String>,
+    pub sport: Option<u16>,
+    pub daddr: Option<String>,
+    pub dport: Option<u16>,
+    /// RLIMIT_NOFILE in force, for EMFILE.
+    pub limit: Option<u64>,
+    pub syscall_nr: Option<i32>,
+    pub is_async: bool,
+    pub suppressed: u32,
+}
+
+pub fn comm_str(raw: &[u8]) -> String {
+    let end = raw.iter().position(|&c| c == 0).unwrap_or(raw.len());
+    String::from_utf8_lossy(&raw[..end]).into_owned()
+}
+
+fn addr(family: u16, raw: &[u8; 16]) -> Option<String> {
+    match family as i32 {
+        libc::AF_INET => Some(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]).to_string()),
+        libc::AF_INET6 => Some(Ipv6Addr::from(*raw).to_string()),
+        _ => None,
+    }
+}
+
+/// "ip:port", with brackets for IPv6.
+pub fn endpoint(ip: &str, port: u16) -> String {
+    if ip.contains(':') { format!("[{ip}]:{port}") } else { format!("{ip}:{port}") }
+}
+
+/// Converts a kernel event; `boot_offset` maps CLOCK_MONOTONIC (bpf_ktime_get_ns) to wall
+/// time.
+pub fn decode(ev: &Event, boot_offset: Duration) -> EventRecord {
+    let kind = match ev.kind {
+        event::kind::PORT_ASSIGN_FAILURE => "port_assign_failure",
+        event::kind::EMFILE => "emfile",
+        event::kind::ENFILE => "enfile",
+        event::kind::CONNECT_ERROR => "connect_error",
+        _ => "unknown",
+    };
+    let network = ev.family != 0;
+    EventRecord {
+        ts: SystemTime::UNIX_EPOCH + boot_offset + Duration::from_nanos(ev.ts_ns),
+        kind,
+        pid: ev.pid,
+        tid: ev.tid,
+        comm: comm_str(&ev.comm),
+        errno: errno::name(ev.errno),
+        netns: (ev.netns != 0).then_some(ev.netns),
+        saddr: if network { addr(ev.family, &ev.saddr) } else { None },
+        sport: network.then_some(ev.sport),
+        daddr: if network { addr(ev.family, &ev.daddr) } else { None },
+        dport: network.then_some(ev.dport),
+        limit: (ev.kind == event::kind::EMFILE && ev.limit != 0).then_some(ev.limit),
+        syscall_nr: (ev.syscall_nr >= 0).then_some(ev.syscall_nr),
+        is_async: ev.flags & event::flag::ASYNC != 0,
+        suppressed: ev.suppressed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(tgid: u32, kind: u16, aux: u16) -> CountKey {
+        CountKey { tgid, kind, aux }
+    }
+
+    #[test]
+    fn diff_merges_sync_and_async_outcomes_per_process() {
+        let prev: Snapshot = [(key(10, kind::CONNECT_ATTEMPT, 0), 4), (key(10, kind::CONNECT_OK, 0), 4)].into();
+        let cur: Snapshot = [
+            (key(10, kind::CONNECT_ATTEMPT, 0), 14),
+            (key(10, kind::CONNECT_OK, 0), 4),
+            (key(10, kind::CONNECT_ASYNC_OK, 0), 2),
+            (key(10, kind::CONNECT_ERROR, 99), 6),
+            (key(10, kind::CONNECT_ASYNC_ERROR, 111), 2),
+            (key(10, kind::PORT_ASSIGN_FAILURE, 0), 6),
+            (key(20, kind::TIME_WAIT, 0), 30),
+        ]
+        .into();
+        let d = diff(&prev, &cur);
+        let a = &d[&10];
+        assert_eq!(a.connect_attempts, 10);
+        assert_eq!(a.connect_ok, 2);
+        assert_eq!(a.connect_async_ok, 2);
+        assert_eq!(a.connect_errors["EADDRNOTAVAIL"], 6);
+        assert_eq!(a.connect_errors["ECONNREFUSED"], 2);
+        assert_eq!(a.connect_async_errors, 2);
+        assert_eq!(a.connect_error_total(), 8);
+        assert_eq!(a.port_assign_failures, 6);
+        assert_eq!(d[&20].time_wait_created, 30);
+    }
+
+    #[test]
+    fn diff_leaves_out_idle_processes_and_survives_recreated_entries() {
+        let prev: Snapshot = [(key(1, kind::EMFILE, 0), 5), (key(2, kind::ENFILE, 0), 9)].into();
+        let cur: Snapshot = [(key(1, kind::EMFILE, 0), 5), (key(2, kind::ENFILE, 0), 3)].into();
+        let d = diff(&prev, &cur);
+        assert!(!d.contains_key(&1));
+        assert_eq!(d[&2].enfile, 3);
+    }
+
+    fn raw_event() -> Event {
+        let mut comm = [0u8; 16];
+        comm[..6].copy_from_slice(b"client");
+        let mut saddr = [0u8; 16];
+        saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        let mut daddr = [0u8; 16];
+        daddr[..4].copy_from_slice(&[127, 0, 0, 2]);
+        Event {
+            ts_ns: 1_500_000_000,
+            limit: 0,
+            kind: event::kind::PORT_ASSIGN_FAILURE,
+            family: libc::AF_INET as u16,
+            errno: 99,
+            dport: 9000,
+            sport: 0,
+            _pad: 0,
+            pid: 42,
+            tid: 43,
+            netns: 4026531840,
+            syscall_nr: -1,
+            flags: 0,
+            suppressed: 3,
+            saddr,
+            daddr,
+            comm,
+        }
+    }
+
+    #[test]
+    fn decodes_network_events() {
+        let r = decode(&raw_event(), Duration::from_secs(1000));
+        assert_eq!(r.kind, "port_assign_failure");
+        assert_eq!(r.errno, "EADDRNOTAVAIL");
+        assert_eq!(r.comm, "client");
+        assert_eq!(r.saddr.as_deref(), Some("127.0.0.1"));
+        assert_eq!(r.daddr.as_deref(), Some("127.0.0.2"));
+        assert_eq!(r.dport, Some(9000));
+        assert_eq!(r.netns, Some(4026531840));
+        assert_eq!(r.suppressed, 3);
+        assert_eq!(r.ts, SystemTime::UNIX_EPOCH + Duration::from_millis(1_001_500));
+    }
+
+    #[test]
+    fn decodes_fd_events_without_addresses() {
+        let mut ev = raw_event();
+        ev.kind = event::kind::EMFILE;
+        ev.family = 0;
+        ev.errno = 24;
+        ev.limit = 64;
+        ev.syscall_nr = 41;
+        let r = decode(&ev, Duration::ZERO);
+        assert_eq!(r.kind, "emfile");
+        assert_eq!(r.limit, Some(64));
+        assert_eq!(r.saddr, None);
+        assert_eq!(r.dport, None);
+        assert_eq!(r.syscall_nr, Some(41));
+    }
+
+    #[test]
+    fn ipv6_endpoints_are_bracketed() {
+        assert_eq!(endpoint("::1", 80), "[::1]:80");
+        assert_eq!(endpoint("10.0.0.1", 80), "10.0.0.1:80");
+    }
+}
+
+/// One process's line for one interval.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub pid: u32,
+    pub comm: String,
+    pub interval_s: f64,
+    pub counts: Counts,
+    pub nofile_limit: Option<u64>,
+    pub open_fds: Option<u64>,
+}

@@ -1,0 +1,297 @@
+//! Rendering: NDJSON records (the documented contract) and the text table. Pure functions of
+//! the model, so they are tested without a kernel.
+
+use std::{fmt::Write as _, time::SystemTime};
+
+use serde_json::{json, Map, Value};
+
+use crate::{
+    model::{endpoint, EventRecord, Sample},
+    status::Status,
+};
+
+pub fn rfc3339(ts: SystemTime) -> String {
+    humantime::format_rfc3339_millis(ts).to_string()
+}
+
+pub fn status_json(ts: SystemTime, s: &Status) -> Value {
+    let mut signals = Map::new();
+    for (name, sig) in &s.signals {
+        signals.insert(
+            (*name).to_string(),
+            json!({"mode": sig.mode.as_str(), "exact": sig.exact, "hooks": sig.hooks, "note": sig.note}),
+        );
+    }
+    json!({
+        "type": "status",
+        "ts": rfc3339(ts),
+        "signals": signals,
+        "dropped_events": s.losses.dropped_events,
+        "lost_updates": {
+            "counter_map_full": s.losses.counter_map_full,
+            "owner_map_full": s.losses.owner_map_full,
+            "inflight_map_full": s.losses.inflight_map_full,
+        },
+        "kernel": s.kernel,
+        "watched": s.watched.iter().map(|(pid, alive)| json!({"pid": pid, "alive": alive})).collect::<Vec<_>>(),
+        "btf_missing": s.missing_offsets,
+    })
+}
+
+pub fn sample_json(ts: SystemTime, s: &Sample) -> Value {
+    let c = &s.counts;
+    json!({
+        "type": "sample",
+        "ts": rfc3339(ts),
+        "pid": s.pid,
+        "comm": s.comm,
+        "interval_s": (s.interval_s * 1000.0).round() / 1000.0,
+        "connect_attempts": c.connect_attempts,
+        "connect_ok": c.connect_ok,
+        "connect_errors": c.connect_errors,
+        "connect_async_ok": c.connect_async_ok,
+        "connect_async_errors": c.connect_async_errors,
+        "port_assign_failures": c.port_assign_failures,
+        "time_wait_created": c.time_wait_created,
+        "emfile": c.emfile,
+        "enfile": c.enfile,
+        "nofile_limit": s.nofile_limit,
+        "open_fds": s.open_fds,
+    })
+}
+
+pub fn event_json(e: &EventRecord) -> Value {
+    let mut v = json!({
+        "type": "event",
+        "ts": rfc3339(e.ts),
+        "kind": e.kind,
+        "pid": e.pid,
+        "tid": e.tid,
+        "comm": e.comm,
+        "errno": e.errno,
+        "netns": e.netns,
+        "suppressed": e.suppressed,
+    });
+    let o = v.as_object_mut().expect("json! object");
+    if e.daddr.is_some() {
+        o.insert("saddr".into(), json!(e.saddr));
+        o.insert("sport".into(), json!(e.sport));
+        o.insert("daddr".into(), json!(e.daddr));
+        o.insert("dport".into(), json!(e.dport));
+        o.insert("async".into(), json!(e.is_async));
+    }
+    if let Some(limit) = e.limit {
+        o.insert("nofile_limit".into(), json!(limit));
+    }
+    if let Some(nr) = e.syscall_nr {
+        o.insert("syscall_nr".into(), json!(nr));
+    }
+    v
+}
+
+pub fn status_text(s: &Status) -> String {
+    let mut out = format!("conntrace: kernel {}\n", s.kernel);
+    for (name, sig) in &s.signals {
+        let exact = if sig.exact { "exact" } else { "approximate" };
+        let _ = write!(out, "  {name:<12} {:<15}", sig.mode.as_str());
+        if sig.mode != crate::status::Mode::Unavailable {
+            let _ = write!(out, " {exact:<11} {}", sig.hooks.join(", "));
+        }
+        if let Some(n) = &sig.note {
+            let _ = write!(out, "  ({n})");
+        }
+        out.push('\n');
+    }
+    if s.losses.dropped_events > 0 {
+        let _ = writeln!(out, "  dropped events: {} (counts stay exact)", s.losses.dropped_events);
+    }
+    for (pid, alive) in &s.watched {
+        if !alive {
+            let _ = writeln!(out, "  pid {pid} has exited; still watching the others");
+        }
+    }
+    out
+}
+
+fn errors_text(s: &Sample) -> String {
+    if s.counts.connect_errors.is_empty() {
+        return "-".into();
+    }
+    s.counts.connect_errors.iter().map(|(k, v)| format!("{k}:{v}")).collect::<Vec<_>>().join(",")
+}
+
+fn fds_text(s: &Sample) -> String {
+    match (s.open_fds, s.nofile_limit) {
+        (Some(o), Some(l)) => format!("{o}/{l}"),
+        (None, Some(l)) => format!("?/{l}"),
+        (Some(o), None) => format!("{o}/?"),
+        (None, None) => "-".into(),
+    }
+}
+
+pub fn interval_text(ts: SystemTime, samples: &[Sample]) -> String {
+    let mut out = String::new();
+    let stamp = rfc3339(ts);
+    let _ = writeln!(
+        out,
+        "{:<7} {:<15} {:>7} {:>7} {:>6} {:>8} {:>7} {:>6} {:>6} {:>11}  {}   [{}]",
+        "PID", "COMM", "CONNECT", "OK", "ERR", "PORTFAIL", "TW", "EMFILE", "ENFILE", "FDS/LIMIT", "ERRORS", stamp
+    );
+    if samples.is_empty() {
+        let _ = writeln!(out, "(no activity)");
+    }
+    for s in samples {
+        let c = &s.counts;
+        let _ = writeln!(
+            out,
+            "{:<7} {:<15} {:>7} {:>7} {:>6} {:>8} {:>7} {:>6} {:>6} {:>11}  {}",
+            s.pid,
+            s.comm,
+            c.connect_attempts,
+            c.connect_ok,
+            c.connect_error_total(),
+            c.port_assign_failures,
+            c.time_wait_created,
+            c.emfile,
+            c.enfile,
+            fds_text(s),
+            errors_text(s)
+        );
+    }
+    out
+}
+
+pub fn event_text(e: &EventRecord) -> String {
+    let mut out = format!("  ! {} {}[{}]", e.kind, e.comm, e.pid);
+    if let (Some(d), Some(p)) = (&e.daddr, e.dport) {
+        let src = e.saddr.as_deref().unwrap_or("?");
+        let _ = write!(out, " {} -> {}", src, endpoint(d, p));
+    }
+    let _ = write!(out, " {}", e.errno);
+    if e.is_async {
+        out.push_str(" (after EINPROGRESS)");
+    }
+    if let Some(l) = e.limit {
+        let _ = write!(out, " limit {l}");
+    }
+    if let Some(ns) = e.netns {
+        let _ = write!(out, " netns {ns}");
+    }
+    if e.suppressed > 0 {
+        let _ = write!(out, " (+{} similar not shown)", e.suppressed);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{
+        model::Counts,
+        status::{Losses, Mode, SignalStatus},
+    };
+
+    fn ts() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_790_000_000)
+    }
+
+    fn sample() -> Sample {
+        let mut counts = Counts { connect_attempts: 10, connect_ok: 4, port_assign_failures: 6, ..Default::default() };
+        counts.connect_errors.insert("EADDRNOTAVAIL".into(), 6);
+        Sample { pid: 42, comm: "client".into(), interval_s: 1.0004, counts, nofile_limit: Some(1024), open_fds: Some(9) }
+    }
+
+    #[test]
+    fn sample_json_has_the_contract_fields() {
+        let v = sample_json(ts(), &sample());
+        assert_eq!(v["type"], "sample");
+        assert_eq!(v["ts"], "2026-09-21T14:13:20.000Z");
+        assert_eq!(v["pid"], 42);
+        assert_eq!(v["interval_s"], 1.0);
+        assert_eq!(v["connect_attempts"], 10);
+        assert_eq!(v["connect_ok"], 4);
+        assert_eq!(v["connect_errors"]["EADDRNOTAVAIL"], 6);
+        assert_eq!(v["port_assign_failures"], 6);
+        assert_eq!(v["time_wait_created"], 0);
+        assert_eq!(v["emfile"], 0);
+        assert_eq!(v["enfile"], 0);
+        assert_eq!(v["nofile_limit"], 1024);
+        assert_eq!(v["open_fds"], 9);
+    }
+
+    fn status() -> Status {
+        Status {
+            kernel: "6.18.0".into(),
+            signals: vec![
+                (
+                    "port_assign",
+                    SignalStatus { mode: Mode::TpBtf, exact: true, hooks: vec!["tp_btf/inet_sock_set_state".into()], note: None },
+                ),
+                ("fd_alloc", SignalStatus::unavailable("no hook")),
+            ],
+            losses: Losses { dropped_events: 3, ..Default::default() },
+            watched: vec![(7, false)],
+            missing_offsets: vec![],
+        }
+    }
+
+    #[test]
+    fn status_json_reports_modes_and_drops() {
+        let v = status_json(ts(), &status());
+        assert_eq!(v["type"], "status");
+        assert_eq!(v["signals"]["port_assign"]["mode"], "tp_btf");
+        assert_eq!(v["signals"]["port_assign"]["exact"], true);
+        assert_eq!(v["signals"]["fd_alloc"]["mode"], "unavailable");
+        assert_eq!(v["dropped_events"], 3);
+        assert_eq!(v["kernel"], "6.18.0");
+        assert_eq!(v["watched"][0]["alive"], false);
+    }
+
+    #[test]
+    fn text_rendering_snapshot() {
+        let t = interval_text(ts(), &[sample()]);
+        let mut lines = t.lines();
+        assert!(lines.next().unwrap().starts_with("PID     COMM            CONNECT"));
+        assert_eq!(
+            lines.next().unwrap(),
+            "42      client               10       4      6        6       0      0      0      9/1024  EADDRNOTAVAIL:6"
+        );
+        let s = status_text(&status());
+        assert!(s.contains("port_assign  tp_btf          exact"));
+        assert!(s.contains("fd_alloc     unavailable      (no hook)"), "{s}");
+        assert!(s.contains("dropped events: 3"));
+        assert!(s.contains("pid 7 has exited"));
+    }
+
+    #[test]
+    fn event_rendering() {
+        let e = EventRecord {
+            ts: ts(),
+            kind: "port_assign_failure",
+            pid: 42,
+            tid: 43,
+            comm: "client".into(),
+            errno: "EADDRNOTAVAIL".into(),
+            netns: Some(4026531840),
+            saddr: Some("127.0.0.1".into()),
+            sport: Some(0),
+            daddr: Some("127.0.0.2".into()),
+            dport: Some(9000),
+            limit: None,
+            syscall_nr: None,
+            is_async: false,
+            suppressed: 2,
+        };
+        let v = event_json(&e);
+        assert_eq!(v["kind"], "port_assign_failure");
+        assert_eq!(v["daddr"], "127.0.0.2");
+        assert_eq!(v["dport"], 9000);
+        assert_eq!(v["suppressed"], 2);
+        assert_eq!(
+            event_text(&e),
+            "  ! port_assign_failure client[42] 127.0.0.1 -> 127.0.0.2:9000 EADDRNOTAVAIL netns 4026531840 (+2 similar not shown)"
+        );
+    }
+}

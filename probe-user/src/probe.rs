@@ -1,0 +1,439 @@
+//! Loading the kernel programs and choosing, per signal, the best hook the running kernel
+//! accepts: fentry/fexit, then tp_btf, then classic/raw tracepoints. Kprobes come last in the
+//! design and are not implemented yet.
+
+use std::path::Path;
+
+use anyhow::{anyhow, Context as _, Result};
+use aya::{
+    maps::{Array, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    programs::{BtfTracePoint, FEntry, FExit, RawTracePoint, TracePoint},
+    Btf, Ebpf, EbpfLoader,
+};
+use probe_common::{
+    config::{role, stat, OFFSET_MISSING},
+    counters::CountKey,
+};
+
+use crate::{
+    cli::AttachMode,
+    model::Snapshot,
+    offsets, procinfo,
+    status::{Losses, Mode, SignalStatus, Status},
+    tpformat,
+};
+
+static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/conntrace-probe"));
+
+/// The loaded programs and what they attached to.
+pub struct Probe {
+    ebpf: Ebpf,
+    pub status: Status,
+}
+
+/// Short reason for a failed load/attach, for `status` notes.
+fn reason(e: &anyhow::Error) -> String {
+    let full = format!("{e:#}");
+    if full.contains("Operation not permitted") || full.contains("os error 1)") {
+        return "refused by this kernel (EPERM)".into();
+    }
+    if full.contains("No such file or directory") || full.contains("not found") {
+        return "hook not present in this kernel".into();
+    }
+    full.chars().take(160).collect()
+}
+
+/// Makes sure tracefs is reachable for classic tracepoints (a fresh machine has it unmounted).
+pub fn ensure_tracefs() -> Result<()> {
+    if Path::new("/sys/kernel/tracing/events").exists() || Path::new("/sys/kernel/debug/tracing/events").exists() {
+        return Ok(());
+    }
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"])
+        .status()
+        .context("running mount -t tracefs")?;
+    if !status.success() || !Path::new("/sys/kernel/tracing/events").exists() {
+        return Err(anyhow!(
+            "tracefs is not mounted and mounting it failed: run `sudo mount -t tracefs tracefs /sys/kernel/tracing`"
+        ));
+    }
+    Ok(())
+}
+
+fn tracefs_format(category: &str, name: &str) -> Option<String> {
+    ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .iter()
+        .find_map(|root| std::fs::read_to_string(format!("{root}/events/{category}/{name}/format")).ok())
+}
+
+struct Loader<'a> {
+    ebpf: Ebpf,
+    btf: Option<&'a Btf>,
+}
+
+impl Loader<'_> {
+    fn fexit(&mut self, prog: &str, func: &str) -> Result<String> {
+        let btf = self.btf.context("no kernel BTF")?;
+        let p: &mut FExit = self.ebpf.program_mut(prog).context("program missing")?.try_into()?;
+        p.load(func, btf)?;
+        p.attach()?;
+        Ok(format!("fexit/{func}"))
+    }
+
+    fn fentry(&mut self, prog: &str, func: &str) -> Result<String> {
+        let btf = self.btf.context("no kernel BTF")?;
+        let p: &mut FEntry = self.ebpf.program_mut(prog).context("program missing")?.try_into()?;
+        p.load(func, btf)?;
+        p.attach()?;
+        Ok(format!("fentry/{func}"))
+    }
+
+    fn tp_btf(&mut self, prog: &str, tp: &str) -> Result<String> {
+        let btf = self.btf.context("no kernel BTF")?;
+        let p: &mut BtfTracePoint = self.ebpf.program_mut(prog).context("program missing")?.try_into()?;
+        p.load(tp, btf)?;
+        p.attach()?;
+        Ok(format!("tp_btf/{tp}"))
+    }
+
+    fn tracepoint(&mut self, prog: &str, points: &[(&str, &str)]) -> Result<Vec<String>> {
+        let p: &mut TracePoint = self.ebpf.program_mut(prog).context("program missing")?.try_into()?;
+        p.load()?;
+        let mut hooks = Vec::new();
+        for (cat, name) in points {
+            p.attach(cat, name)?;
+            hooks.push(format!("tracepoint/{cat}/{name}"));
+        }
+        Ok(hooks)
+    }
+
+    fn raw_tp(&mut self, prog: &str, tp: &str) -> Result<String> {
+        let p: &mut RawTracePoint = self.ebpf.program_mut(prog).context("program missing")?.try_into()?;
+        p.load()?;
+        p.attach(tp)?;
+        Ok(format!("raw_tracepoint/{tp}"))
+    }
+
+    /// Detaches and unloads a program after a partial attach.
+    fn unload(&mut self, prog: &str) {
+        if let Some(p) = self.ebpf.program_mut(prog) {
+            let _ = match p {
+                aya::programs::Program::FExit(p) => p.unload(),
+                aya::programs::Program::FEntry(p) => p.unload(),
+                _ => Ok(()),
+            };
+        }
+    }
+}
+
+fn has(fields: &[u32]) -> bool {
+    fields.iter().all(|&f| f != OFFSET_MISSING)
+}
+
+impl Probe {
+    pub fn load(mode: AttachMode, events_per_sec: u32) -> Result<Self> {
+        let kernel = procinfo::kernel_release();
+        // BTF feeds both the typed hooks (aya) and the offsets (our reader).
+        let aya_btf = Btf::from_sys_fs().ok();
+        let our_btf = crate::btf::Btf::from_sys_fs().ok();
+        let resolved = offsets::resolve(our_btf.as_ref(), events_per_sec);
+        let c = resolved.config;
+
+        let ebpf = EbpfLoader::new()
+            .btf(aya_btf.as_ref())
+            .override_global("CONFIG", &c, true)
+            .load(PROGRAMS)
+            .context("loading conntrace's kernel programs")?;
+        let mut l = Loader { ebpf, btf: aya_btf.as_ref() };
+
+        let allow_fexit = matches!(mode, AttachMode::Auto | AttachMode::Fexit) && aya_btf.is_some();
+        let allow_tp = matches!(mode, AttachMode::Auto | AttachMode::Tracepoint);
+        let any = allow_fexit || allow_tp;
+        let mut roles: Vec<u32> = Vec::new();
+        let sock_ok = has(&[c.sk_family, c.socket_sk, c.socket_type]);
+        let fd_walk_ok = sock_ok && has(&[c.task_files, c.files_fdt, c.fdt_fd, c.fdt_max_fds, c.file_private_data]);
+
+        // inet_sock_set_state: async connect outcomes in every mode, and the fallback for
+        // port failures and TIME_WAIT.
+        let mut set_state: Option<(Mode, String)> = None;
+        let mut set_state_why = Vec::new();
+        if any && sock_ok {
+            match l.tp_btf("set_state_btf", "inet_sock_set_state") {
+                Ok(h) => set_state = Some((Mode::TpBtf, h)),
+                Err(e) => set_state_why.push(format!("tp_btf: {}", reason(&e))),
+            }
+            if set_state.is_none() {
+                let layout = tracefs_format("sock", "inet_sock_set_state")
+                    .ok_or_else(|| "tracepoint sock/inet_sock_set_state not found".to_string())
+                    .and_then(|f| tpformat::check(&f, &[("skaddr", 8, 8), ("oldstate", 16, 4), ("newstate", 20, 4)]));
+                match layout {
+                    Ok(()) => match l.tracepoint("set_state_tp", &[("sock", "inet_sock_set_state")]) {
+                        Ok(mut h) => set_state = Some((Mode::Tracepoint, h.remove(0))),
+                        Err(e) => set_state_why.push(format!("tracepoint: {}", reason(&e))),
+                    },
+                    Err(e) => set_state_why.push(format!("tracepoint: {e}")),
+                }
+            }
+        } else if !sock_ok {
+            set_state_why.push("kernel BTF lacks struct sock/socket offsets".into());
+        }
+
+        // connect()
+        let mut connect_why = Vec::new();
+        let mut connect: Option<SignalStatus> = None;
+        if allow_fexit && sock_ok {
+            match l.fentry("connect_fentry", "inet_stream_connect").and_then(|a| Ok((a, l.fexit("connect_fexit", "inet_stream_connect")?))) {
+                Ok((a, b)) => {
+                    connect = Some(SignalStatus {
+                        mode: Mode::Fexit,
+                        exact: true,
+                        hooks: vec![a, b],
+                        note: Some("TCP connects by any path (syscall or io_uring)".into()),
+                    })
+                }
+                Err(e) => {
+                    l.unload("connect_fentry");
+                    connect_why.push(format!("fexit: {}", reason(&e)));
+                }
+            }
+        }
+        if connect.is_none() && allow_tp {
+            if fd_walk_ok {
+                let r = l.tracepoint("connect_enter_tp", &[("syscalls", "sys_enter_connect")]).and_then(|mut a| {
+                    a.extend(l.tracepoint("connect_exit_tp", &[("syscalls", "sys_exit_connect")])?);
+                    Ok(a)
+                });
+                match r {
+                    Ok(hooks) => {
+                        connect = Some(SignalStatus {
+                            mode: Mode::Tracepoint,
+                            exact: true,
+                            hooks,
+                            note: Some("connect(2) system calls; io_uring connects are not seen".into()),
+                        })
+                    }
+                    Err(e) => connect_why.push(format!("tracepoint: {}", reason(&e))),
+                }
+            } else {
+                connect_why.push("tracepoint: kernel BTF lacks the fd→socket offsets".into());
+            }
+        }
+        let connect = match connect {
+            Some(mut s) => {
+                roles.push(role::CONNECT);
+                match &set_state {
+                    Some((_, h)) => s.hooks.push(h.clone()),
+                    None => {
+                        s.exact = false;
+                        s.note = Some(format!(
+                            "outcomes of non-blocking connects are not seen ({})",
+                            set_state_why.join("; ")
+                        ));
+                    }
+                }
+                s
+            }
+            None => SignalStatus::unavailable(why(&connect_why, mode)),
+        };
+
+        // Socket owners of accepted connections (TIME_WAIT attribution).
+        let mut owner_hooks: Vec<String> = Vec::new();
+        if allow_fexit && sock_ok {
+            if let Ok(h) = l.fexit("accept_fexit", "inet_accept") {
+                owner_hooks.push(h);
+            }
+        }
+        if owner_hooks.is_empty() && allow_tp && fd_walk_ok {
+            if let Ok(h) =
+                l.tracepoint("accept_exit_tp", &[("syscalls", "sys_exit_accept4"), ("syscalls", "sys_exit_accept")])
+            {
+                owner_hooks.extend(h);
+            }
+        }
+
+        // Port assignment.
+        let mut port_why = Vec::new();
+        let mut port: Option<SignalStatus> = None;
+        if allow_fexit && sock_ok {
+            match l.fexit("port_fexit_v4", "inet_hash_connect") {
+                Ok(h) => {
+                    let mut hooks = vec![h];
+                    let mut note = None;
+                    match l.fexit("port_fexit_v6", "inet6_hash_connect") {
+                        Ok(h6) => hooks.push(h6),
+                        Err(e) => note = Some(format!("IPv6 not watched: {}", reason(&e))),
+                    }
+                    port = Some(SignalStatus { mode: Mode::Fexit, exact: true, hooks, note });
+                }
+                Err(e) => port_why.push(format!("fexit: {}", reason(&e))),
+            }
+        }
+        if port.is_none() && allow_tp {
+            match (&set_state, connect.mode) {
+                (Some((m, h)), cm) if cm != Mode::Unavailable => {
+                    roles.push(role::PORT_VIA_SET_STATE);
+                    let mut hooks = vec![h.clone()];
+                    hooks.extend(connect.hooks.iter().filter(|x| *x != h).cloned());
+                    port = Some(SignalStatus {
+                        mode: *m,
+                        exact: true,
+                        hooks,
+                        note: Some(
+                            "SYN_SENT→CLOSE inside connect() that returns EADDRNOTAVAIL (tcp_v4_connect failure path)"
+                                .into(),
+                        ),
+                    });
+                }
+                _ => port_why.push("fallback needs inet_sock_set_state and the connect hooks".into()),
+            }
+        }
+        let port = port.unwrap_or_else(|| SignalStatus::unavailable(why(&port_why, mode)));
+
+        // TIME_WAIT creation.
+        let mut tw_why = Vec::new();
+        let mut tw: Option<SignalStatus> = None;
+        if allow_fexit && sock_ok {
+            match l.fexit("tw_fexit", "inet_twsk_alloc") {
+                Ok(h) => tw = Some(SignalStatus { mode: Mode::Fexit, exact: true, hooks: vec![h], note: None }),
+                Err(e) => tw_why.push(format!("fexit: {}", reason(&e))),
+            }
+        }
+        if tw.is_none() && allow_tp {
+            match &set_state {
+                Some((m, h)) if c.sk_nulls_pprev != OFFSET_MISSING => {
+                    roles.push(role::TW_VIA_SET_STATE);
+                    tw = Some(SignalStatus {
+                        mode: *m,
+                        exact: true,
+                        hooks: vec![h.clone()],
+                        note: Some("FIN_WAIT/CLOSING→CLOSE with the socket already unhashed by tcp_time_wait".into()),
+                    });
+                }
+                _ => tw_why.push("fallback needs inet_sock_set_state and skc_nulls_node in BTF".into()),
+            }
+        }
+        let tw = match tw {
+            Some(mut s) => {
+                let owners = if connect.mode == Mode::Unavailable {
+                    "owners unknown for connected sockets".to_string()
+                } else {
+                    format!("owners from {}", connect.hooks[0])
+                };
+                let accepted = match owner_hooks.first() {
+                    Some(h) => format!("and {h}"),
+                    None => "; owners of accepted sockets unknown".into(),
+                };
+                let base = s.note.take().map(|n| format!("{n}; ")).unwrap_or_default();
+                s.note = Some(format!("{base}{owners} {accepted}"));
+                s.hooks.extend(owner_hooks.iter().cloned());
+                s
+            }
+            None => SignalStatus::unavailable(why(&tw_why, mode)),
+        };
+
+        // fd exhaustion.
+        let mut fd_why = Vec::new();
+        let mut fd: Option<SignalStatus> = None;
+        if allow_fexit {
+            match l.fexit("fd_fexit_alloc_fd", "alloc_fd").and_then(|a| Ok((a, l.fexit("fd_fexit_alloc_file", "alloc_empty_file")?))) {
+                Ok((a, b)) => {
+                    fd = Some(SignalStatus {
+                        mode: Mode::Fexit,
+                        exact: true,
+                        hooks: vec![a, b],
+                        note: Some("every fd/file allocation failure, including kernel-internal ones".into()),
+                    })
+                }
+                Err(e) => {
+                    l.unload("fd_fexit_alloc_fd");
+                    fd_why.push(format!("fexit: {}", reason(&e)));
+                }
+            }
+        }
+        if fd.is_none() && allow_tp {
+            match l.raw_tp("fd_sys_exit", "sys_exit") {
+                Ok(h) => {
+                    roles.push(role::FD_VIA_SYS_EXIT);
+                    fd = Some(SignalStatus {
+                        mode: Mode::RawTracepoint,
+                        exact: true,
+                        hooks: vec![h],
+                        note: Some("system calls that returned EMFILE/ENFILE, i.e. what applications saw".into()),
+                    });
+                }
+                Err(e) => fd_why.push(format!("raw_tracepoint: {}", reason(&e))),
+            }
+        }
+        let fd = fd.unwrap_or_else(|| SignalStatus::unavailable(why(&fd_why, mode)));
+
+        let mut ebpf = l.ebpf;
+        {
+            let mut r: Array<_, u32> = Array::try_from(ebpf.map_mut("ROLES").context("ROLES map")?)?;
+            for idx in roles {
+                r.set(idx, 1, 0)?;
+            }
+        }
+        let status = Status {
+            kernel,
+            signals: vec![("port_assign", port), ("time_wait", tw), ("fd_alloc", fd), ("connect", connect)],
+            losses: Losses::default(),
+            watched: Vec::new(),
+            missing_offsets: resolved.missing,
+        };
+        Ok(Probe { ebpf, status })
+    }
+
+    /// All counters, summed over CPUs.
+    pub fn snapshot(&self) -> Result<Snapshot> {
+        let map: PerCpuHashMap<_, CountKey, u64> =
+            PerCpuHashMap::try_from(self.ebpf.map("COUNTS").context("COUNTS map")?)?;
+        let mut out = Snapshot::new();
+        for item in map.iter() {
+            let (k, values) = item?;
+            out.insert(k, values.iter().sum());
+        }
+        Ok(out)
+    }
+
+    /// Forgets the counters of processes that are gone (after their last report).
+    pub fn forget(&mut self, keys: &[CountKey]) -> Result<()> {
+        let mut map: PerCpuHashMap<_, CountKey, u64> =
+            PerCpuHashMap::try_from(self.ebpf.map_mut("COUNTS").context("COUNTS map")?)?;
+        for k in keys {
+            let _ = map.remove(k);
+        }
+        Ok(())
+    }
+
+    /// The comm recorded in the kernel when the process's first counter was created.
+    pub fn kernel_comm(&self, tgid: u32) -> Option<String> {
+        let map: aya::maps::HashMap<_, u32, [u8; 16]> =
+            aya::maps::HashMap::try_from(self.ebpf.map("COMMS")?).ok()?;
+        map.get(&tgid, 0).ok().map(|c| crate::model::comm_str(&c))
+    }
+
+    pub fn losses(&self) -> Result<Losses> {
+        let map: PerCpuArray<_, u64> = PerCpuArray::try_from(self.ebpf.map("STATS").context("STATS map")?)?;
+        let get = |i: u32| -> Result<u64> { Ok(map.get(&i, 0)?.iter().sum()) };
+        Ok(Losses {
+            dropped_events: get(stat::EVENTS_DROPPED)?,
+            counter_map_full: get(stat::COUNTER_MAP_FULL)?,
+            owner_map_full: get(stat::OWNER_MAP_FULL)?,
+            inflight_map_full: get(stat::INFLIGHT_MAP_FULL)?,
+        })
+    }
+
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
+        Ok(RingBuf::try_from(self.ebpf.take_map("EVENTS").context("EVENTS map")?)?)
+    }
+}
+
+fn why(reasons: &[String], mode: AttachMode) -> String {
+    let forced = match mode {
+        AttachMode::Auto => "",
+        AttachMode::Fexit => "attach mode fexit: no fallback allowed; ",
+        AttachMode::Tracepoint => "attach mode tracepoint: fexit not tried; ",
+        AttachMode::Kprobe => "attach mode kprobe: kprobe programs are not implemented yet; ",
+    };
+    format!("{forced}{}", if reasons.is_empty() { "no usable hook".to_string() } else { reasons.join("; ") })
+}

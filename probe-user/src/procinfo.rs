@@ -1,0 +1,103 @@
+//! What /proc says about a process: name, fd limit, open fds. Parsing is split from reading so
+//! it can be tested on fixture text.
+
+use std::{fs, path::Path};
+
+pub fn exists(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+pub fn comm(pid: u32) -> Option<String> {
+    fs::read_to_string(format!("/proc/{pid}/comm")).ok().map(|s| s.trim_end().to_string())
+}
+
+/// (soft, hard) "Max open files" from /proc/PID/limits; None for "unlimited" or absent.
+pub fn parse_nofile(limits: &str) -> Option<(Option<u64>, Option<u64>)> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let mut cols = line["Max open files".len()..].split_whitespace();
+    let soft = cols.next()?.parse().ok();
+    let hard = cols.next()?.parse().ok();
+    Some((soft, hard))
+}
+
+pub fn nofile_limit(pid: u32) -> Option<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    parse_nofile(&text)?.0
+}
+
+pub fn open_fds(pid: u32) -> Option<u64> {
+    Some(fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64)
+}
+
+pub fn kernel_release() -> String {
+    fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_else(|_| "unknown".into())
+}
+
+/// Effective capability set of this process (/proc/self/status `CapEff`).
+pub fn effective_caps() -> u64 {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| parse_cap_eff(&s))
+        .unwrap_or(0)
+}
+
+pub fn parse_cap_eff(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("CapEff:"))?;
+    u64::from_str_radix(line["CapEff:".len()..].trim(), 16).ok()
+}
+
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// None when the capabilities suffice, else the one-line error naming the fix.
+pub fn privilege_problem(caps: u64, exe: &str) -> Option<String> {
+    let has = |c: u32| caps & (1u64 << c) != 0;
+    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
+        return None;
+    }
+    Some(format!(
+        "conntrace needs root or CAP_BPF+CAP_PERFMON to load its kernel programs: run it with sudo, \
+         or once: sudo setcap cap_bpf,cap_perfmon,cap_sys_ptrace,cap_dac_read_search+ep {exe}"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: &str = "Limit                     Soft Limit           Hard Limit           Units     
+Max cpu time              unlimited            unlimited            seconds   
+Max open files            64                   524288               files     
+Max locked memory         8388608              8388608              bytes     
+";
+
+    #[test]
+    fn parses_nofile() {
+        assert_eq!(parse_nofile(LIMITS), Some((Some(64), Some(524288))));
+        assert_eq!(
+            parse_nofile("Max open files            unlimited            unlimited            files"),
+            Some((None, None))
+        );
+        assert_eq!(parse_nofile("nothing"), None);
+    }
+
+    #[test]
+    fn capability_checks() {
+        assert_eq!(parse_cap_eff("Name:\tx\nCapEff:\t000001ffffffffff\n"), Some(0x1ff_ffff_ffff));
+        assert!(privilege_problem(0x1ff_ffff_ffff, "conntrace").is_none());
+        assert!(privilege_problem((1 << 39) | (1 << 38), "conntrace").is_none());
+        let msg = privilege_problem(1 << 39, "/usr/bin/conntrace").unwrap();
+        assert!(msg.contains("sudo setcap cap_bpf,cap_perfmon"));
+        assert!(msg.contains("/usr/bin/conntrace"));
+        assert!(!msg.contains('\n'));
+    }
+
+    #[test]
+    fn reads_own_process() {
+        let me = std::process::id();
+        assert!(exists(me));
+        assert!(open_fds(me).unwrap() >= 3);
+        assert!(comm(me).is_some());
+    }
+}

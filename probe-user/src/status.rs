@@ -1,0 +1,70 @@
+//! What is attached, how, and what was lost: the `status` record.
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Fexit,
+    TpBtf,
+    Tracepoint,
+    RawTracepoint,
+    Kprobe,
+    Unavailable,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Fexit => "fexit",
+            Mode::TpBtf => "tp_btf",
+            Mode::Tracepoint => "tracepoint",
+            Mode::RawTracepoint => "raw_tracepoint",
+            Mode::Kprobe => "kprobe",
+            Mode::Unavailable => "unavailable",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignalStatus {
+    pub mode: Mode,
+    /// True when the counts equal what the kernel/application saw in this mode.
+    pub exact: bool,
+    /// The hooks in use, e.g. `fexit/inet_hash_connect`.
+    pub hooks: Vec<String>,
+    /// Why a preferred hook was not used, or what this mode cannot see.
+    pub note: Option<String>,
+}
+
+impl SignalStatus {
+    pub fn unavailable(note: impl Into<String>) -> Self {
+        SignalStatus { mode: Mode::Unavailable, exact: false, hooks: Vec::new(), note: Some(note.into()) }
+    }
+}
+
+/// Signals in the order they are reported.
+pub const SIGNALS: [&str; 4] = ["port_assign", "time_wait", "fd_alloc", "connect"];
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Losses {
+    pub dropped_events: u64,
+    pub counter_map_full: u64,
+    pub owner_map_full: u64,
+    pub inflight_map_full: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    pub kernel: String,
+    /// (signal name, status), in [`SIGNALS`] order.
+    pub signals: Vec<(&'static str, SignalStatus)>,
+    pub losses: Losses,
+    /// Watched pids and whether each is still alive.
+    pub watched: Vec<(u32, bool)>,
+    /// Kernel struct members missing from BTF (the features needing them are off).
+    pub missing_offsets: Vec<String>,
+}
+
+impl Status {
+    pub fn signal(&self, name: &str) -> Option<&SignalStatus> {
+        self.signals.iter().find(|(n, _)| *n == name).map(|(_, s)| s)
+    }
+}
