@@ -54,25 +54,20 @@ pub fn enter(sk: u64, sockaddr: u64, user_sockaddr: bool) {
     inf.dport = dport;
     // A second connect() on a socket whose non-blocking connect is already tracked only
     // polls it (EALREADY, or the final result): not a new attempt.
-    if let Some(o) = OWNERS.get_ptr(&sk) {
+    if let Some(o) = OWNERS.get_ptr(sk) {
         let p = unsafe { (*o).phase };
         if p == phase::ASYNC_PENDING || p == phase::ASYNC_DONE {
             inf.repoll = 1;
         }
     }
     if inf.repoll == 0 {
-        let owner = SockOwner {
-            tgid,
-            phase: phase::IN_CONNECT,
-            pending: pending::NONE,
-            pending_err: 0,
-            comm: current_comm(),
-        };
-        if OWNERS.insert(&sk, &owner, 0).is_err() {
+        let owner =
+            SockOwner { tgid, phase: phase::IN_CONNECT, pending: pending::NONE, pending_err: 0, comm: current_comm() };
+        if OWNERS.insert(sk, owner, 0).is_err() {
             stat_inc(stat::OWNER_MAP_FULL);
         }
     }
-    if INFLIGHT.insert(&tid, &inf, 0).is_err() {
+    if INFLIGHT.insert(tid, inf, 0).is_err() {
         stat_inc(stat::INFLIGHT_MAP_FULL);
     }
 }
@@ -80,18 +75,18 @@ pub fn enter(sk: u64, sockaddr: u64, user_sockaddr: bool) {
 #[inline(always)]
 pub fn exit(ret: i64) {
     let (tgid, tid) = current();
-    let Some(p) = INFLIGHT.get_ptr(&tid) else {
+    let Some(p) = INFLIGHT.get_ptr(tid) else {
         return;
     };
     let inf = unsafe { *p };
-    let _ = INFLIGHT.remove(&tid);
+    let _ = INFLIGHT.remove(tid);
     if inf.repoll == 1 {
         return;
     }
     let sk = inf.sk;
     let comm = current_comm();
     bump(tgid, kind::CONNECT_ATTEMPT, 0, &comm);
-    let owner = OWNERS.get_ptr_mut(&sk);
+    let owner = OWNERS.get_ptr_mut(sk);
     if ret == 0 {
         bump(tgid, kind::CONNECT_OK, 0, &comm);
         if let Some(o) = owner {
@@ -111,7 +106,7 @@ pub fn exit(ret: i64) {
                 pending::FAILED => {
                     let e = o.pending_err;
                     async_failed(sk, tgid, e, &comm);
-                    let _ = OWNERS.remove(&sk);
+                    let _ = OWNERS.remove(sk);
                 }
                 _ => o.phase = phase::ASYNC_PENDING,
             }
@@ -139,7 +134,7 @@ pub fn exit(ret: i64) {
     }
     // A failed connect leaves the socket in CLOSE (no later transition removes the owner).
     if sk_state(sk) as i32 == tcp_state::CLOSE {
-        let _ = OWNERS.remove(&sk);
+        let _ = OWNERS.remove(sk);
     } else if let Some(o) = owner {
         unsafe { (*o).phase = phase::SYNC_DONE };
     }
@@ -184,7 +179,7 @@ pub fn transition(sk: u64, newstate: i32) {
         // tcp_v4_connect()/tcp_v6_connect() failure path: inet_hash_connect failed and the
         // socket goes back to CLOSE inside the caller's connect(). Remember it for `exit`.
         let (_, tid) = current();
-        if let Some(p) = INFLIGHT.get_ptr_mut(&tid) {
+        if let Some(p) = INFLIGHT.get_ptr_mut(tid) {
             let inf = unsafe { &mut *p };
             if inf.sk == sk {
                 inf.closed_in_connect = 1;
@@ -196,7 +191,7 @@ pub fn transition(sk: u64, newstate: i32) {
             }
         }
     }
-    let Some(o) = OWNERS.get_ptr_mut(&sk) else {
+    let Some(o) = OWNERS.get_ptr_mut(sk) else {
         return;
     };
     let o = unsafe { &mut *o };
@@ -231,14 +226,9 @@ pub fn accepted(sk: u64) {
         return;
     }
     let (tgid, _) = current();
-    let owner = SockOwner {
-        tgid,
-        phase: phase::ACCEPTED,
-        pending: pending::NONE,
-        pending_err: 0,
-        comm: current_comm(),
-    };
-    if OWNERS.insert(&sk, &owner, 0).is_err() {
+    let owner =
+        SockOwner { tgid, phase: phase::ACCEPTED, pending: pending::NONE, pending_err: 0, comm: current_comm() };
+    if OWNERS.insert(sk, owner, 0).is_err() {
         stat_inc(stat::OWNER_MAP_FULL);
     }
 }

@@ -24,16 +24,16 @@ pub fn current_comm() -> [u8; COMM_LEN] {
 #[inline(always)]
 pub fn bump(tgid: u32, kind: u16, aux: u16, comm: &[u8; COMM_LEN]) {
     let key = CountKey { tgid, kind, aux };
-    if let Some(p) = COUNTS.get_ptr_mut(&key) {
+    if let Some(p) = COUNTS.get_ptr_mut(key) {
         unsafe { *p += 1 };
         return;
     }
-    match COUNTS.insert(&key, &1, BPF_NOEXIST as u64) {
+    match COUNTS.insert(key, 1, BPF_NOEXIST as u64) {
         Ok(()) => {
-            let _ = COMMS.insert(&tgid, comm, 0);
+            let _ = COMMS.insert(tgid, comm, 0);
         }
         // Another CPU created the entry meanwhile (EEXIST): count on ours.
-        Err(_) => match COUNTS.get_ptr_mut(&key) {
+        Err(_) => match COUNTS.get_ptr_mut(key) {
             Some(p) => unsafe { *p += 1 },
             None => stat_inc(stat::COUNTER_MAP_FULL),
         },
@@ -48,7 +48,7 @@ fn event_allowed(tgid: u32, kind: u16) -> Option<u32> {
     let key = ((tgid as u64) << 16) | kind as u64;
     let now = unsafe { bpf_ktime_get_ns() };
     let limit = off!(events_per_sec);
-    match LIMITER.get_ptr_mut(&key) {
+    match LIMITER.get_ptr_mut(key) {
         Some(l) => {
             let l = unsafe { &mut *l };
             if now.wrapping_sub(l.window_start) >= 1_000_000_000 {
@@ -66,15 +66,7 @@ fn event_allowed(tgid: u32, kind: u16) -> Option<u32> {
             }
         }
         None => {
-            let _ = LIMITER.insert(
-                &key,
-                &Limiter {
-                    window_start: now,
-                    sent: 1,
-                    suppressed: 0,
-                },
-                0,
-            );
+            let _ = LIMITER.insert(key, Limiter { window_start: now, sent: 1, suppressed: 0 }, 0);
             Some(0)
         }
     }
@@ -83,13 +75,7 @@ fn event_allowed(tgid: u32, kind: u16) -> Option<u32> {
 /// Reserves an event of `kind` for process `tgid`, pre-filled with the header fields, or
 /// None when rate-limited or the ring buffer is full (then counted in STATS).
 #[inline(always)]
-pub fn new_event(
-    kind: u16,
-    tgid: u32,
-    tid: u32,
-    errno: u16,
-    comm: &[u8; COMM_LEN],
-) -> Option<RingBufEntry<Event>> {
+pub fn new_event(kind: u16, tgid: u32, tid: u32, errno: u16, comm: &[u8; COMM_LEN]) -> Option<RingBufEntry<Event>> {
     let suppressed = event_allowed(tgid, kind)?;
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         stat_inc(stat::EVENTS_DROPPED);

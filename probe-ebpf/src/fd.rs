@@ -12,11 +12,8 @@ pub const ENFILE: i64 = 23;
 pub fn failed(errno: i64, limit: u64, syscall_nr: i32) {
     let (tgid, tid) = current();
     let comm = current_comm();
-    let (count_kind, event_kind) = if errno == EMFILE {
-        (kind::EMFILE, event::kind::EMFILE)
-    } else {
-        (kind::ENFILE, event::kind::ENFILE)
-    };
+    let (count_kind, event_kind) =
+        if errno == EMFILE { (kind::EMFILE, event::kind::EMFILE) } else { (kind::ENFILE, event::kind::ENFILE) };
     bump(tgid, count_kind, 0, &comm);
     if let Some(mut e) = new_event(event_kind, tgid, tid, errno as u16, &comm) {
         let ev = unsafe { e.assume_init_mut() };

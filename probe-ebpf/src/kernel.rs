@@ -126,7 +126,11 @@ pub fn socket_stream_sk(socket: u64) -> Option<u64> {
         return None;
     }
     let sk = read::<u64>(socket, off!(socket_sk))?;
-    if sk == 0 { None } else { Some(sk) }
+    if sk == 0 {
+        None
+    } else {
+        Some(sk)
+    }
 }
 
 /// Soft RLIMIT_NOFILE of the current process (`current->signal->rlim[RLIMIT_NOFILE]`).

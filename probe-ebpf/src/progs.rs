@@ -15,7 +15,10 @@ use crate::{
     connect,
     count::{bump, current, current_comm, new_event},
     fd,
-    kernel::{current_nofile_limit, current_stream_sock, read, sk_addrs, sk_family, sk_is_tcp, sk_netns, sk_ports, socket_stream_sk},
+    kernel::{
+        current_nofile_limit, current_stream_sock, read, sk_addrs, sk_family, sk_is_tcp, sk_netns, sk_ports,
+        socket_stream_sk,
+    },
     maps::{role_on, stat_inc, INFLIGHT},
     state,
 };
@@ -35,9 +38,9 @@ pub fn set_state_btf(ctx: BtfTracePointContext) -> i32 {
 /// against the event's format file by user space before attaching.
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
 pub fn set_state_tp(ctx: TracePointContext) -> u32 {
-    let (Ok(sk), Ok(old), Ok(new)) = (unsafe { ctx.read_at::<u64>(8) }, unsafe { ctx.read_at::<i32>(16) }, unsafe {
-        ctx.read_at::<i32>(20)
-    }) else {
+    let (Ok(sk), Ok(old), Ok(new)) =
+        (unsafe { ctx.read_at::<u64>(8) }, unsafe { ctx.read_at::<i32>(16) }, unsafe { ctx.read_at::<i32>(20) })
+    else {
         return 0;
     };
     state::on_set_state(sk, old, new);
@@ -127,7 +130,7 @@ fn port_failed(sk: u64) {
     let comm = current_comm();
     bump(tgid, kind::PORT_ASSIGN_FAILURE, 0, &comm);
     // Tell connect::exit the event is out, so it does not send a second one.
-    if let Some(p) = INFLIGHT.get_ptr_mut(&tid) {
+    if let Some(p) = INFLIGHT.get_ptr_mut(tid) {
         unsafe { (*p).port_event_sent = 1 };
     }
     if let Some(mut e) = new_event(event::kind::PORT_ASSIGN_FAILURE, tgid, tid, 99, &comm) {

@@ -30,9 +30,7 @@ pub fn on_set_state(sk: u64, oldstate: i32, newstate: i32) {
     // tcp_time_wait() is entered from FIN_WAIT2 or CLOSING (FIN_WAIT1 only through an
     // immediate FIN_WAIT2 step); only when it really created the timewait socket is the full
     // socket already unhashed here.
-    if (oldstate == tcp_state::FIN_WAIT1
-        || oldstate == tcp_state::FIN_WAIT2
-        || oldstate == tcp_state::CLOSING)
+    if (oldstate == tcp_state::FIN_WAIT1 || oldstate == tcp_state::FIN_WAIT2 || oldstate == tcp_state::CLOSING)
         && role_on(role::TW_VIA_SET_STATE)
         && sk_unhashed(sk) == Some(true)
     {
@@ -40,9 +38,9 @@ pub fn on_set_state(sk: u64, oldstate: i32, newstate: i32) {
     }
     // The socket is done: forget its owner, unless connect() is still running in the owner's
     // thread and will settle the outcome itself (connect::exit removes it then).
-    if let Some(o) = OWNERS.get_ptr(&sk) {
+    if let Some(o) = OWNERS.get_ptr(sk) {
         if unsafe { (*o).phase } != phase::IN_CONNECT {
-            let _ = OWNERS.remove(&sk);
+            let _ = OWNERS.remove(sk);
         }
     }
 }
@@ -51,7 +49,7 @@ pub fn on_set_state(sk: u64, oldstate: i32, newstate: i32) {
 /// unattributed when no owner was recorded.
 #[inline(always)]
 pub fn charge_to_owner(sk: u64, kind: u16) {
-    match OWNERS.get_ptr(&sk) {
+    match OWNERS.get_ptr(sk) {
         Some(o) => {
             let o = unsafe { &*o };
             let (tgid, comm) = (o.tgid, o.comm);

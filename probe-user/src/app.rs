@@ -17,8 +17,9 @@ use tokio::{
 use crate::{
     cli::WatchArgs,
     model::{self, EventRecord, Sample, Snapshot},
-    output, procinfo,
+    output,
     probe::{self, Probe},
+    procinfo,
     status::Status,
 };
 

@@ -92,21 +92,11 @@ impl Btf {
         let str_off = u32_at(b, 16)? as usize;
         let str_len = u32_at(b, 20)? as usize;
         let types_start = hdr_len + type_off;
-        let tb = b
-            .get(types_start..types_start + type_len)
-            .context("BTF type section out of bounds")?;
-        let strings = b
-            .get(hdr_len + str_off..hdr_len + str_off + str_len)
-            .context("BTF string section out of bounds")?
-            .to_vec();
+        let tb = b.get(types_start..types_start + type_len).context("BTF type section out of bounds")?;
+        let strings =
+            b.get(hdr_len + str_off..hdr_len + str_off + str_len).context("BTF string section out of bounds")?.to_vec();
 
-        let mut types = vec![Type {
-            name_off: 0,
-            kind: 0,
-            size_or_type: 0,
-            array: None,
-            members: Vec::new(),
-        }];
+        let mut types = vec![Type { name_off: 0, kind: 0, size_or_type: 0, array: None, members: Vec::new() }];
         let mut p = 0usize;
         while p < tb.len() {
             let name_off = u32_at(tb, p)?;
@@ -116,17 +106,11 @@ impl Btf {
             let vlen = (info & 0xffff) as usize;
             let kind = (info >> 24) & 0x1f;
             let kind_flag = info >> 31 == 1;
-            let mut t = Type {
-                name_off,
-                kind,
-                size_or_type,
-                array: None,
-                members: Vec::new(),
-            };
+            let mut t = Type { name_off, kind, size_or_type, array: None, members: Vec::new() };
             match kind {
                 KIND_INT | KIND_VAR | KIND_DECL_TAG => p += 4,
-                KIND_PTR | KIND_FWD | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT
-                | KIND_FUNC | KIND_FLOAT | KIND_TYPE_TAG => {}
+                KIND_PTR | KIND_FWD | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_FUNC
+                | KIND_FLOAT | KIND_TYPE_TAG => {}
                 KIND_ARRAY => {
                     t.array = Some((u32_at(tb, p)?, u32_at(tb, p + 8)?));
                     p += 12;
@@ -166,9 +150,7 @@ impl Btf {
         for _ in 0..32 {
             let t = self.types.get(id as usize)?;
             match t.kind {
-                KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
-                    id = t.size_or_type
-                }
+                KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => id = t.size_or_type,
                 _ => return Some(t),
             }
         }
@@ -191,9 +173,7 @@ impl Btf {
 
     fn struct_by_name(&self, name: &str) -> Option<&Type> {
         // A struct may also appear as a forward declaration; take the definition.
-        self.types
-            .iter()
-            .find(|t| (t.kind == KIND_STRUCT || t.kind == KIND_UNION) && self.name(t.name_off) == name)
+        self.types.iter().find(|t| (t.kind == KIND_STRUCT || t.kind == KIND_UNION) && self.name(t.name_off) == name)
     }
 
     /// Finds `member` in `t`, descending into anonymous struct/union members.
@@ -225,15 +205,11 @@ impl Btf {
 
     /// Offset of a dotted member path such as `skc_net.net` inside `struct name`.
     pub fn field(&self, struct_name: &str, path: &str) -> Result<Field> {
-        let mut t = self
-            .struct_by_name(struct_name)
-            .with_context(|| format!("struct {struct_name} not in BTF"))?;
+        let mut t = self.struct_by_name(struct_name).with_context(|| format!("struct {struct_name} not in BTF"))?;
         let mut total = 0;
         let parts: Vec<&str> = path.split('.').collect();
         for (i, part) in parts.iter().enumerate() {
-            let f = self
-                .find_member(t, part, 0)
-                .with_context(|| format!("{struct_name}.{path}: no member {part}"))?;
+            let f = self.find_member(t, part, 0).with_context(|| format!("{struct_name}.{path}: no member {part}"))?;
             total += f.offset;
             if i + 1 == parts.len() {
                 return Ok(Field { offset: total, ..f });
@@ -316,21 +292,46 @@ mod tests {
         let (_, o) = blob(&names, &[]);
         let types = [
             // 1: u16
-            o[0], info(KIND_INT, 0, false), 2, 16,
+            o[0],
+            info(KIND_INT, 0, false),
+            2,
+            16,
             // 2: ptr to void
-            0, info(KIND_PTR, 0, false), 0,
+            0,
+            info(KIND_PTR, 0, false),
+            0,
             // 3: possible_net_t { void *net; } size 8
-            o[4], info(KIND_STRUCT, 1, false), 8, o[5], 2, 0,
+            o[4],
+            info(KIND_STRUCT, 1, false),
+            8,
+            o[5],
+            2,
+            0,
             // 4: anonymous union { u16 skc_num; } size 2
-            0, info(KIND_UNION, 1, false), 2, o[2], 1, 0,
+            0,
+            info(KIND_UNION, 1, false),
+            2,
+            o[2],
+            1,
+            0,
             // 5: struct sock_common { u32 pad (as u16 x2 skipped); anon union @ 14*8 bits;
             //    possible_net_t skc_net @ 48*8; u16 flags:3 @ 56*8 } size 64
-            o[1], info(KIND_STRUCT, 3, true), 64,
-            0, 4, 14 * 8,
-            o[3], 3, 48 * 8,
-            o[6], 1, (3 << 24) | (56 * 8),
+            o[1],
+            info(KIND_STRUCT, 3, true),
+            64,
+            0,
+            4,
+            14 * 8,
+            o[3],
+            3,
+            48 * 8,
+            o[6],
+            1,
+            (3 << 24) | (56 * 8),
             // 6: struct s {} (forward-declared kinds are skipped by name lookup)
-            o[7], info(KIND_FWD, 0, false), 0,
+            o[7],
+            info(KIND_FWD, 0, false),
+            0,
         ];
         let (b, _) = blob(&names, &types);
         let btf = Btf::parse(&b).unwrap();

@@ -69,8 +69,19 @@ mod tests {
     #[test]
     fn parses_watch_flags() {
         let cli = Cli::try_parse_from([
-            "conntrace", "watch", "--pid", "1", "--pid", "2", "--comm", "nginx", "--interval", "250ms", "--duration",
-            "3s", "--json",
+            "conntrace",
+            "watch",
+            "--pid",
+            "1",
+            "--pid",
+            "2",
+            "--comm",
+            "nginx",
+            "--interval",
+            "250ms",
+            "--duration",
+            "3s",
+            "--json",
         ])
         .unwrap();
         let Command::Watch(w) = cli.command;

@@ -117,7 +117,11 @@ fn addr(family: u16, raw: &[u8; 16]) -> Option<String> {
 
 /// "ip:port", with brackets for IPv6.
 pub fn endpoint(ip: &str, port: u16) -> String {
-    if ip.contains(':') { format!("[{ip}]:{port}") } else { format!("{ip}:{port}") }
+    if ip.contains(':') {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
+    }
 }
 
 /// Converts a kernel event; `boot_offset` maps CLOCK_MONOTONIC (bpf_ktime_get_ns) to wall

@@ -134,8 +134,8 @@ pub fn interval_text(ts: SystemTime, samples: &[Sample]) -> String {
     let stamp = rfc3339(ts);
     let _ = writeln!(
         out,
-        "{:<7} {:<15} {:>7} {:>7} {:>6} {:>8} {:>7} {:>6} {:>6} {:>11}  {}   [{}]",
-        "PID", "COMM", "CONNECT", "OK", "ERR", "PORTFAIL", "TW", "EMFILE", "ENFILE", "FDS/LIMIT", "ERRORS", stamp
+        "{:<7} {:<15} {:>7} {:>7} {:>6} {:>8} {:>7} {:>6} {:>6} {:>11}  ERRORS   [{stamp}]",
+        "PID", "COMM", "CONNECT", "OK", "ERR", "PORTFAIL", "TW", "EMFILE", "ENFILE", "FDS/LIMIT"
     );
     if samples.is_empty() {
         let _ = writeln!(out, "(no activity)");
@@ -200,7 +200,14 @@ mod tests {
     fn sample() -> Sample {
         let mut counts = Counts { connect_attempts: 10, connect_ok: 4, port_assign_failures: 6, ..Default::default() };
         counts.connect_errors.insert("EADDRNOTAVAIL".into(), 6);
-        Sample { pid: 42, comm: "client".into(), interval_s: 1.0004, counts, nofile_limit: Some(1024), open_fds: Some(9) }
+        Sample {
+            pid: 42,
+            comm: "client".into(),
+            interval_s: 1.0004,
+            counts,
+            nofile_limit: Some(1024),
+            open_fds: Some(9),
+        }
     }
 
     #[test]
@@ -227,7 +234,12 @@ mod tests {
             signals: vec![
                 (
                     "port_assign",
-                    SignalStatus { mode: Mode::TpBtf, exact: true, hooks: vec!["tp_btf/inet_sock_set_state".into()], note: None },
+                    SignalStatus {
+                        mode: Mode::TpBtf,
+                        exact: true,
+                        hooks: vec!["tp_btf/inet_sock_set_state".into()],
+                        note: None,
+                    },
                 ),
                 ("fd_alloc", SignalStatus::unavailable("no hook")),
             ],

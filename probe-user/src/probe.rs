@@ -182,7 +182,10 @@ impl Probe {
         let mut connect_why = Vec::new();
         let mut connect: Option<SignalStatus> = None;
         if allow_fexit && sock_ok {
-            match l.fentry("connect_fentry", "inet_stream_connect").and_then(|a| Ok((a, l.fexit("connect_fexit", "inet_stream_connect")?))) {
+            match l
+                .fentry("connect_fentry", "inet_stream_connect")
+                .and_then(|a| Ok((a, l.fexit("connect_fexit", "inet_stream_connect")?)))
+            {
                 Ok((a, b)) => {
                     connect = Some(SignalStatus {
                         mode: Mode::Fexit,
@@ -335,7 +338,10 @@ impl Probe {
         let mut fd_why = Vec::new();
         let mut fd: Option<SignalStatus> = None;
         if allow_fexit {
-            match l.fexit("fd_fexit_alloc_fd", "alloc_fd").and_then(|a| Ok((a, l.fexit("fd_fexit_alloc_file", "alloc_empty_file")?))) {
+            match l
+                .fexit("fd_fexit_alloc_fd", "alloc_fd")
+                .and_then(|a| Ok((a, l.fexit("fd_fexit_alloc_file", "alloc_empty_file")?)))
+            {
                 Ok((a, b)) => {
                     fd = Some(SignalStatus {
                         mode: Mode::Fexit,
@@ -407,8 +413,7 @@ impl Probe {
 
     /// The comm recorded in the kernel when the process's first counter was created.
     pub fn kernel_comm(&self, tgid: u32) -> Option<String> {
-        let map: aya::maps::HashMap<_, u32, [u8; 16]> =
-            aya::maps::HashMap::try_from(self.ebpf.map("COMMS")?).ok()?;
+        let map: aya::maps::HashMap<_, u32, [u8; 16]> = aya::maps::HashMap::try_from(self.ebpf.map("COMMS")?).ok()?;
         map.get(&tgid, 0).ok().map(|c| crate::model::comm_str(&c))
     }
 

@@ -35,10 +35,7 @@ pub fn kernel_release() -> String {
 
 /// Effective capability set of this process (/proc/self/status `CapEff`).
 pub fn effective_caps() -> u64 {
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| parse_cap_eff(&s))
-        .unwrap_or(0)
+    fs::read_to_string("/proc/self/status").ok().and_then(|s| parse_cap_eff(&s)).unwrap_or(0)
 }
 
 pub fn parse_cap_eff(status: &str) -> Option<u64> {

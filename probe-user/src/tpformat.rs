@@ -11,7 +11,7 @@ pub struct FieldLayout {
 }
 
 /// Field name → layout, from lines like
-/// `field:const void * skaddr;	offset:8;	size:8;	signed:0;`.
+/// `field:const void * skaddr;<TAB>offset:8;<TAB>size:8;<TAB>signed:0;`.
 pub fn parse(format: &str) -> HashMap<String, FieldLayout> {
     let mut out = HashMap::new();
     for line in format.lines() {
@@ -51,10 +51,7 @@ pub fn check(format: &str, expected: &[(&str, usize, usize)]) -> Result<(), Stri
         match fields.get(*name) {
             Some(f) if f.offset == *offset && f.size == *size => {}
             Some(f) => {
-                return Err(format!(
-                    "field {name} is at offset {} size {}, expected {offset}/{size}",
-                    f.offset, f.size
-                ))
+                return Err(format!("field {name} is at offset {} size {}, expected {offset}/{size}", f.offset, f.size))
             }
             None => return Err(format!("field {name} missing")),
         }

@@ -1,1 +1,168 @@
-fn main(){}
+//! Project tasks: `cargo xtask setup | test | lint`.
+//!
+//! `setup` makes a fresh machine ready (idempotent, quick when done); `test` is the one test
+//! command the README and CI use.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing needs: nightly rust-src, bpf-linker for the nightly's
+    /// LLVM, the command-line tools the tests use; mount tracefs.
+    Setup,
+    /// Build everything and run all tests (unit and, as root, the kernel integration tests).
+    Test,
+    /// rustfmt check and clippy with warnings as errors, host and eBPF crates.
+    Lint,
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("xtask: running {cmd:?}");
+    let st = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !st.success() {
+        bail!("{cmd:?} failed: {st}");
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn is_root() -> bool {
+    output(Command::new("id").arg("-u")).map(|s| s.trim() == "0").unwrap_or(false)
+}
+
+/// The LLVM major version of the nightly toolchain (bpf-linker must be built against it).
+fn nightly_llvm_major() -> Result<String> {
+    let v = output(Command::new("rustc").args(["+nightly", "-vV"])).context("rustc +nightly -vV")?;
+    let line = v.lines().find(|l| l.starts_with("LLVM version:")).context("no LLVM version in rustc -vV")?;
+    let ver = line.trim_start_matches("LLVM version:").trim();
+    Ok(ver.split('.').next().unwrap_or(ver).to_string())
+}
+
+fn setup() -> Result<()> {
+    // 1. Nightly with rust-src (the eBPF crate is built with -Z build-std=core).
+    if output(Command::new("rustc").args(["+nightly", "--version"])).is_none() {
+        run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
+    }
+    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"])).context("nightly sysroot")?;
+    let sysroot = PathBuf::from(sysroot.trim());
+    if !sysroot.join("lib/rustlib/src/rust/library/core").exists() {
+        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+    }
+
+    // 2. bpf-linker linked against the nightly's own libLLVM (a plain `cargo install`
+    //    wants a system LLVM of another version).
+    let llvm = nightly_llvm_major()?;
+    let have = output(Command::new("bpf-linker").arg("--version")).is_some();
+    let stamp = home_cargo().join(format!(".bpf-linker-llvm-{llvm}"));
+    if !have || !stamp.exists() {
+        let lib = sysroot.join("lib");
+        let so = std::fs::read_dir(&lib)?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libLLVM") && n.contains(".so"))
+            })
+            .context("nightly ships no libLLVM.so")?;
+        let dir = std::env::temp_dir().join("conntrace-bpf-linker-llvm");
+        std::fs::create_dir_all(&dir)?;
+        let link = dir.join("libLLVM.so");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&so, &link)?;
+        run(Command::new("cargo")
+            .args(["+nightly", "install", "--force", "bpf-linker", "--no-default-features", "--features"])
+            .arg(format!("llvm-{llvm}"))
+            .env("RUSTFLAGS", format!("-L {} -C link-args=-Wl,-rpath,{}", dir.display(), lib.display())))?;
+        std::fs::write(&stamp, "")?;
+    }
+
+    // 3. Tools the integration tests drive (Debian package names).
+    let wanted = [("ip", "iproute2"), ("unshare", "util-linux"), ("setpriv", "util-linux"), ("sysctl", "procps")];
+    let missing: Vec<&str> = wanted
+        .iter()
+        .filter(|(bin, _)| output(Command::new("sh").args(["-c", &format!("command -v {bin}")])).is_none())
+        .map(|(_, p)| *p)
+        .collect();
+    if !missing.is_empty() {
+        if !is_root() {
+            bail!("missing {missing:?}: install them with apt-get (needs root)");
+        }
+        run(Command::new("apt-get").arg("update").arg("-q"))?;
+        run(Command::new("apt-get").args(["install", "-y", "-q"]).args(&missing))?;
+    }
+
+    // 4. tracefs, for classic tracepoints (not mounted on a fresh machine).
+    if !Path::new("/sys/kernel/tracing/events").exists() {
+        if is_root() {
+            run(Command::new("mount").args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"]))?;
+        } else {
+            eprintln!("xtask: tracefs not mounted; as root run: mount -t tracefs tracefs /sys/kernel/tracing");
+        }
+    }
+    eprintln!("xtask: setup done");
+    Ok(())
+}
+
+fn home_cargo() -> PathBuf {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"))
+}
+
+fn test() -> Result<()> {
+    if !is_root() {
+        eprintln!("xtask: not root: the kernel integration tests will report SKIPPED (run with sudo for them)");
+    }
+    run(Command::new("cargo").args(["build", "--workspace", "--exclude", "probe-ebpf"]).current_dir(root()))?;
+    run(Command::new("cargo").args(["test", "--workspace", "--exclude", "probe-ebpf"]).current_dir(root()))
+}
+
+fn lint() -> Result<()> {
+    run(Command::new("cargo").args(["fmt", "--all", "--", "--check"]).current_dir(root()))?;
+    run(Command::new("cargo")
+        .args(["clippy", "--workspace", "--exclude", "probe-ebpf", "--all-targets", "--", "-D", "warnings"])
+        .current_dir(root()))?;
+    run(Command::new("cargo")
+        .args([
+            "+nightly",
+            "clippy",
+            "-p",
+            "probe-ebpf",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--",
+            "-D",
+            "warnings",
+        ])
+        .current_dir(root()))
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup(),
+        Task::Test => test(),
+        Task::Lint => lint(),
+    }
+}

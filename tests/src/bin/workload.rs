@@ -1,0 +1,234 @@
+//! conntrace-workload: makes the kernel fail on purpose, and reports, as one JSON line, what
+//! it saw (its pid, successes, errno counts): the ground truth conntrace's counts are
+//! compared with. Meant to run inside a private network namespace (see tests/).
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use serde_json::json;
+
+type Errors = BTreeMap<String, u64>;
+
+fn errno_name(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::EADDRNOTAVAIL) => "EADDRNOTAVAIL".into(),
+        Some(libc::ECONNREFUSED) => "ECONNREFUSED".into(),
+        Some(libc::ETIMEDOUT) => "ETIMEDOUT".into(),
+        Some(libc::EMFILE) => "EMFILE".into(),
+        Some(libc::ENFILE) => "ENFILE".into(),
+        Some(n) => format!("E{n}"),
+        None => e.to_string(),
+    }
+}
+
+fn arg<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).map(String::as_str)
+}
+
+fn req<T: std::str::FromStr>(args: &[String], name: &str) -> T {
+    arg(args, name)
+        .unwrap_or_else(|| panic!("missing {name}"))
+        .parse()
+        .unwrap_or_else(|_| panic!("bad value for {name}"))
+}
+
+fn wait_stdin(args: &[String]) {
+    if args.iter().any(|a| a == "--wait-stdin") {
+        println!("ready");
+        std::io::stdout().flush().ok();
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line).ok();
+    }
+}
+
+fn pid() -> u32 {
+    std::process::id()
+}
+
+/// Blocking connects that keep their sockets: with a narrowed ip_local_port_range the range
+/// runs out and connect() fails with EADDRNOTAVAIL.
+fn ports(args: &[String]) {
+    let listen: SocketAddr = req(args, "--listen");
+    let target: SocketAddr = req(args, "--connect");
+    let count: u32 = req(args, "--count");
+    let _listener = TcpListener::bind(listen).expect("bind listener");
+    wait_stdin(args);
+    let mut held = Vec::new();
+    let mut errors = Errors::new();
+    for _ in 0..count {
+        match TcpStream::connect(target) {
+            Ok(s) => held.push(s),
+            Err(e) => *errors.entry(errno_name(&e)).or_default() += 1,
+        }
+    }
+    println!("{}", json!({"pid": pid(), "ok": held.len(), "errors": errors}));
+}
+
+/// Server side of the TIME_WAIT scenario: for each connection, read to EOF (the client
+/// closed first), then close: the client's socket goes to TIME_WAIT, this one does not.
+fn tw_server(args: &[String]) {
+    let listen: SocketAddr = req(args, "--listen");
+    let count: u32 = req(args, "--count");
+    let l = TcpListener::bind(listen).expect("bind");
+    println!("ready");
+    std::io::stdout().flush().ok();
+    for _ in 0..count {
+        let (mut s, _) = l.accept().expect("accept");
+        let mut buf = [0u8; 64];
+        while s.read(&mut buf).map(|n| n > 0).unwrap_or(false) {}
+    }
+}
+
+/// Count of sockets in TIME_WAIT (state 06) in this network namespace, from /proc/net/tcp{,6}.
+fn time_wait_sockets() -> u64 {
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .flat_map(|t| t.lines().skip(1).map(str::to_owned).collect::<Vec<_>>())
+        .filter(|l| l.split_whitespace().nth(3) == Some("06"))
+        .count() as u64
+}
+
+/// Client side, in this process; the server is a separate process that closes last.
+fn tw(args: &[String]) {
+    let addr: SocketAddr = req(args, "--addr");
+    let count: u32 = req(args, "--count");
+    let exe = std::env::current_exe().expect("own path");
+    let mut server = Command::new(exe)
+        .args(["tw-server", "--listen", &addr.to_string(), "--count", &count.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn server");
+    let mut ready = String::new();
+    std::io::BufReader::new(server.stdout.take().expect("server stdout")).read_line(&mut ready).ok();
+    let mut ok = 0;
+    for _ in 0..count {
+        if let Ok(s) = TcpStream::connect(addr) {
+            ok += 1;
+            drop(s); // active close: this side ends in TIME_WAIT
+        }
+    }
+    let server_pid = server.id();
+    server.wait().expect("server exit");
+    std::thread::sleep(Duration::from_millis(200));
+    println!("{}", json!({"pid": pid(), "server_pid": server_pid, "ok": ok, "time_wait_sockets": time_wait_sockets()}));
+}
+
+/// Lowers RLIMIT_NOFILE, opens sockets until EMFILE, then keeps trying until `--failures`
+/// attempts have failed.
+fn emfile(args: &[String]) {
+    let nofile: u64 = req(args, "--nofile");
+    let failures: u64 = req(args, "--failures");
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: get/setrlimit on our own process with a valid struct.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        lim.rlim_cur = nofile;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0, "setrlimit");
+    }
+    let mut fds = Vec::new();
+    let mut errors = Errors::new();
+    let mut failed = 0;
+    while failed < failures {
+        // SAFETY: socket(2) with constant arguments.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+        if fd < 0 {
+            *errors.entry(errno_name(&std::io::Error::last_os_error())).or_default() += 1;
+            failed += 1;
+        } else {
+            // SAFETY: fd is a fresh descriptor we own.
+            fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
+    }
+    println!("{}", json!({"pid": pid(), "limit": nofile, "opened": fds.len(), "errors": errors}));
+}
+
+fn nonblocking_connect(addr: SocketAddr, syncnt: Option<i32>) -> OwnedFd {
+    // SAFETY: plain socket syscalls on a descriptor we own; sockaddr_in built in place.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0);
+        assert!(fd >= 0);
+        if let Some(n) = syncnt {
+            libc::setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_SYNCNT, (&n as *const i32).cast(), 4);
+        }
+        let SocketAddr::V4(v4) = addr else { panic!("IPv4 only") };
+        let sin = libc::sockaddr_in {
+            sin_family: libc::AF_INET as u16,
+            sin_port: v4.port().to_be(),
+            sin_addr: libc::in_addr { s_addr: u32::from(*v4.ip()).to_be() },
+            sin_zero: [0; 8],
+        };
+        let r = libc::connect(fd, (&sin as *const libc::sockaddr_in).cast(), std::mem::size_of_val(&sin) as u32);
+        let e = std::io::Error::last_os_error().raw_os_error();
+        assert!(r < 0 && e == Some(libc::EINPROGRESS), "expected EINPROGRESS, got {r} {e:?}");
+        OwnedFd::from_raw_fd(fd)
+    }
+}
+
+/// Waits until the connect finishes and returns SO_ERROR (0 = established).
+fn finish(fd: &OwnedFd) -> i32 {
+    let mut p = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
+    // SAFETY: poll/getsockopt on a descriptor we own.
+    unsafe {
+        libc::poll(&mut p, 1, 20_000);
+        let mut err = 0i32;
+        let mut len = 4u32;
+        libc::getsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_ERROR, (&mut err as *mut i32).cast(), &mut len);
+        err
+    }
+}
+
+/// Non-blocking connects whose outcome arrives after connect() returned EINPROGRESS: on
+/// loopback the handshake normally completes inside connect(), so the SYN must be dropped
+/// first. A listener with backlog 0 and one queued connection drops SYNs (accept queue full):
+/// - to `--base`: never accepted, TCP_SYNCNT 1 → ETIMEDOUT after ~3 s;
+/// - to `--base`+1: the queue is drained after 200 ms, the retransmitted SYN (1 s) succeeds.
+fn async_connects(args: &[String]) {
+    let base: u16 = req(args, "--base");
+    let a: SocketAddr = format!("127.0.0.1:{base}").parse().expect("addr");
+    let b: SocketAddr = format!("127.0.0.1:{}", base + 1).parse().expect("addr");
+    let la = TcpListener::bind(a).expect("bind a");
+    let lb = TcpListener::bind(b).expect("bind b");
+    // SAFETY: listen(2) with backlog 0 on listeners we own.
+    unsafe {
+        libc::listen(la.as_raw_fd(), 0);
+        libc::listen(lb.as_raw_fd(), 0);
+    }
+    let fill_a = TcpStream::connect(a).expect("fill a");
+    let fill_b = TcpStream::connect(b).expect("fill b");
+    let timed_out = nonblocking_connect(a, Some(1));
+    let succeeds = nonblocking_connect(b, None);
+    std::thread::sleep(Duration::from_millis(200));
+    let accepted = lb.accept().expect("drain b");
+    let mut errors = Errors::new();
+    let mut async_ok = 0;
+    for fd in [&timed_out, &succeeds] {
+        match finish(fd) {
+            0 => async_ok += 1,
+            e => *errors.entry(errno_name(&std::io::Error::from_raw_os_error(e))).or_default() += 1,
+        }
+    }
+    drop((fill_a, fill_b, accepted));
+    println!("{}", json!({"pid": pid(), "sync_ok": 2, "async_ok": async_ok, "errors": errors}));
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("ports") => ports(&args),
+        Some("tw") => tw(&args),
+        Some("tw-server") => tw_server(&args),
+        Some("emfile") => emfile(&args),
+        Some("async") => async_connects(&args),
+        _ => {
+            eprintln!("usage: conntrace-workload ports|tw|tw-server|emfile|async [options]");
+            std::process::exit(2);
+        }
+    }
+}

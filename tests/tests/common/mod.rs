@@ -1,0 +1,150 @@
+#![allow(dead_code, reason = "each test binary uses a different subset of these helpers")]
+//! Shared by the integration tests: run conntrace, run workloads in private network
+//! namespaces, sum what conntrace reported. Each test file includes this module.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{mpsc, OnceLock},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// True when the test can load eBPF programs; otherwise prints why it is skipped.
+pub fn require_root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED {test}: needs root (loads eBPF programs, creates network namespaces); run with sudo");
+        return false;
+    }
+    true
+}
+
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+/// The conntrace binary: $CONNTRACE_BIN, else built once with cargo (debug profile).
+pub fn conntrace_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Ok(p) = std::env::var("CONNTRACE_BIN") {
+            return PathBuf::from(p);
+        }
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let st = Command::new(cargo)
+            .args(["build", "-q", "-p", "probe-user", "--bin", "conntrace"])
+            .current_dir(workspace_root())
+            .status()
+            .expect("running cargo build for conntrace");
+        assert!(st.success(), "building conntrace failed");
+        workspace_root().join("target/debug/conntrace")
+    })
+    .clone()
+}
+
+pub fn workload_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_conntrace-workload")
+}
+
+/// A running `conntrace watch --json`.
+pub struct Conntrace {
+    child: Child,
+    lines: mpsc::Receiver<Value>,
+    pub seen: Vec<Value>,
+}
+
+impl Conntrace {
+    /// Starts conntrace with `args` (after `watch --json`) and waits for its first status line.
+    pub fn start(args: &[&str]) -> Conntrace {
+        let mut child = Command::new(conntrace_bin())
+            .args(["watch", "--json", "--interval", "200ms"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting conntrace");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+                if tx.send(v).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut c = Conntrace { child, lines: rx, seen: Vec::new() };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match c.lines.recv_timeout(left) {
+                Ok(v) => {
+                    let is_status = v["type"] == "status";
+                    c.seen.push(v);
+                    if is_status {
+                        return c;
+                    }
+                }
+                Err(_) => panic!("conntrace printed no status line within 60 s"),
+            }
+        }
+    }
+
+    /// SIGTERM, then everything it printed; asserts it exits 0.
+    pub fn stop(mut self) -> Vec<Value> {
+        // Let one more interval pass so the counts of the workload are in a sample.
+        std::thread::sleep(Duration::from_millis(300));
+        // SAFETY: plain kill(2) on our child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().expect("waiting for conntrace");
+        assert!(status.success(), "conntrace exited with {status}");
+        while let Ok(v) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            self.seen.push(v);
+        }
+        self.seen
+    }
+}
+
+/// Runs a shell script in a private network namespace with loopback up; returns stdout.
+pub fn in_netns(script: &str) -> String {
+    let out = Command::new("unshare")
+        .args(["-n", "sh", "-ec", &format!("ip link set lo up\n{script}")])
+        .env("WL", workload_bin())
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("running unshare");
+    assert!(out.status.success(), "netns script failed: {script}");
+    String::from_utf8(out.stdout).expect("utf8")
+}
+
+/// The last JSON object line a workload printed.
+pub fn report(stdout: &str) -> Value {
+    let line = stdout.lines().rev().find(|l| l.starts_with('{')).expect("workload printed no report");
+    serde_json::from_str(line).expect("workload report is JSON")
+}
+
+/// Sum of a numeric sample field over all samples of `pid`.
+pub fn total(lines: &[Value], pid: u64, field: &str) -> u64 {
+    samples(lines, pid).map(|s| s[field].as_u64().unwrap_or(0)).sum()
+}
+
+/// Sum of `connect_errors[errno]` over all samples of `pid`.
+pub fn total_errno(lines: &[Value], pid: u64, errno: &str) -> u64 {
+    samples(lines, pid).map(|s| s["connect_errors"][errno].as_u64().unwrap_or(0)).sum()
+}
+
+pub fn samples(lines: &[Value], pid: u64) -> impl Iterator<Item = &Value> {
+    lines.iter().filter(move |v| v["type"] == "sample" && v["pid"] == pid)
+}
+
+pub fn events<'a>(lines: &'a [Value], pid: u64, kind: &'a str) -> Vec<&'a Value> {
+    lines.iter().filter(|v| v["type"] == "event" && v["pid"] == pid && v["kind"] == kind).collect()
+}
+
+pub fn status(lines: &[Value]) -> &Value {
+    lines.iter().find(|v| v["type"] == "status").expect("a status line")
+}

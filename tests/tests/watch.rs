@@ -1,0 +1,184 @@
+//! `conntrace watch` against failures the kernel really produces, in private network
+//! namespaces. Every count is checked against what the workload itself saw.
+
+mod common;
+
+use common::*;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+
+const NETWORK_MODES: [&str; 3] = ["fexit", "tp_btf", "tracepoint"];
+
+fn assert_signal_exact(lines: &[serde_json::Value], signal: &str, modes: &[&str]) {
+    let s = &status(lines)["signals"][signal];
+    let mode = s["mode"].as_str().unwrap_or("");
+    assert!(modes.contains(&mode), "{signal} runs in mode {mode}: {s}");
+    assert_eq!(s["exact"], true, "{signal} not exact: {s}");
+    eprintln!("{signal}: mode {mode}, hooks {}", s["hooks"]);
+}
+
+#[test]
+fn ephemeral_port_exhaustion_is_counted_exactly() {
+    if !require_root("ephemeral_port_exhaustion_is_counted_exactly") {
+        return;
+    }
+    let ct = Conntrace::start(&[]);
+    // 4 ports in the range, the listener outside it: 4 connects succeed, 6 fail.
+    let out = in_netns(
+        "sysctl -qw net.ipv4.ip_local_port_range='40000 40003'\n\
+         $WL ports --listen 127.0.0.1:9000 --connect 127.0.0.1:9000 --count 10",
+    );
+    let lines = ct.stop();
+    let wl = report(&out);
+    let pid = wl["pid"].as_u64().unwrap();
+    assert_eq!(wl["ok"], 4, "workload: {wl}");
+    assert_eq!(wl["errors"]["EADDRNOTAVAIL"], 6, "workload: {wl}");
+
+    assert_signal_exact(&lines, "port_assign", &NETWORK_MODES);
+    assert_signal_exact(&lines, "connect", &NETWORK_MODES);
+    assert_eq!(total(&lines, pid, "connect_attempts"), 10);
+    assert_eq!(total(&lines, pid, "connect_ok"), 4);
+    assert_eq!(total_errno(&lines, pid, "EADDRNOTAVAIL"), 6);
+    assert_eq!(total(&lines, pid, "port_assign_failures"), 6);
+    let evs = events(&lines, pid, "port_assign_failure");
+    assert_eq!(evs.len(), 6, "one event per failure: {evs:?}");
+    for e in evs {
+        assert_eq!(e["daddr"], "127.0.0.1");
+        assert_eq!(e["dport"], 9000);
+        assert_eq!(e["sport"], 0);
+        assert_eq!(e["tid"], pid);
+        assert_eq!(e["errno"], "EADDRNOTAVAIL");
+        assert!(e["netns"].as_u64().unwrap_or(0) > 0, "netns missing: {e}");
+    }
+    // The failures are not reported twice as plain connect errors.
+    assert!(events(&lines, pid, "connect_error").is_empty());
+}
+
+#[test]
+fn time_wait_is_charged_to_the_client_that_closed_first() {
+    if !require_root("time_wait_is_charged_to_the_client_that_closed_first") {
+        return;
+    }
+    let ct = Conntrace::start(&[]);
+    let out = in_netns("$WL tw --addr 127.0.0.1:9000 --count 30");
+    let lines = ct.stop();
+    let wl = report(&out);
+    let client = wl["pid"].as_u64().unwrap();
+    let server = wl["server_pid"].as_u64().unwrap();
+    assert_eq!(wl["ok"], 30, "workload: {wl}");
+    // Ground truth from the kernel: TIME_WAIT sockets in the namespace.
+    assert_eq!(wl["time_wait_sockets"], 30, "workload: {wl}");
+
+    assert_signal_exact(&lines, "time_wait", &NETWORK_MODES);
+    assert_eq!(total(&lines, client, "time_wait_created"), 30);
+    assert_eq!(total(&lines, server, "time_wait_created"), 0, "the server closed last: no TIME_WAIT");
+    assert_eq!(total(&lines, client, "connect_attempts"), 30);
+    assert_eq!(total(&lines, client, "connect_ok"), 30);
+}
+
+#[test]
+fn emfile_is_counted_with_the_limit_in_force() {
+    if !require_root("emfile_is_counted_with_the_limit_in_force") {
+        return;
+    }
+    let ct = Conntrace::start(&[]);
+    let out = in_netns("$WL emfile --nofile 64 --failures 10");
+    let lines = ct.stop();
+    let wl = report(&out);
+    let pid = wl["pid"].as_u64().unwrap();
+    assert_eq!(wl["errors"]["EMFILE"], 10, "workload: {wl}");
+
+    assert_signal_exact(&lines, "fd_alloc", &["fexit", "raw_tracepoint", "tracepoint"]);
+    assert_eq!(total(&lines, pid, "emfile"), 10);
+    assert_eq!(total(&lines, pid, "enfile"), 0);
+    let evs = events(&lines, pid, "emfile");
+    assert_eq!(evs.len(), 10);
+    for e in evs {
+        assert_eq!(e["nofile_limit"], 64, "limit in force: {e}");
+        assert_eq!(e["errno"], "EMFILE");
+    }
+}
+
+#[test]
+fn non_blocking_connect_outcomes_are_counted_when_they_happen() {
+    if !require_root("non_blocking_connect_outcomes_are_counted_when_they_happen") {
+        return;
+    }
+    let ct = Conntrace::start(&[]);
+    let out = in_netns("$WL async --base 9100");
+    let lines = ct.stop();
+    let wl = report(&out);
+    let pid = wl["pid"].as_u64().unwrap();
+    assert_eq!(wl["async_ok"], 1, "workload: {wl}");
+    assert_eq!(wl["errors"]["ETIMEDOUT"], 1, "workload: {wl}");
+
+    // 2 blocking connects that succeed, 2 non-blocking ones: one established later, one
+    // timed out (SYN dropped on a full accept queue).
+    assert_eq!(total(&lines, pid, "connect_attempts"), 4);
+    assert_eq!(total(&lines, pid, "connect_ok"), 3);
+    assert_eq!(total(&lines, pid, "connect_async_ok"), 1);
+    assert_eq!(total_errno(&lines, pid, "ETIMEDOUT"), 1);
+    assert_eq!(total(&lines, pid, "connect_async_errors"), 1);
+    let evs = events(&lines, pid, "connect_error");
+    assert_eq!(evs.len(), 1, "{evs:?}");
+    assert_eq!(evs[0]["errno"], "ETIMEDOUT");
+    assert_eq!(evs[0]["async"], true);
+    assert_eq!(evs[0]["dport"], 9100);
+}
+
+/// Starts a `ports` workload in its own namespace that waits for a line on stdin.
+fn waiting_workload() -> (std::process::Child, u64) {
+    let mut child = Command::new("unshare")
+        .args([
+            "-n",
+            "sh",
+            "-ec",
+            "ip link set lo up\nsysctl -qw net.ipv4.ip_local_port_range='40000 40001'\n\
+             exec $WL ports --listen 127.0.0.1:9000 --connect 127.0.0.1:9000 --count 5 --wait-stdin",
+        ])
+        .env("WL", workload_bin())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn workload");
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    // unshare execs sh, which execs the workload: the child's pid is the workload's.
+    let pid = child.id() as u64;
+    (child, pid)
+}
+
+#[test]
+fn pid_filter_shows_only_that_process() {
+    if !require_root("pid_filter_shows_only_that_process") {
+        return;
+    }
+    let (mut a, pid_a) = waiting_workload();
+    let (mut b, pid_b) = waiting_workload();
+    let ct = Conntrace::start(&["--pid", &pid_a.to_string()]);
+    for c in [&mut a, &mut b] {
+        c.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    }
+    let out_a = a.wait_with_output().unwrap();
+    let out_b = b.wait_with_output().unwrap();
+    let lines = ct.stop();
+    for out in [&out_a, &out_b] {
+        let wl = report(&String::from_utf8_lossy(&out.stdout));
+        assert_eq!(wl["ok"], 2, "2 ports in the range: {wl}");
+        assert_eq!(wl["errors"]["EADDRNOTAVAIL"], 3, "{wl}");
+    }
+    assert_eq!(report(&String::from_utf8_lossy(&out_a.stdout))["pid"], pid_a);
+    assert_eq!(total(&lines, pid_a, "connect_attempts"), 5);
+    assert_eq!(total(&lines, pid_a, "port_assign_failures"), 3);
+    for v in &lines {
+        if v["type"] == "sample" || v["type"] == "event" {
+            assert_eq!(v["pid"], pid_a, "only the watched pid may appear: {v}");
+        }
+    }
+    assert_eq!(total(&lines, pid_b, "connect_attempts"), 0);
+    // The watched pid exited: the last status says so.
+    let last_status = lines.iter().rev().find(|v| v["type"] == "status").unwrap();
+    assert_eq!(last_status["watched"][0]["pid"], pid_a);
+    assert_eq!(last_status["watched"][0]["alive"], false);
+}
