@@ -3,7 +3,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use probe_common::{
     config::{role, stat},
@@ -50,7 +50,7 @@ pub struct Limiter {
 }
 
 #[map]
-pub static LIMITER: HashMap<u64, Limiter> = HashMap::with_max_entries(8192, 0);
+pub static LIMITER: LruHashMap<u64, Limiter> = LruHashMap::with_max_entries(8192, 0);
 
 #[inline(always)]
 pub fn role_on(idx: u32) -> bool {

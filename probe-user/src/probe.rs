@@ -69,10 +69,21 @@ fn tracefs_format(category: &str, name: &str) -> Option<String> {
 struct Loader<'a> {
     ebpf: Ebpf,
     btf: Option<&'a Btf>,
+    /// Hook families to pretend the kernel refuses (`CONNTRACE_SKIP_HOOKS`), so tests can
+    /// prove every fallback level on a kernel that would take the preferred one.
+    skip: Vec<String>,
 }
 
 impl Loader<'_> {
+    fn skipped(&self, family: &str) -> Result<()> {
+        if self.skip.iter().any(|s| s == family) {
+            return Err(anyhow!("skipped by CONNTRACE_SKIP_HOOKS"));
+        }
+        Ok(())
+    }
+
     fn fexit(&mut self, prog: &str, func: &str) -> Result<String> {
+        self.skipped("fexit")?;
         let btf = self.btf.context("no kernel BTF")?;
         let p: &mut FExit = self.ebpf.program_mut(prog).context("program missing")?.try_into()?;
         p.load(func, btf)?;
@@ -81,6 +92,7 @@ impl Loader<'_> {
     }
 
     fn fentry(&mut self, prog: &str, func: &str) -> Result<String> {
+        self.skipped("fexit")?;
         let btf = self.btf.context("no kernel BTF")?;
         let p: &mut FEntry = self.ebpf.program_mut(prog).context("program missing")?.try_into()?;
         p.load(func, btf)?;
@@ -89,6 +101,7 @@ impl Loader<'_> {
     }
 
     fn tp_btf(&mut self, prog: &str, tp: &str) -> Result<String> {
+        self.skipped("tp_btf")?;
         let btf = self.btf.context("no kernel BTF")?;
         let p: &mut BtfTracePoint = self.ebpf.program_mut(prog).context("program missing")?.try_into()?;
         p.load(tp, btf)?;
@@ -97,6 +110,7 @@ impl Loader<'_> {
     }
 
     fn tracepoint(&mut self, prog: &str, points: &[(&str, &str)]) -> Result<Vec<String>> {
+        self.skipped("tracepoint")?;
         let p: &mut TracePoint = self.ebpf.program_mut(prog).context("program missing")?.try_into()?;
         p.load()?;
         let mut hooks = Vec::new();
@@ -108,6 +122,7 @@ impl Loader<'_> {
     }
 
     fn raw_tp(&mut self, prog: &str, tp: &str) -> Result<String> {
+        self.skipped("raw_tracepoint")?;
         let p: &mut RawTracePoint = self.ebpf.program_mut(prog).context("program missing")?.try_into()?;
         p.load()?;
         p.attach(tp)?;
@@ -144,7 +159,10 @@ impl Probe {
             .override_global("CONFIG", &c, true)
             .load(PROGRAMS)
             .context("loading conntrace's kernel programs")?;
-        let mut l = Loader { ebpf, btf: aya_btf.as_ref() };
+        let skip = std::env::var("CONNTRACE_SKIP_HOOKS")
+            .map(|v| v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+            .unwrap_or_default();
+        let mut l = Loader { ebpf, btf: aya_btf.as_ref(), skip };
 
         let allow_fexit = matches!(mode, AttachMode::Auto | AttachMode::Fexit) && aya_btf.is_some();
         let allow_tp = matches!(mode, AttachMode::Auto | AttachMode::Tracepoint);
@@ -221,7 +239,7 @@ impl Probe {
                 connect_why.push("tracepoint: kernel BTF lacks the fd→socket offsets".into());
             }
         }
-        let connect = match connect {
+        let connect = match connect.map(|s| fell_back(s, &connect_why)) {
             Some(mut s) => {
                 roles.push(role::CONNECT);
                 match &set_state {
@@ -290,7 +308,10 @@ impl Probe {
                 _ => port_why.push("fallback needs inet_sock_set_state and the connect hooks".into()),
             }
         }
-        let port = port.unwrap_or_else(|| SignalStatus::unavailable(why(&port_why, mode)));
+        let port = match port {
+            Some(s) => fell_back(s, &port_why),
+            None => SignalStatus::unavailable(why(&port_why, mode)),
+        };
 
         // TIME_WAIT creation.
         let mut tw_why = Vec::new();
@@ -315,7 +336,7 @@ impl Probe {
                 _ => tw_why.push("fallback needs inet_sock_set_state and skc_nulls_node in BTF".into()),
             }
         }
-        let tw = match tw {
+        let tw = match tw.map(|s| fell_back(s, &tw_why)) {
             Some(mut s) => {
                 let owners = if connect.mode == Mode::Unavailable {
                     "owners unknown for connected sockets".to_string()
@@ -370,7 +391,10 @@ impl Probe {
                 Err(e) => fd_why.push(format!("raw_tracepoint: {}", reason(&e))),
             }
         }
-        let fd = fd.unwrap_or_else(|| SignalStatus::unavailable(why(&fd_why, mode)));
+        let fd = match fd {
+            Some(s) => fell_back(s, &fd_why),
+            None => SignalStatus::unavailable(why(&fd_why, mode)),
+        };
 
         let mut ebpf = l.ebpf;
         {
@@ -431,6 +455,18 @@ impl Probe {
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
         Ok(RingBuf::try_from(self.ebpf.take_map("EVENTS").context("EVENTS map")?)?)
     }
+}
+
+/// Adds to a fallback's note why the preferred hooks were not used.
+fn fell_back(mut s: SignalStatus, reasons: &[String]) -> SignalStatus {
+    if !reasons.is_empty() && s.mode != Mode::Unavailable {
+        let why = format!("not {}", reasons.join("; "));
+        s.note = Some(match s.note.take() {
+            Some(n) => format!("{n}; {why}"),
+            None => why,
+        });
+    }
+    s
 }
 
 fn why(reasons: &[String], mode: AttachMode) -> String {

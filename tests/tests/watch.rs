@@ -22,7 +22,21 @@ fn ephemeral_port_exhaustion_is_counted_exactly() {
     if !require_root("ephemeral_port_exhaustion_is_counted_exactly") {
         return;
     }
-    let ct = Conntrace::start(&[]);
+    port_exhaustion(&[], &NETWORK_MODES);
+}
+
+/// The same with tp_btf and fexit refused: the classic sock:inet_sock_set_state tracepoint
+/// (third choice) must be just as exact.
+#[test]
+fn ephemeral_port_exhaustion_on_the_classic_tracepoint() {
+    if !require_root("ephemeral_port_exhaustion_on_the_classic_tracepoint") {
+        return;
+    }
+    port_exhaustion(&[("CONNTRACE_SKIP_HOOKS", "fexit,tp_btf")], &["tracepoint"]);
+}
+
+fn port_exhaustion(env: &[(&str, &str)], modes: &[&str]) {
+    let ct = Conntrace::start_with_env(&[], env);
     // 4 ports in the range, the listener outside it: 4 connects succeed, 6 fail.
     let out = in_netns(
         "sysctl -qw net.ipv4.ip_local_port_range='40000 40003'\n\
@@ -34,8 +48,8 @@ fn ephemeral_port_exhaustion_is_counted_exactly() {
     assert_eq!(wl["ok"], 4, "workload: {wl}");
     assert_eq!(wl["errors"]["EADDRNOTAVAIL"], 6, "workload: {wl}");
 
-    assert_signal_exact(&lines, "port_assign", &NETWORK_MODES);
-    assert_signal_exact(&lines, "connect", &NETWORK_MODES);
+    assert_signal_exact(&lines, "port_assign", modes);
+    assert_signal_exact(&lines, "connect", modes);
     assert_eq!(total(&lines, pid, "connect_attempts"), 10);
     assert_eq!(total(&lines, pid, "connect_ok"), 4);
     assert_eq!(total_errno(&lines, pid, "EADDRNOTAVAIL"), 6);

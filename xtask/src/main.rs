@@ -129,12 +129,61 @@ fn home_cargo() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/root/.cargo"))
 }
 
+/// Totals over every `test result:` line of a cargo test run, and the tests that reported
+/// `SKIPPED` (root-only tests run without root).
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+    skipped: u64,
+}
+
+impl Totals {
+    fn add_line(&mut self, line: &str) {
+        if line.starts_with("SKIPPED ") {
+            self.skipped += 1;
+        }
+        let Some(rest) = line.trim().strip_prefix("test result: ") else { return };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(what), Some(n)) = (words.next(), words.next()) else { continue };
+            let Ok(n) = n.parse::<u64>() else { continue };
+            match what {
+                "passed" => self.passed += n,
+                "failed" => self.failed += n,
+                _ => {}
+            }
+        }
+    }
+}
+
 fn test() -> Result<()> {
     if !is_root() {
         eprintln!("xtask: not root: the kernel integration tests will report SKIPPED (run with sudo for them)");
     }
     run(Command::new("cargo").args(["build", "--workspace", "--exclude", "probe-ebpf"]).current_dir(root()))?;
-    run(Command::new("cargo").args(["test", "--workspace", "--exclude", "probe-ebpf"]).current_dir(root()))
+    // --nocapture: the SKIPPED lines and the attach modes the tests print stay visible.
+    let mut child = Command::new("sh")
+        .args(["-c", "cargo test --workspace --exclude probe-ebpf -- --nocapture 2>&1"])
+        .current_dir(root())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("starting cargo test")?;
+    let mut totals = Totals::default();
+    let stdout = child.stdout.take().context("cargo test stdout")?;
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+        let line = line?;
+        println!("{line}");
+        totals.add_line(&line);
+    }
+    let status = child.wait()?;
+    // Root-gated tests that skipped were counted as passed by libtest.
+    let passed = totals.passed.saturating_sub(totals.skipped);
+    println!("summary: {passed} passed, {} failed, {} skipped", totals.failed, totals.skipped);
+    if !status.success() || totals.failed > 0 {
+        bail!("tests failed");
+    }
+    Ok(())
 }
 
 fn lint() -> Result<()> {
@@ -164,5 +213,23 @@ fn main() -> Result<()> {
         Task::Setup => setup(),
         Task::Test => test(),
         Task::Lint => lint(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn totals_from_cargo_output() {
+        let mut t = Totals::default();
+        for l in [
+            "test result: ok. 21 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s",
+            "SKIPPED emfile_is_counted: needs root",
+            "test result: FAILED. 3 passed; 2 failed; 1 ignored; 0 measured; 0 filtered out; finished in 1.0s",
+        ] {
+            t.add_line(l);
+        }
+        assert_eq!(t, Totals { passed: 24, failed: 2, skipped: 1 });
     }
 }

@@ -59,7 +59,13 @@ pub struct Conntrace {
 impl Conntrace {
     /// Starts conntrace with `args` (after `watch --json`) and waits for its first status line.
     pub fn start(args: &[&str]) -> Conntrace {
+        Self::start_with_env(args, &[])
+    }
+
+    /// Like `start`, with extra environment variables (e.g. CONNTRACE_SKIP_HOOKS).
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Conntrace {
         let mut child = Command::new(conntrace_bin())
+            .envs(env.iter().copied())
             .args(["watch", "--json", "--interval", "200ms"])
             .args(args)
             .stdout(Stdio::piped())
