@@ -1,6 +1,6 @@
 //! Reading kernel memory at offsets resolved from the running kernel's BTF.
 
-use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user};
+use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
 use probe_common::config::{Config, OFFSET_MISSING};
 
 /// Filled by user space before load (`EbpfLoader::override_global`).
@@ -148,33 +148,32 @@ pub fn current_nofile_limit() -> u64 {
 }
 
 /// Destination requested by connect(): family, port (host order) and address, from a
-/// `struct sockaddr` in user memory (syscall tracepoints) or kernel memory (fentry).
+/// `struct sockaddr` in user memory (syscall tracepoints) or kernel memory (fentry). One
+/// read covers `struct sockaddr_in6` up to the address (family, port, flowinfo, addr).
 #[inline(always)]
 pub fn read_sockaddr(ptr: u64, user: bool, daddr: &mut [u8; 16]) -> (u16, u16) {
-    #[inline(always)]
-    fn rd<T>(p: u64, user: bool) -> Option<T> {
-        if p == 0 {
-            return None;
-        }
-        unsafe {
-            if user {
-                bpf_probe_read_user(p as *const T).ok()
-            } else {
-                bpf_probe_read_kernel(p as *const T).ok()
-            }
-        }
+    if ptr == 0 {
+        return (0, 0);
     }
-    let family = rd::<u16>(ptr, user).unwrap_or(0);
-    let port = u16::from_be(rd::<u16>(ptr + 2, user).unwrap_or(0));
+    let mut buf = [0u8; 24];
+    let ok = unsafe {
+        if user {
+            aya_ebpf::helpers::bpf_probe_read_user_buf(ptr as *const u8, &mut buf).is_ok()
+                // A connect() with a short sockaddr_in (16 bytes) at the end of a page.
+                || aya_ebpf::helpers::bpf_probe_read_user_buf(ptr as *const u8, &mut buf[..16]).is_ok()
+        } else {
+            aya_ebpf::helpers::bpf_probe_read_kernel_buf(ptr as *const u8, &mut buf).is_ok()
+        }
+    };
+    if !ok {
+        return (0, 0);
+    }
+    let family = u16::from_ne_bytes([buf[0], buf[1]]);
+    let port = u16::from_be_bytes([buf[2], buf[3]]);
     if family == AF_INET {
-        if let Some(a) = rd::<[u8; 4]>(ptr + 4, user) {
-            daddr[..4].copy_from_slice(&a);
-        }
+        daddr[..4].copy_from_slice(&buf[4..8]);
     } else if family == AF_INET6 {
-        // struct sockaddr_in6: family, port, flowinfo (4 bytes), then the address.
-        if let Some(a) = rd::<[u8; 16]>(ptr + 8, user) {
-            *daddr = a;
-        }
+        daddr.copy_from_slice(&buf[8..24]);
     }
     (family, port)
 }

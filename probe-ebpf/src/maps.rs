@@ -3,7 +3,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use probe_common::{
     config::{role, stat},
@@ -23,13 +23,15 @@ pub static COMMS: LruHashMap<u32, [u8; COMM_LEN]> = LruHashMap::with_max_entries
 
 /// Owner of each socket connected or accepted while conntrace runs, keyed by `struct sock *`,
 /// removed when the socket reaches CLOSE. LRU so a flood of sockets degrades attribution
-/// (counted as unattributed) instead of failing.
+/// (counted as unattributed) instead of failing. One common LRU list: per-CPU lists
+/// (BPF_F_NO_COMMON_LRU) would split the capacity by CPU and evict early on busy CPUs.
 #[map]
 pub static OWNERS: LruHashMap<u64, SockOwner> = LruHashMap::with_max_entries(131072, 0);
 
-/// connect() calls in progress, keyed by thread id.
+/// connect() calls in progress, keyed by thread id: bounded by the threads inside connect() at
+/// once, so a plain (cheaper) hash; a full map is counted in STATS.
 #[map]
-pub static INFLIGHT: LruHashMap<u32, Inflight> = LruHashMap::with_max_entries(16384, 0);
+pub static INFLIGHT: HashMap<u32, Inflight> = HashMap::with_max_entries(16384, 0);
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);

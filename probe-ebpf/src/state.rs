@@ -15,6 +15,11 @@ use crate::{
 
 #[inline(always)]
 pub fn on_set_state(sk: u64, oldstate: i32, newstate: i32) {
+    // Only SYN_SENT→* and *→CLOSE matter; most of the ~10 changes of a connection's life
+    // return here, before any kernel memory is read.
+    if oldstate != tcp_state::SYN_SENT && newstate != tcp_state::CLOSE {
+        return;
+    }
     if !sk_is_tcp(sk) {
         return;
     }

@@ -186,6 +186,12 @@ pub async fn watch(args: WatchArgs) -> Result<()> {
     if let Err(e) = probe::ensure_tracefs() {
         eprintln!("conntrace: warning: {e:#}; tracepoint fallbacks unavailable");
     }
+    // Held for the whole run: the kernel keeps BPF run-time statistics while this fd is open.
+    let _stats_fd = if args.bpf_stats {
+        Some(aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enabling BPF run-time statistics")?)
+    } else {
+        None
+    };
     let mut probe = Probe::load(args.attach_mode, args.events_per_sec)?;
     let ring = probe.take_events()?;
     // SAFETY: the ring buffer's fd stays open for as long as `ring` lives, which outlives the
@@ -238,6 +244,14 @@ pub async fn watch(args: WatchArgs) -> Result<()> {
     out.samples(&samples)?;
     if st.refresh_status(&probe)? {
         out.status(&st.status)?;
+    }
+    if args.bpf_stats {
+        let stats = probe.program_stats();
+        if out.json {
+            out.line(&output::bpf_stats_json(SystemTime::now(), &stats).to_string())?;
+        } else {
+            out.line(output::bpf_stats_text(&stats).trim_end())?;
+        }
     }
     Ok(())
 }

@@ -52,6 +52,10 @@ pub struct WatchArgs {
     /// Failure events per second and per (process, kind) to print; the counts stay exact.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub events_per_sec: u32,
+    /// At exit, report what each of conntrace's kernel programs cost (runs, ns per run),
+    /// from the kernel's BPF run-time statistics (enabled for the duration of the run).
+    #[arg(long)]
+    pub bpf_stats: bool,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

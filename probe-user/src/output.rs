@@ -7,7 +7,7 @@ use serde_json::{json, Map, Value};
 
 use crate::{
     model::{endpoint, EventRecord, Sample},
-    status::Status,
+    status::{ProgramStats, Status},
 };
 
 pub fn rfc3339(ts: SystemTime) -> String {
@@ -87,6 +87,30 @@ pub fn event_json(e: &EventRecord) -> Value {
         o.insert("syscall_nr".into(), json!(nr));
     }
     v
+}
+
+pub fn bpf_stats_json(ts: SystemTime, stats: &[ProgramStats]) -> Value {
+    let programs: Vec<Value> = stats
+        .iter()
+        .map(|p| {
+            json!({
+                "name": p.name,
+                "run_count": p.run_count,
+                "run_time_ns": p.run_time_ns,
+                "avg_ns": if p.run_count > 0 { p.run_time_ns / p.run_count } else { 0 },
+            })
+        })
+        .collect();
+    json!({"type": "bpf_stats", "ts": rfc3339(ts), "programs": programs})
+}
+
+pub fn bpf_stats_text(stats: &[ProgramStats]) -> String {
+    let mut out = format!("{:<22} {:>12} {:>14} {:>8}\n", "PROGRAM", "RUNS", "TOTAL_NS", "NS/RUN");
+    for p in stats {
+        let avg = if p.run_count > 0 { p.run_time_ns / p.run_count } else { 0 };
+        let _ = writeln!(out, "{:<22} {:>12} {:>14} {:>8}", p.name, p.run_count, p.run_time_ns, avg);
+    }
+    out
 }
 
 pub fn status_text(s: &Status) -> String {
@@ -275,6 +299,15 @@ mod tests {
         assert!(s.contains("fd_alloc     unavailable      (no hook)"), "{s}");
         assert!(s.contains("dropped events: 3"));
         assert!(s.contains("pid 7 has exited"));
+    }
+
+    #[test]
+    fn bpf_stats_rendering() {
+        let stats = [ProgramStats { name: "set_state_btf".into(), run_count: 4, run_time_ns: 400 }];
+        let v = bpf_stats_json(ts(), &stats);
+        assert_eq!(v["type"], "bpf_stats");
+        assert_eq!(v["programs"][0]["avg_ns"], 100);
+        assert!(bpf_stats_text(&stats).lines().nth(1).unwrap().ends_with(" 100"));
     }
 
     #[test]

@@ -19,7 +19,7 @@ use crate::{
     cli::AttachMode,
     model::Snapshot,
     offsets, procinfo,
-    status::{Losses, Mode, SignalStatus, Status},
+    status::{Losses, Mode, ProgramStats, SignalStatus, Status},
     tpformat,
 };
 
@@ -450,6 +450,21 @@ impl Probe {
             owner_map_full: get(stat::OWNER_MAP_FULL)?,
             inflight_map_full: get(stat::INFLIGHT_MAP_FULL)?,
         })
+    }
+
+    /// Run counts and times of the attached programs (zero unless BPF stats are enabled).
+    pub fn program_stats(&self) -> Vec<ProgramStats> {
+        self.ebpf
+            .programs()
+            .filter_map(|(name, p)| {
+                let info = p.info().ok()?;
+                Some(ProgramStats {
+                    name: name.to_string(),
+                    run_count: info.run_count(),
+                    run_time_ns: info.run_time().as_nanos() as u64,
+                })
+            })
+            .collect()
     }
 
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {

@@ -68,3 +68,11 @@ impl Status {
         self.signals.iter().find(|(n, _)| *n == name).map(|(_, s)| s)
     }
 }
+
+/// Run-time statistics of one kernel program (BPF_ENABLE_STATS).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProgramStats {
+    pub name: String,
+    pub run_count: u64,
+    pub run_time_ns: u64,
+}

@@ -218,6 +218,30 @@ fn async_connects(args: &[String]) {
     println!("{}", json!({"pid": pid(), "sync_ok": 2, "async_ok": async_ok, "errors": errors}));
 }
 
+/// Connection churn for overhead measurements: connect, accept, close (client first, so every
+/// connection leaves a TIME_WAIT), as fast as one thread can, for `--seconds`.
+fn churn(args: &[String]) {
+    let addr: SocketAddr = req(args, "--addr");
+    let seconds: f64 = req(args, "--seconds");
+    let l = TcpListener::bind(addr).expect("bind");
+    let start = std::time::Instant::now();
+    let mut n = 0u64;
+    let mut errors = Errors::new();
+    while start.elapsed().as_secs_f64() < seconds {
+        match TcpStream::connect(addr) {
+            Ok(c) => {
+                let (s, _) = l.accept().expect("accept");
+                drop(c);
+                drop(s);
+                n += 1;
+            }
+            Err(e) => *errors.entry(errno_name(&e)).or_default() += 1,
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!("{}", json!({"pid": pid(), "connections": n, "per_sec": n as f64 / secs, "errors": errors}));
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
@@ -226,8 +250,9 @@ fn main() {
         Some("tw-server") => tw_server(&args),
         Some("emfile") => emfile(&args),
         Some("async") => async_connects(&args),
+        Some("churn") => churn(&args),
         _ => {
-            eprintln!("usage: conntrace-workload ports|tw|tw-server|emfile|async [options]");
+            eprintln!("usage: conntrace-workload ports|tw|tw-server|emfile|async|churn [options]");
             std::process::exit(2);
         }
     }
