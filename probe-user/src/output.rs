@@ -97,7 +97,7 @@ pub fn bpf_stats_json(ts: SystemTime, stats: &[ProgramStats]) -> Value {
                 "name": p.name,
                 "run_count": p.run_count,
                 "run_time_ns": p.run_time_ns,
-                "avg_ns": if p.run_count > 0 { p.run_time_ns / p.run_count } else { 0 },
+                "avg_ns": p.run_time_ns.checked_div(p.run_count).unwrap_or(0),
             })
         })
         .collect();
@@ -107,7 +107,7 @@ pub fn bpf_stats_json(ts: SystemTime, stats: &[ProgramStats]) -> Value {
 pub fn bpf_stats_text(stats: &[ProgramStats]) -> String {
     let mut out = format!("{:<22} {:>12} {:>14} {:>8}\n", "PROGRAM", "RUNS", "TOTAL_NS", "NS/RUN");
     for p in stats {
-        let avg = if p.run_count > 0 { p.run_time_ns / p.run_count } else { 0 };
+        let avg = p.run_time_ns.checked_div(p.run_count).unwrap_or(0);
         let _ = writeln!(out, "{:<22} {:>12} {:>14} {:>8}", p.name, p.run_count, p.run_time_ns, avg);
     }
     out

@@ -341,7 +341,7 @@ fn bench(pairs: u32, seconds: f64) -> Result<()> {
     println!("\n{:<22} {:>12} {:>10} {:>10}", "program", "runs", "ns/run", "runs/conn");
     let mut per_conn = 0.0;
     for (name, cnt, ns) in parse_bpf_stats(stats) {
-        let avg = if cnt > 0 { ns / cnt } else { 0 };
+        let avg = ns.checked_div(cnt).unwrap_or(0);
         per_conn += ns as f64 / connections;
         println!("{name:<22} {cnt:>12} {avg:>10} {:>10.2}", cnt as f64 / connections);
     }
