@@ -95,8 +95,6 @@ pub mod role {
     pub const CONNECT: u32 = 2;
     /// fd-allocation failures come from the raw `sys_exit` tracepoint.
     pub const FD_VIA_SYS_EXIT: u32 = 3;
-    /// fd-allocation failures come from fexit (the sys_exit program must stay quiet).
-    pub const FD_VIA_FEXIT: u32 = 4;
     pub const COUNT: u32 = 8;
 }
 

@@ -112,6 +112,11 @@ struct State {
     prev: Snapshot,
     last: Instant,
     status: Status,
+    /// RLIMIT_NOFILE from the latest EMFILE event per process: the limit is still known
+    /// once the process has exited and /proc no longer says.
+    event_limits: BTreeMap<u32, u64>,
+    /// Filter decisions per pid, so events do not read /proc each time.
+    match_cache: BTreeMap<u32, bool>,
 }
 
 impl State {
@@ -146,7 +151,10 @@ impl State {
                 comm,
                 interval_s,
                 counts,
-                nofile_limit: if alive { procinfo::nofile_limit(pid) } else { None },
+                nofile_limit: alive
+                    .then(|| procinfo::nofile_limit(pid))
+                    .flatten()
+                    .or_else(|| self.event_limits.get(&pid).copied()),
                 open_fds: if alive { procinfo::open_fds(pid) } else { None },
             });
         }
@@ -201,7 +209,14 @@ pub async fn watch(args: WatchArgs) -> Result<()> {
     let offset = boot_offset();
 
     let filter = Filter { pids: args.pids.iter().copied().collect(), comms: args.comms.clone() };
-    let mut st = State { filter, prev: probe.snapshot()?, last: Instant::now(), status: probe.status.clone() };
+    let mut st = State {
+        filter,
+        prev: probe.snapshot()?,
+        last: Instant::now(),
+        status: probe.status.clone(),
+        event_limits: BTreeMap::new(),
+        match_cache: BTreeMap::new(),
+    };
     st.refresh_status(&probe)?;
     let mut out = Output { json: args.json, w: std::io::stdout().lock() };
     out.status(&st.status)?;
@@ -211,7 +226,6 @@ pub async fn watch(args: WatchArgs) -> Result<()> {
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut comms: BTreeMap<u32, bool> = BTreeMap::new();
 
     loop {
         let sleep_until_deadline = async {
@@ -223,7 +237,7 @@ pub async fn watch(args: WatchArgs) -> Result<()> {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("waiting for events")?;
-                drain(guard.get_inner_mut(), offset, &st, &probe, &mut out, &mut comms)?;
+                drain(guard.get_inner_mut(), offset, &mut st, &probe, &mut out)?;
                 guard.clear_ready();
             }
             _ = tick.tick() => {
@@ -239,7 +253,7 @@ pub async fn watch(args: WatchArgs) -> Result<()> {
         }
     }
     // The last, partial interval: events first, then the counts that include them.
-    drain(ring.get_mut(), offset, &st, &probe, &mut out, &mut comms)?;
+    drain(ring.get_mut(), offset, &mut st, &probe, &mut out)?;
     let samples = st.interval(&mut probe)?;
     out.samples(&samples)?;
     if st.refresh_status(&probe)? {
@@ -259,10 +273,9 @@ pub async fn watch(args: WatchArgs) -> Result<()> {
 fn drain<W: Write>(
     ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
     offset: Duration,
-    st: &State,
+    st: &mut State,
     probe: &Probe,
     out: &mut Output<W>,
-    match_cache: &mut BTreeMap<u32, bool>,
 ) -> Result<()> {
     while let Some(item) = ring.next() {
         if item.len() < std::mem::size_of::<Event>() {
@@ -272,12 +285,14 @@ fn drain<W: Write>(
         // the ring buffer's 8-byte alignment.
         let ev: Event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
         let rec = model::decode(&ev, offset);
-        let wanted = if st.filter.is_all() {
-            true
-        } else {
-            *match_cache.entry(rec.pid).or_insert_with(|| {
-                let comm = st.comm_of(probe, rec.pid);
-                st.filter.matches(rec.pid, &comm) || st.filter.matches(rec.pid, &rec.comm)
+        if let Some(limit) = rec.limit {
+            st.event_limits.insert(rec.pid, limit);
+        }
+        let wanted = st.filter.is_all() || {
+            let (filter, cache) = (&st.filter, &mut st.match_cache);
+            *cache.entry(rec.pid).or_insert_with(|| {
+                let comm = procinfo::comm(rec.pid).or_else(|| probe.kernel_comm(rec.pid)).unwrap_or_default();
+                filter.matches(rec.pid, &comm) || filter.matches(rec.pid, &rec.comm)
             })
         };
         if wanted {

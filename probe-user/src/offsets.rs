@@ -10,9 +10,11 @@ pub struct Resolved {
     pub missing: Vec<String>,
 }
 
-/// One field: (where in Config, struct, member path, whether a bitfield is acceptable).
+/// Stores one resolved offset into the config.
 type Setter = fn(&mut Config, u32);
 
+/// (struct, member path, where the offset goes). Bitfields are never usable: the programs read
+/// whole bytes.
 const FIELDS: &[(&str, &str, Setter)] = &[
     ("sock_common", "skc_daddr", |c, v| c.sk_daddr = v),
     ("sock_common", "skc_rcv_saddr", |c, v| c.sk_rcv_saddr = v),

@@ -22,7 +22,15 @@ fn ephemeral_port_exhaustion_is_counted_exactly() {
     if !require_root("ephemeral_port_exhaustion_is_counted_exactly") {
         return;
     }
-    port_exhaustion(&[], &NETWORK_MODES);
+    port_exhaustion("127.0.0.1", &[], &NETWORK_MODES);
+}
+
+#[test]
+fn ephemeral_port_exhaustion_over_ipv6() {
+    if !require_root("ephemeral_port_exhaustion_over_ipv6") {
+        return;
+    }
+    port_exhaustion("::1", &[], &NETWORK_MODES);
 }
 
 /// The same with tp_btf and fexit refused: the classic sock:inet_sock_set_state tracepoint
@@ -32,16 +40,18 @@ fn ephemeral_port_exhaustion_on_the_classic_tracepoint() {
     if !require_root("ephemeral_port_exhaustion_on_the_classic_tracepoint") {
         return;
     }
-    port_exhaustion(&[("CONNTRACE_SKIP_HOOKS", "fexit,tp_btf")], &["tracepoint"]);
+    port_exhaustion("127.0.0.1", &[("CONNTRACE_SKIP_HOOKS", "fexit,tp_btf")], &["tracepoint"]);
 }
 
-fn port_exhaustion(env: &[(&str, &str)], modes: &[&str]) {
+fn port_exhaustion(ip: &str, env: &[(&str, &str)], modes: &[&str]) {
     let ct = Conntrace::start_with_env(&[], env);
     // 4 ports in the range, the listener outside it: 4 connects succeed, 6 fail.
-    let out = in_netns(
+    // (ip_local_port_range also governs IPv6.)
+    let addr = if ip.contains(':') { format!("[{ip}]:9000") } else { format!("{ip}:9000") };
+    let out = in_netns(&format!(
         "sysctl -qw net.ipv4.ip_local_port_range='40000 40003'\n\
-         $WL ports --listen 127.0.0.1:9000 --connect 127.0.0.1:9000 --count 10",
-    );
+         $WL ports --listen {addr} --connect {addr} --count 10"
+    ));
     let lines = ct.stop();
     let wl = report(&out);
     let pid = wl["pid"].as_u64().unwrap();
@@ -57,7 +67,8 @@ fn port_exhaustion(env: &[(&str, &str)], modes: &[&str]) {
     let evs = events(&lines, pid, "port_assign_failure");
     assert_eq!(evs.len(), 6, "one event per failure: {evs:?}");
     for e in evs {
-        assert_eq!(e["daddr"], "127.0.0.1");
+        assert_eq!(e["daddr"], ip);
+        assert_eq!(e["saddr"], ip);
         assert_eq!(e["dport"], 9000);
         assert_eq!(e["sport"], 0);
         assert_eq!(e["tid"], pid);
