@@ -98,6 +98,25 @@ pub mod role {
     pub const COUNT: u32 = 8;
 }
 
+/// Parameter counts of the functions hooked with fexit: the return value sits right after the
+/// parameters. User space refuses the fexit hook (and falls back) when the running kernel's
+/// BTF gives another count.
+pub mod arity {
+    /// `int inet_stream_connect(struct socket *, struct sockaddr *, int addr_len, int flags)`
+    pub const INET_STREAM_CONNECT: usize = 4;
+    /// `int inet_hash_connect(struct inet_timewait_death_row *, struct sock *)`
+    pub const INET_HASH_CONNECT: usize = 2;
+    /// `int inet6_hash_connect(struct inet_timewait_death_row *, struct sock *)`
+    pub const INET6_HASH_CONNECT: usize = 2;
+    /// `struct inet_timewait_sock *inet_twsk_alloc(const struct sock *,
+    /// struct inet_timewait_death_row *, int state)`
+    pub const INET_TWSK_ALLOC: usize = 3;
+    /// `static int alloc_fd(unsigned start, unsigned end, unsigned flags)` (fs/file.c)
+    pub const ALLOC_FD: usize = 3;
+    /// `struct file *alloc_empty_file(int flags, const struct cred *cred)` (fs/file_table.c)
+    pub const ALLOC_EMPTY_FILE: usize = 2;
+}
+
 /// Indexes into the per-CPU `STATS` array: things user space must report, never hide.
 pub mod stat {
     /// A failure event did not fit in the ring buffer (user space too slow).

@@ -5,7 +5,11 @@ use aya_ebpf::{
     macros::{btf_tracepoint, fentry, fexit, raw_tracepoint, tracepoint},
     programs::{BtfTracePointContext, FEntryContext, FExitContext, RawTracePointContext, TracePointContext},
 };
-use probe_common::{config::role, counters::kind, event};
+use probe_common::{
+    config::{arity, role},
+    counters::kind,
+    event,
+};
 
 use crate::{
     connect,
@@ -18,6 +22,19 @@ use crate::{
     maps::{role_on, INFLIGHT},
     state,
 };
+
+/// The return value of an fexit program's function: the trampoline stores it right after the
+/// arguments, so it is argument number `nargs` (user space checks each function's parameter
+/// count in BTF before attaching, see `probe_common::config::arity`).
+///
+/// Not `FExitContext::ret` (bpf_get_func_ret): its output slot starts as a constant 0 on the
+/// stack, and Debian 6.1's verifier kept believing that 0 after the inlined helper wrote the
+/// real value, so it pruned every branch taken on a non-zero return (seen as
+/// fexit/inet_hash_connect firing 10 times and counting nothing).
+#[inline(always)]
+fn fexit_ret<T: aya_ebpf::Argument>(ctx: &FExitContext, nargs: usize) -> T {
+    ctx.arg(nargs)
+}
 
 // ---- inet_sock_set_state (port fallback, TIME_WAIT fallback, async connect outcomes) ----
 
@@ -58,9 +75,7 @@ pub fn connect_fentry(ctx: FEntryContext) -> u32 {
 
 #[fexit(function = "inet_stream_connect")]
 pub fn connect_fexit(ctx: FExitContext) -> u32 {
-    if let Ok(ret) = ctx.ret::<i32>() {
-        connect::exit(ret as i64);
-    }
+    connect::exit(fexit_ret::<i32>(&ctx, arity::INET_STREAM_CONNECT) as i64);
     0
 }
 
@@ -148,7 +163,7 @@ const NEG_EADDRNOTAVAIL: i32 = -99;
 #[fexit(function = "inet_hash_connect")]
 pub fn port_fexit_v4(ctx: FExitContext) -> u32 {
     // int inet_hash_connect(struct inet_timewait_death_row *death_row, struct sock *sk)
-    if ctx.ret::<i32>() == Ok(NEG_EADDRNOTAVAIL) {
+    if fexit_ret::<i32>(&ctx, arity::INET_HASH_CONNECT) == NEG_EADDRNOTAVAIL {
         port_failed(ctx.arg(1));
     }
     0
@@ -156,7 +171,7 @@ pub fn port_fexit_v4(ctx: FExitContext) -> u32 {
 
 #[fexit(function = "inet6_hash_connect")]
 pub fn port_fexit_v6(ctx: FExitContext) -> u32 {
-    if ctx.ret::<i32>() == Ok(NEG_EADDRNOTAVAIL) {
+    if fexit_ret::<i32>(&ctx, arity::INET6_HASH_CONNECT) == NEG_EADDRNOTAVAIL {
         port_failed(ctx.arg(1));
     }
     0
@@ -172,11 +187,10 @@ pub fn tw_fexit(ctx: FExitContext) -> u32 {
     if !sk_is_tcp(sk) {
         return 0;
     }
-    match ctx.ret::<u64>() {
-        Ok(0) => state::charge_to_owner(sk, kind::TW_OVERFLOW),
-        Ok(_) => state::charge_to_owner(sk, kind::TIME_WAIT),
-        // bpf_get_func_ret cannot fail in an fexit program.
-        Err(_) => {}
+    if fexit_ret::<u64>(&ctx, arity::INET_TWSK_ALLOC) == 0 {
+        state::charge_to_owner(sk, kind::TW_OVERFLOW);
+    } else {
+        state::charge_to_owner(sk, kind::TIME_WAIT);
     }
     0
 }
@@ -187,7 +201,7 @@ pub fn tw_fexit(ctx: FExitContext) -> u32 {
 pub fn fd_fexit_alloc_fd(ctx: FExitContext) -> u32 {
     // static int alloc_fd(unsigned start, unsigned end, unsigned flags): end is the
     // RLIMIT_NOFILE in force (fs/file.c); -EMFILE when no fd below it is free.
-    if ctx.ret::<i32>() == Ok(-(fd::EMFILE as i32)) {
+    if fexit_ret::<i32>(&ctx, arity::ALLOC_FD) == -(fd::EMFILE as i32) {
         let end: u32 = ctx.arg(1);
         fd::failed(fd::EMFILE, end as u64, -1);
     }
@@ -198,7 +212,7 @@ pub fn fd_fexit_alloc_fd(ctx: FExitContext) -> u32 {
 pub fn fd_fexit_alloc_file(ctx: FExitContext) -> u32 {
     // struct file *alloc_empty_file(int flags, const struct cred *cred): ERR_PTR(-ENFILE)
     // above fs.file-max (fs/file_table.c).
-    if ctx.ret::<i64>() == Ok(-fd::ENFILE) {
+    if fexit_ret::<i64>(&ctx, arity::ALLOC_EMPTY_FILE) == -fd::ENFILE {
         fd::failed(fd::ENFILE, 0, -1);
     }
     0

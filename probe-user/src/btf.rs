@@ -45,6 +45,8 @@ struct Type {
     size_or_type: u32,
     /// ARRAY: (element type, number of elements).
     array: Option<(u32, u32)>,
+    /// FUNC_PROTO: number of parameters.
+    params: usize,
     members: Vec<Member>,
 }
 
@@ -96,7 +98,8 @@ impl Btf {
         let strings =
             b.get(hdr_len + str_off..hdr_len + str_off + str_len).context("BTF string section out of bounds")?.to_vec();
 
-        let mut types = vec![Type { name_off: 0, kind: 0, size_or_type: 0, array: None, members: Vec::new() }];
+        let mut types =
+            vec![Type { name_off: 0, kind: 0, size_or_type: 0, array: None, params: 0, members: Vec::new() }];
         let mut p = 0usize;
         while p < tb.len() {
             let name_off = u32_at(tb, p)?;
@@ -106,7 +109,8 @@ impl Btf {
             let vlen = (info & 0xffff) as usize;
             let kind = (info >> 24) & 0x1f;
             let kind_flag = info >> 31 == 1;
-            let mut t = Type { name_off, kind, size_or_type, array: None, members: Vec::new() };
+            let params = if kind == KIND_FUNC_PROTO { vlen } else { 0 };
+            let mut t = Type { name_off, kind, size_or_type, array: None, params, members: Vec::new() };
             match kind {
                 KIND_INT | KIND_VAR | KIND_DECL_TAG => p += 4,
                 KIND_PTR | KIND_FWD | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_FUNC
@@ -249,7 +253,14 @@ impl Btf {
     /// True if the kernel has a function (BTF FUNC) of that name: fentry/fexit can only
     /// target those, and an inlined or renamed function is absent.
     pub fn has_function(&self, name: &str) -> bool {
-        self.types.iter().any(|t| t.kind == KIND_FUNC && self.name(t.name_off) == name)
+        self.function_arity(name).is_some()
+    }
+
+    /// Number of parameters of kernel function `name` (FUNC → FUNC_PROTO).
+    pub fn function_arity(&self, name: &str) -> Option<usize> {
+        let f = self.types.iter().find(|t| t.kind == KIND_FUNC && self.name(t.name_off) == name)?;
+        let proto = self.types.get(f.size_or_type as usize)?;
+        (proto.kind == KIND_FUNC_PROTO).then_some(proto.params)
     }
 }
 

@@ -11,7 +11,7 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
 };
 use probe_common::{
-    config::{role, stat, OFFSET_MISSING},
+    config::{arity, role, stat, OFFSET_MISSING},
     counters::CountKey,
 };
 
@@ -69,6 +69,8 @@ fn tracefs_format(category: &str, name: &str) -> Option<String> {
 struct Loader<'a> {
     ebpf: Ebpf,
     btf: Option<&'a Btf>,
+    /// The same BTF through conntrace's own reader (function parameter counts).
+    types: Option<&'a crate::btf::Btf>,
     /// Hook families to pretend the kernel refuses (`CONNTRACE_SKIP_HOOKS`), so tests can
     /// prove every fallback level on a kernel that would take the preferred one.
     skip: Vec<String>,
@@ -82,9 +84,17 @@ impl Loader<'_> {
         Ok(())
     }
 
-    fn fexit(&mut self, prog: &str, func: &str) -> Result<String> {
+    /// fexit on `func`; `arity` is the parameter count the program reads the return value
+    /// after (None when it does not use it), checked against this kernel's BTF.
+    fn fexit(&mut self, prog: &str, func: &str, arity: Option<usize>) -> Result<String> {
         self.skipped("fexit")?;
         let btf = self.btf.context("no kernel BTF")?;
+        if let Some(want) = arity {
+            let have = self.types.and_then(|t| t.function_arity(func));
+            if have != Some(want) {
+                return Err(anyhow!("{func} has {have:?} parameters in this kernel, the program expects {want}"));
+            }
+        }
         let p: &mut FExit = self.ebpf.program_mut(prog).context("program missing")?.try_into()?;
         p.load(func, btf)?;
         p.attach()?;
@@ -162,7 +172,7 @@ impl Probe {
         let skip = std::env::var("CONNTRACE_SKIP_HOOKS")
             .map(|v| v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
             .unwrap_or_default();
-        let mut l = Loader { ebpf, btf: aya_btf.as_ref(), skip };
+        let mut l = Loader { ebpf, btf: aya_btf.as_ref(), types: our_btf.as_ref(), skip };
 
         let allow_fexit = matches!(mode, AttachMode::Auto | AttachMode::Fexit) && aya_btf.is_some();
         let allow_tp = matches!(mode, AttachMode::Auto | AttachMode::Tracepoint);
@@ -200,10 +210,9 @@ impl Probe {
         let mut connect_why = Vec::new();
         let mut connect: Option<SignalStatus> = None;
         if allow_fexit && sock_ok {
-            match l
-                .fentry("connect_fentry", "inet_stream_connect")
-                .and_then(|a| Ok((a, l.fexit("connect_fexit", "inet_stream_connect")?)))
-            {
+            match l.fentry("connect_fentry", "inet_stream_connect").and_then(|a| {
+                Ok((a, l.fexit("connect_fexit", "inet_stream_connect", Some(arity::INET_STREAM_CONNECT))?))
+            }) {
                 Ok((a, b)) => {
                     connect = Some(SignalStatus {
                         mode: Mode::Fexit,
@@ -260,7 +269,7 @@ impl Probe {
         // Socket owners of accepted connections (TIME_WAIT attribution).
         let mut owner_hooks: Vec<String> = Vec::new();
         if allow_fexit && sock_ok {
-            if let Ok(h) = l.fexit("accept_fexit", "inet_accept") {
+            if let Ok(h) = l.fexit("accept_fexit", "inet_accept", None) {
                 owner_hooks.push(h);
             }
         }
@@ -276,11 +285,11 @@ impl Probe {
         let mut port_why = Vec::new();
         let mut port: Option<SignalStatus> = None;
         if allow_fexit && sock_ok {
-            match l.fexit("port_fexit_v4", "inet_hash_connect") {
+            match l.fexit("port_fexit_v4", "inet_hash_connect", Some(arity::INET_HASH_CONNECT)) {
                 Ok(h) => {
                     let mut hooks = vec![h];
                     let mut note = None;
-                    match l.fexit("port_fexit_v6", "inet6_hash_connect") {
+                    match l.fexit("port_fexit_v6", "inet6_hash_connect", Some(arity::INET6_HASH_CONNECT)) {
                         Ok(h6) => hooks.push(h6),
                         Err(e) => note = Some(format!("IPv6 not watched: {}", reason(&e))),
                     }
@@ -317,7 +326,7 @@ impl Probe {
         let mut tw_why = Vec::new();
         let mut tw: Option<SignalStatus> = None;
         if allow_fexit && sock_ok {
-            match l.fexit("tw_fexit", "inet_twsk_alloc") {
+            match l.fexit("tw_fexit", "inet_twsk_alloc", Some(arity::INET_TWSK_ALLOC)) {
                 Ok(h) => tw = Some(SignalStatus { mode: Mode::Fexit, exact: true, hooks: vec![h], note: None }),
                 Err(e) => tw_why.push(format!("fexit: {}", reason(&e))),
             }
@@ -359,10 +368,9 @@ impl Probe {
         let mut fd_why = Vec::new();
         let mut fd: Option<SignalStatus> = None;
         if allow_fexit {
-            match l
-                .fexit("fd_fexit_alloc_fd", "alloc_fd")
-                .and_then(|a| Ok((a, l.fexit("fd_fexit_alloc_file", "alloc_empty_file")?)))
-            {
+            match l.fexit("fd_fexit_alloc_fd", "alloc_fd", Some(arity::ALLOC_FD)).and_then(|a| {
+                Ok((a, l.fexit("fd_fexit_alloc_file", "alloc_empty_file", Some(arity::ALLOC_EMPTY_FILE))?))
+            }) {
                 Ok((a, b)) => {
                     fd = Some(SignalStatus {
                         mode: Mode::Fexit,
