@@ -129,6 +129,11 @@ impl State {
 
     /// Reads the counters and builds the samples of the interval that just ended.
     fn interval(&mut self, probe: &mut Probe) -> Result<Vec<Sample>> {
+        // Processes already gone *before* this read: the read holds their final counts, so
+        // their counters can be dropped after it (checking after the read could drop
+        // increments made between the read and the exit).
+        let gone_before: BTreeSet<u32> =
+            self.prev.keys().map(|k| k.tgid).filter(|&t| t != UNATTRIBUTED && !procinfo::exists(t)).collect();
         let cur = probe.snapshot()?;
         let now = Instant::now();
         let interval_s = now.duration_since(self.last).as_secs_f64();
@@ -160,8 +165,7 @@ impl State {
         }
         // Counters of exited processes have been reported for the last time: drop them so the
         // map does not fill up. (TIME_WAIT of their orphaned sockets recreates entries later.)
-        let dead: Vec<_> =
-            cur.keys().filter(|k| k.tgid != UNATTRIBUTED && !procinfo::exists(k.tgid)).copied().collect();
+        let dead: Vec<_> = cur.keys().filter(|k| gone_before.contains(&k.tgid)).copied().collect();
         if !dead.is_empty() {
             probe.forget(&dead)?;
         }

@@ -85,7 +85,9 @@ fn time_wait_is_charged_to_the_client_that_closed_first() {
         return;
     }
     let ct = Conntrace::start(&[]);
-    let out = in_netns("$WL tw --addr 127.0.0.1:9000 --count 30");
+    // tcp_tw_reuse 0: a new connect must never take over (and so remove) a TIME_WAIT socket,
+    // or the namespace would hold fewer than were created.
+    let out = in_netns("sysctl -qw net.ipv4.tcp_tw_reuse=0\n$WL tw --addr 127.0.0.1:9000 --count 30");
     let lines = ct.stop();
     let wl = report(&out);
     let client = wl["pid"].as_u64().unwrap();

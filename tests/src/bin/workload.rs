@@ -116,8 +116,15 @@ fn tw(args: &[String]) {
     }
     let server_pid = server.id();
     server.wait().expect("server exit");
-    std::thread::sleep(Duration::from_millis(200));
-    println!("{}", json!({"pid": pid(), "server_pid": server_pid, "ok": ok, "time_wait_sockets": time_wait_sockets()}));
+    // The server's last FINs may still be in flight (slow under load or emulation): those
+    // client sockets sit in FIN_WAIT2 until they arrive.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut tw = time_wait_sockets();
+    while tw < ok && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        tw = time_wait_sockets();
+    }
+    println!("{}", json!({"pid": pid(), "server_pid": server_pid, "ok": ok, "time_wait_sockets": tw}));
 }
 
 /// Lowers RLIMIT_NOFILE, opens sockets until EMFILE, then keeps trying until `--failures`
