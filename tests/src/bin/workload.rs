@@ -85,14 +85,22 @@ fn tw_server(args: &[String]) {
     }
 }
 
-/// Count of sockets in TIME_WAIT (state 06) in this network namespace, from /proc/net/tcp{,6}.
+/// TCP sockets in this network namespace by state (hex state code of /proc/net/tcp{,6}).
+fn socket_states() -> BTreeMap<String, u64> {
+    let mut states = BTreeMap::new();
+    for text in ["/proc/net/tcp", "/proc/net/tcp6"].iter().filter_map(|p| std::fs::read_to_string(p).ok()) {
+        for line in text.lines().skip(1) {
+            if let Some(st) = line.split_whitespace().nth(3) {
+                *states.entry(st.to_string()).or_default() += 1;
+            }
+        }
+    }
+    states
+}
+
+/// Count of sockets in TIME_WAIT (state 06) in this network namespace.
 fn time_wait_sockets() -> u64 {
-    ["/proc/net/tcp", "/proc/net/tcp6"]
-        .iter()
-        .filter_map(|p| std::fs::read_to_string(p).ok())
-        .flat_map(|t| t.lines().skip(1).map(str::to_owned).collect::<Vec<_>>())
-        .filter(|l| l.split_whitespace().nth(3) == Some("06"))
-        .count() as u64
+    socket_states().get("06").copied().unwrap_or(0)
 }
 
 /// Client side, in this process; the server is a separate process that closes last.
@@ -124,7 +132,10 @@ fn tw(args: &[String]) {
         std::thread::sleep(Duration::from_millis(50));
         tw = time_wait_sockets();
     }
-    println!("{}", json!({"pid": pid(), "server_pid": server_pid, "ok": ok, "time_wait_sockets": tw}));
+    println!(
+        "{}",
+        json!({"pid": pid(), "server_pid": server_pid, "ok": ok, "time_wait_sockets": tw, "states": socket_states()})
+    );
 }
 
 /// Lowers RLIMIT_NOFILE, opens sockets until EMFILE, then keeps trying until `--failures`
