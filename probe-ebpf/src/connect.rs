@@ -17,7 +17,7 @@ use probe_common::{
 
 use crate::{
     count::{bump, current, current_comm, new_event},
-    kernel::{read_sockaddr, sk_addrs, sk_err, sk_family, sk_is_tcp, sk_netns, sk_ports, sk_state},
+    kernel::{fill_endpoints, read_sockaddr, sk_addrs, sk_err, sk_is_tcp, sk_netns, sk_ports, sk_state},
     maps::{role_on, stat_inc, INFLIGHT, OWNERS},
 };
 
@@ -160,13 +160,7 @@ fn async_failed(sk: u64, tgid: u32, err: u16, comm: &[u8; COMM_LEN]) {
     if let Some(mut e) = new_event(event::kind::CONNECT_ERROR, tgid, 0, err, comm) {
         let ev = unsafe { e.assume_init_mut() };
         ev.flags = event::flag::ASYNC;
-        let family = sk_family(sk);
-        ev.family = family;
-        let (sport, dport) = sk_ports(sk);
-        ev.sport = sport;
-        ev.dport = dport;
-        ev.netns = sk_netns(sk);
-        sk_addrs(sk, family, &mut ev.saddr, Some(&mut ev.daddr));
+        fill_endpoints(ev, sk);
         e.submit(0);
     }
 }

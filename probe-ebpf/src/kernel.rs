@@ -91,6 +91,18 @@ pub fn sk_addrs(sk: u64, family: u16, saddr: &mut [u8; 16], daddr: Option<&mut [
     }
 }
 
+/// Fills an event's family, ports, namespace and both addresses from the socket.
+#[inline(always)]
+pub fn fill_endpoints(ev: &mut probe_common::event::Event, sk: u64) {
+    let family = sk_family(sk);
+    ev.family = family;
+    let (sport, dport) = sk_ports(sk);
+    ev.sport = sport;
+    ev.dport = dport;
+    ev.netns = sk_netns(sk);
+    sk_addrs(sk, family, &mut ev.saddr, Some(&mut ev.daddr));
+}
+
 /// True once the socket has left the established hash (`sk_unhashed()` on
 /// `skc_nulls_node`). tcp_time_wait() → inet_twsk_hashdance_schedule() unhashes the full
 /// socket *before* tcp_done() moves it to CLOSE, whereas every other path to CLOSE

@@ -15,10 +15,7 @@ use crate::{
     connect,
     count::{bump, current, current_comm, new_event},
     fd,
-    kernel::{
-        current_nofile_limit, current_stream_sock, read, sk_addrs, sk_family, sk_is_tcp, sk_netns, sk_ports,
-        socket_stream_sk,
-    },
+    kernel::{current_nofile_limit, current_stream_sock, fill_endpoints, read, sk_is_tcp, socket_stream_sk},
     maps::{role_on, INFLIGHT},
     state,
 };
@@ -146,13 +143,7 @@ fn port_failed(sk: u64) {
     }
     if let Some(mut e) = new_event(event::kind::PORT_ASSIGN_FAILURE, tgid, tid, 99, &comm) {
         let ev = unsafe { e.assume_init_mut() };
-        let family = sk_family(sk);
-        ev.family = family;
-        let (sport, dport) = sk_ports(sk);
-        ev.sport = sport;
-        ev.dport = dport;
-        ev.netns = sk_netns(sk);
-        sk_addrs(sk, family, &mut ev.saddr, Some(&mut ev.daddr));
+        fill_endpoints(ev, sk);
         e.submit(0);
     }
 }

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use anyhow::{anyhow, Context as _, Result};
+use anyhow::{anyhow, bail, Context as _, Result};
 use aya::{
     maps::{Array, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{BtfTracePoint, FEntry, FExit, RawTracePoint, TracePoint},
@@ -74,6 +74,8 @@ struct Loader<'a> {
     /// Hook families to pretend the kernel refuses (`CONNTRACE_SKIP_HOOKS`), so tests can
     /// prove every fallback level on a kernel that would take the preferred one.
     skip: Vec<String>,
+    /// `ROLES` switches to turn on once everything is attached.
+    roles: Vec<u32>,
 }
 
 impl Loader<'_> {
@@ -155,6 +157,213 @@ fn has(fields: &[u32]) -> bool {
     fields.iter().all(|&f| f != OFFSET_MISSING)
 }
 
+/// Which hook families the attach mode allows on this kernel.
+struct Allowed {
+    fexit: bool,
+    tp: bool,
+}
+
+/// One signal's way through its candidate hooks: the first that attached, and why the ones
+/// before it did not.
+#[derive(Default)]
+struct Attempt {
+    status: Option<SignalStatus>,
+    why: Vec<String>,
+}
+
+impl Attempt {
+    fn attached(&mut self, mode: Mode, hooks: Vec<String>, note: &str) {
+        let note = (!note.is_empty()).then(|| note.to_string());
+        self.status = Some(SignalStatus { mode, exact: true, hooks, note });
+    }
+
+    fn failed(&mut self, what: &str, e: impl std::fmt::Display) {
+        self.why.push(format!("{what}: {e}"));
+    }
+
+    fn done(&self) -> bool {
+        self.status.is_some()
+    }
+
+    /// The hook in use (with why the preferred ones were not used), or unavailable.
+    fn finish(self, mode: AttachMode) -> SignalStatus {
+        match self.status {
+            Some(s) => fell_back(s, &self.why),
+            None => SignalStatus::unavailable(why(&self.why, mode)),
+        }
+    }
+}
+
+impl Loader<'_> {
+    /// inet_sock_set_state: asynchronous connect outcomes in every mode, and the fallback for
+    /// port failures and TIME_WAIT. Returns its mode and hook.
+    fn set_state(&mut self, a: &Allowed, why: &mut Vec<String>) -> Option<(Mode, String)> {
+        if !(a.fexit || a.tp) {
+            return None;
+        }
+        match self.tp_btf("set_state_btf", "inet_sock_set_state") {
+            Ok(h) => return Some((Mode::TpBtf, h)),
+            Err(e) => why.push(format!("tp_btf: {}", reason(&e))),
+        }
+        // The classic tracepoint's record layout is checked against this kernel's format file.
+        let layout = tracefs_format("sock", "inet_sock_set_state")
+            .ok_or_else(|| "tracepoint sock/inet_sock_set_state not found".to_string())
+            .and_then(|f| tpformat::check(&f, &[("skaddr", 8, 8), ("oldstate", 16, 4), ("newstate", 20, 4)]));
+        if let Err(e) = layout {
+            why.push(format!("tracepoint: {e}"));
+            return None;
+        }
+        match self.tracepoint("set_state_tp", &[("sock", "inet_sock_set_state")]) {
+            Ok(mut h) => Some((Mode::Tracepoint, h.remove(0))),
+            Err(e) => {
+                why.push(format!("tracepoint: {}", reason(&e)));
+                None
+            }
+        }
+    }
+
+    fn connect(&mut self, a: &Allowed, fd_walk_ok: bool) -> Attempt {
+        let mut at = Attempt::default();
+        if a.fexit {
+            let r = self.fentry("connect_fentry", "inet_stream_connect").and_then(|h| {
+                Ok([h, self.fexit("connect_fexit", "inet_stream_connect", Some(arity::INET_STREAM_CONNECT))?])
+            });
+            match r {
+                Ok(hooks) => at.attached(Mode::Fexit, hooks.into(), "TCP connects by any path (syscall or io_uring)"),
+                Err(e) => {
+                    self.unload("connect_fentry");
+                    at.failed("fexit", reason(&e));
+                }
+            }
+        }
+        if !at.done() && a.tp {
+            if !fd_walk_ok {
+                at.failed("tracepoint", "kernel BTF lacks the fd→socket offsets");
+                return at;
+            }
+            let r = self.tracepoint("connect_enter_tp", &[("syscalls", "sys_enter_connect")]).and_then(|mut h| {
+                h.extend(self.tracepoint("connect_exit_tp", &[("syscalls", "sys_exit_connect")])?);
+                Ok(h)
+            });
+            match r {
+                Ok(hooks) => {
+                    at.attached(Mode::Tracepoint, hooks, "connect(2) system calls; io_uring connects are not seen")
+                }
+                Err(e) => at.failed("tracepoint", reason(&e)),
+            }
+        }
+        at
+    }
+
+    /// Hooks that record the owner of accepted sockets (TIME_WAIT attribution).
+    fn accept_owner(&mut self, a: &Allowed, fd_walk_ok: bool) -> Vec<String> {
+        if a.fexit {
+            if let Ok(h) = self.fexit("accept_fexit", "inet_accept", None) {
+                return vec![h];
+            }
+        }
+        if a.tp && fd_walk_ok {
+            let points = [("syscalls", "sys_exit_accept4"), ("syscalls", "sys_exit_accept")];
+            if let Ok(h) = self.tracepoint("accept_exit_tp", &points) {
+                return h;
+            }
+        }
+        Vec::new()
+    }
+
+    fn port_assign(&mut self, a: &Allowed, set_state: Option<&(Mode, String)>, connect: &SignalStatus) -> Attempt {
+        let mut at = Attempt::default();
+        if a.fexit {
+            match self.fexit("port_fexit_v4", "inet_hash_connect", Some(arity::INET_HASH_CONNECT)) {
+                Ok(h) => {
+                    let mut hooks = vec![h];
+                    let mut note = String::new();
+                    match self.fexit("port_fexit_v6", "inet6_hash_connect", Some(arity::INET6_HASH_CONNECT)) {
+                        Ok(h6) => hooks.push(h6),
+                        Err(e) => note = format!("IPv6 not watched: {}", reason(&e)),
+                    }
+                    at.attached(Mode::Fexit, hooks, &note);
+                }
+                Err(e) => at.failed("fexit", reason(&e)),
+            }
+        }
+        if !at.done() && a.tp {
+            match set_state {
+                Some((m, h)) if connect.mode != Mode::Unavailable => {
+                    self.roles.push(role::PORT_VIA_SET_STATE);
+                    let mut hooks = vec![h.clone()];
+                    hooks.extend(connect.hooks.iter().filter(|x| *x != h).cloned());
+                    at.attached(
+                        *m,
+                        hooks,
+                        "SYN_SENT→CLOSE inside connect() that returns EADDRNOTAVAIL (tcp_v4_connect failure path)",
+                    );
+                }
+                _ => at.failed("fallback", "needs inet_sock_set_state and the connect hooks"),
+            }
+        }
+        at
+    }
+
+    fn time_wait(&mut self, a: &Allowed, set_state: Option<&(Mode, String)>, unhashed_ok: bool) -> Attempt {
+        let mut at = Attempt::default();
+        if a.fexit {
+            match self.fexit("tw_fexit", "inet_twsk_alloc", Some(arity::INET_TWSK_ALLOC)) {
+                Ok(h) => at.attached(Mode::Fexit, vec![h], ""),
+                Err(e) => at.failed("fexit", reason(&e)),
+            }
+        }
+        if !at.done() && a.tp {
+            match set_state {
+                Some((m, h)) if unhashed_ok => {
+                    self.roles.push(role::TW_VIA_SET_STATE);
+                    at.attached(
+                        *m,
+                        vec![h.clone()],
+                        "FIN_WAIT/CLOSING→CLOSE with the socket already unhashed by tcp_time_wait",
+                    );
+                }
+                _ => at.failed("fallback", "needs inet_sock_set_state and skc_nulls_node in BTF"),
+            }
+        }
+        at
+    }
+
+    fn fd_alloc(&mut self, a: &Allowed) -> Attempt {
+        let mut at = Attempt::default();
+        if a.fexit {
+            let r = self.fexit("fd_fexit_alloc_fd", "alloc_fd", Some(arity::ALLOC_FD)).and_then(|h| {
+                Ok([h, self.fexit("fd_fexit_alloc_file", "alloc_empty_file", Some(arity::ALLOC_EMPTY_FILE))?])
+            });
+            match r {
+                Ok(hooks) => at.attached(
+                    Mode::Fexit,
+                    hooks.into(),
+                    "every fd/file allocation failure, including kernel-internal ones",
+                ),
+                Err(e) => {
+                    self.unload("fd_fexit_alloc_fd");
+                    at.failed("fexit", reason(&e));
+                }
+            }
+        }
+        if !at.done() && a.tp {
+            match self.raw_tp("fd_sys_exit", "sys_exit") {
+                Ok(h) => {
+                    self.roles.push(role::FD_VIA_SYS_EXIT);
+                    at.attached(
+                        Mode::RawTracepoint,
+                        vec![h],
+                        "system calls that returned EMFILE/ENFILE, i.e. what applications saw",
+                    );
+                }
+                Err(e) => at.failed("raw_tracepoint", reason(&e)),
+            }
+        }
+        at
+    }
+}
+
 impl Probe {
     pub fn load(mode: AttachMode, events_per_sec: u32) -> Result<Self> {
         let kernel = procinfo::kernel_release();
@@ -172,239 +381,59 @@ impl Probe {
         let skip = std::env::var("CONNTRACE_SKIP_HOOKS")
             .map(|v| v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
             .unwrap_or_default();
-        let mut l = Loader { ebpf, btf: aya_btf.as_ref(), types: our_btf.as_ref(), skip };
+        let mut l = Loader { ebpf, btf: aya_btf.as_ref(), types: our_btf.as_ref(), skip, roles: Vec::new() };
 
-        let allow_fexit = matches!(mode, AttachMode::Auto | AttachMode::Fexit) && aya_btf.is_some();
-        let allow_tp = matches!(mode, AttachMode::Auto | AttachMode::Tracepoint);
-        let any = allow_fexit || allow_tp;
-        let mut roles: Vec<u32> = Vec::new();
+        // Without the socket offsets no network hook can tell TCP sockets apart.
         let sock_ok = has(&[c.sk_family, c.socket_sk, c.socket_type]);
         let fd_walk_ok = sock_ok && has(&[c.task_files, c.files_fdt, c.fdt_fd, c.fdt_max_fds, c.file_private_data]);
+        let allowed = Allowed {
+            fexit: matches!(mode, AttachMode::Auto | AttachMode::Fexit) && aya_btf.is_some(),
+            tp: matches!(mode, AttachMode::Auto | AttachMode::Tracepoint),
+        };
+        let net = Allowed { fexit: allowed.fexit && sock_ok, tp: allowed.tp && sock_ok };
 
-        // inet_sock_set_state: async connect outcomes in every mode, and the fallback for
-        // port failures and TIME_WAIT.
-        let mut set_state: Option<(Mode, String)> = None;
         let mut set_state_why = Vec::new();
-        if any && sock_ok {
-            match l.tp_btf("set_state_btf", "inet_sock_set_state") {
-                Ok(h) => set_state = Some((Mode::TpBtf, h)),
-                Err(e) => set_state_why.push(format!("tp_btf: {}", reason(&e))),
-            }
-            if set_state.is_none() {
-                let layout = tracefs_format("sock", "inet_sock_set_state")
-                    .ok_or_else(|| "tracepoint sock/inet_sock_set_state not found".to_string())
-                    .and_then(|f| tpformat::check(&f, &[("skaddr", 8, 8), ("oldstate", 16, 4), ("newstate", 20, 4)]));
-                match layout {
-                    Ok(()) => match l.tracepoint("set_state_tp", &[("sock", "inet_sock_set_state")]) {
-                        Ok(mut h) => set_state = Some((Mode::Tracepoint, h.remove(0))),
-                        Err(e) => set_state_why.push(format!("tracepoint: {}", reason(&e))),
-                    },
-                    Err(e) => set_state_why.push(format!("tracepoint: {e}")),
-                }
-            }
-        } else if !sock_ok {
-            set_state_why.push("kernel BTF lacks struct sock/socket offsets".into());
+        if !sock_ok {
+            set_state_why.push("kernel BTF lacks struct sock/socket offsets".to_string());
         }
+        let set_state = l.set_state(&net, &mut set_state_why);
 
-        // connect()
-        let mut connect_why = Vec::new();
-        let mut connect: Option<SignalStatus> = None;
-        if allow_fexit && sock_ok {
-            match l.fentry("connect_fentry", "inet_stream_connect").and_then(|a| {
-                Ok((a, l.fexit("connect_fexit", "inet_stream_connect", Some(arity::INET_STREAM_CONNECT))?))
-            }) {
-                Ok((a, b)) => {
-                    connect = Some(SignalStatus {
-                        mode: Mode::Fexit,
-                        exact: true,
-                        hooks: vec![a, b],
-                        note: Some("TCP connects by any path (syscall or io_uring)".into()),
-                    })
-                }
-                Err(e) => {
-                    l.unload("connect_fentry");
-                    connect_why.push(format!("fexit: {}", reason(&e)));
-                }
-            }
-        }
-        if connect.is_none() && allow_tp {
-            if fd_walk_ok {
-                let r = l.tracepoint("connect_enter_tp", &[("syscalls", "sys_enter_connect")]).and_then(|mut a| {
-                    a.extend(l.tracepoint("connect_exit_tp", &[("syscalls", "sys_exit_connect")])?);
-                    Ok(a)
-                });
-                match r {
-                    Ok(hooks) => {
-                        connect = Some(SignalStatus {
-                            mode: Mode::Tracepoint,
-                            exact: true,
-                            hooks,
-                            note: Some("connect(2) system calls; io_uring connects are not seen".into()),
-                        })
-                    }
-                    Err(e) => connect_why.push(format!("tracepoint: {}", reason(&e))),
-                }
-            } else {
-                connect_why.push("tracepoint: kernel BTF lacks the fd→socket offsets".into());
-            }
-        }
-        let connect = match connect.map(|s| fell_back(s, &connect_why)) {
-            Some(mut s) => {
-                roles.push(role::CONNECT);
-                match &set_state {
-                    Some((_, h)) => s.hooks.push(h.clone()),
-                    None => {
-                        s.exact = false;
-                        s.note = Some(format!(
-                            "outcomes of non-blocking connects are not seen ({})",
-                            set_state_why.join("; ")
-                        ));
-                    }
-                }
-                s
-            }
-            None => SignalStatus::unavailable(why(&connect_why, mode)),
-        };
-
-        // Socket owners of accepted connections (TIME_WAIT attribution).
-        let mut owner_hooks: Vec<String> = Vec::new();
-        if allow_fexit && sock_ok {
-            if let Ok(h) = l.fexit("accept_fexit", "inet_accept", None) {
-                owner_hooks.push(h);
-            }
-        }
-        if owner_hooks.is_empty() && allow_tp && fd_walk_ok {
-            if let Ok(h) =
-                l.tracepoint("accept_exit_tp", &[("syscalls", "sys_exit_accept4"), ("syscalls", "sys_exit_accept")])
-            {
-                owner_hooks.extend(h);
-            }
-        }
-
-        // Port assignment.
-        let mut port_why = Vec::new();
-        let mut port: Option<SignalStatus> = None;
-        if allow_fexit && sock_ok {
-            match l.fexit("port_fexit_v4", "inet_hash_connect", Some(arity::INET_HASH_CONNECT)) {
-                Ok(h) => {
-                    let mut hooks = vec![h];
-                    let mut note = None;
-                    match l.fexit("port_fexit_v6", "inet6_hash_connect", Some(arity::INET6_HASH_CONNECT)) {
-                        Ok(h6) => hooks.push(h6),
-                        Err(e) => note = Some(format!("IPv6 not watched: {}", reason(&e))),
-                    }
-                    port = Some(SignalStatus { mode: Mode::Fexit, exact: true, hooks, note });
-                }
-                Err(e) => port_why.push(format!("fexit: {}", reason(&e))),
-            }
-        }
-        if port.is_none() && allow_tp {
-            match (&set_state, connect.mode) {
-                (Some((m, h)), cm) if cm != Mode::Unavailable => {
-                    roles.push(role::PORT_VIA_SET_STATE);
-                    let mut hooks = vec![h.clone()];
-                    hooks.extend(connect.hooks.iter().filter(|x| *x != h).cloned());
-                    port = Some(SignalStatus {
-                        mode: *m,
-                        exact: true,
-                        hooks,
-                        note: Some(
-                            "SYN_SENT→CLOSE inside connect() that returns EADDRNOTAVAIL (tcp_v4_connect failure path)"
-                                .into(),
-                        ),
-                    });
-                }
-                _ => port_why.push("fallback needs inet_sock_set_state and the connect hooks".into()),
-            }
-        }
-        let port = match port {
-            Some(s) => fell_back(s, &port_why),
-            None => SignalStatus::unavailable(why(&port_why, mode)),
-        };
-
-        // TIME_WAIT creation.
-        let mut tw_why = Vec::new();
-        let mut tw: Option<SignalStatus> = None;
-        if allow_fexit && sock_ok {
-            match l.fexit("tw_fexit", "inet_twsk_alloc", Some(arity::INET_TWSK_ALLOC)) {
-                Ok(h) => tw = Some(SignalStatus { mode: Mode::Fexit, exact: true, hooks: vec![h], note: None }),
-                Err(e) => tw_why.push(format!("fexit: {}", reason(&e))),
-            }
-        }
-        if tw.is_none() && allow_tp {
+        let mut connect = l.connect(&net, fd_walk_ok).finish(mode);
+        if connect.mode != Mode::Unavailable {
+            l.roles.push(role::CONNECT);
             match &set_state {
-                Some((m, h)) if c.sk_nulls_pprev != OFFSET_MISSING => {
-                    roles.push(role::TW_VIA_SET_STATE);
-                    tw = Some(SignalStatus {
-                        mode: *m,
-                        exact: true,
-                        hooks: vec![h.clone()],
-                        note: Some("FIN_WAIT/CLOSING→CLOSE with the socket already unhashed by tcp_time_wait".into()),
-                    });
+                Some((_, h)) => connect.hooks.push(h.clone()),
+                None => {
+                    connect.exact = false;
+                    connect.note =
+                        Some(format!("outcomes of non-blocking connects are not seen ({})", set_state_why.join("; ")));
                 }
-                _ => tw_why.push("fallback needs inet_sock_set_state and skc_nulls_node in BTF".into()),
             }
         }
-        let tw = match tw.map(|s| fell_back(s, &tw_why)) {
-            Some(mut s) => {
-                let owners = if connect.mode == Mode::Unavailable {
-                    "owners unknown for connected sockets".to_string()
-                } else {
-                    format!("owners from {}", connect.hooks[0])
-                };
-                let accepted = match owner_hooks.first() {
-                    Some(h) => format!("and {h}"),
-                    None => "; owners of accepted sockets unknown".into(),
-                };
-                let base = s.note.take().map(|n| format!("{n}; ")).unwrap_or_default();
-                s.note = Some(format!("{base}{owners} {accepted}"));
-                s.hooks.extend(owner_hooks.iter().cloned());
-                s
-            }
-            None => SignalStatus::unavailable(why(&tw_why, mode)),
-        };
+        let owner_hooks = l.accept_owner(&net, fd_walk_ok);
+        let port = l.port_assign(&net, set_state.as_ref(), &connect).finish(mode);
+        let mut tw = l.time_wait(&net, set_state.as_ref(), c.sk_nulls_pprev != OFFSET_MISSING).finish(mode);
+        if tw.mode != Mode::Unavailable {
+            let connected = match connect.hooks.first() {
+                Some(h) => format!("owners from {h}"),
+                None => "owners of connected sockets unknown".into(),
+            };
+            let accepted = match owner_hooks.first() {
+                Some(h) => format!("and {h}"),
+                None => "; owners of accepted sockets unknown".into(),
+            };
+            let base = tw.note.take().map(|n| format!("{n}; ")).unwrap_or_default();
+            tw.note = Some(format!("{base}{connected} {accepted}"));
+            tw.hooks.extend(owner_hooks);
+        }
+        let fd = l.fd_alloc(&allowed).finish(mode);
 
-        // fd exhaustion.
-        let mut fd_why = Vec::new();
-        let mut fd: Option<SignalStatus> = None;
-        if allow_fexit {
-            match l.fexit("fd_fexit_alloc_fd", "alloc_fd", Some(arity::ALLOC_FD)).and_then(|a| {
-                Ok((a, l.fexit("fd_fexit_alloc_file", "alloc_empty_file", Some(arity::ALLOC_EMPTY_FILE))?))
-            }) {
-                Ok((a, b)) => {
-                    fd = Some(SignalStatus {
-                        mode: Mode::Fexit,
-                        exact: true,
-                        hooks: vec![a, b],
-                        note: Some("every fd/file allocation failure, including kernel-internal ones".into()),
-                    })
-                }
-                Err(e) => {
-                    l.unload("fd_fexit_alloc_fd");
-                    fd_why.push(format!("fexit: {}", reason(&e)));
-                }
-            }
+        let signals = vec![("port_assign", port), ("time_wait", tw), ("fd_alloc", fd), ("connect", connect)];
+        if signals.iter().all(|(_, s)| s.mode == Mode::Unavailable) {
+            let first = signals[0].1.note.clone().unwrap_or_default();
+            bail!("no signal could be attached on this kernel ({first}); try --attach-mode auto");
         }
-        if fd.is_none() && allow_tp {
-            match l.raw_tp("fd_sys_exit", "sys_exit") {
-                Ok(h) => {
-                    roles.push(role::FD_VIA_SYS_EXIT);
-                    fd = Some(SignalStatus {
-                        mode: Mode::RawTracepoint,
-                        exact: true,
-                        hooks: vec![h],
-                        note: Some("system calls that returned EMFILE/ENFILE, i.e. what applications saw".into()),
-                    });
-                }
-                Err(e) => fd_why.push(format!("raw_tracepoint: {}", reason(&e))),
-            }
-        }
-        let fd = match fd {
-            Some(s) => fell_back(s, &fd_why),
-            None => SignalStatus::unavailable(why(&fd_why, mode)),
-        };
-
-        let mut ebpf = l.ebpf;
+        let Loader { mut ebpf, roles, .. } = l;
         {
             let mut r: Array<_, u32> = Array::try_from(ebpf.map_mut("ROLES").context("ROLES map")?)?;
             for idx in roles {
@@ -413,7 +442,7 @@ impl Probe {
         }
         let status = Status {
             kernel,
-            signals: vec![("port_assign", port), ("time_wait", tw), ("fd_alloc", fd), ("connect", connect)],
+            signals,
             losses: Losses::default(),
             watched: Vec::new(),
             missing_offsets: resolved.missing,
