@@ -1,0 +1,186 @@
+//! What the kernel says about connection limits, read from /proc and sock_diag. Parsing is
+//! split from reading so the rules (verdict, check) can be tested on fixtures.
+
+use std::{collections::BTreeMap, fs, net::IpAddr};
+
+use crate::netdiag::{self, TcpSocket};
+
+/// Limits and sockets of one network namespace.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NetFacts {
+    /// net.ipv4.ip_local_port_range (also governs IPv6).
+    pub port_range: Option<(u16, u16)>,
+    /// net.ipv4.ip_local_reserved_ports, as ranges.
+    pub reserved: Vec<(u16, u16)>,
+    pub tcp_tw_reuse: Option<u32>,
+    pub tcp_max_tw_buckets: Option<u64>,
+    pub somaxconn: Option<u64>,
+    pub tcp_fin_timeout: Option<u64>,
+    pub sockets: Vec<TcpSocket>,
+    /// Inode of the namespace the facts were read in.
+    pub netns: Option<u32>,
+}
+
+/// Machine-wide limits.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SystemFacts {
+    /// fs.file-nr: allocated file handles and fs.file-max.
+    pub file_nr: Option<(u64, u64)>,
+    pub nr_open: Option<u64>,
+    pub conntrack: Option<(u64, u64)>,
+    /// net.ipv4.tcp_mem (low, pressure, high), pages.
+    pub tcp_mem: Option<(u64, u64, u64)>,
+    /// /proc/net/sockstat TCP line: inuse, orphan, tw, alloc, mem (pages).
+    pub sockstat: BTreeMap<String, u64>,
+    /// Config files that still set net.ipv4.tcp_tw_recycle (removed in Linux 4.12).
+    pub tw_recycle_configs: Vec<String>,
+}
+
+pub fn parse_port_range(s: &str) -> Option<(u16, u16)> {
+    let mut it = s.split_whitespace().map(|v| v.parse::<u16>().ok());
+    Some((it.next()??, it.next()??))
+}
+
+/// "1000-1010,2000" → [(1000, 1010), (2000, 2000)].
+pub fn parse_reserved(s: &str) -> Vec<(u16, u16)> {
+    s.trim()
+        .split(',')
+        .filter(|p| !p.is_empty())
+        .filter_map(|p| match p.split_once('-') {
+            Some((a, b)) => Some((a.trim().parse().ok()?, b.trim().parse().ok()?)),
+            None => p.trim().parse().ok().map(|v| (v, v)),
+        })
+        .collect()
+}
+
+/// fs.file-nr: "allocated  unused  max".
+pub fn parse_file_nr(s: &str) -> Option<(u64, u64)> {
+    let v: Vec<u64> = s.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    (v.len() == 3).then(|| (v[0], v[2]))
+}
+
+/// The `TCP:` line of /proc/net/sockstat as name → value.
+pub fn parse_sockstat(s: &str) -> BTreeMap<String, u64> {
+    let Some(line) = s.lines().find(|l| l.starts_with("TCP:")) else {
+        return BTreeMap::new();
+    };
+    let words: Vec<&str> = line["TCP:".len()..].split_whitespace().collect();
+    words.chunks(2).filter_map(|c| Some((c[0].to_string(), c.get(1)?.parse().ok()?))).collect()
+}
+
+pub fn parse_triple(s: &str) -> Option<(u64, u64, u64)> {
+    let v: Vec<u64> = s.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    (v.len() == 3).then(|| (v[0], v[1], v[2]))
+}
+
+/// Ports of the range usable by connect(): range size minus reserved ports inside it.
+pub fn usable_ports(range: (u16, u16), reserved: &[(u16, u16)]) -> u64 {
+    let (lo, hi) = range;
+    let size = (hi as u64).saturating_sub(lo as u64) + 1;
+    let taken: u64 = reserved
+        .iter()
+        .map(|&(a, b)| {
+            let (a, b) = (a.max(lo) as u64, b.min(hi) as u64);
+            if b >= a { b - a + 1 } else { 0 }
+        })
+        .sum();
+    size.saturating_sub(taken)
+}
+
+fn read(path: &str) -> Option<String> {
+    fs::read_to_string(path).ok()
+}
+
+fn read_u64(path: &str) -> Option<u64> {
+    read(path)?.trim().parse().ok()
+}
+
+/// Reads the facts of the calling thread's network namespace (see `netdiag::in_netns_of`).
+pub fn read_net() -> NetFacts {
+    NetFacts {
+        port_range: read("/proc/sys/net/ipv4/ip_local_port_range").and_then(|s| parse_port_range(&s)),
+        reserved: read("/proc/sys/net/ipv4/ip_local_reserved_ports").map(|s| parse_reserved(&s)).unwrap_or_default(),
+        tcp_tw_reuse: read_u64("/proc/sys/net/ipv4/tcp_tw_reuse").map(|v| v as u32),
+        tcp_max_tw_buckets: read_u64("/proc/sys/net/ipv4/tcp_max_tw_buckets"),
+        somaxconn: read_u64("/proc/sys/net/core/somaxconn"),
+        tcp_fin_timeout: read_u64("/proc/sys/net/ipv4/tcp_fin_timeout"),
+        sockets: netdiag::tcp_sockets().unwrap_or_default(),
+        // thread-self: this thread may have entered another namespace than the process's.
+        netns: fs::read_link("/proc/thread-self/ns/net")
+            .ok()
+            .and_then(|l| l.to_string_lossy().strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()),
+    }
+}
+
+/// Namespace facts as seen from inside the namespace of `pid` (None: conntrace's own).
+pub fn read_net_of(pid: Option<u32>) -> anyhow::Result<NetFacts> {
+    let mut f = netdiag::in_netns_of(pid, read_net)?;
+    f.sockets.sort_by_key(|s| (s.dst, s.dport, s.sport));
+    Ok(f)
+}
+
+pub fn read_system() -> SystemFacts {
+    let mut tw_recycle_configs = Vec::new();
+    let mut files = vec!["/etc/sysctl.conf".to_string()];
+    for dir in ["/etc/sysctl.d", "/run/sysctl.d", "/usr/lib/sysctl.d"] {
+        if let Ok(rd) = fs::read_dir(dir) {
+            files.extend(rd.filter_map(|e| Some(e.ok()?.path().to_str()?.to_string())));
+        }
+    }
+    for f in files {
+        if let Some(text) = read(&f) {
+            let sets = text.lines().any(|l| {
+                let l = l.trim();
+                !l.starts_with('#') && !l.starts_with(';') && l.contains("tcp_tw_recycle")
+            });
+            if sets {
+                tw_recycle_configs.push(f);
+            }
+        }
+    }
+    SystemFacts {
+        file_nr: read("/proc/sys/fs/file-nr").and_then(|s| parse_file_nr(&s)),
+        nr_open: read_u64("/proc/sys/fs/nr_open"),
+        conntrack: read_u64("/proc/sys/net/netfilter/nf_conntrack_count")
+            .zip(read_u64("/proc/sys/net/netfilter/nf_conntrack_max")),
+        tcp_mem: read("/proc/sys/net/ipv4/tcp_mem").and_then(|s| parse_triple(&s)),
+        sockstat: read("/proc/net/sockstat").map(|s| parse_sockstat(&s)).unwrap_or_default(),
+        tw_recycle_configs,
+    }
+}
+
+/// Sockets toward `dst:dport` whose local port lies in the ephemeral range, by state name.
+pub fn sockets_toward(facts: &NetFacts, dst: IpAddr, dport: u16) -> BTreeMap<&'static str, u64> {
+    let mut by_state = BTreeMap::new();
+    for s in &facts.sockets {
+        if s.dst == dst && s.dport == dport && s.state != netdiag::LISTEN {
+            *by_state.entry(netdiag::state_name(s.state)).or_default() += 1;
+        }
+    }
+    by_state
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_sysctl_formats() {
+        assert_eq!(parse_port_range("32768\t60999\n"), Some((32768, 60999)));
+        assert_eq!(parse_port_range("x"), None);
+        assert_eq!(parse_reserved("1000-1010,2000\n"), vec![(1000, 1010), (2000, 2000)]);
+        assert_eq!(parse_reserved("\n"), vec![]);
+        assert_eq!(parse_file_nr("1952\t0\t9223372036854775807\n"), Some((1952, 9223372036854775807)));
+        assert_eq!(parse_triple("88413\t117884\t176826\n"), Some((88413, 117884, 176826)));
+        let ss = parse_sockstat("sockets: used 200\nTCP: inuse 5 orphan 1 tw 30 alloc 7 mem 2\nUDP: inuse 1\n");
+        assert_eq!(ss["tw"], 30);
+        assert_eq!(ss["mem"], 2);
+    }
+
+    #[test]
+    fn usable_ports_subtracts_reserved_inside_the_range() {
+        assert_eq!(usable_ports((32768, 60999), &[]), 28232);
+        assert_eq!(usable_ports((40000, 40049), &[(40010, 40019), (1, 100)]), 40);
+        assert_eq!(usable_ports((40000, 40003), &[(39990, 40001)]), 2);
+    }
+}
