@@ -99,6 +99,54 @@ fn boot_offset() -> Duration {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().saturating_sub(mono)
 }
 
+/// One process's fds against its RLIMIT_NOFILE, from /proc.
+pub fn proc_fds(pid: u32) -> Option<crate::check::ProcFds> {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    let (soft, hard) = procinfo::parse_nofile(&limits)?;
+    Some(crate::check::ProcFds {
+        pid,
+        comm: procinfo::comm(pid).unwrap_or_else(|| "?".into()),
+        open: procinfo::open_fds(pid)?,
+        soft,
+        hard,
+    })
+}
+
+/// `conntrace check`: returns the exit code (0 nothing fails, 1 an item fails, 2 bad input).
+pub fn check(args: crate::cli::CheckArgs) -> Result<u8> {
+    if let Some(pid) = args.pid {
+        if !procinfo::exists(pid) {
+            eprintln!("conntrace: no process with pid {pid}: check the pid (ps -p {pid}) and try again");
+            return Ok(2);
+        }
+    }
+    let procs: Vec<_> = match args.pid {
+        Some(pid) => proc_fds(pid).into_iter().collect(),
+        None => {
+            // The three processes closest to their limit.
+            let mut all: Vec<_> = std::fs::read_dir("/proc")?
+                .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+                .filter_map(proc_fds)
+                .collect();
+            all.sort_by(|a, b| {
+                let r = |p: &crate::check::ProcFds| p.open as f64 / p.soft.unwrap_or(u64::MAX).max(1) as f64;
+                r(b).total_cmp(&r(a))
+            });
+            all.truncate(3);
+            all
+        }
+    };
+    let net = crate::facts::read_net_of(args.pid)?;
+    let sys = crate::facts::read_system();
+    let items = crate::check::run(&sys, &net, &procs);
+    if args.json {
+        println!("{}", crate::check::to_json(&items));
+    } else {
+        print!("{}", crate::check::to_text(&items));
+    }
+    Ok(crate::check::exit_code(&items))
+}
+
 pub fn check_privileges() -> Result<()> {
     let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "conntrace".into());
     if let Some(msg) = procinfo::privilege_problem(procinfo::effective_caps(), &exe) {

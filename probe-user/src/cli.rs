@@ -15,6 +15,19 @@ pub struct Cli {
 pub enum Command {
     /// Watch connection failures live, per process.
     Watch(WatchArgs),
+    /// Audit connection limits now (no eBPF): exit 0 when nothing fails, 1 when an item fails.
+    Check(CheckArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct CheckArgs {
+    /// Check this process's limits and its network namespace (default: the processes closest
+    /// to their fd limit, and conntrace's own namespace).
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// Print one JSON document instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -81,7 +81,11 @@ pub fn usable_ports(range: (u16, u16), reserved: &[(u16, u16)]) -> u64 {
         .iter()
         .map(|&(a, b)| {
             let (a, b) = (a.max(lo) as u64, b.min(hi) as u64);
-            if b >= a { b - a + 1 } else { 0 }
+            if b >= a {
+                b - a + 1
+            } else {
+                0
+            }
         })
         .sum();
     size.saturating_sub(taken)

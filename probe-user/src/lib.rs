@@ -4,6 +4,7 @@
 
 pub mod app;
 pub mod btf;
+pub mod check;
 pub mod cli;
 pub mod errno;
 pub mod facts;

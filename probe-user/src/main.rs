@@ -13,10 +13,11 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Watch(args) => runtime.block_on(probe_user::app::watch(args)),
+        Command::Watch(args) => runtime.block_on(probe_user::app::watch(args)).map(|()| 0),
+        Command::Check(args) => probe_user::app::check(args),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         // The reader went away (`conntrace watch | head`): not an error worth a message.
         Err(e)
             if e.chain().any(|c| {

@@ -1,0 +1,470 @@
+//! `conntrace check`: audits a machine (or one process) against every connection limit,
+//! before anything fails, without eBPF. Pure rules over [`facts`](crate::facts); the fixes
+//! say what is true where common advice is wrong (KERNEL-NOTES.md).
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+use serde_json::{json, Value};
+
+use crate::{
+    facts::{usable_ports, NetFacts, SystemFacts},
+    model::endpoint,
+    netdiag,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Ok,
+    Warn,
+    Fail,
+}
+
+impl Level {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Ok => "ok",
+            Level::Warn => "warn",
+            Level::Fail => "fail",
+        }
+    }
+
+    /// Fail at or above `fail`, warn at or above `warn` (fractions of the limit).
+    fn of(used: f64, warn: f64, fail: f64) -> Level {
+        if used >= fail {
+            Level::Fail
+        } else if used >= warn {
+            Level::Warn
+        } else {
+            Level::Ok
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Item {
+    pub id: String,
+    pub status: Level,
+    pub value: Value,
+    /// "used / limit" or headroom, when the item has one.
+    pub usage: Option<String>,
+    pub message: String,
+    pub fix: Option<String>,
+}
+
+fn item(id: &str, status: Level, value: Value, usage: Option<String>, message: String, fix: Option<&str>) -> Item {
+    Item { id: id.into(), status, value, usage, message, fix: fix.map(str::to_string) }
+}
+
+/// One process's file descriptors against its limit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcFds {
+    pub pid: u32,
+    pub comm: String,
+    pub open: u64,
+    pub soft: Option<u64>,
+    pub hard: Option<u64>,
+}
+
+fn pct(used: u64, limit: u64) -> f64 {
+    if limit == 0 {
+        0.0
+    } else {
+        used as f64 / limit as f64
+    }
+}
+
+fn nofile_items(procs: &[ProcFds], nr_open: Option<u64>) -> Vec<Item> {
+    procs
+        .iter()
+        .filter_map(|p| {
+            let soft = p.soft?;
+            let level = Level::of(pct(p.open, soft), 0.8, 1.0);
+            let hard = p.hard.map(|h| h.to_string()).unwrap_or_else(|| "unlimited".into());
+            let fix = format!(
+                "raise the soft limit up to the hard limit ({hard}): LimitNOFILE= in the systemd unit, \
+                 `ulimit -n` before start, or prlimit --pid {} --nofile=N:N; fs.nr_open ({}) caps the hard limit; \
+                 if the count only grows, look for an fd leak in /proc/{}/fd",
+                p.pid,
+                nr_open.map(|n| n.to_string()).unwrap_or_else(|| "?".into()),
+                p.pid
+            );
+            Some(item(
+                "nofile",
+                level,
+                json!({"pid": p.pid, "comm": p.comm, "open_fds": p.open, "nofile_soft": soft, "nofile_hard": p.hard}),
+                Some(format!("{}/{}", p.open, soft)),
+                format!(
+                    "{}[{}] has {} of {} file descriptors open (RLIMIT_NOFILE soft limit)",
+                    p.comm, p.pid, p.open, soft
+                ),
+                (level != Level::Ok).then_some(fix.as_str()),
+            ))
+        })
+        .collect()
+}
+
+/// Destinations with the most sockets using an ephemeral local port, busiest first.
+pub fn busiest_destinations(net: &NetFacts, n: usize) -> Vec<((IpAddr, u16), BTreeMap<&'static str, u64>)> {
+    let Some((lo, hi)) = net.port_range else {
+        return Vec::new();
+    };
+    let mut by_dest: BTreeMap<(IpAddr, u16), BTreeMap<&'static str, u64>> = BTreeMap::new();
+    for s in &net.sockets {
+        if s.state == netdiag::LISTEN || s.sport < lo || s.sport > hi {
+            continue;
+        }
+        *by_dest.entry((s.dst, s.dport)).or_default().entry(netdiag::state_name(s.state)).or_default() += 1;
+    }
+    let mut v: Vec<_> = by_dest.into_iter().collect();
+    v.sort_by_key(|(_, states)| std::cmp::Reverse(states.values().sum::<u64>()));
+    v.truncate(n);
+    v
+}
+
+/// Whether tcp_tw_reuse lets connect() take over TIME_WAIT ports toward `dst` (2 = loopback
+/// only; it also needs TCP timestamps and >1 s since the last segment).
+pub fn tw_reuse_applies(tw_reuse: Option<u32>, dst: IpAddr) -> bool {
+    match tw_reuse {
+        Some(1) => true,
+        Some(2) => dst.is_loopback(),
+        _ => false,
+    }
+}
+
+pub fn run(sys: &SystemFacts, net: &NetFacts, procs: &[ProcFds]) -> Vec<Item> {
+    let mut items = nofile_items(procs, sys.nr_open);
+
+    if let Some((nr, max)) = sys.file_nr {
+        let level = Level::of(pct(nr, max), 0.8, 0.95);
+        items.push(item(
+            "file_max",
+            level,
+            json!({"file_nr": nr, "file_max": max}),
+            Some(format!("{nr}/{max}")),
+            format!("{nr} file handles allocated system-wide of fs.file-max {max}"),
+            (level != Level::Ok).then_some("raise fs.file-max (sysctl -w fs.file-max=N and in /etc/sysctl.d), and find the process holding most files"),
+        ));
+    }
+    if let Some(n) = sys.nr_open {
+        items.push(item(
+            "nr_open",
+            Level::Ok,
+            json!(n),
+            None,
+            format!(
+                "fs.nr_open = {n}: the most RLIMIT_NOFILE can be raised to (there is no fixed 65,536 per-process cap)"
+            ),
+            None,
+        ));
+    }
+
+    let usable = net.port_range.map(|r| usable_ports(r, &net.reserved));
+    if let (Some((lo, hi)), Some(usable)) = (net.port_range, usable) {
+        let level = if usable < 1024 { Level::Warn } else { Level::Ok };
+        items.push(item(
+            "ip_local_port_range",
+            level,
+            json!({"range": format!("{lo}-{hi}"), "range_size": hi as u64 - lo as u64 + 1, "reserved": net.reserved.iter().map(|(a, b)| if a == b { a.to_string() } else { format!("{a}-{b}") }).collect::<Vec<_>>(), "usable": usable}),
+            None,
+            format!("{usable} ephemeral ports usable per (source IP, destination IP, destination port); bind() before connect() makes them host-wide"),
+            (level != Level::Ok).then_some("widen net.ipv4.ip_local_port_range (e.g. 10240 65535)"),
+        ));
+        let busiest = busiest_destinations(net, 3);
+        if busiest.is_empty() {
+            items.push(item(
+                "ephemeral_port_usage",
+                Level::Ok,
+                json!([]),
+                Some(format!("0/{usable}")),
+                "no outbound connections use ephemeral ports".into(),
+                None,
+            ));
+        }
+        for ((dst, dport), states) in busiest {
+            let used: u64 = states.values().sum();
+            let level = Level::of(pct(used, usable), 0.5, 0.9);
+            let tw = states.get("TIME_WAIT").copied().unwrap_or(0);
+            let fix = if tw * 2 >= used && !tw_reuse_applies(net.tcp_tw_reuse, dst) {
+                "reuse connections (keepalive/pooling); TIME_WAIT holds most ports: net.ipv4.tcp_tw_reuse=1 lets outbound connects reuse them; widen ip_local_port_range"
+            } else {
+                "reuse connections (keepalive/pooling), widen net.ipv4.ip_local_port_range, or spread over more source/destination addresses"
+            };
+            items.push(item(
+                "ephemeral_port_usage",
+                level,
+                json!({"destination": endpoint(&dst.to_string(), dport), "in_use": used, "usable": usable, "states": states}),
+                Some(format!("{used}/{usable}")),
+                format!("{used} of {usable} ephemeral ports in use toward {} ({tw} in TIME_WAIT)", endpoint(&dst.to_string(), dport)),
+                (level != Level::Ok).then_some(fix),
+            ));
+        }
+    }
+
+    if let Some(r) = net.tcp_tw_reuse {
+        let meaning = match r {
+            0 => "off",
+            1 => "on for outbound connections",
+            2 => "loopback destinations only (the default)",
+            _ => "unknown value",
+        };
+        items.push(item(
+            "tcp_tw_reuse",
+            Level::Ok,
+            json!(r),
+            None,
+            format!("net.ipv4.tcp_tw_reuse = {r}: {meaning}; it only helps connect() (never the server side or bind()), and needs TCP timestamps"),
+            None,
+        ));
+    }
+    if sys.tw_recycle_configs.is_empty() {
+        items.push(item(
+            "tcp_tw_recycle",
+            Level::Ok,
+            json!(null),
+            None,
+            "not set anywhere (it was removed in Linux 4.12)".into(),
+            None,
+        ));
+    } else {
+        items.push(item(
+            "tcp_tw_recycle",
+            Level::Warn,
+            json!(sys.tw_recycle_configs),
+            None,
+            format!("{} still set net.ipv4.tcp_tw_recycle, removed in Linux 4.12 (it broke clients behind NAT): the line does nothing or fails at boot", sys.tw_recycle_configs.join(", ")),
+            Some("delete the tcp_tw_recycle line"),
+        ));
+    }
+
+    let time_wait = net.sockets.iter().filter(|s| s.state == netdiag::TIME_WAIT).count() as u64;
+    if let Some(max) = net.tcp_max_tw_buckets {
+        let level = Level::of(pct(time_wait, max), 0.8, 1.0);
+        items.push(item(
+            "tcp_max_tw_buckets",
+            level,
+            json!({"time_wait": time_wait, "tcp_max_tw_buckets": max}),
+            Some(format!("{time_wait}/{max}")),
+            format!("{time_wait} TIME_WAIT sockets of net.ipv4.tcp_max_tw_buckets {max}; above it, closing sockets skip TIME_WAIT (TCPTimeWaitOverflow)"),
+            (level != Level::Ok).then_some("reuse connections; raise net.ipv4.tcp_max_tw_buckets if memory allows"),
+        ));
+    }
+
+    if let Some(m) = net.somaxconn {
+        items.push(item(
+            "somaxconn",
+            Level::Ok,
+            json!(m),
+            None,
+            format!("net.core.somaxconn = {m}: the cap on every listen() backlog"),
+            None,
+        ));
+    }
+    for l in net.sockets.iter().filter(|s| s.state == netdiag::LISTEN) {
+        let level = Level::of(pct(l.rqueue as u64, (l.wqueue as u64).max(1)), 0.8, 1.0);
+        let fill = if l.wqueue == 0 && l.rqueue == 0 { Level::Ok } else { level };
+        items.push(item(
+            "accept_queue",
+            fill,
+            json!({"listener": endpoint(&l.src.to_string(), l.sport), "queue_len": l.rqueue, "backlog": l.wqueue}),
+            Some(format!("{}/{}", l.rqueue, l.wqueue)),
+            format!(
+                "listener {} has {} of {} connections waiting for accept()",
+                endpoint(&l.src.to_string(), l.sport),
+                l.rqueue,
+                l.wqueue
+            ),
+            (fill != Level::Ok).then_some(
+                "accept faster (more workers), and raise the listen() backlog together with net.core.somaxconn",
+            ),
+        ));
+    }
+
+    if let Some((count, max)) = sys.conntrack {
+        let level = Level::of(pct(count, max), 0.8, 0.95);
+        items.push(item(
+            "nf_conntrack",
+            level,
+            json!({"count": count, "max": max}),
+            Some(format!("{count}/{max}")),
+            format!("{count} of net.netfilter.nf_conntrack_max {max} conntrack entries"),
+            (level != Level::Ok).then_some(
+                "raise net.netfilter.nf_conntrack_max (and the hash size), or exempt high-rate flows with NOTRACK",
+            ),
+        ));
+    }
+    if let (Some((_low, pressure, high)), Some(mem)) = (sys.tcp_mem, sys.sockstat.get("mem").copied()) {
+        let level = if mem >= high {
+            Level::Fail
+        } else if mem >= pressure {
+            Level::Warn
+        } else {
+            Level::Ok
+        };
+        items.push(item(
+            "tcp_mem",
+            level,
+            json!({"pages": mem, "pressure": pressure, "high": high}),
+            Some(format!("{mem}/{high} pages")),
+            format!("TCP buffers use {mem} pages; pressure starts at {pressure}, allocations fail at {high} (net.ipv4.tcp_mem)"),
+            (level != Level::Ok).then_some("find sockets with large queues (ss -tm); raise net.ipv4.tcp_mem only with memory to back it"),
+        ));
+    }
+    if let Some(t) = net.tcp_fin_timeout {
+        items.push(item(
+            "tcp_fin_timeout",
+            Level::Ok,
+            json!(t),
+            None,
+            format!("net.ipv4.tcp_fin_timeout = {t}s: how long an orphaned socket may stay in FIN_WAIT2; it does not shorten TIME_WAIT (fixed at 60 s)"),
+            None,
+        ));
+    }
+    items
+}
+
+pub fn to_json(items: &[Item]) -> Value {
+    json!({"items": items.iter().map(|i| json!({
+        "id": i.id, "status": i.status.as_str(), "value": i.value, "usage": i.usage, "message": i.message, "fix": i.fix,
+    })).collect::<Vec<_>>()})
+}
+
+pub fn to_text(items: &[Item]) -> String {
+    let mut out = String::new();
+    for i in items {
+        out.push_str(&format!(
+            "{:<4} {:<22} {:<16} {}\n",
+            i.status.as_str().to_uppercase(),
+            i.id,
+            i.usage.as_deref().unwrap_or("-"),
+            i.message
+        ));
+        if let Some(f) = &i.fix {
+            out.push_str(&format!("     fix: {f}\n"));
+        }
+    }
+    out
+}
+
+/// 0 when nothing fails, 1 when an item fails.
+pub fn exit_code(items: &[Item]) -> u8 {
+    if items.iter().any(|i| i.status == Level::Fail) {
+        1
+    } else {
+        0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::netdiag::TcpSocket;
+
+    fn sock(state: u8, sport: u16, dst: [u8; 4], dport: u16) -> TcpSocket {
+        TcpSocket {
+            state,
+            src: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            sport,
+            dst: IpAddr::V4(Ipv4Addr::from(dst)),
+            dport,
+            rqueue: 0,
+            wqueue: 0,
+            inode: 0,
+        }
+    }
+
+    fn net() -> NetFacts {
+        let mut sockets: Vec<TcpSocket> =
+            (0..45).map(|i| sock(netdiag::TIME_WAIT, 40000 + i, [127, 0, 0, 2], 9000)).collect();
+        sockets.extend((45..48).map(|i| sock(netdiag::ESTABLISHED, 40000 + i, [127, 0, 0, 2], 9000)));
+        sockets.push(sock(netdiag::ESTABLISHED, 40049, [10, 0, 0, 1], 443));
+        let mut l = sock(netdiag::LISTEN, 8080, [0, 0, 0, 0], 0);
+        l.rqueue = 129;
+        l.wqueue = 128;
+        sockets.push(l);
+        NetFacts {
+            port_range: Some((40000, 40049)),
+            reserved: vec![],
+            tcp_tw_reuse: Some(0),
+            tcp_max_tw_buckets: Some(50),
+            somaxconn: Some(4096),
+            tcp_fin_timeout: Some(60),
+            sockets,
+            netns: Some(1),
+        }
+    }
+
+    fn sys() -> SystemFacts {
+        SystemFacts {
+            file_nr: Some((960, 1000)),
+            nr_open: Some(1048576),
+            conntrack: None,
+            tcp_mem: Some((100, 200, 300)),
+            sockstat: [("mem".to_string(), 250u64)].into(),
+            tw_recycle_configs: vec!["/etc/sysctl.d/99-tuning.conf".into()],
+        }
+    }
+
+    fn find<'a>(items: &'a [Item], id: &str) -> Vec<&'a Item> {
+        items.iter().filter(|i| i.id == id).collect()
+    }
+
+    #[test]
+    fn every_item_has_the_right_level() {
+        let procs = [
+            ProcFds { pid: 7, comm: "nginx".into(), open: 1024, soft: Some(1024), hard: Some(524288) },
+            ProcFds { pid: 8, comm: "idle".into(), open: 10, soft: Some(1024), hard: Some(4096) },
+        ];
+        let items = run(&sys(), &net(), &procs);
+        let nofile = find(&items, "nofile");
+        assert_eq!(nofile[0].status, Level::Fail);
+        assert!(nofile[0].fix.as_ref().unwrap().contains("524288"));
+        assert_eq!(nofile[1].status, Level::Ok);
+        assert_eq!(find(&items, "file_max")[0].status, Level::Fail);
+        let ports = find(&items, "ephemeral_port_usage");
+        assert_eq!(ports[0].status, Level::Fail, "48 of 50 toward 127.0.0.2:9000");
+        assert_eq!(ports[0].value["destination"], "127.0.0.2:9000");
+        assert_eq!(ports[0].value["states"]["TIME_WAIT"], 45);
+        // TIME_WAIT holds the ports and tw_reuse is off: the fix names it.
+        assert!(ports[0].fix.as_ref().unwrap().contains("tcp_tw_reuse=1"));
+        assert_eq!(ports[1].status, Level::Ok);
+        assert_eq!(find(&items, "tcp_tw_recycle")[0].status, Level::Warn);
+        assert_eq!(find(&items, "tcp_max_tw_buckets")[0].status, Level::Warn);
+        assert_eq!(find(&items, "accept_queue")[0].status, Level::Fail);
+        assert_eq!(find(&items, "tcp_mem")[0].status, Level::Warn);
+        assert!(find(&items, "tcp_fin_timeout")[0].message.contains("does not shorten TIME_WAIT"));
+        assert!(find(&items, "nf_conntrack").is_empty(), "not loaded: no item");
+        assert_eq!(exit_code(&items), 1);
+        let j = to_json(&items);
+        assert_eq!(j["items"][0]["id"], "nofile");
+        assert_eq!(j["items"][0]["status"], "fail");
+    }
+
+    #[test]
+    fn tw_reuse_advice_only_where_it_applies() {
+        assert!(tw_reuse_applies(Some(1), "10.0.0.1".parse().unwrap()));
+        assert!(tw_reuse_applies(Some(2), "127.0.0.2".parse().unwrap()));
+        assert!(!tw_reuse_applies(Some(2), "10.0.0.1".parse().unwrap()));
+        assert!(!tw_reuse_applies(Some(0), "127.0.0.1".parse().unwrap()));
+        let mut n = net();
+        n.tcp_tw_reuse = Some(2); // loopback destination: reuse already applies
+        let items = run(&sys(), &n, &[]);
+        assert!(!find(&items, "ephemeral_port_usage")[0].fix.as_ref().unwrap().contains("tcp_tw_reuse=1"));
+    }
+
+    #[test]
+    fn healthy_machine_exits_zero() {
+        let mut s = sys();
+        s.file_nr = Some((10, 1000));
+        s.sockstat.clear();
+        s.tw_recycle_configs.clear();
+        let mut n = net();
+        n.sockets.clear();
+        n.port_range = Some((32768, 60999));
+        let items = run(&s, &n, &[]);
+        assert!(items.iter().all(|i| i.status == Level::Ok), "{items:#?}");
+        assert_eq!(exit_code(&items), 0);
+        assert!(to_text(&items).contains("OK   ip_local_port_range"));
+    }
+}
