@@ -103,8 +103,11 @@ fn nofile_items(procs: &[ProcFds], nr_open: Option<u64>) -> Vec<Item> {
         .collect()
 }
 
+/// A destination and its sockets by state name.
+pub type DestStates = ((IpAddr, u16), BTreeMap<&'static str, u64>);
+
 /// Destinations with the most sockets using an ephemeral local port, busiest first.
-pub fn busiest_destinations(net: &NetFacts, n: usize) -> Vec<((IpAddr, u16), BTreeMap<&'static str, u64>)> {
+pub fn busiest_destinations(net: &NetFacts, n: usize) -> Vec<DestStates> {
     let Some((lo, hi)) = net.port_range else {
         return Vec::new();
     };

@@ -101,13 +101,21 @@ mod tests {
             "--json",
         ])
         .unwrap();
-        let Command::Watch(w) = cli.command;
+        let Command::Watch(w) = cli.command else { panic!("not watch") };
         assert_eq!(w.pids, [1, 2]);
         assert_eq!(w.comms, ["nginx"]);
         assert_eq!(w.interval, Duration::from_millis(250));
         assert_eq!(w.duration, Some(Duration::from_secs(3)));
         assert!(w.json);
         assert_eq!(w.attach_mode, AttachMode::Auto);
+    }
+
+    #[test]
+    fn parses_check_flags() {
+        let cli = Cli::try_parse_from(["conntrace", "check", "--pid", "9", "--json"]).unwrap();
+        let Command::Check(c) = cli.command else { panic!("not check") };
+        assert_eq!((c.pid, c.json), (Some(9), true));
+        assert!(Cli::try_parse_from(["conntrace", "check", "--pid", "-1"]).is_err());
     }
 
     #[test]
