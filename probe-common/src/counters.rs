@@ -12,6 +12,25 @@ pub struct CountKey {
     pub aux: u16,
 }
 
+/// Key of the `DEST_COUNTS` map: per process and destination, for the failures and TIME_WAITs
+/// whose cause is a destination (ephemeral ports are per destination).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DestKey {
+    pub tgid: u32,
+    /// Network namespace inode.
+    pub netns: u32,
+    /// [`kind::PORT_ASSIGN_FAILURE`] or [`kind::TIME_WAIT`] (TIME_WAIT of connected sockets
+    /// only: those hold an ephemeral port).
+    pub kind: u16,
+    pub family: u16,
+    /// Host order.
+    pub dport: u16,
+    pub _pad: u16,
+    /// Network order; IPv4 in the first 4 bytes.
+    pub daddr: [u8; 16],
+}
+
 /// Counts charged to a socket whose owner was never recorded (it was created before
 /// conntrace started, or its owner record was evicted).
 pub const UNATTRIBUTED: u32 = 0;
@@ -42,3 +61,5 @@ pub mod kind {
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for CountKey {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for DestKey {}

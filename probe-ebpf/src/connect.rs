@@ -9,14 +9,14 @@
 use aya_ebpf::maps::ring_buf::RingBufEntry;
 use probe_common::{
     config::{role, stat},
-    counters::kind,
+    counters::{kind, DestKey},
     event::{self, Event},
     sock::{pending, phase, tcp_state, Inflight, SockOwner},
     COMM_LEN,
 };
 
 use crate::{
-    count::{bump, current, current_comm, new_event},
+    count::{bump, bump_dest, current, current_comm, new_event},
     kernel::{fill_endpoints, read_sockaddr, sk_addrs, sk_err, sk_is_tcp, sk_netns, sk_ports, sk_state},
     maps::{role_on, stat_inc, INFLIGHT, OWNERS},
 };
@@ -117,6 +117,15 @@ pub fn exit(ret: i64) {
     let port_failure = err == EADDRNOTAVAIL && inf.closed_in_connect == 1;
     if port_failure && role_on(role::PORT_VIA_SET_STATE) {
         bump(tgid, kind::PORT_ASSIGN_FAILURE, 0, &comm);
+        bump_dest(&DestKey {
+            tgid,
+            netns: inf.netns,
+            kind: kind::PORT_ASSIGN_FAILURE,
+            family: inf.family,
+            dport: inf.dport,
+            _pad: 0,
+            daddr: inf.daddr,
+        });
         if let Some(mut e) = new_event(event::kind::PORT_ASSIGN_FAILURE, tgid, tid, err, &comm) {
             fill_from_inflight(&mut e, &inf);
             e.submit(0);

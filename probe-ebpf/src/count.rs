@@ -5,9 +5,14 @@ use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     maps::ring_buf::RingBufEntry,
 };
-use probe_common::{config::stat, counters::CountKey, event::Event, COMM_LEN};
+use probe_common::{
+    config::stat,
+    counters::{CountKey, DestKey},
+    event::Event,
+    COMM_LEN,
+};
 
-use crate::maps::{stat_inc, Limiter, COMMS, COUNTS, EVENTS, LIMITER};
+use crate::maps::{stat_inc, Limiter, COMMS, COUNTS, DEST_COUNTS, EVENTS, LIMITER};
 
 #[inline(always)]
 pub fn current() -> (u32, u32) {
@@ -38,6 +43,32 @@ pub fn bump(tgid: u32, kind: u16, aux: u16, comm: &[u8; COMM_LEN]) {
             None => stat_inc(stat::COUNTER_MAP_FULL),
         },
     }
+}
+
+/// Adds one to the per-destination counter `key` on this CPU.
+#[inline(always)]
+pub fn bump_dest(key: &DestKey) {
+    if let Some(p) = DEST_COUNTS.get_ptr_mut(key) {
+        unsafe { *p += 1 };
+        return;
+    }
+    if DEST_COUNTS.insert(key, 1, BPF_NOEXIST as u64).is_err() {
+        match DEST_COUNTS.get_ptr_mut(key) {
+            Some(p) => unsafe { *p += 1 },
+            None => stat_inc(stat::COUNTER_MAP_FULL),
+        }
+    }
+}
+
+/// The per-destination key of socket `sk` (destination read from the socket).
+#[inline(always)]
+pub fn dest_of_sock(tgid: u32, kind: u16, sk: u64) -> DestKey {
+    let family = crate::kernel::sk_family(sk);
+    let (_, dport) = crate::kernel::sk_ports(sk);
+    let mut key = DestKey { tgid, netns: crate::kernel::sk_netns(sk), kind, family, dport, _pad: 0, daddr: [0; 16] };
+    let mut saddr = [0u8; 16];
+    crate::kernel::sk_addrs(sk, family, &mut saddr, Some(&mut key.daddr));
+    key
 }
 
 /// Per (process, kind) token window: at most `events_per_sec` events a second go through

@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use probe_common::{
     config::{role, stat},
-    counters::CountKey,
+    counters::{CountKey, DestKey},
     sock::{Inflight, SockOwner},
     COMM_LEN,
 };
@@ -16,6 +16,10 @@ use probe_common::{
 /// their last interval was reported.
 #[map]
 pub static COUNTS: PerCpuHashMap<CountKey, u64> = PerCpuHashMap::with_max_entries(16384, 0);
+
+/// Per process and destination: port-assignment failures and TIME_WAIT of connected sockets.
+#[map]
+pub static DEST_COUNTS: PerCpuHashMap<DestKey, u64> = PerCpuHashMap::with_max_entries(8192, 0);
 
 /// Process name at the time its first counter was created (for processes that exit).
 #[map]

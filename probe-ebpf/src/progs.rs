@@ -13,7 +13,7 @@ use probe_common::{
 
 use crate::{
     connect,
-    count::{bump, current, current_comm, new_event},
+    count::{bump, bump_dest, current, current_comm, dest_of_sock, new_event},
     fd,
     kernel::{current_nofile_limit, current_stream_sock, fill_endpoints, read, sk_is_tcp, socket_stream_sk},
     maps::{role_on, INFLIGHT},
@@ -137,6 +137,7 @@ fn port_failed(sk: u64) {
     let (tgid, tid) = current();
     let comm = current_comm();
     bump(tgid, kind::PORT_ASSIGN_FAILURE, 0, &comm);
+    bump_dest(&dest_of_sock(tgid, kind::PORT_ASSIGN_FAILURE, sk));
     // Tell connect::exit the event is out, so it does not send a second one.
     if let Some(p) = INFLIGHT.get_ptr_mut(tid) {
         unsafe { (*p).port_event_sent = 1 };

@@ -8,7 +8,7 @@ use probe_common::{
 
 use crate::{
     connect,
-    count::bump,
+    count::{bump, bump_dest, dest_of_sock},
     kernel::{sk_is_tcp, sk_unhashed},
     maps::{role_on, OWNERS},
 };
@@ -57,8 +57,13 @@ pub fn charge_to_owner(sk: u64, kind: u16) {
     match OWNERS.get_ptr(sk) {
         Some(o) => {
             let o = unsafe { &*o };
-            let (tgid, comm) = (o.tgid, o.comm);
+            let (tgid, comm, ph) = (o.tgid, o.comm, o.phase);
             bump(tgid, kind, 0, &comm);
+            // A connected (not accepted) socket holds an ephemeral port in TIME_WAIT: count it
+            // per destination too, for the port-pressure prediction.
+            if kind == kind::TIME_WAIT && (ph == phase::SYNC_DONE || ph == phase::ASYNC_DONE) {
+                bump_dest(&dest_of_sock(tgid, kind, sk));
+            }
         }
         None => bump(UNATTRIBUTED, kind, 0, &[0; 16]),
     }

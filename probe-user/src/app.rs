@@ -8,7 +8,10 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
-use probe_common::{counters::UNATTRIBUTED, event::Event};
+use probe_common::{
+    counters::{kind, DestKey, UNATTRIBUTED},
+    event::Event,
+};
 use tokio::{
     io::{unix::AsyncFd, Interest},
     signal::unix::{signal, SignalKind},
@@ -16,11 +19,13 @@ use tokio::{
 
 use crate::{
     cli::WatchArgs,
+    facts::NetFacts,
     model::{self, EventRecord, Sample, Snapshot},
-    output,
+    netdiag, output,
     probe::{self, Probe},
     procinfo,
     status::Status,
+    verdict::{self, Cause, Engine, Evidence, Verdict, Window},
 };
 
 /// Which processes the user asked about.
@@ -74,6 +79,17 @@ impl<W: Write> Output<W> {
         } else {
             self.line(&output::event_text(e))
         }
+    }
+
+    fn verdicts(&mut self, verdicts: &[Verdict]) -> Result<()> {
+        for v in verdicts {
+            if self.json {
+                self.line(&verdict::to_json(v).to_string())?;
+            } else {
+                self.line(&verdict::to_text(v))?;
+            }
+        }
+        Ok(())
     }
 
     fn samples(&mut self, samples: &[Sample]) -> Result<()> {
@@ -158,6 +174,10 @@ pub fn check_privileges() -> Result<()> {
 struct State {
     filter: Filter,
     prev: Snapshot,
+    prev_dest: BTreeMap<DestKey, u64>,
+    engine: Engine,
+    /// First failure event of this interval per (process, cause): a verdict's `since`.
+    first_seen: BTreeMap<(u32, Cause), SystemTime>,
     last: Instant,
     status: Status,
     /// RLIMIT_NOFILE from the latest EMFILE event per process: the limit is still known
@@ -175,14 +195,21 @@ impl State {
         procinfo::comm(pid).or_else(|| probe.kernel_comm(pid)).unwrap_or_else(|| "?".into())
     }
 
-    /// Reads the counters and builds the samples of the interval that just ended.
-    fn interval(&mut self, probe: &mut Probe) -> Result<Vec<Sample>> {
+    /// Reads the counters and builds the samples of the interval that just ended, and the
+    /// verdicts it brings.
+    fn interval(&mut self, probe: &mut Probe) -> Result<(Vec<Sample>, Vec<Verdict>)> {
         // Processes already gone *before* this read: the read holds their final counts, so
         // their counters can be dropped after it (checking after the read could drop
         // increments made between the read and the exit).
-        let gone_before: BTreeSet<u32> =
-            self.prev.keys().map(|k| k.tgid).filter(|&t| t != UNATTRIBUTED && !procinfo::exists(t)).collect();
+        let gone_before: BTreeSet<u32> = self
+            .prev
+            .keys()
+            .map(|k| k.tgid)
+            .chain(self.prev_dest.keys().map(|k| k.tgid))
+            .filter(|&t| t != UNATTRIBUTED && !procinfo::exists(t))
+            .collect();
         let cur = probe.snapshot()?;
+        let cur_dest = probe.dest_snapshot()?;
         let now = Instant::now();
         let interval_s = now.duration_since(self.last).as_secs_f64();
         self.last = now;
@@ -192,6 +219,7 @@ impl State {
                 deltas.entry(*pid).or_default();
             }
         }
+        let mut window = Window { now: Some(SystemTime::now()), interval_s, ..Default::default() };
         let mut samples = Vec::new();
         for (pid, counts) in deltas {
             let comm = self.comm_of(probe, pid);
@@ -199,6 +227,9 @@ impl State {
                 continue;
             }
             let alive = pid != UNATTRIBUTED && procinfo::exists(pid);
+            if pid != UNATTRIBUTED {
+                window.counts.insert(pid, counts.clone());
+            }
             samples.push(Sample {
                 pid,
                 comm,
@@ -211,18 +242,37 @@ impl State {
                 open_fds: if alive { procinfo::open_fds(pid) } else { None },
             });
         }
+        for (key, dest, n) in model::diff_dest(&self.prev_dest, &cur_dest) {
+            if key.tgid == UNATTRIBUTED || !window.counts.contains_key(&key.tgid) {
+                continue;
+            }
+            match key.kind {
+                kind::PORT_ASSIGN_FAILURE => *window.port_failures.entry((key.tgid, dest)).or_default() += n,
+                kind::TIME_WAIT => *window.time_waits.entry((key.tgid, dest)).or_default() += n,
+                _ => {}
+            }
+        }
+        window.first_seen = std::mem::take(&mut self.first_seen);
+        let mut evidence = LiveEvidence { probe, net_cache: BTreeMap::new() };
+        let verdicts = self.engine.tick(&window, &mut evidence);
+
         // Counters of exited processes have been reported for the last time: drop them so the
         // map does not fill up. (TIME_WAIT of their orphaned sockets recreates entries later.)
         let dead: Vec<_> = cur.keys().filter(|k| gone_before.contains(&k.tgid)).copied().collect();
-        if !dead.is_empty() {
-            probe.forget(&dead)?;
+        let dead_dest: Vec<_> = cur_dest.keys().filter(|k| gone_before.contains(&k.tgid)).copied().collect();
+        if !dead.is_empty() || !dead_dest.is_empty() {
+            probe.forget(&dead, &dead_dest)?;
         }
-        let mut cur = cur;
+        let (mut cur, mut cur_dest) = (cur, cur_dest);
         for k in &dead {
             cur.remove(k);
         }
+        for k in &dead_dest {
+            cur_dest.remove(k);
+        }
         self.prev = cur;
-        Ok(samples)
+        self.prev_dest = cur_dest;
+        Ok((samples, verdicts))
     }
 
     /// Refreshes losses and watched pids; true when the status changed.
@@ -233,6 +283,43 @@ impl State {
         self.status.losses = losses;
         self.status.watched = watched;
         Ok(changed)
+    }
+}
+
+/// Evidence from the running system: procfs, and sock_diag inside the failing process's
+/// network namespace (cached per namespace for one interval).
+struct LiveEvidence<'a> {
+    probe: &'a Probe,
+    net_cache: BTreeMap<u32, Result<NetFacts, String>>,
+}
+
+impl Evidence for LiveEvidence<'_> {
+    fn comm(&mut self, pid: u32) -> String {
+        procinfo::comm(pid).or_else(|| self.probe.kernel_comm(pid)).unwrap_or_else(|| "?".into())
+    }
+
+    fn nofile(&mut self, pid: u32) -> (Option<u64>, Option<u64>, Option<u64>) {
+        let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok();
+        let (soft, hard) = limits.as_deref().and_then(procinfo::parse_nofile).unwrap_or((None, None));
+        (soft, hard, procinfo::open_fds(pid))
+    }
+
+    fn file_nr(&mut self) -> Option<(u64, u64)> {
+        crate::facts::read_system().file_nr
+    }
+
+    fn net(&mut self, pid: u32, netns: u32) -> Result<NetFacts, String> {
+        self.net_cache
+            .entry(netns)
+            .or_insert_with(|| {
+                let via =
+                    if netdiag::netns_inode(pid) == Some(netns) { Some(pid) } else { netdiag::process_in_netns(netns) };
+                match via {
+                    Some(p) => crate::facts::read_net_of(Some(p)).map_err(|e| format!("{e:#}")),
+                    None => Err(format!("network namespace {netns} is gone (no process left in it)")),
+                }
+            })
+            .clone()
     }
 }
 
@@ -266,6 +353,9 @@ pub async fn watch(args: WatchArgs) -> Result<()> {
         prev: probe.snapshot()?,
         last: Instant::now(),
         status: probe.status.clone(),
+        prev_dest: probe.dest_snapshot()?,
+        engine: Engine::new(args.interval),
+        first_seen: BTreeMap::new(),
         event_limits: BTreeMap::new(),
         match_cache: BTreeMap::new(),
     };
@@ -293,8 +383,9 @@ pub async fn watch(args: WatchArgs) -> Result<()> {
                 guard.clear_ready();
             }
             _ = tick.tick() => {
-                let samples = st.interval(&mut probe)?;
+                let (samples, verdicts) = st.interval(&mut probe)?;
                 out.samples(&samples)?;
+                out.verdicts(&verdicts)?;
                 if st.refresh_status(&probe)? {
                     out.status(&st.status)?;
                 }
@@ -306,8 +397,9 @@ pub async fn watch(args: WatchArgs) -> Result<()> {
     }
     // The last, partial interval: events first, then the counts that include them.
     drain(ring.get_mut(), offset, &mut st, &probe, &mut out)?;
-    let samples = st.interval(&mut probe)?;
+    let (samples, verdicts) = st.interval(&mut probe)?;
     out.samples(&samples)?;
+    out.verdicts(&verdicts)?;
     if st.refresh_status(&probe)? {
         out.status(&st.status)?;
     }
@@ -339,6 +431,15 @@ fn drain<W: Write>(
         let rec = model::decode(&ev, offset);
         if let Some(limit) = rec.limit {
             st.event_limits.insert(rec.pid, limit);
+        }
+        let cause = match rec.kind {
+            "port_assign_failure" => Some(Cause::EphemeralPorts),
+            "emfile" => Some(Cause::FdLimit),
+            "enfile" => Some(Cause::FileMax),
+            _ => None,
+        };
+        if let Some(cause) = cause {
+            st.first_seen.entry((rec.pid, cause)).or_insert(rec.ts);
         }
         let wanted = st.filter.is_all() || {
             let (filter, cache) = (&st.filter, &mut st.match_cache);

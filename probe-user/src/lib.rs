@@ -16,3 +16,4 @@ pub mod probe;
 pub mod procinfo;
 pub mod status;
 pub mod tpformat;
+pub mod verdict;

@@ -3,12 +3,12 @@
 
 use std::{
     collections::BTreeMap,
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     time::{Duration, SystemTime},
 };
 
 use probe_common::{
-    counters::{kind, CountKey},
+    counters::{kind, CountKey, DestKey},
     event::{self, Event},
 };
 
@@ -78,6 +78,25 @@ pub fn diff(prev: &Snapshot, cur: &Snapshot) -> BTreeMap<u32, Counts> {
         }
     }
     out
+}
+
+/// Per-destination change between two snapshots, with the destination decoded.
+pub fn diff_dest(
+    prev: &BTreeMap<DestKey, u64>,
+    cur: &BTreeMap<DestKey, u64>,
+) -> Vec<(DestKey, crate::verdict::Dest, u64)> {
+    cur.iter()
+        .filter_map(|(k, &now)| {
+            let before = prev.get(k).copied().unwrap_or(0);
+            let delta = if now >= before { now - before } else { now };
+            let addr = match k.family as i32 {
+                libc::AF_INET => IpAddr::V4(Ipv4Addr::new(k.daddr[0], k.daddr[1], k.daddr[2], k.daddr[3])),
+                libc::AF_INET6 => IpAddr::V6(Ipv6Addr::from(k.daddr)),
+                _ => return None,
+            };
+            (delta > 0).then_some((*k, crate::verdict::Dest { netns: k.netns, addr, port: k.dport }, delta))
+        })
+        .collect()
 }
 
 /// One failure as reported to the user.

@@ -2,7 +2,7 @@
 //! accepts: fentry/fexit, then tp_btf, then classic/raw tracepoints. Kprobes come last in the
 //! design and are not implemented yet.
 
-use std::path::Path;
+use std::{collections::BTreeMap, path::Path};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use aya::{
@@ -12,7 +12,7 @@ use aya::{
 };
 use probe_common::{
     config::{arity, role, stat, OFFSET_MISSING},
-    counters::CountKey,
+    counters::{CountKey, DestKey},
 };
 
 use crate::{
@@ -462,11 +462,28 @@ impl Probe {
         Ok(out)
     }
 
+    /// Per-destination counters, summed over CPUs.
+    pub fn dest_snapshot(&self) -> Result<BTreeMap<DestKey, u64>> {
+        let map: PerCpuHashMap<_, DestKey, u64> =
+            PerCpuHashMap::try_from(self.ebpf.map("DEST_COUNTS").context("DEST_COUNTS map")?)?;
+        let mut out = BTreeMap::new();
+        for item in map.iter() {
+            let (k, values) = item?;
+            out.insert(k, values.iter().sum());
+        }
+        Ok(out)
+    }
+
     /// Forgets the counters of processes that are gone (after their last report).
-    pub fn forget(&mut self, keys: &[CountKey]) -> Result<()> {
+    pub fn forget(&mut self, keys: &[CountKey], dest_keys: &[DestKey]) -> Result<()> {
         let mut map: PerCpuHashMap<_, CountKey, u64> =
             PerCpuHashMap::try_from(self.ebpf.map_mut("COUNTS").context("COUNTS map")?)?;
         for k in keys {
+            let _ = map.remove(k);
+        }
+        let mut map: PerCpuHashMap<_, DestKey, u64> =
+            PerCpuHashMap::try_from(self.ebpf.map_mut("DEST_COUNTS").context("DEST_COUNTS map")?)?;
+        for k in dest_keys {
             let _ = map.remove(k);
         }
         Ok(())

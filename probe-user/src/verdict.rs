@@ -1,0 +1,757 @@
+//! Root-cause verdicts: which limit a process ran into, the numbers that prove it, and the
+//! fix. Pure rules over interval counts plus evidence supplied through [`Evidence`] (procfs
+//! and sock_diag in production, fixtures in tests).
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    net::IpAddr,
+    time::{Duration, SystemTime},
+};
+
+use serde_json::{json, Map, Value};
+
+use crate::{
+    check::tw_reuse_applies,
+    facts::{usable_ports, NetFacts},
+    model::{endpoint, Counts},
+    netdiag,
+    output::rfc3339,
+};
+
+/// TIME_WAIT lasts TCP_TIMEWAIT_LEN = 60 s (include/net/tcp.h).
+const TIME_WAIT_S: f64 = 60.0;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Cause {
+    FdLimit,
+    FileMax,
+    EphemeralPorts,
+    TimeWaitPressure,
+}
+
+impl Cause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::FdLimit => "fd_limit",
+            Cause::FileMax => "file_max",
+            Cause::EphemeralPorts => "ephemeral_ports",
+            Cause::TimeWaitPressure => "time_wait_pressure",
+        }
+    }
+}
+
+/// A destination in a network namespace.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Dest {
+    pub netns: u32,
+    pub addr: IpAddr,
+    pub port: u16,
+}
+
+impl Dest {
+    pub fn endpoint(&self) -> String {
+        endpoint(&self.addr.to_string(), self.port)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Verdict {
+    /// "active" or "resolved".
+    pub state: &'static str,
+    pub cause: Cause,
+    pub pid: u32,
+    pub comm: String,
+    pub since: SystemTime,
+    pub failures: u64,
+    pub destination: Option<Dest>,
+    pub summary: String,
+    pub evidence: Map<String, Value>,
+    pub fix: Vec<String>,
+    /// How long it lasted, for resolved verdicts.
+    pub duration_s: Option<f64>,
+}
+
+/// What one interval brought.
+#[derive(Debug, Default, Clone)]
+pub struct Window {
+    pub now: Option<SystemTime>,
+    pub interval_s: f64,
+    /// Per process.
+    pub counts: BTreeMap<u32, Counts>,
+    /// Port-assignment failures per (process, destination).
+    pub port_failures: BTreeMap<(u32, Dest), u64>,
+    /// TIME_WAIT of connected sockets per (process, destination).
+    pub time_waits: BTreeMap<(u32, Dest), u64>,
+    /// First failure event seen per (process, cause), for `since`.
+    pub first_seen: BTreeMap<(u32, Cause), SystemTime>,
+}
+
+/// Where evidence comes from.
+pub trait Evidence {
+    fn comm(&mut self, pid: u32) -> String;
+    /// (soft, hard) RLIMIT_NOFILE and open fds.
+    fn nofile(&mut self, pid: u32) -> (Option<u64>, Option<u64>, Option<u64>);
+    /// (allocated, fs.file-max).
+    fn file_nr(&mut self) -> Option<(u64, u64)>;
+    /// Facts of namespace `netns`, entered through `pid` or, if it has exited, any process
+    /// still in that namespace. Err says why not (e.g. the namespace is gone).
+    fn net(&mut self, pid: u32, netns: u32) -> Result<NetFacts, String>;
+}
+
+struct Active {
+    verdict: Verdict,
+    last_failure: SystemTime,
+    last_emit: SystemTime,
+    emitted_failures: u64,
+}
+
+type Key = (Cause, u32, Option<Dest>);
+
+pub struct Engine {
+    active: BTreeMap<Key, Active>,
+    /// Failures must stop this long before a verdict resolves.
+    quiet: Duration,
+    /// Recent TIME_WAIT creations per destination: (time, count, interval).
+    tw_history: BTreeMap<Dest, VecDeque<(SystemTime, u64, f64)>>,
+}
+
+/// 6823 → "6,823".
+pub fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn clock(t: SystemTime) -> String {
+    // HH:MM:SS (UTC) out of the RFC 3339 stamp.
+    rfc3339(t).get(11..19).unwrap_or("?").to_string()
+}
+
+/// Ports toward `dest` by state (local port in the ephemeral range).
+struct PortUse {
+    range: (u16, u16),
+    usable: u64,
+    established: u64,
+    time_wait: u64,
+    other: u64,
+}
+
+impl PortUse {
+    fn of(net: &NetFacts, dest: &Dest) -> Option<PortUse> {
+        let range = net.port_range?;
+        let mut u =
+            PortUse { range, usable: usable_ports(range, &net.reserved), established: 0, time_wait: 0, other: 0 };
+        for s in &net.sockets {
+            if s.dst != dest.addr || s.dport != dest.port || s.sport < range.0 || s.sport > range.1 {
+                continue;
+            }
+            match s.state {
+                netdiag::ESTABLISHED => u.established += 1,
+                netdiag::TIME_WAIT => u.time_wait += 1,
+                netdiag::LISTEN => {}
+                _ => u.other += 1,
+            }
+        }
+        Some(u)
+    }
+
+    fn in_use(&self) -> u64 {
+        self.established + self.time_wait + self.other
+    }
+
+    fn evidence(&self, net: &NetFacts, dest: &Dest) -> Map<String, Value> {
+        let mut e = Map::new();
+        e.insert("range".into(), json!(format!("{}-{}", self.range.0, self.range.1)));
+        e.insert("range_size".into(), json!(self.range.1 as u64 - self.range.0 as u64 + 1));
+        e.insert(
+            "reserved".into(),
+            json!(net
+                .reserved
+                .iter()
+                .map(|(a, b)| if a == b { a.to_string() } else { format!("{a}-{b}") })
+                .collect::<Vec<_>>()),
+        );
+        e.insert("usable".into(), json!(self.usable));
+        e.insert("established".into(), json!(self.established));
+        e.insert("time_wait".into(), json!(self.time_wait));
+        e.insert("other".into(), json!(self.other));
+        e.insert("tcp_tw_reuse".into(), json!(net.tcp_tw_reuse));
+        e.insert("tcp_tw_reuse_applies".into(), json!(tw_reuse_applies(net.tcp_tw_reuse, dest.addr)));
+        e.insert("netns".into(), json!(dest.netns));
+        e
+    }
+}
+
+fn port_fixes(u: &PortUse, net: &NetFacts, dest: &Dest) -> Vec<String> {
+    let d = dest.endpoint();
+    let mut fix = vec![format!(
+        "keep connections to {d} alive and reuse them (HTTP keepalive, a connection pool) instead of one connection per request"
+    )];
+    if u.time_wait * 2 >= u.in_use() && u.time_wait > 0 {
+        if tw_reuse_applies(net.tcp_tw_reuse, dest.addr) {
+            fix.push(format!(
+                "tcp_tw_reuse={} already lets connect() reuse TIME_WAIT ports toward {d}, but only 1 s after their last segment and with TCP timestamps: the connection rate is above what reuse can absorb",
+                net.tcp_tw_reuse.unwrap_or(0)
+            ));
+        } else {
+            fix.push(format!(
+                "TIME_WAIT holds most ports: sysctl -w net.ipv4.tcp_tw_reuse=1 lets outbound connect() reuse them toward {d} (needs TCP timestamps; tcp_tw_recycle is gone since Linux 4.12)"
+            ));
+        }
+    } else if u.established * 2 >= u.in_use() && u.established > 0 {
+        fix.push(format!("open connections hold most ports: close idle ones or cap the pool size toward {d}"));
+    }
+    fix.push(format!("widen net.ipv4.ip_local_port_range (now {}-{}, e.g. 10240 65535)", u.range.0, u.range.1));
+    fix.push("add source addresses or spread over more destination addresses/ports: the limit is per (source IP, destination IP, destination port)".into());
+    fix
+}
+
+impl Engine {
+    pub fn new(interval: Duration) -> Engine {
+        Engine {
+            active: BTreeMap::new(),
+            quiet: (interval * 3).max(Duration::from_secs(5)),
+            tw_history: BTreeMap::new(),
+        }
+    }
+
+    pub fn active(&self) -> impl Iterator<Item = &Verdict> {
+        self.active.values().map(|a| &a.verdict)
+    }
+
+    /// Feeds one interval; returns the verdicts to report now (new, updated, resolved).
+    pub fn tick(&mut self, w: &Window, ev: &mut dyn Evidence) -> Vec<Verdict> {
+        let now = w.now.unwrap_or_else(SystemTime::now);
+        let start = now - Duration::from_secs_f64(w.interval_s.max(0.0));
+        let mut out = Vec::new();
+        let mut seen: Vec<Key> = Vec::new();
+
+        for (&pid, c) in &w.counts {
+            if c.emfile > 0 {
+                let since = w.first_seen.get(&(pid, Cause::FdLimit)).copied().unwrap_or(start);
+                self.failure((Cause::FdLimit, pid, None), c.emfile, now, since, &mut seen, || {
+                    let comm = ev.comm(pid);
+                    let (soft, hard, open) = ev.nofile(pid);
+                    fd_limit(pid, comm, since, c.emfile, soft, hard, open)
+                });
+            }
+            if c.enfile > 0 {
+                let since = w.first_seen.get(&(pid, Cause::FileMax)).copied().unwrap_or(start);
+                self.failure((Cause::FileMax, pid, None), c.enfile, now, since, &mut seen, || {
+                    let comm = ev.comm(pid);
+                    file_max(pid, comm, since, c.enfile, ev.file_nr())
+                });
+            }
+        }
+        for ((pid, dest), &n) in &w.port_failures {
+            let since = w.first_seen.get(&(*pid, Cause::EphemeralPorts)).copied().unwrap_or(start);
+            self.failure((Cause::EphemeralPorts, *pid, Some(dest.clone())), n, now, since, &mut seen, || {
+                let comm = ev.comm(*pid);
+                ephemeral_ports(*pid, comm, since, n, dest, ev.net(*pid, dest.netns))
+            });
+        }
+        self.time_wait_pressure(w, now, ev, &mut seen);
+
+        // Updates of verdicts still active, and resolutions.
+        let mut resolved = Vec::new();
+        for (key, a) in self.active.iter_mut() {
+            let fresh = a.verdict.failures != a.emitted_failures || a.last_emit == a.verdict.since;
+            if seen.contains(key) {
+                if a.last_emit == SystemTime::UNIX_EPOCH
+                    || (fresh && now.duration_since(a.last_emit).unwrap_or_default() >= Duration::from_secs(10))
+                {
+                    a.last_emit = now;
+                    a.emitted_failures = a.verdict.failures;
+                    out.push(a.verdict.clone());
+                }
+            } else if now.duration_since(a.last_failure).unwrap_or_default() >= self.quiet {
+                resolved.push(key.clone());
+            }
+        }
+        for key in resolved {
+            if let Some(a) = self.active.remove(&key) {
+                let mut v = a.verdict;
+                v.state = "resolved";
+                v.duration_s = Some(a.last_failure.duration_since(v.since).unwrap_or_default().as_secs_f64());
+                out.push(v);
+            }
+        }
+        out
+    }
+
+    /// Records `n` failures for `key`; builds the verdict (and its evidence) the first time.
+    fn failure(
+        &mut self,
+        key: Key,
+        n: u64,
+        now: SystemTime,
+        _since: SystemTime,
+        seen: &mut Vec<Key>,
+        build: impl FnOnce() -> Verdict,
+    ) {
+        match self.active.get_mut(&key) {
+            Some(a) => {
+                a.verdict.failures += n;
+                a.last_failure = now;
+                refresh_summary(&mut a.verdict);
+            }
+            None => {
+                let verdict = build();
+                self.active.insert(
+                    key.clone(),
+                    Active { verdict, last_failure: now, last_emit: SystemTime::UNIX_EPOCH, emitted_failures: 0 },
+                );
+            }
+        }
+        seen.push(key);
+    }
+
+    fn time_wait_pressure(&mut self, w: &Window, now: SystemTime, ev: &mut dyn Evidence, seen: &mut Vec<Key>) {
+        // Per destination: this interval's TIME_WAITs and the process that made most of them.
+        let mut per_dest: BTreeMap<&Dest, (u64, u32, u64)> = BTreeMap::new();
+        for ((pid, dest), &n) in &w.time_waits {
+            let e = per_dest.entry(dest).or_insert((0, *pid, 0));
+            e.0 += n;
+            if n > e.2 {
+                e.1 = *pid;
+                e.2 = n;
+            }
+        }
+        for (dest, (n, _, _)) in &per_dest {
+            let h = self.tw_history.entry((*dest).clone()).or_default();
+            h.push_back((now, *n, w.interval_s));
+        }
+        // Keep ~10 s of history per destination; forget quiet destinations.
+        let horizon = Duration::from_secs(10);
+        self.tw_history.retain(|_, h| {
+            while h.front().is_some_and(|(t, _, _)| now.duration_since(*t).unwrap_or_default() > horizon) {
+                h.pop_front();
+            }
+            !h.is_empty()
+        });
+        let dests: Vec<(Dest, u32)> = per_dest.iter().map(|(d, (_, pid, _))| ((*d).clone(), *pid)).collect();
+        for (dest, pid) in dests {
+            let Some(h) = self.tw_history.get(&dest) else { continue };
+            let total: u64 = h.iter().map(|(_, n, _)| n).sum();
+            let span: f64 = h.iter().map(|(_, _, s)| s).sum::<f64>().max(0.001);
+            let rate = total as f64 / span;
+            let Ok(net) = ev.net(pid, dest.netns) else { continue };
+            let Some(u) = PortUse::of(&net, &dest) else { continue };
+            // TIME_WAIT ports toward this destination stay taken for 60 s: at this rate the
+            // range fills when rate × 60 exceeds it, unless connect() may reuse them.
+            if tw_reuse_applies(net.tcp_tw_reuse, dest.addr) || rate * TIME_WAIT_S < u.usable as f64 {
+                continue;
+            }
+            let left = u.usable.saturating_sub(u.in_use()) as f64 / rate;
+            let key = (Cause::TimeWaitPressure, pid, Some(dest.clone()));
+            let mut evidence = u.evidence(&net, &dest);
+            evidence.insert("rate_per_s".into(), json!((rate * 10.0).round() / 10.0));
+            evidence.insert("seconds_left".into(), json!(left.round() as u64));
+            evidence.insert("predicted_time_wait".into(), json!((rate * TIME_WAIT_S).round() as u64));
+            let comm = ev.comm(pid);
+            let summary = format!(
+                "{comm}[{pid}] is creating {:.0} TIME_WAIT sockets/s toward {}: at 60 s each that needs {} ports but {}-{} has {} ({} in use now); ports run out in about {:.0} s",
+                rate,
+                dest.endpoint(),
+                thousands((rate * TIME_WAIT_S) as u64),
+                u.range.0,
+                u.range.1,
+                thousands(u.usable),
+                thousands(u.in_use()),
+                left
+            );
+            let mut fix = vec![format!(
+                "reuse connections to {} (keepalive, pooling): each short connection keeps its port in TIME_WAIT for 60 s",
+                dest.endpoint()
+            )];
+            fix.push(format!(
+                "sysctl -w net.ipv4.tcp_tw_reuse=1 lets outbound connect() reuse TIME_WAIT ports toward {} (needs TCP timestamps)",
+                dest.endpoint()
+            ));
+            fix.push(format!("widen net.ipv4.ip_local_port_range (now {}-{})", u.range.0, u.range.1));
+            fix.push(
+                "the side that closes first keeps the TIME_WAIT: let the server close first where the protocol allows"
+                    .into(),
+            );
+            match self.active.get_mut(&key) {
+                Some(a) => {
+                    a.last_failure = now;
+                    a.verdict.summary = summary;
+                    a.verdict.evidence = evidence;
+                }
+                None => {
+                    let verdict = Verdict {
+                        state: "active",
+                        cause: Cause::TimeWaitPressure,
+                        pid,
+                        comm,
+                        since: now,
+                        failures: 0,
+                        destination: Some(dest.clone()),
+                        summary,
+                        evidence,
+                        fix,
+                        duration_s: None,
+                    };
+                    self.active.insert(
+                        key.clone(),
+                        Active { verdict, last_failure: now, last_emit: SystemTime::UNIX_EPOCH, emitted_failures: 0 },
+                    );
+                }
+            }
+            seen.push(key);
+        }
+    }
+}
+
+/// Keeps the failure count in the summary current.
+fn refresh_summary(v: &mut Verdict) {
+    if let Some(i) = v.summary.rfind("; ") {
+        if let Some(rest) = v.summary[i + 2..].split_once(' ') {
+            if rest.0.chars().all(|c| c.is_ascii_digit() || c == ',') {
+                v.summary = format!("{}; {} {}", &v.summary[..i], thousands(v.failures), rest.1);
+            }
+        }
+    }
+}
+
+fn base(cause: Cause, pid: u32, comm: String, since: SystemTime, failures: u64) -> Verdict {
+    Verdict {
+        state: "active",
+        cause,
+        pid,
+        comm,
+        since,
+        failures,
+        destination: None,
+        summary: String::new(),
+        evidence: Map::new(),
+        fix: Vec::new(),
+        duration_s: None,
+    }
+}
+
+pub fn fd_limit(
+    pid: u32,
+    comm: String,
+    since: SystemTime,
+    n: u64,
+    soft: Option<u64>,
+    hard: Option<u64>,
+    open: Option<u64>,
+) -> Verdict {
+    let mut v = base(Cause::FdLimit, pid, comm.clone(), since, n);
+    v.evidence.insert("nofile_soft".into(), json!(soft));
+    v.evidence.insert("nofile_hard".into(), json!(hard));
+    v.evidence.insert("open_fds".into(), json!(open));
+    let of = |x: Option<u64>| x.map(thousands).unwrap_or_else(|| "?".into());
+    v.summary = format!(
+        "{comm}[{pid}] hit its open-file limit: {} of {} file descriptors open (RLIMIT_NOFILE, hard limit {}); {} calls failed with EMFILE since {}",
+        of(open),
+        of(soft),
+        of(hard),
+        thousands(n),
+        clock(since)
+    );
+    let hard_s = hard.map(|h| h.to_string()).unwrap_or_else(|| "unlimited".into());
+    if soft.is_some() && soft == hard {
+        v.fix.push(format!(
+            "the hard limit ({hard_s}) is reached too: raise both (LimitNOFILE=N in the systemd unit, or prlimit --pid {pid} --nofile=N:N as root); fs.nr_open caps N"
+        ));
+    } else {
+        v.fix.push(format!(
+            "raise the soft limit up to the hard limit ({hard_s}): LimitNOFILE= in the systemd unit, `ulimit -n` before start, or now: prlimit --pid {pid} --nofile={hard_s}:{hard_s}"
+        ));
+    }
+    v.fix.push(format!("if the open count only grows, it is an fd leak: see what is open in /proc/{pid}/fd"));
+    v
+}
+
+pub fn file_max(pid: u32, comm: String, since: SystemTime, n: u64, file_nr: Option<(u64, u64)>) -> Verdict {
+    let mut v = base(Cause::FileMax, pid, comm.clone(), since, n);
+    v.evidence.insert("file_nr".into(), json!(file_nr.map(|f| f.0)));
+    v.evidence.insert("file_max".into(), json!(file_nr.map(|f| f.1)));
+    let (nr, max) = file_nr.map(|(a, b)| (thousands(a), thousands(b))).unwrap_or(("?".into(), "?".into()));
+    v.summary = format!(
+        "the system-wide file table is full: {nr} of {max} file handles in use (fs.file-nr, fs.file-max); {comm}[{pid}] got ENFILE {} times since {}",
+        thousands(n),
+        clock(since)
+    );
+    v.fix.push("raise fs.file-max: sysctl -w fs.file-max=N, and persist it in /etc/sysctl.d".into());
+    v.fix.push("find the process holding the most files (conntrace check lists those closest to their limit)".into());
+    v
+}
+
+pub fn ephemeral_ports(
+    pid: u32,
+    comm: String,
+    since: SystemTime,
+    n: u64,
+    dest: &Dest,
+    net: Result<NetFacts, String>,
+) -> Verdict {
+    let mut v = base(Cause::EphemeralPorts, pid, comm.clone(), since, n);
+    v.destination = Some(dest.clone());
+    let d = dest.endpoint();
+    let usage = net.as_ref().ok().and_then(|f| PortUse::of(f, dest).map(|u| (u, f)));
+    match usage {
+        Some((u, f)) => {
+            v.evidence = u.evidence(f, dest);
+            v.summary = format!(
+                "{comm}[{pid}] cannot get an ephemeral port toward {d}: {} of {} ports in {}-{} are in use ({} ESTABLISHED, {} TIME_WAIT); {} connects failed since {}",
+                thousands(u.in_use()),
+                thousands(u.usable),
+                u.range.0,
+                u.range.1,
+                thousands(u.established),
+                thousands(u.time_wait),
+                thousands(n),
+                clock(since)
+            );
+            v.fix = port_fixes(&u, f, dest);
+        }
+        None => {
+            let why = net.err().unwrap_or_else(|| "no port range".into());
+            v.evidence.insert("netns".into(), json!(dest.netns));
+            v.evidence.insert("error".into(), json!(why));
+            v.summary = format!(
+                "{comm}[{pid}] cannot get an ephemeral port toward {d} ({why}); {} connects failed since {}",
+                thousands(n),
+                clock(since)
+            );
+            v.fix.push(format!("keep connections to {d} alive and reuse them instead of one per request"));
+            v.fix.push("widen net.ipv4.ip_local_port_range".into());
+        }
+    }
+    v
+}
+
+pub fn to_json(v: &Verdict) -> Value {
+    let mut j = json!({
+        "type": "verdict",
+        "ts": rfc3339(SystemTime::now()),
+        "state": v.state,
+        "cause": v.cause.as_str(),
+        "pid": v.pid,
+        "comm": v.comm,
+        "since": rfc3339(v.since),
+        "failures": v.failures,
+        "destination": v.destination.as_ref().map(Dest::endpoint),
+        "summary": v.summary,
+        "evidence": v.evidence,
+        "fix": v.fix,
+    });
+    if let Some(d) = v.duration_s {
+        j["duration_s"] = json!((d * 10.0).round() / 10.0);
+    }
+    j
+}
+
+pub fn to_text(v: &Verdict) -> String {
+    match v.state {
+        "resolved" => format!(
+            "<<< RESOLVED {}: {}[{}]{} after {:.1} s, {} failures",
+            v.cause.as_str(),
+            v.comm,
+            v.pid,
+            v.destination.as_ref().map(|d| format!(" toward {}", d.endpoint())).unwrap_or_default(),
+            v.duration_s.unwrap_or(0.0),
+            thousands(v.failures)
+        ),
+        _ => {
+            let mut s = format!(">>> {}: {}", v.cause.as_str().to_uppercase(), v.summary);
+            for f in &v.fix {
+                s.push_str(&format!("\n    fix: {f}"));
+            }
+            s
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::netdiag::TcpSocket;
+
+    struct Fake {
+        net: Result<NetFacts, String>,
+        calls: u32,
+    }
+
+    impl Evidence for Fake {
+        fn comm(&mut self, _pid: u32) -> String {
+            "nginx".into()
+        }
+        fn nofile(&mut self, _pid: u32) -> (Option<u64>, Option<u64>, Option<u64>) {
+            (Some(1024), Some(4096), Some(1024))
+        }
+        fn file_nr(&mut self) -> Option<(u64, u64)> {
+            Some((99_990, 100_000))
+        }
+        fn net(&mut self, _pid: u32, _netns: u32) -> Result<NetFacts, String> {
+            self.calls += 1;
+            self.net.clone()
+        }
+    }
+
+    fn dest() -> Dest {
+        Dest { netns: 7, addr: IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)), port: 9000 }
+    }
+
+    fn net(established: u16, time_wait: u16, tw_reuse: u32) -> NetFacts {
+        let mk = |state, sport| TcpSocket {
+            state,
+            src: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            sport,
+            dst: dest().addr,
+            dport: 9000,
+            rqueue: 0,
+            wqueue: 0,
+            inode: 0,
+        };
+        let mut sockets: Vec<_> = (0..established).map(|i| mk(netdiag::ESTABLISHED, 40000 + i)).collect();
+        sockets.extend((0..time_wait).map(|i| mk(netdiag::TIME_WAIT, 40000 + established + i)));
+        NetFacts {
+            port_range: Some((40000, 40049)),
+            tcp_tw_reuse: Some(tw_reuse),
+            sockets,
+            netns: Some(7),
+            ..Default::default()
+        }
+    }
+
+    fn at(s: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_790_000_000 + s)
+    }
+
+    fn window(t: u64) -> Window {
+        Window { now: Some(at(t)), interval_s: 1.0, ..Default::default() }
+    }
+
+    #[test]
+    fn port_exhaustion_by_time_wait_names_tw_reuse() {
+        let mut e = Engine::new(Duration::from_secs(1));
+        let mut fake = Fake { net: Ok(net(2, 48, 0)), calls: 0 };
+        let mut w = window(0);
+        w.port_failures.insert((5688, dest()), 10);
+        let out = e.tick(&w, &mut fake);
+        assert_eq!(out.len(), 1);
+        let v = &out[0];
+        assert_eq!((v.state, v.cause, v.pid, v.failures), ("active", Cause::EphemeralPorts, 5688, 10));
+        assert_eq!(v.destination.as_ref().unwrap().endpoint(), "127.0.0.2:9000");
+        assert!(v.summary.starts_with(
+            "nginx[5688] cannot get an ephemeral port toward 127.0.0.2:9000: 50 of 50 ports in 40000-40049 are in use (2 ESTABLISHED, 48 TIME_WAIT); 10 connects failed"
+        ), "{}", v.summary);
+        assert_eq!(v.evidence["time_wait"], 48);
+        assert_eq!(v.evidence["range_size"], 50);
+        assert_eq!(v.evidence["tcp_tw_reuse"], 0);
+        assert!(v.fix.iter().any(|f| f.contains("tcp_tw_reuse=1")));
+        assert!(!v.fix.iter().any(|f| f.contains("tcp_tw_recycle=")));
+        let j = to_json(v);
+        assert_eq!(j["cause"], "ephemeral_ports");
+        assert_eq!(j["destination"], "127.0.0.2:9000");
+        assert_eq!(j["evidence"]["established"], 2);
+
+        // More failures next interval: same verdict, not re-reported yet, no new evidence.
+        let mut w = window(1);
+        w.port_failures.insert((5688, dest()), 5);
+        assert!(e.tick(&w, &mut fake).is_empty());
+        assert_eq!(fake.calls, 1);
+        assert_eq!(e.active().next().unwrap().failures, 15);
+        // Quiet for 5 s: resolved, with its duration.
+        assert!(e.tick(&window(4), &mut fake).is_empty());
+        let out = e.tick(&window(6), &mut fake);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].state, "resolved");
+        assert_eq!(out[0].failures, 15);
+        // From the start of the first failing interval (t-1 s) to the last failure (t+1 s).
+        assert_eq!(out[0].duration_s, Some(2.0));
+        assert!(to_text(&out[0]).starts_with("<<< RESOLVED ephemeral_ports: nginx[5688] toward 127.0.0.2:9000"));
+    }
+
+    #[test]
+    fn port_exhaustion_by_established_connections_does_not_suggest_tw_reuse() {
+        let mut e = Engine::new(Duration::from_secs(1));
+        let mut fake = Fake { net: Ok(net(50, 0, 0)), calls: 0 };
+        let mut w = window(0);
+        w.port_failures.insert((1, dest()), 3);
+        let v = &e.tick(&w, &mut fake)[0];
+        assert!(v.summary.contains("(50 ESTABLISHED, 0 TIME_WAIT)"), "{}", v.summary);
+        assert!(!v.fix.iter().any(|f| f.contains("tcp_tw_reuse=1")));
+        assert!(v.fix.iter().any(|f| f.contains("open connections hold most ports")));
+    }
+
+    #[test]
+    fn gone_namespace_is_said() {
+        let mut e = Engine::new(Duration::from_secs(1));
+        let mut fake = Fake { net: Err("network namespace 7 is gone".into()), calls: 0 };
+        let mut w = window(0);
+        w.port_failures.insert((1, dest()), 3);
+        let v = &e.tick(&w, &mut fake)[0];
+        assert!(v.summary.contains("namespace 7 is gone"));
+        assert_eq!(v.evidence["netns"], 7);
+    }
+
+    #[test]
+    fn fd_limit_and_file_max() {
+        let mut e = Engine::new(Duration::from_secs(1));
+        let mut fake = Fake { net: Err(String::new()), calls: 0 };
+        let mut w = window(0);
+        w.counts.insert(42, Counts { emfile: 10, enfile: 2, ..Default::default() });
+        w.first_seen.insert((42, Cause::FdLimit), at(0) - Duration::from_millis(300));
+        let out = e.tick(&w, &mut fake);
+        assert_eq!(out.len(), 2);
+        let fd = out.iter().find(|v| v.cause == Cause::FdLimit).unwrap();
+        assert_eq!(fd.evidence["nofile_soft"], 1024);
+        assert_eq!(fd.evidence["nofile_hard"], 4096);
+        assert_eq!(fd.evidence["open_fds"], 1024);
+        assert!(fd.summary.contains("1,024 of 1,024 file descriptors open"), "{}", fd.summary);
+        assert!(fd.fix[0].contains("prlimit --pid 42 --nofile=4096:4096"));
+        assert_eq!(fd.since, at(0) - Duration::from_millis(300));
+        let fm = out.iter().find(|v| v.cause == Cause::FileMax).unwrap();
+        assert_eq!(fm.evidence["file_nr"], 99_990);
+        assert_eq!(fm.evidence["file_max"], 100_000);
+    }
+
+    #[test]
+    fn time_wait_pressure_predicts_exhaustion_and_healthy_churn_stays_silent() {
+        // 50 usable ports, 20 TIME_WAIT/s: 1,200 needed → exhaustion; 10 in use → 2 s left.
+        let mut e = Engine::new(Duration::from_secs(1));
+        let mut fake = Fake { net: Ok(net(0, 10, 0)), calls: 0 };
+        let mut w = window(0);
+        w.time_waits.insert((9, dest()), 20);
+        let out = e.tick(&w, &mut fake);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].cause, Cause::TimeWaitPressure);
+        assert_eq!(out[0].evidence["rate_per_s"], 20.0);
+        assert_eq!(out[0].evidence["seconds_left"], 2);
+
+        // Same rate where tcp_tw_reuse applies (loopback with 2): silent.
+        let mut e = Engine::new(Duration::from_secs(1));
+        let mut fake = Fake { net: Ok(net(0, 10, 2)), calls: 0 };
+        assert!(e.tick(&w, &mut fake).is_empty());
+
+        // Healthy churn: 0.5/s × 60 = 30 < 50 usable: silent.
+        let mut e = Engine::new(Duration::from_secs(1));
+        let mut fake = Fake { net: Ok(net(0, 10, 0)), calls: 0 };
+        let mut w = Window { now: Some(at(0)), interval_s: 2.0, ..Default::default() };
+        w.time_waits.insert((9, dest()), 1);
+        assert!(e.tick(&w, &mut fake).is_empty());
+    }
+
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(6823), "6,823");
+        assert_eq!(thousands(1234567), "1,234,567");
+    }
+}
