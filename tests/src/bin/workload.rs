@@ -68,18 +68,27 @@ fn ports(args: &[String]) {
         }
     }
     println!("{}", json!({"pid": pid(), "ok": held.len(), "errors": errors}));
+    hold(args);
+}
+
+/// `--hold-ms N`: stay alive (sockets open) so conntrace can gather evidence in this namespace.
+fn hold(args: &[String]) {
+    std::io::stdout().flush().ok();
+    if let Some(ms) = arg(args, "--hold-ms").and_then(|v| v.parse().ok()) {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
 }
 
 /// Server side of the TIME_WAIT scenario: for each connection, read to EOF (the client
 /// closed first), then close: the client's socket goes to TIME_WAIT, this one does not.
+/// Runs until killed.
 fn tw_server(args: &[String]) {
     let listen: SocketAddr = req(args, "--listen");
-    let count: u32 = req(args, "--count");
     let l = TcpListener::bind(listen).expect("bind");
     println!("ready");
     std::io::stdout().flush().ok();
-    for _ in 0..count {
-        let (mut s, _) = l.accept().expect("accept");
+    loop {
+        let Ok((mut s, _)) = l.accept() else { continue };
         let mut buf = [0u8; 64];
         while s.read(&mut buf).map(|n| n > 0).unwrap_or(false) {}
     }
@@ -104,38 +113,54 @@ fn time_wait_sockets() -> u64 {
 }
 
 /// Client side, in this process; the server is a separate process that closes last.
+/// `--count N` connections, at most `--rate R` per second if given; reports the errors it
+/// saw and the TIME_WAIT sockets of the namespace once the server has closed its side.
 fn tw(args: &[String]) {
     let addr: SocketAddr = req(args, "--addr");
     let count: u32 = req(args, "--count");
+    let rate: Option<f64> = arg(args, "--rate").and_then(|v| v.parse().ok());
     let exe = std::env::current_exe().expect("own path");
     let mut server = Command::new(exe)
-        .args(["tw-server", "--listen", &addr.to_string(), "--count", &count.to_string()])
+        .args(["tw-server", "--listen", &addr.to_string()])
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawn server");
     let mut ready = String::new();
     std::io::BufReader::new(server.stdout.take().expect("server stdout")).read_line(&mut ready).ok();
+    let start = std::time::Instant::now();
     let mut ok = 0;
-    for _ in 0..count {
-        if let Ok(s) = TcpStream::connect(addr) {
-            ok += 1;
-            drop(s); // active close: this side ends in TIME_WAIT
+    let mut errors = Errors::new();
+    for i in 0..count {
+        if let Some(r) = rate {
+            let due = Duration::from_secs_f64(i as f64 / r);
+            if let Some(wait) = due.checked_sub(start.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+        match TcpStream::connect(addr) {
+            Ok(s) => {
+                ok += 1;
+                drop(s); // active close: this side ends in TIME_WAIT
+            }
+            Err(e) => *errors.entry(errno_name(&e)).or_default() += 1,
         }
     }
-    let server_pid = server.id();
-    server.wait().expect("server exit");
-    // The server's last FINs may still be in flight (slow under load or emulation): those
-    // client sockets sit in FIN_WAIT2 until they arrive.
+    // The server closes its side after reading EOF; until its FIN arrives the client sockets
+    // sit in FIN_WAIT2 (slow under load or emulation).
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let mut tw = time_wait_sockets();
     while tw < ok && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
         tw = time_wait_sockets();
     }
+    let server_pid = server.id();
+    server.kill().ok();
+    server.wait().ok();
     println!(
         "{}",
-        json!({"pid": pid(), "server_pid": server_pid, "ok": ok, "time_wait_sockets": tw, "states": socket_states()})
+        json!({"pid": pid(), "server_pid": server_pid, "ok": ok, "errors": errors, "time_wait_sockets": tw, "states": socket_states()})
     );
+    hold(args);
 }
 
 /// Lowers RLIMIT_NOFILE, opens sockets until EMFILE, then keeps trying until `--failures`
@@ -165,6 +190,7 @@ fn emfile(args: &[String]) {
         }
     }
     println!("{}", json!({"pid": pid(), "limit": nofile, "opened": fds.len(), "errors": errors}));
+    hold(args);
 }
 
 fn nonblocking_connect(addr: SocketAddr, syncnt: Option<i32>) -> OwnedFd {
