@@ -61,3 +61,55 @@ fn duration_ends_the_run_cleanly_with_a_final_interval() {
     // One full interval and the final partial one.
     assert_eq!(text.matches("PID     COMM").count(), 2, "{text}");
 }
+
+#[test]
+fn check_reads_the_limits_of_a_process_and_its_namespace() {
+    if !require_root("check_reads_the_limits_of_a_process_and_its_namespace") {
+        return;
+    }
+    use std::io::{BufRead, BufReader};
+    // A process at its fd limit, in a namespace with a narrowed port range and 30 TIME_WAITs
+    // toward 127.0.0.1:9000.
+    let mut child = Command::new("unshare")
+        .args([
+            "-n",
+            "sh",
+            "-ec",
+            "ip link set lo up\nsysctl -qw net.ipv4.ip_local_port_range='40000 40049'\nsysctl -qw net.ipv4.tcp_tw_reuse=0\n\
+             $WL tw --addr 127.0.0.1:9000 --count 30 >/dev/null\n\
+             exec $WL emfile --nofile 64 --failures 1 --hold-ms 5000",
+        ])
+        .env("WL", workload_bin())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+    let pid = serde_json::from_str::<serde_json::Value>(&line).unwrap()["pid"].as_u64().unwrap();
+
+    let out = Command::new(conntrace_bin()).args(["check", "--json", "--pid", &pid.to_string()]).output().unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(out.status.code(), Some(1), "the nofile item fails: {}", String::from_utf8_lossy(&out.stdout));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let items = doc["items"].as_array().unwrap();
+    let get = |id: &str| items.iter().find(|i| i["id"] == id).unwrap_or_else(|| panic!("no {id} item"));
+    let nofile = get("nofile");
+    assert_eq!(nofile["status"], "fail");
+    assert_eq!(nofile["value"]["pid"], pid);
+    assert_eq!(nofile["value"]["nofile_soft"], 64);
+    assert_eq!(get("ip_local_port_range")["value"]["range"], "40000-40049");
+    let usage = get("ephemeral_port_usage");
+    assert_eq!(usage["value"]["destination"], "127.0.0.1:9000");
+    assert_eq!(usage["value"]["states"]["TIME_WAIT"], 30);
+    assert_eq!(usage["status"], "warn", "30 of 50 ports: {usage}");
+    assert_eq!(get("tcp_tw_reuse")["value"], 0);
+    assert!(get("tcp_fin_timeout")["message"].as_str().unwrap().contains("does not shorten TIME_WAIT"));
+}
+
+#[test]
+fn check_with_an_unknown_pid_exits_2() {
+    let out = Command::new(conntrace_bin()).args(["check", "--pid", "999999999"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no process with pid 999999999"));
+}
