@@ -25,7 +25,7 @@ use crate::{
     probe::{self, Probe},
     procinfo,
     status::Status,
-    verdict::{self, Cause, Engine, Evidence, Verdict, Window},
+    verdict::{self, Cause, Engine, Evidence, Nofile, Verdict, Window},
 };
 
 /// Which processes the user asked about.
@@ -178,6 +178,12 @@ struct State {
     engine: Engine,
     /// First failure event of this interval per (process, cause): a verdict's `since`.
     first_seen: BTreeMap<(u32, Cause), SystemTime>,
+    /// Evidence taken when a failure event arrived (the moment of failure), by namespace and
+    /// by process; used by the verdicts of the interval, then dropped.
+    early_net: BTreeMap<u32, Result<NetFacts, String>>,
+    early_nofile: BTreeMap<u32, Nofile>,
+    /// Event lines printed this interval in text mode, per (pid, kind, destination).
+    printed: BTreeSet<(u32, &'static str, Option<String>, Option<u16>)>,
     last: Instant,
     status: Status,
     /// RLIMIT_NOFILE from the latest EMFILE event per process: the limit is still known
@@ -253,7 +259,12 @@ impl State {
             }
         }
         window.first_seen = std::mem::take(&mut self.first_seen);
-        let mut evidence = LiveEvidence { probe, net_cache: BTreeMap::new() };
+        self.printed.clear();
+        let mut evidence = LiveEvidence {
+            probe,
+            net_cache: std::mem::take(&mut self.early_net),
+            nofile_cache: std::mem::take(&mut self.early_nofile),
+        };
         let verdicts = self.engine.tick(&window, &mut evidence);
 
         // Counters of exited processes have been reported for the last time: drop them so the
@@ -291,6 +302,23 @@ impl State {
 struct LiveEvidence<'a> {
     probe: &'a Probe,
     net_cache: BTreeMap<u32, Result<NetFacts, String>>,
+    nofile_cache: BTreeMap<u32, Nofile>,
+}
+
+/// RLIMIT_NOFILE (soft, hard) and open fds of a process, now.
+fn nofile_now(pid: u32) -> Nofile {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok();
+    let (soft, hard) = limits.as_deref().and_then(procinfo::parse_nofile).unwrap_or((None, None));
+    (soft, hard, procinfo::open_fds(pid))
+}
+
+/// Facts of namespace `netns`, entered through `pid` or any process still in it.
+fn net_now(pid: u32, netns: u32) -> Result<NetFacts, String> {
+    let via = if netdiag::netns_inode(pid) == Some(netns) { Some(pid) } else { netdiag::process_in_netns(netns) };
+    match via {
+        Some(p) => crate::facts::read_net_of(Some(p)).map_err(|e| format!("{e:#}")),
+        None => Err(format!("network namespace {netns} is gone (no process left in it)")),
+    }
 }
 
 impl Evidence for LiveEvidence<'_> {
@@ -298,10 +326,8 @@ impl Evidence for LiveEvidence<'_> {
         procinfo::comm(pid).or_else(|| self.probe.kernel_comm(pid)).unwrap_or_else(|| "?".into())
     }
 
-    fn nofile(&mut self, pid: u32) -> (Option<u64>, Option<u64>, Option<u64>) {
-        let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok();
-        let (soft, hard) = limits.as_deref().and_then(procinfo::parse_nofile).unwrap_or((None, None));
-        (soft, hard, procinfo::open_fds(pid))
+    fn nofile(&mut self, pid: u32) -> Nofile {
+        *self.nofile_cache.entry(pid).or_insert_with(|| nofile_now(pid))
     }
 
     fn file_nr(&mut self) -> Option<(u64, u64)> {
@@ -309,17 +335,7 @@ impl Evidence for LiveEvidence<'_> {
     }
 
     fn net(&mut self, pid: u32, netns: u32) -> Result<NetFacts, String> {
-        self.net_cache
-            .entry(netns)
-            .or_insert_with(|| {
-                let via =
-                    if netdiag::netns_inode(pid) == Some(netns) { Some(pid) } else { netdiag::process_in_netns(netns) };
-                match via {
-                    Some(p) => crate::facts::read_net_of(Some(p)).map_err(|e| format!("{e:#}")),
-                    None => Err(format!("network namespace {netns} is gone (no process left in it)")),
-                }
-            })
-            .clone()
+        self.net_cache.entry(netns).or_insert_with(|| net_now(pid, netns)).clone()
     }
 }
 
@@ -356,6 +372,9 @@ pub async fn watch(args: WatchArgs) -> Result<()> {
         prev_dest: probe.dest_snapshot()?,
         engine: Engine::new(args.interval),
         first_seen: BTreeMap::new(),
+        early_net: BTreeMap::new(),
+        early_nofile: BTreeMap::new(),
+        printed: BTreeSet::new(),
         event_limits: BTreeMap::new(),
         match_cache: BTreeMap::new(),
     };
@@ -432,15 +451,6 @@ fn drain<W: Write>(
         if let Some(limit) = rec.limit {
             st.event_limits.insert(rec.pid, limit);
         }
-        let cause = match rec.kind {
-            "port_assign_failure" => Some(Cause::EphemeralPorts),
-            "emfile" => Some(Cause::FdLimit),
-            "enfile" => Some(Cause::FileMax),
-            _ => None,
-        };
-        if let Some(cause) = cause {
-            st.first_seen.entry((rec.pid, cause)).or_insert(rec.ts);
-        }
         let wanted = st.filter.is_all() || {
             let (filter, cache) = (&st.filter, &mut st.match_cache);
             *cache.entry(rec.pid).or_insert_with(|| {
@@ -448,7 +458,37 @@ fn drain<W: Write>(
                 filter.matches(rec.pid, &comm) || filter.matches(rec.pid, &rec.comm)
             })
         };
-        if wanted {
+        if !wanted {
+            continue;
+        }
+        let cause = match rec.kind {
+            "port_assign_failure" => Some(Cause::EphemeralPorts),
+            "emfile" => Some(Cause::FdLimit),
+            "enfile" => Some(Cause::FileMax),
+            _ => None,
+        };
+        if let Some(cause) = cause {
+            // The first failure of a process and cause this interval: take the evidence now,
+            // while the state that caused it is still there.
+            let key = (rec.pid, cause);
+            let first = !st.first_seen.contains_key(&key);
+            let since = st.first_seen.entry(key).or_insert(rec.ts);
+            *since = (*since).min(rec.ts);
+            if first && !st.engine.is_active(rec.pid, cause) {
+                match (cause, rec.netns) {
+                    (Cause::EphemeralPorts, Some(ns)) => {
+                        st.early_net.entry(ns).or_insert_with(|| net_now(rec.pid, ns));
+                    }
+                    (Cause::FdLimit, _) => {
+                        st.early_nofile.entry(rec.pid).or_insert_with(|| nofile_now(rec.pid));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        // Text mode: one line per process, kind and destination per interval (the table has
+        // the counts); JSON keeps every event.
+        if out.json || st.printed.insert((rec.pid, rec.kind, rec.daddr.clone(), rec.dport)) {
             out.event(&rec)?;
         }
     }

@@ -86,11 +86,14 @@ pub struct Window {
     pub first_seen: BTreeMap<(u32, Cause), SystemTime>,
 }
 
+/// RLIMIT_NOFILE (soft, hard) and the open fd count of a process.
+pub type Nofile = (Option<u64>, Option<u64>, Option<u64>);
+
 /// Where evidence comes from.
 pub trait Evidence {
     fn comm(&mut self, pid: u32) -> String;
     /// (soft, hard) RLIMIT_NOFILE and open fds.
-    fn nofile(&mut self, pid: u32) -> (Option<u64>, Option<u64>, Option<u64>);
+    fn nofile(&mut self, pid: u32) -> Nofile;
     /// (allocated, fs.file-max).
     fn file_nr(&mut self) -> Option<(u64, u64)>;
     /// Facts of namespace `netns`, entered through `pid` or, if it has exited, any process
@@ -219,6 +222,11 @@ impl Engine {
             quiet: (interval * 3).max(Duration::from_secs(5)),
             tw_history: BTreeMap::new(),
         }
+    }
+
+    /// Whether a verdict of `cause` is active for `pid` (any destination).
+    pub fn is_active(&self, pid: u32, cause: Cause) -> bool {
+        self.active.keys().any(|(c, p, _)| *c == cause && *p == pid)
     }
 
     pub fn active(&self) -> impl Iterator<Item = &Verdict> {
@@ -590,7 +598,7 @@ mod tests {
         fn comm(&mut self, _pid: u32) -> String {
             "nginx".into()
         }
-        fn nofile(&mut self, _pid: u32) -> (Option<u64>, Option<u64>, Option<u64>) {
+        fn nofile(&mut self, _pid: u32) -> Nofile {
             (Some(1024), Some(4096), Some(1024))
         }
         fn file_nr(&mut self) -> Option<(u64, u64)> {
