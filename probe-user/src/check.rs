@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 use serde_json::{json, Value};
 
 use crate::{
-    facts::{usable_ports, NetFacts, SystemFacts},
+    facts::{reserved_strings, usable_ports, NetFacts, SystemFacts},
     model::endpoint,
     netdiag,
 };
@@ -167,7 +167,7 @@ pub fn run(sys: &SystemFacts, net: &NetFacts, procs: &[ProcFds]) -> Vec<Item> {
         items.push(item(
             "ip_local_port_range",
             level,
-            json!({"range": format!("{lo}-{hi}"), "range_size": hi as u64 - lo as u64 + 1, "reserved": net.reserved.iter().map(|(a, b)| if a == b { a.to_string() } else { format!("{a}-{b}") }).collect::<Vec<_>>(), "usable": usable}),
+            json!({"range": format!("{lo}-{hi}"), "range_size": hi as u64 - lo as u64 + 1, "reserved": reserved_strings(&net.reserved), "usable": usable}),
             None,
             format!("{usable} ephemeral ports usable per (source IP, destination IP, destination port); bind() before connect() makes them host-wide"),
             (level != Level::Ok).then_some("widen net.ipv4.ip_local_port_range (e.g. 10240 65535)"),

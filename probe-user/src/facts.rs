@@ -73,6 +73,11 @@ pub fn parse_triple(s: &str) -> Option<(u64, u64, u64)> {
     (v.len() == 3).then(|| (v[0], v[1], v[2]))
 }
 
+/// Reserved port ranges as sysctl writes them: "1000-1010", "2000".
+pub fn reserved_strings(reserved: &[(u16, u16)]) -> Vec<String> {
+    reserved.iter().map(|(a, b)| if a == b { a.to_string() } else { format!("{a}-{b}") }).collect()
+}
+
 /// Ports of the range usable by connect(): range size minus reserved ports inside it.
 pub fn usable_ports(range: (u16, u16), reserved: &[(u16, u16)]) -> u64 {
     let (lo, hi) = range;
@@ -110,9 +115,7 @@ pub fn read_net() -> NetFacts {
         tcp_fin_timeout: read_u64("/proc/sys/net/ipv4/tcp_fin_timeout"),
         sockets: netdiag::tcp_sockets().unwrap_or_default(),
         // thread-self: this thread may have entered another namespace than the process's.
-        netns: fs::read_link("/proc/thread-self/ns/net")
-            .ok()
-            .and_then(|l| l.to_string_lossy().strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()),
+        netns: netdiag::ns_link_inode("/proc/thread-self/ns/net"),
     }
 }
 

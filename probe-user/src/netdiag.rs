@@ -174,9 +174,13 @@ pub fn tcp_sockets() -> Result<Vec<TcpSocket>> {
 
 /// Inode of a network namespace as `ls -l /proc/PID/ns/net` shows it.
 pub fn netns_inode(pid: u32) -> Option<u32> {
-    let link = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok()?;
-    let s = link.to_string_lossy();
-    s.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
+    ns_link_inode(&format!("/proc/{pid}/ns/net"))
+}
+
+/// The inode in a namespace link such as /proc/thread-self/ns/net (`net:[4026531840]`).
+pub fn ns_link_inode(path: &str) -> Option<u32> {
+    let link = std::fs::read_link(path).ok()?;
+    link.to_string_lossy().strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
 }
 
 /// A live process in the namespace with inode `inum` (to enter it once the failing process

@@ -12,7 +12,7 @@ use serde_json::{json, Map, Value};
 
 use crate::{
     check::tw_reuse_applies,
-    facts::{usable_ports, NetFacts},
+    facts::{reserved_strings, usable_ports, NetFacts},
     model::{endpoint, Counts},
     netdiag,
     output::rfc3339,
@@ -172,14 +172,7 @@ impl PortUse {
         let mut e = Map::new();
         e.insert("range".into(), json!(format!("{}-{}", self.range.0, self.range.1)));
         e.insert("range_size".into(), json!(self.range.1 as u64 - self.range.0 as u64 + 1));
-        e.insert(
-            "reserved".into(),
-            json!(net
-                .reserved
-                .iter()
-                .map(|(a, b)| if a == b { a.to_string() } else { format!("{a}-{b}") })
-                .collect::<Vec<_>>()),
-        );
+        e.insert("reserved".into(), json!(reserved_strings(&net.reserved)));
         e.insert("usable".into(), json!(self.usable));
         e.insert("established".into(), json!(self.established));
         e.insert("time_wait".into(), json!(self.time_wait));
