@@ -143,21 +143,38 @@ struct PortUse {
     established: u64,
     time_wait: u64,
     other: u64,
+    /// FIN_WAIT1/FIN_WAIT2/CLOSING: this side closed first, TIME_WAIT follows.
+    closing: u64,
+    states: BTreeMap<&'static str, u64>,
 }
 
 impl PortUse {
     fn of(net: &NetFacts, dest: &Dest) -> Option<PortUse> {
         let range = net.port_range?;
-        let mut u =
-            PortUse { range, usable: usable_ports(range, &net.reserved), established: 0, time_wait: 0, other: 0 };
+        let mut u = PortUse {
+            range,
+            usable: usable_ports(range, &net.reserved),
+            established: 0,
+            time_wait: 0,
+            other: 0,
+            closing: 0,
+            states: BTreeMap::new(),
+        };
         for s in &net.sockets {
             if s.dst != dest.addr || s.dport != dest.port || s.sport < range.0 || s.sport > range.1 {
                 continue;
             }
+            if s.state == netdiag::LISTEN {
+                continue;
+            }
+            *u.states.entry(netdiag::state_name(s.state)).or_default() += 1;
             match s.state {
                 netdiag::ESTABLISHED => u.established += 1,
                 netdiag::TIME_WAIT => u.time_wait += 1,
-                netdiag::LISTEN => {}
+                4 | 5 | 11 => {
+                    u.closing += 1;
+                    u.other += 1;
+                }
                 _ => u.other += 1,
             }
         }
@@ -166,6 +183,20 @@ impl PortUse {
 
     fn in_use(&self) -> u64 {
         self.established + self.time_wait + self.other
+    }
+
+    /// "2 ESTABLISHED, 48 TIME_WAIT" plus any other state present.
+    fn states_text(&self) -> String {
+        let mut parts = vec![
+            format!("{} ESTABLISHED", thousands(self.established)),
+            format!("{} TIME_WAIT", thousands(self.time_wait)),
+        ];
+        for (name, n) in &self.states {
+            if *name != "ESTABLISHED" && *name != "TIME_WAIT" {
+                parts.push(format!("{} {name}", thousands(*n)));
+            }
+        }
+        parts.join(", ")
     }
 
     fn evidence(&self, net: &NetFacts, dest: &Dest) -> Map<String, Value> {
@@ -177,6 +208,7 @@ impl PortUse {
         e.insert("established".into(), json!(self.established));
         e.insert("time_wait".into(), json!(self.time_wait));
         e.insert("other".into(), json!(self.other));
+        e.insert("states".into(), json!(self.states));
         e.insert("tcp_tw_reuse".into(), json!(net.tcp_tw_reuse));
         e.insert("tcp_tw_reuse_applies".into(), json!(tw_reuse_applies(net.tcp_tw_reuse, dest.addr)));
         e.insert("netns".into(), json!(dest.netns));
@@ -189,7 +221,12 @@ fn port_fixes(u: &PortUse, net: &NetFacts, dest: &Dest) -> Vec<String> {
     let mut fix = vec![format!(
         "keep connections to {d} alive and reuse them (HTTP keepalive, a connection pool) instead of one connection per request"
     )];
-    if u.time_wait * 2 >= u.in_use() && u.time_wait > 0 {
+    if u.closing > u.time_wait {
+        fix.push(format!(
+            "most ports are in FIN_WAIT: this side closed first and {d} has not closed its side yet; each then spends 60 s in TIME_WAIT"
+        ));
+    }
+    if (u.time_wait + u.closing) * 2 >= u.in_use() && u.time_wait + u.closing > 0 {
         if tw_reuse_applies(net.tcp_tw_reuse, dest.addr) {
             fix.push(format!(
                 "tcp_tw_reuse={} already lets connect() reuse TIME_WAIT ports toward {d}, but only 1 s after their last segment and with TCP timestamps: the connection rate is above what reuse can absorb",
@@ -197,7 +234,7 @@ fn port_fixes(u: &PortUse, net: &NetFacts, dest: &Dest) -> Vec<String> {
             ));
         } else {
             fix.push(format!(
-                "TIME_WAIT holds most ports: sysctl -w net.ipv4.tcp_tw_reuse=1 lets outbound connect() reuse them toward {d} (needs TCP timestamps; tcp_tw_recycle is gone since Linux 4.12)"
+                "closing connections hold most ports: sysctl -w net.ipv4.tcp_tw_reuse=1 lets outbound connect() reuse them toward {d} (needs TCP timestamps; tcp_tw_recycle is gone since Linux 4.12)"
             ));
         }
     } else if u.established * 2 >= u.in_use() && u.established > 0 {
@@ -505,13 +542,12 @@ pub fn ephemeral_ports(
         Some((u, f)) => {
             v.evidence = u.evidence(f, dest);
             v.summary = format!(
-                "{comm}[{pid}] cannot get an ephemeral port toward {d}: {} of {} ports in {}-{} are in use ({} ESTABLISHED, {} TIME_WAIT); {} connects failed since {}",
+                "{comm}[{pid}] cannot get an ephemeral port toward {d}: {} of {} ports in {}-{} are in use ({}); {} connects failed since {}",
                 thousands(u.in_use()),
                 thousands(u.usable),
                 u.range.0,
                 u.range.1,
-                thousands(u.established),
-                thousands(u.time_wait),
+                u.states_text(),
                 thousands(n),
                 clock(since)
             );
@@ -688,6 +724,33 @@ mod tests {
         assert!(v.summary.contains("(50 ESTABLISHED, 0 TIME_WAIT)"), "{}", v.summary);
         assert!(!v.fix.iter().any(|f| f.contains("tcp_tw_reuse=1")));
         assert!(v.fix.iter().any(|f| f.contains("open connections hold most ports")));
+    }
+
+    #[test]
+    fn ports_held_in_fin_wait2_are_named() {
+        let mut n = net(0, 0, 0);
+        for i in 0..50 {
+            n.sockets.push(TcpSocket {
+                state: 5,
+                src: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                sport: 40000 + i,
+                dst: dest().addr,
+                dport: 9000,
+                rqueue: 0,
+                wqueue: 0,
+                inode: 0,
+            });
+        }
+        let mut e = Engine::new(Duration::from_secs(1));
+        let mut fake = Fake { net: Ok(n), calls: 0 };
+        let mut w = window(0);
+        w.port_failures.insert((1, dest()), 3);
+        let v = &e.tick(&w, &mut fake)[0];
+        assert!(v.summary.contains("(0 ESTABLISHED, 0 TIME_WAIT, 50 FIN_WAIT2)"), "{}", v.summary);
+        assert_eq!(v.evidence["states"]["FIN_WAIT2"], 50);
+        assert_eq!(v.evidence["other"], 50);
+        assert!(v.fix.iter().any(|f| f.contains("has not closed its side yet")));
+        assert!(v.fix.iter().any(|f| f.contains("tcp_tw_reuse=1")));
     }
 
     #[test]
