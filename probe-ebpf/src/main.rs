@@ -20,6 +20,7 @@ mod connect;
 mod count;
 mod fd;
 mod kernel;
+mod kprobes;
 mod maps;
 mod progs;
 mod state;

@@ -130,7 +130,7 @@ pub fn accept_exit_tp(ctx: TracePointContext) -> u32 {
 // ---- port assignment (preferred: the return value of the port search itself) ----
 
 #[inline(always)]
-fn port_failed(sk: u64) {
+pub(crate) fn port_failed(sk: u64) {
     if !sk_is_tcp(sk) {
         return;
     }

@@ -32,13 +32,13 @@ pub struct CheckArgs {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum AttachMode {
-    /// Best hook the kernel allows, per signal (fexit, then tracepoints).
+    /// Best hook the kernel allows, per signal (fexit, then tracepoints, then kprobes).
     Auto,
     /// Only fentry/fexit (fails a signal rather than falling back).
     Fexit,
     /// Only the tracepoint fallbacks (tp_btf, classic and raw tracepoints).
     Tracepoint,
-    /// Only kprobes (not implemented yet: every signal reports unavailable).
+    /// Only kprobes/kretprobes (asynchronous connect outcomes still use inet_sock_set_state).
     Kprobe,
 }
 

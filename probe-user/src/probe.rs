@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, path::Path};
 use anyhow::{anyhow, bail, Context as _, Result};
 use aya::{
     maps::{Array, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{BtfTracePoint, FEntry, FExit, RawTracePoint, TracePoint},
+    programs::{BtfTracePoint, FEntry, FExit, KProbe, RawTracePoint, TracePoint},
     Btf, Ebpf, EbpfLoader,
 };
 use probe_common::{
@@ -133,6 +133,37 @@ impl Loader<'_> {
         Ok(hooks)
     }
 
+    /// A kprobe or kretprobe program (the kind comes from the program's section).
+    fn kprobe(&mut self, prog: &str, func: &str) -> Result<String> {
+        self.skipped("kprobe")?;
+        // aya attaches through the kprobe PMU; without CONFIG_KPROBES it does not exist.
+        if !Path::new("/sys/bus/event_source/devices/kprobe").exists() {
+            return Err(anyhow!("this kernel has no kprobes (CONFIG_KPROBES unset)"));
+        }
+        let p: &mut KProbe = self.ebpf.program_mut(prog).context("program missing")?.try_into()?;
+        p.load()?;
+        p.attach(func, 0)?;
+        let kind = if prog.contains("kretprobe") { "kretprobe" } else { "kprobe" };
+        Ok(format!("{kind}/{func}"))
+    }
+
+    /// Several kprobes, all or none (the ones attached are unloaded on failure).
+    fn kprobes(&mut self, progs: &[(&str, &str)]) -> Result<Vec<String>> {
+        let mut hooks = Vec::new();
+        for (prog, func) in progs {
+            match self.kprobe(prog, func) {
+                Ok(h) => hooks.push(h),
+                Err(e) => {
+                    for (p, _) in progs {
+                        self.unload(p);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(hooks)
+    }
+
     fn raw_tp(&mut self, prog: &str, tp: &str) -> Result<String> {
         self.skipped("raw_tracepoint")?;
         let p: &mut RawTracePoint = self.ebpf.program_mut(prog).context("program missing")?.try_into()?;
@@ -147,6 +178,7 @@ impl Loader<'_> {
             let _ = match p {
                 aya::programs::Program::FExit(p) => p.unload(),
                 aya::programs::Program::FEntry(p) => p.unload(),
+                aya::programs::Program::KProbe(p) => p.unload(),
                 _ => Ok(()),
             };
         }
@@ -157,10 +189,14 @@ fn has(fields: &[u32]) -> bool {
     fields.iter().all(|&f| f != OFFSET_MISSING)
 }
 
+const KRETPROBE_NOTE: &str =
+    "kretprobe: a call is missed if more are in flight at once than kretprobe instances (maxactive)";
+
 /// Which hook families the attach mode allows on this kernel.
 struct Allowed {
     fexit: bool,
     tp: bool,
+    kprobe: bool,
 }
 
 /// One signal's way through its candidate hooks: the first that attached, and why the ones
@@ -198,7 +234,7 @@ impl Loader<'_> {
     /// inet_sock_set_state: asynchronous connect outcomes in every mode, and the fallback for
     /// port failures and TIME_WAIT. Returns its mode and hook.
     fn set_state(&mut self, a: &Allowed, why: &mut Vec<String>) -> Option<(Mode, String)> {
-        if !(a.fexit || a.tp) {
+        if !(a.fexit || a.tp || a.kprobe) {
             return None;
         }
         match self.tp_btf("set_state_btf", "inet_sock_set_state") {
@@ -252,6 +288,14 @@ impl Loader<'_> {
                 Err(e) => at.failed("tracepoint", reason(&e)),
             }
         }
+        if !at.done() && a.kprobe {
+            match self
+                .kprobes(&[("connect_kprobe", "inet_stream_connect"), ("connect_kretprobe", "inet_stream_connect")])
+            {
+                Ok(hooks) => at.attached(Mode::Kprobe, hooks, KRETPROBE_NOTE),
+                Err(e) => at.failed("kprobe", reason(&e)),
+            }
+        }
         at
     }
 
@@ -265,6 +309,11 @@ impl Loader<'_> {
         if a.tp && fd_walk_ok {
             let points = [("syscalls", "sys_exit_accept4"), ("syscalls", "sys_exit_accept")];
             if let Ok(h) = self.tracepoint("accept_exit_tp", &points) {
+                return h;
+            }
+        }
+        if a.kprobe {
+            if let Ok(h) = self.kprobes(&[("accept_kprobe", "inet_accept"), ("accept_kretprobe", "inet_accept")]) {
                 return h;
             }
         }
@@ -302,6 +351,22 @@ impl Loader<'_> {
                 _ => at.failed("fallback", "needs inet_sock_set_state and the connect hooks"),
             }
         }
+        if !at.done() && a.kprobe {
+            match self.kprobes(&[("port_kprobe_v4", "inet_hash_connect"), ("port_kretprobe_v4", "inet_hash_connect")]) {
+                Ok(mut hooks) => {
+                    let mut note = KRETPROBE_NOTE.to_string();
+                    match self.kprobes(&[
+                        ("port_kprobe_v6", "inet6_hash_connect"),
+                        ("port_kretprobe_v6", "inet6_hash_connect"),
+                    ]) {
+                        Ok(h6) => hooks.extend(h6),
+                        Err(e) => note = format!("{note}; IPv6 not watched: {}", reason(&e)),
+                    }
+                    at.attached(Mode::Kprobe, hooks, &note);
+                }
+                Err(e) => at.failed("kprobe", reason(&e)),
+            }
+        }
         at
     }
 
@@ -324,6 +389,12 @@ impl Loader<'_> {
                     );
                 }
                 _ => at.failed("fallback", "needs inet_sock_set_state and skc_nulls_node in BTF"),
+            }
+        }
+        if !at.done() && a.kprobe {
+            match self.kprobes(&[("tw_kprobe", "inet_twsk_alloc"), ("tw_kretprobe", "inet_twsk_alloc")]) {
+                Ok(hooks) => at.attached(Mode::Kprobe, hooks, KRETPROBE_NOTE),
+                Err(e) => at.failed("kprobe", reason(&e)),
             }
         }
         at
@@ -360,6 +431,16 @@ impl Loader<'_> {
                 Err(e) => at.failed("raw_tracepoint", reason(&e)),
             }
         }
+        if !at.done() && a.kprobe {
+            match self.kprobes(&[
+                ("fd_kprobe_alloc_fd", "alloc_fd"),
+                ("fd_kretprobe_alloc_fd", "alloc_fd"),
+                ("fd_kretprobe_alloc_file", "alloc_empty_file"),
+            ]) {
+                Ok(hooks) => at.attached(Mode::Kprobe, hooks, KRETPROBE_NOTE),
+                Err(e) => at.failed("kprobe", reason(&e)),
+            }
+        }
         at
     }
 }
@@ -389,8 +470,10 @@ impl Probe {
         let allowed = Allowed {
             fexit: matches!(mode, AttachMode::Auto | AttachMode::Fexit) && aya_btf.is_some(),
             tp: matches!(mode, AttachMode::Auto | AttachMode::Tracepoint),
+            kprobe: matches!(mode, AttachMode::Auto | AttachMode::Kprobe),
         };
-        let net = Allowed { fexit: allowed.fexit && sock_ok, tp: allowed.tp && sock_ok };
+        let net =
+            Allowed { fexit: allowed.fexit && sock_ok, tp: allowed.tp && sock_ok, kprobe: allowed.kprobe && sock_ok };
 
         let mut set_state_why = Vec::new();
         if !sock_ok {
@@ -543,7 +626,7 @@ fn why(reasons: &[String], mode: AttachMode) -> String {
         AttachMode::Auto => "",
         AttachMode::Fexit => "attach mode fexit: no fallback allowed; ",
         AttachMode::Tracepoint => "attach mode tracepoint: fexit not tried; ",
-        AttachMode::Kprobe => "attach mode kprobe: kprobe programs are not implemented yet; ",
+        AttachMode::Kprobe => "attach mode kprobe: no fallback allowed; ",
     };
     format!("{forced}{}", if reasons.is_empty() { "no usable hook".to_string() } else { reasons.join("; ") })
 }

@@ -7,9 +7,10 @@ use common::*;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 
-const NETWORK_MODES: [&str; 3] = ["fexit", "tp_btf", "tracepoint"];
+const NETWORK_MODES: [&str; 4] = ["fexit", "tp_btf", "tracepoint", "kprobe"];
 
-fn assert_signal_exact(lines: &[serde_json::Value], signal: &str, modes: &[&str]) {
+fn assert_signal_exact(lines: &[serde_json::Value], signal: &str, modes: &[&'static str]) {
+    let modes = expected_modes(signal, modes);
     let s = &status(lines)["signals"][signal];
     let mode = s["mode"].as_str().unwrap_or("");
     assert!(modes.contains(&mode), "{signal} runs in mode {mode}: {s}");
@@ -37,13 +38,15 @@ fn ephemeral_port_exhaustion_over_ipv6() {
 /// (third choice) must be just as exact.
 #[test]
 fn ephemeral_port_exhaustion_on_the_classic_tracepoint() {
-    if !require_root("ephemeral_port_exhaustion_on_the_classic_tracepoint") {
+    if !require_root("ephemeral_port_exhaustion_on_the_classic_tracepoint")
+        || forced_away_from_tracepoints("ephemeral_port_exhaustion_on_the_classic_tracepoint")
+    {
         return;
     }
     port_exhaustion("127.0.0.1", &[("CONNTRACE_SKIP_HOOKS", "fexit,tp_btf")], &["tracepoint"]);
 }
 
-fn port_exhaustion(ip: &str, env: &[(&str, &str)], modes: &[&str]) {
+fn port_exhaustion(ip: &str, env: &[(&str, &str)], modes: &[&'static str]) {
     let ct = Conntrace::start_with_env(&[], env);
     // 4 ports in the range, the listener outside it: 4 connects succeed, 6 fail.
     // (ip_local_port_range also governs IPv6.)
@@ -115,7 +118,7 @@ fn emfile_is_counted_with_the_limit_in_force() {
     let pid = wl["pid"].as_u64().unwrap();
     assert_eq!(wl["errors"]["EMFILE"], 10, "workload: {wl}");
 
-    assert_signal_exact(&lines, "fd_alloc", &["fexit", "raw_tracepoint", "tracepoint"]);
+    assert_signal_exact(&lines, "fd_alloc", &["fexit", "raw_tracepoint", "tracepoint", "kprobe"]);
     assert_eq!(total(&lines, pid, "emfile"), 10);
     assert_eq!(total(&lines, pid, "enfile"), 0);
     let evs = events(&lines, pid, "emfile");
@@ -139,6 +142,7 @@ fn non_blocking_connect_outcomes_are_counted_when_they_happen() {
     assert_eq!(wl["async_ok"], 1, "workload: {wl}");
     assert_eq!(wl["errors"]["ETIMEDOUT"], 1, "workload: {wl}");
 
+    assert_signal_exact(&lines, "connect", &NETWORK_MODES);
     // 2 blocking connects that succeed, 2 non-blocking ones: one established later, one
     // timed out (SYN dropped on a full accept queue).
     assert_eq!(total(&lines, pid, "connect_attempts"), 4);

@@ -154,3 +154,30 @@ pub fn events<'a>(lines: &'a [Value], pid: u64, kind: &'a str) -> Vec<&'a Value>
 pub fn status(lines: &[Value]) -> &Value {
     lines.iter().find(|v| v["type"] == "status").expect("a status line")
 }
+
+/// The attach modes a signal may report. By default any exact mode; under
+/// CONNTRACE_EXPECT_MODE (set by `cargo xtask vm-test`) exactly the family that mode forces,
+/// so a kernel matrix run proves the hook it claims to test.
+pub fn expected_modes(signal: &str, default: &[&'static str]) -> Vec<&'static str> {
+    match std::env::var("CONNTRACE_EXPECT_MODE").as_deref() {
+        Ok("fexit") => vec!["fexit"],
+        Ok("kprobe") => vec!["kprobe"],
+        Ok("tracepoint") => match signal {
+            "fd_alloc" => vec!["raw_tracepoint", "tracepoint"],
+            "connect" => vec!["tracepoint"],
+            _ => vec!["tp_btf", "tracepoint"],
+        },
+        _ => default.to_vec(),
+    }
+}
+
+/// True (after printing why) when CONNTRACE_ATTACH_MODE forces a family a test cannot use.
+pub fn forced_away_from_tracepoints(test: &str) -> bool {
+    match std::env::var("CONNTRACE_ATTACH_MODE").as_deref() {
+        Ok("fexit") | Ok("kprobe") => {
+            eprintln!("SKIPPED {test}: CONNTRACE_ATTACH_MODE forces another hook family");
+            true
+        }
+        _ => false,
+    }
+}
