@@ -337,6 +337,10 @@ impl Evidence for LiveEvidence<'_> {
     fn net(&mut self, pid: u32, netns: u32) -> Result<NetFacts, String> {
         self.net_cache.entry(netns).or_insert_with(|| net_now(pid, netns)).clone()
     }
+
+    fn alive(&mut self, pid: u32) -> bool {
+        procinfo::exists(pid)
+    }
 }
 
 pub async fn watch(args: WatchArgs) -> Result<()> {

@@ -99,6 +99,8 @@ pub trait Evidence {
     /// Facts of namespace `netns`, entered through `pid` or, if it has exited, any process
     /// still in that namespace. Err says why not (e.g. the namespace is gone).
     fn net(&mut self, pid: u32, netns: u32) -> Result<NetFacts, String>;
+    /// Whether the process still runs.
+    fn alive(&mut self, pid: u32) -> bool;
 }
 
 struct Active {
@@ -110,12 +112,15 @@ struct Active {
 
 type Key = (Cause, u32, Option<Dest>);
 
+/// TIME_WAITs created in one interval: (end of the interval, count, its length in seconds).
+type TwSample = (SystemTime, u64, f64);
+
 pub struct Engine {
     active: BTreeMap<Key, Active>,
     /// Failures must stop this long before a verdict resolves.
     quiet: Duration,
-    /// Recent TIME_WAIT creations per destination: (time, count, interval).
-    tw_history: BTreeMap<Dest, VecDeque<(SystemTime, u64, f64)>>,
+    /// Recent TIME_WAIT creations per (process, destination): (time, count, interval).
+    tw_history: BTreeMap<(u32, Dest), VecDeque<TwSample>>,
 }
 
 /// 6823 → "6,823".
@@ -351,21 +356,12 @@ impl Engine {
     }
 
     fn time_wait_pressure(&mut self, w: &Window, now: SystemTime, ev: &mut dyn Evidence, seen: &mut Vec<Key>) {
-        // Per destination: this interval's TIME_WAITs and the process that made most of them.
-        let mut per_dest: BTreeMap<&Dest, (u64, u32, u64)> = BTreeMap::new();
+        // Per process and destination: namespace inode numbers are reused as soon as a
+        // namespace dies, so a destination alone could mix two unrelated namespaces' churn.
         for ((pid, dest), &n) in &w.time_waits {
-            let e = per_dest.entry(dest).or_insert((0, *pid, 0));
-            e.0 += n;
-            if n > e.2 {
-                e.1 = *pid;
-                e.2 = n;
-            }
+            self.tw_history.entry((*pid, dest.clone())).or_default().push_back((now, n, w.interval_s));
         }
-        for (dest, (n, _, _)) in &per_dest {
-            let h = self.tw_history.entry((*dest).clone()).or_default();
-            h.push_back((now, *n, w.interval_s));
-        }
-        // Keep ~10 s of history per destination; forget quiet destinations.
+        // Keep ~10 s of history; forget quiet ones.
         let horizon = Duration::from_secs(10);
         self.tw_history.retain(|_, h| {
             while h.front().is_some_and(|(t, _, _)| now.duration_since(*t).unwrap_or_default() > horizon) {
@@ -373,12 +369,17 @@ impl Engine {
             }
             !h.is_empty()
         });
-        let dests: Vec<(Dest, u32)> = per_dest.iter().map(|(d, (_, pid, _))| ((*d).clone(), *pid)).collect();
-        for (dest, pid) in dests {
-            let Some(h) = self.tw_history.get(&dest) else { continue };
+        let active: Vec<(u32, Dest)> = w.time_waits.keys().cloned().collect();
+        for (pid, dest) in active {
+            let Some(h) = self.tw_history.get(&(pid, dest.clone())) else { continue };
             let total: u64 = h.iter().map(|(_, n, _)| n).sum();
             let span: f64 = h.iter().map(|(_, _, s)| s).sum::<f64>().max(0.001);
             let rate = total as f64 / span;
+            // A prediction is about a process still churning; an exited one's namespace may
+            // even be gone, its inode number taken by another.
+            if !ev.alive(pid) {
+                continue;
+            }
             let Ok(net) = ev.net(pid, dest.netns) else { continue };
             let Some(u) = PortUse::of(&net, &dest) else { continue };
             // TIME_WAIT ports toward this destination stay taken for 60 s: at this rate the
@@ -636,6 +637,9 @@ mod tests {
         fn net(&mut self, _pid: u32, _netns: u32) -> Result<NetFacts, String> {
             self.calls += 1;
             self.net.clone()
+        }
+        fn alive(&mut self, _pid: u32) -> bool {
+            true
         }
     }
 

@@ -13,6 +13,11 @@ fn verdicts<'a>(lines: &'a [Value], pid: u64, cause: &str) -> Vec<&'a Value> {
     lines.iter().filter(|v| v["type"] == "verdict" && v["pid"] == pid && v["cause"] == cause).collect()
 }
 
+/// The verdicts of `cause` that became active (a slow run may also show their resolution).
+fn activations<'a>(lines: &'a [Value], pid: u64, cause: &str) -> Vec<&'a Value> {
+    verdicts(lines, pid, cause).into_iter().filter(|v| v["state"] == "active").collect()
+}
+
 fn secs(ts: &Value) -> f64 {
     let t = humantime::parse_rfc3339(ts.as_str().expect("timestamp")).expect("RFC 3339");
     t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64()
@@ -65,7 +70,7 @@ fn ephemeral_ports_verdict_when_established_connections_hold_the_ports() {
     let lines = ct.stop();
     let wl = report(&out);
     let pid = wl["pid"].as_u64().unwrap();
-    let vs = verdicts(&lines, pid, "ephemeral_ports");
+    let vs = activations(&lines, pid, "ephemeral_ports");
     assert_eq!(vs.len(), 1, "{vs:?}");
     let v = vs[0];
     assert_prompt(v);
@@ -100,8 +105,11 @@ fn ephemeral_ports_verdict_when_time_wait_holds_the_ports() {
     let lines = ct.stop();
     let wl = report(&out);
     let pid = wl["pid"].as_u64().unwrap();
-    assert_eq!(wl["ok"], 50, "{wl}");
-    let vs = verdicts(&lines, pid, "ephemeral_ports");
+    // 50 ports, 60 attempts (a slow peer can free a port or two before the last attempts).
+    let failed = wl["errors"]["EADDRNOTAVAIL"].as_u64().unwrap_or(0);
+    assert_eq!(wl["ok"].as_u64().unwrap() + failed, 60, "{wl}");
+    assert!(failed > 0, "{wl}");
+    let vs = activations(&lines, pid, "ephemeral_ports");
     assert_eq!(vs.len(), 1, "{vs:?}");
     let v = vs[0];
     assert_prompt(v);
@@ -139,7 +147,7 @@ fn time_wait_pressure_is_predicted_before_the_ports_run_out() {
     let pid = wl["pid"].as_u64().unwrap();
     assert_eq!(wl["ok"], 75, "no failure yet: {wl}");
     assert!(verdicts(&lines, pid, "ephemeral_ports").is_empty());
-    let vs = verdicts(&lines, pid, "time_wait_pressure");
+    let vs = activations(&lines, pid, "time_wait_pressure");
     assert!(!vs.is_empty(), "no prediction");
     let v = vs[0];
     assert_eq!(v["destination"], "127.0.0.1:9000");

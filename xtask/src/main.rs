@@ -26,6 +26,19 @@ enum Task {
     Test,
     /// rustfmt check and clippy with warnings as errors, host and eBPF crates.
     Lint,
+    /// Boots Debian's stock kernels under QEMU (virtme-ng, software emulation) and runs the
+    /// integration suite inside with the release binaries built here, per attach mode.
+    VmTest {
+        /// 6.1, 6.12 or all.
+        #[arg(long, default_value = "all")]
+        kernel: String,
+        /// auto, fexit, kprobe, tracepoint or all.
+        #[arg(long, default_value = "all")]
+        mode: String,
+        /// Watchdog per boot, seconds.
+        #[arg(long, default_value_t = 900)]
+        timeout: u64,
+    },
     /// Overhead on a loopback connection-churn loop: alternating runs without and with
     /// `conntrace watch`, medians and ratio, plus per-program cost from the kernel's BPF stats.
     Bench {
@@ -38,11 +51,13 @@ enum Task {
     },
 }
 
+mod vmtest;
+
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
 }
 
-fn run(cmd: &mut Command) -> Result<()> {
+pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     eprintln!("xtask: running {cmd:?}");
     let st = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
     if !st.success() {
@@ -51,12 +66,12 @@ fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-fn output(cmd: &mut Command) -> Option<String> {
+pub(crate) fn output(cmd: &mut Command) -> Option<String> {
     let out = cmd.output().ok()?;
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     output(Command::new("id").arg("-u")).map(|s| s.trim() == "0").unwrap_or(false)
 }
 
@@ -355,6 +370,7 @@ fn main() -> Result<()> {
         Task::Test => test(),
         Task::Lint => lint(),
         Task::Bench { pairs, seconds } => bench(pairs, seconds),
+        Task::VmTest { kernel, mode, timeout } => vmtest::run(&root(), &kernel, &mode, timeout),
     }
 }
 
