@@ -213,3 +213,53 @@ fn pid_filter_shows_only_that_process() {
     assert_eq!(last_status["watched"][0]["pid"], pid_a);
     assert_eq!(last_status["watched"][0]["alive"], false);
 }
+
+/// Restores fs.file-max when the test ends, however it ends.
+struct FileMax(String);
+
+impl Drop for FileMax {
+    fn drop(&mut self) {
+        let _ = std::fs::write("/proc/sys/fs/file-max", &self.0);
+    }
+}
+
+#[test]
+fn enfile_is_counted_with_file_max_lowered() {
+    if !require_root("enfile_is_counted_with_file_max_lowered") {
+        return;
+    }
+    if std::env::var("CONNTRACE_IN_VM").is_err() {
+        eprintln!(
+            "SKIPPED enfile_is_counted_with_file_max_lowered: lowers the global fs.file-max, so it runs only \
+             inside the kernel-matrix VM (cargo xtask vm-test)"
+        );
+        return;
+    }
+    let ct = Conntrace::start(&[]);
+    let nr: u64 =
+        std::fs::read_to_string("/proc/sys/fs/file-nr").unwrap().split_whitespace().next().unwrap().parse().unwrap();
+    let _restore = FileMax(std::fs::read_to_string("/proc/sys/fs/file-max").unwrap());
+    let max = nr + 150;
+    std::fs::write("/proc/sys/fs/file-max", max.to_string()).unwrap();
+    // As nobody without capabilities: CAP_SYS_ADMIN is exempt from fs.file-max.
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
+        .arg(workload_bin())
+        .args(["enfile", "--failures", "5"])
+        .output()
+        .unwrap();
+    drop(_restore);
+    let lines = ct.stop();
+    let wl = report(&String::from_utf8_lossy(&out.stdout));
+    let pid = wl["pid"].as_u64().unwrap();
+    assert_eq!(wl["errors"]["ENFILE"], 5, "{wl}");
+    assert_signal_exact(&lines, "fd_alloc", &["fexit", "raw_tracepoint", "tracepoint", "kprobe"]);
+    assert_eq!(total(&lines, pid, "enfile"), 5);
+    assert_eq!(events(&lines, pid, "enfile").len(), 5);
+    let v = lines
+        .iter()
+        .find(|v| v["type"] == "verdict" && v["pid"] == pid && v["cause"] == "file_max")
+        .expect("file_max verdict");
+    assert_eq!(v["evidence"]["file_max"], max, "{v}");
+    assert_eq!(v["failures"], 5);
+}

@@ -193,6 +193,29 @@ fn emfile(args: &[String]) {
     hold(args);
 }
 
+/// Opens /dev/null until `--failures` opens failed with ENFILE (fs.file-max reached; run it
+/// without CAP_SYS_ADMIN, which is exempt from the limit).
+fn enfile(args: &[String]) {
+    let failures: u64 = req(args, "--failures");
+    let mut files = Vec::new();
+    let mut errors = Errors::new();
+    let mut failed = 0;
+    while failed < failures {
+        match std::fs::File::open("/dev/null") {
+            Ok(f) => files.push(f),
+            Err(e) => {
+                let name = errno_name(&e);
+                *errors.entry(name.clone()).or_default() += 1;
+                if name != "ENFILE" {
+                    break; // EMFILE first: the per-process limit is lower than file-max allows
+                }
+                failed += 1;
+            }
+        }
+    }
+    println!("{}", json!({"pid": pid(), "opened": files.len(), "errors": errors}));
+}
+
 fn nonblocking_connect(addr: SocketAddr, syncnt: Option<i32>) -> OwnedFd {
     // SAFETY: plain socket syscalls on a descriptor we own; sockaddr_in built in place.
     unsafe {
@@ -295,8 +318,9 @@ fn main() {
         Some("emfile") => emfile(&args),
         Some("async") => async_connects(&args),
         Some("churn") => churn(&args),
+        Some("enfile") => enfile(&args),
         _ => {
-            eprintln!("usage: conntrace-workload ports|tw|tw-server|emfile|async|churn [options]");
+            eprintln!("usage: conntrace-workload ports|tw|tw-server|emfile|enfile|async|churn [options]");
             std::process::exit(2);
         }
     }
