@@ -182,6 +182,7 @@ struct State {
     /// by process; used by the verdicts of the interval, then dropped.
     early_net: BTreeMap<u32, Result<NetFacts, String>>,
     early_nofile: BTreeMap<u32, Nofile>,
+    early_file_nr: Option<Option<(u64, u64)>>,
     /// Event lines printed this interval in text mode, per (pid, kind, destination).
     printed: BTreeSet<(u32, &'static str, Option<String>, Option<u16>)>,
     last: Instant,
@@ -264,6 +265,7 @@ impl State {
             probe,
             net_cache: std::mem::take(&mut self.early_net),
             nofile_cache: std::mem::take(&mut self.early_nofile),
+            file_nr_cache: self.early_file_nr.take(),
         };
         let verdicts = self.engine.tick(&window, &mut evidence);
 
@@ -303,6 +305,7 @@ struct LiveEvidence<'a> {
     probe: &'a Probe,
     net_cache: BTreeMap<u32, Result<NetFacts, String>>,
     nofile_cache: BTreeMap<u32, Nofile>,
+    file_nr_cache: Option<Option<(u64, u64)>>,
 }
 
 /// RLIMIT_NOFILE (soft, hard) and open fds of a process, now.
@@ -331,7 +334,7 @@ impl Evidence for LiveEvidence<'_> {
     }
 
     fn file_nr(&mut self) -> Option<(u64, u64)> {
-        crate::facts::read_system().file_nr
+        *self.file_nr_cache.get_or_insert_with(|| crate::facts::read_system().file_nr)
     }
 
     fn net(&mut self, pid: u32, netns: u32) -> Result<NetFacts, String> {
@@ -378,6 +381,7 @@ pub async fn watch(args: WatchArgs) -> Result<()> {
         first_seen: BTreeMap::new(),
         early_net: BTreeMap::new(),
         early_nofile: BTreeMap::new(),
+        early_file_nr: None,
         printed: BTreeSet::new(),
         event_limits: BTreeMap::new(),
         match_cache: BTreeMap::new(),
@@ -485,6 +489,9 @@ fn drain<W: Write>(
                     }
                     (Cause::FdLimit, _) => {
                         st.early_nofile.entry(rec.pid).or_insert_with(|| nofile_now(rec.pid));
+                    }
+                    (Cause::FileMax, _) => {
+                        st.early_file_nr.get_or_insert_with(|| crate::facts::read_system().file_nr);
                     }
                     _ => {}
                 }

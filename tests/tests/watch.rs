@@ -10,7 +10,11 @@ use std::process::{Command, Stdio};
 const NETWORK_MODES: [&str; 4] = ["fexit", "tp_btf", "tracepoint", "kprobe"];
 
 fn assert_signal_exact(lines: &[serde_json::Value], signal: &str, modes: &[&'static str]) {
-    let modes = expected_modes(signal, modes);
+    check_signal(lines, signal, &expected_modes(signal, modes));
+}
+
+/// Like `assert_signal_exact`, with exactly these modes whatever the run expects.
+fn check_signal(lines: &[serde_json::Value], signal: &str, modes: &[&str]) {
     let s = &status(lines)["signals"][signal];
     let mode = s["mode"].as_str().unwrap_or("");
     assert!(modes.contains(&mode), "{signal} runs in mode {mode}: {s}");
@@ -23,7 +27,7 @@ fn ephemeral_port_exhaustion_is_counted_exactly() {
     if !require_root("ephemeral_port_exhaustion_is_counted_exactly") {
         return;
     }
-    port_exhaustion("127.0.0.1", &[], &NETWORK_MODES);
+    port_exhaustion("127.0.0.1", &[], None);
 }
 
 #[test]
@@ -31,7 +35,7 @@ fn ephemeral_port_exhaustion_over_ipv6() {
     if !require_root("ephemeral_port_exhaustion_over_ipv6") {
         return;
     }
-    port_exhaustion("::1", &[], &NETWORK_MODES);
+    port_exhaustion("::1", &[], None);
 }
 
 /// The same with tp_btf and fexit refused: the classic sock:inet_sock_set_state tracepoint
@@ -43,10 +47,11 @@ fn ephemeral_port_exhaustion_on_the_classic_tracepoint() {
     {
         return;
     }
-    port_exhaustion("127.0.0.1", &[("CONNTRACE_SKIP_HOOKS", "fexit,tp_btf")], &["tracepoint"]);
+    port_exhaustion("127.0.0.1", &[("CONNTRACE_SKIP_HOOKS", "fexit,tp_btf")], Some(&["tracepoint"]));
 }
 
-fn port_exhaustion(ip: &str, env: &[(&str, &str)], modes: &[&'static str]) {
+/// `modes`: the exact modes required (None: whatever the run expects).
+fn port_exhaustion(ip: &str, env: &[(&str, &str)], modes: Option<&[&str]>) {
     let ct = Conntrace::start_with_env(&[], env);
     // 4 ports in the range, the listener outside it: 4 connects succeed, 6 fail.
     // (ip_local_port_range also governs IPv6.)
@@ -61,8 +66,16 @@ fn port_exhaustion(ip: &str, env: &[(&str, &str)], modes: &[&'static str]) {
     assert_eq!(wl["ok"], 4, "workload: {wl}");
     assert_eq!(wl["errors"]["EADDRNOTAVAIL"], 6, "workload: {wl}");
 
-    assert_signal_exact(&lines, "port_assign", modes);
-    assert_signal_exact(&lines, "connect", modes);
+    match modes {
+        Some(m) => {
+            check_signal(&lines, "port_assign", m);
+            check_signal(&lines, "connect", m);
+        }
+        None => {
+            assert_signal_exact(&lines, "port_assign", &NETWORK_MODES);
+            assert_signal_exact(&lines, "connect", &NETWORK_MODES);
+        }
+    }
     assert_eq!(total(&lines, pid, "connect_attempts"), 10);
     assert_eq!(total(&lines, pid, "connect_ok"), 4);
     assert_eq!(total_errno(&lines, pid, "EADDRNOTAVAIL"), 6);
@@ -98,9 +111,15 @@ fn time_wait_is_charged_to_the_client_that_closed_first() {
     assert_eq!(wl["ok"], 30, "workload: {wl}");
     assert_signal_exact(&lines, "time_wait", &NETWORK_MODES);
     let counted = total(&lines, client, "time_wait_created");
-    // Ground truth from the kernel: TIME_WAIT sockets in the namespace.
-    assert_eq!(wl["time_wait_sockets"], 30, "workload: {wl}; conntrace counted {counted}");
-    assert_eq!(counted, 30);
+    // Every one of the 30 connections the client closed first created a TIME_WAIT socket;
+    // the namespace still holds them (on this machine all 30; under emulation one is
+    // occasionally gone by the time it is counted, never more).
+    assert_eq!(counted, 30, "workload: {wl}");
+    let present = wl["time_wait_sockets"].as_u64().unwrap();
+    assert!((29..=30).contains(&present), "workload: {wl}; conntrace counted {counted}");
+    if std::env::var("CONNTRACE_IN_VM").is_err() {
+        assert_eq!(present, 30, "workload: {wl}");
+    }
     assert_eq!(total(&lines, server, "time_wait_created"), 0, "the server closed last: no TIME_WAIT");
     assert_eq!(total(&lines, client, "connect_attempts"), 30);
     assert_eq!(total(&lines, client, "connect_ok"), 30);

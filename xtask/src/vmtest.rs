@@ -139,7 +139,8 @@ struct BootResult {
 }
 
 fn boot(root: &Path, vmlinuz: &Path, mode: &str, exes: &BTreeMap<String, PathBuf>, timeout: u64) -> Result<BootResult> {
-    let dir = std::env::temp_dir().join(format!("conntrace-vm-{}-{mode}", std::process::id()));
+    let kernel = vmlinuz.file_name().and_then(|n| n.to_str()).unwrap_or("kernel").trim_start_matches("vmlinuz-");
+    let dir = std::env::temp_dir().join(format!("conntrace-vm-{}-{kernel}-{mode}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let results = dir.join("results.txt");
@@ -199,10 +200,13 @@ fn boot(root: &Path, vmlinuz: &Path, mode: &str, exes: &BTreeMap<String, PathBuf
     } else {
         None
     };
-    // Keep failing output visible.
-    for line in text.lines() {
-        if line.contains("panicked") || line.contains("FAILED") || line.starts_with("kernel ") {
-            println!("    [{mode}] {line}");
+    // Keep failing output visible: the panic line and the assertion after it.
+    let lines: Vec<&str> = text.lines().collect();
+    for (i, line) in lines.iter().enumerate() {
+        if line.contains("panicked") {
+            for l in &lines[i..(i + 4).min(lines.len())] {
+                println!("    [{kernel} {mode}] {}", l.chars().take(600).collect::<String>());
+            }
         }
     }
     Ok(BootResult { secs, tests, problem })
@@ -232,7 +236,12 @@ pub fn run(root: &Path, kernel: &str, mode: &str, timeout: u64) -> Result<()> {
     for (k, image) in &images {
         for m in &modes {
             println!("xtask: booting {} in mode {m}", image.display());
-            let r = boot(root, image, m, &exes, timeout)?;
+            let mut r = boot(root, image, m, &exes, timeout)?;
+            if r.tests.is_empty() && r.problem.is_some() {
+                // The guest never ran the suite (virtme-ng failed to start it): boot once more.
+                println!("xtask: no result from that boot, retrying once");
+                r = boot(root, image, m, &exes, timeout)?;
+            }
             let mut cells = Vec::new();
             for sig in signals {
                 let relevant: Vec<bool> =
