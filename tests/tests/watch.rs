@@ -254,7 +254,7 @@ fn enfile_is_counted_with_file_max_lowered() {
         );
         return;
     }
-    let ct = Conntrace::start(&[]);
+    let mut ct = Conntrace::start(&[]);
     let nr: u64 =
         std::fs::read_to_string("/proc/sys/fs/file-nr").unwrap().split_whitespace().next().unwrap().parse().unwrap();
     let _restore = FileMax(std::fs::read_to_string("/proc/sys/fs/file-max").unwrap());
@@ -267,10 +267,13 @@ fn enfile_is_counted_with_file_max_lowered() {
         .args(["enfile", "--failures", "5"])
         .output()
         .unwrap();
-    drop(_restore);
-    let lines = ct.stop();
     let wl = report(&String::from_utf8_lossy(&out.stdout));
     let pid = wl["pid"].as_u64().unwrap();
+    // Keep the limit lowered until the verdict is out: its evidence is read at the failure.
+    let got = ct.wait_for(|v| v["type"] == "verdict" && v["pid"] == pid);
+    drop(_restore);
+    assert!(got, "no verdict within 30 s");
+    let lines = ct.stop();
     assert_eq!(wl["errors"]["ENFILE"], 5, "{wl}");
     assert_signal_exact(&lines, "fd_alloc", &["fexit", "raw_tracepoint", "tracepoint", "kprobe"]);
     assert_eq!(total(&lines, pid, "enfile"), 5);

@@ -100,6 +100,19 @@ impl Conntrace {
         }
     }
 
+    /// Waits (up to 30 s) for a line matching `pred`; every line read is kept.
+    pub fn wait_for(&mut self, pred: impl Fn(&Value) -> bool) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while let Ok(v) = self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            let hit = pred(&v);
+            self.seen.push(v);
+            if hit {
+                return true;
+            }
+        }
+        false
+    }
+
     /// SIGTERM, then everything it printed; asserts it exits 0.
     pub fn stop(mut self) -> Vec<Value> {
         // Let one more interval pass so the counts of the workload are in a sample.
