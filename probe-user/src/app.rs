@@ -19,13 +19,14 @@ use tokio::{
 
 use crate::{
     cli::WatchArgs,
+    evidence::{net_now, nofile_now, LiveEvidence},
     facts::NetFacts,
     model::{self, EventRecord, Sample, Snapshot},
-    netdiag, output,
+    output,
     probe::{self, Probe},
     procinfo,
     status::Status,
-    verdict::{self, Cause, Engine, Evidence, Nofile, Verdict, Window},
+    verdict::{self, Cause, Engine, Nofile, Verdict, Window},
 };
 
 /// Which processes the user asked about.
@@ -117,12 +118,11 @@ fn boot_offset() -> Duration {
 
 /// One process's fds against its RLIMIT_NOFILE, from /proc.
 pub fn proc_fds(pid: u32) -> Option<crate::check::ProcFds> {
-    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
-    let (soft, hard) = procinfo::parse_nofile(&limits)?;
+    let (soft, hard, open) = nofile_now(pid);
     Some(crate::check::ProcFds {
         pid,
         comm: procinfo::comm(pid).unwrap_or_else(|| "?".into()),
-        open: procinfo::open_fds(pid)?,
+        open: open?,
         soft,
         hard,
     })
@@ -296,53 +296,6 @@ impl State {
         self.status.losses = losses;
         self.status.watched = watched;
         Ok(changed)
-    }
-}
-
-/// Evidence from the running system: procfs, and sock_diag inside the failing process's
-/// network namespace (cached per namespace for one interval).
-struct LiveEvidence<'a> {
-    probe: &'a Probe,
-    net_cache: BTreeMap<u32, Result<NetFacts, String>>,
-    nofile_cache: BTreeMap<u32, Nofile>,
-    file_nr_cache: Option<Option<(u64, u64)>>,
-}
-
-/// RLIMIT_NOFILE (soft, hard) and open fds of a process, now.
-fn nofile_now(pid: u32) -> Nofile {
-    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok();
-    let (soft, hard) = limits.as_deref().and_then(procinfo::parse_nofile).unwrap_or((None, None));
-    (soft, hard, procinfo::open_fds(pid))
-}
-
-/// Facts of namespace `netns`, entered through `pid` or any process still in it.
-fn net_now(pid: u32, netns: u32) -> Result<NetFacts, String> {
-    let via = if netdiag::netns_inode(pid) == Some(netns) { Some(pid) } else { netdiag::process_in_netns(netns) };
-    match via {
-        Some(p) => crate::facts::read_net_of(Some(p)).map_err(|e| format!("{e:#}")),
-        None => Err(format!("network namespace {netns} is gone (no process left in it)")),
-    }
-}
-
-impl Evidence for LiveEvidence<'_> {
-    fn comm(&mut self, pid: u32) -> String {
-        procinfo::comm(pid).or_else(|| self.probe.kernel_comm(pid)).unwrap_or_else(|| "?".into())
-    }
-
-    fn nofile(&mut self, pid: u32) -> Nofile {
-        *self.nofile_cache.entry(pid).or_insert_with(|| nofile_now(pid))
-    }
-
-    fn file_nr(&mut self) -> Option<(u64, u64)> {
-        *self.file_nr_cache.get_or_insert_with(|| crate::facts::read_system().file_nr)
-    }
-
-    fn net(&mut self, pid: u32, netns: u32) -> Result<NetFacts, String> {
-        self.net_cache.entry(netns).or_insert_with(|| net_now(pid, netns)).clone()
-    }
-
-    fn alive(&mut self, pid: u32) -> bool {
-        procinfo::exists(pid)
     }
 }
 

@@ -250,12 +250,6 @@ impl Btf {
         None
     }
 
-    /// True if the kernel has a function (BTF FUNC) of that name: fentry/fexit can only
-    /// target those, and an inlined or renamed function is absent.
-    pub fn has_function(&self, name: &str) -> bool {
-        self.function_arity(name).is_some()
-    }
-
     /// Number of parameters of kernel function `name` (FUNC → FUNC_PROTO).
     pub fn function_arity(&self, name: &str) -> Option<usize> {
         let f = self.types.iter().find(|t| t.kind == KIND_FUNC && self.name(t.name_off) == name)?;

@@ -7,6 +7,7 @@ pub mod btf;
 pub mod check;
 pub mod cli;
 pub mod errno;
+pub mod evidence;
 pub mod facts;
 pub mod model;
 pub mod netdiag;

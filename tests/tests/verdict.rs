@@ -23,6 +23,17 @@ fn secs(ts: &Value) -> f64 {
     t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64()
 }
 
+/// A verdict reports the failures seen up to its interval: all of them where the workload is
+/// fast, a first part where it spans intervals (slow machines); the sample counters carry the
+/// exact totals (checked in watch.rs).
+fn assert_failures_so_far(v: &Value, total: u64) {
+    let n = v["failures"].as_u64().unwrap();
+    assert!(n >= 1 && n <= total, "verdict says {n} failures, the workload saw {total}: {v}");
+    if std::env::var("CONNTRACE_IN_VM").is_err() {
+        assert_eq!(n, total, "{v}");
+    }
+}
+
 /// The verdict came out within one interval of the first failure (plus scheduling slack).
 fn assert_prompt(v: &Value) {
     let delay = secs(&v["ts"]) - secs(&v["since"]);
@@ -47,7 +58,7 @@ fn fd_limit_verdict_with_evidence_then_resolution() {
     let (active, resolved) = (vs[0], vs[1]);
     assert_eq!(active["state"], "active");
     assert_prompt(active);
-    assert_eq!(active["failures"], 10);
+    assert_failures_so_far(active, 10);
     assert_eq!(active["evidence"]["nofile_soft"], 64);
     assert!(active["evidence"]["nofile_hard"].as_u64().unwrap() >= 64);
     assert!(active["evidence"]["open_fds"].as_u64().unwrap() >= 64, "{active}");
@@ -75,7 +86,7 @@ fn ephemeral_ports_verdict_when_established_connections_hold_the_ports() {
     let v = vs[0];
     assert_prompt(v);
     assert_eq!(v["destination"], "127.0.0.1:9000");
-    assert_eq!(v["failures"], wl["errors"]["EADDRNOTAVAIL"]);
+    assert_failures_so_far(v, wl["errors"]["EADDRNOTAVAIL"].as_u64().unwrap());
     let e = &v["evidence"];
     assert_eq!(e["range"], "40000-40003");
     assert_eq!(e["range_size"], 4);
@@ -114,7 +125,7 @@ fn ephemeral_ports_verdict_when_time_wait_holds_the_ports() {
     let v = vs[0];
     assert_prompt(v);
     assert_eq!(v["destination"], "127.0.0.2:9000");
-    assert_eq!(v["failures"], wl["errors"]["EADDRNOTAVAIL"]);
+    assert_failures_so_far(v, wl["errors"]["EADDRNOTAVAIL"].as_u64().unwrap());
     let e = &v["evidence"];
     // At the moment of failure every port of the range is taken by connections this side
     // closed first: TIME_WAIT, or FIN_WAIT2 while the server has not closed its side yet.

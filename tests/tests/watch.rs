@@ -283,5 +283,6 @@ fn enfile_is_counted_with_file_max_lowered() {
         .find(|v| v["type"] == "verdict" && v["pid"] == pid && v["cause"] == "file_max")
         .expect("file_max verdict");
     assert_eq!(v["evidence"]["file_max"], max, "{v}");
-    assert_eq!(v["failures"], 5);
+    // The failures seen up to the verdict's interval (all 5 unless they spanned intervals).
+    assert!((1..=5).contains(&v["failures"].as_u64().unwrap()), "{v}");
 }
