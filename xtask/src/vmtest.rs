@@ -237,9 +237,10 @@ pub fn run(root: &Path, kernel: &str, mode: &str, timeout: u64) -> Result<()> {
         for m in &modes {
             println!("xtask: booting {} in mode {m}", image.display());
             let mut r = boot(root, image, m, &exes, timeout)?;
-            if r.tests.is_empty() && r.problem.is_some() {
-                // The guest never ran the suite (virtme-ng failed to start it): boot once more.
-                println!("xtask: no result from that boot, retrying once");
+            if let Some(p) = &r.problem {
+                // The guest did not finish (virtme-ng failed to start it, or the emulated guest
+                // died mid-run, seen once in 16 boots): boot once more, and say so.
+                println!("xtask: that boot did not finish ({}), retrying once", p.lines().next().unwrap_or(""));
                 r = boot(root, image, m, &exes, timeout)?;
             }
             let mut cells = Vec::new();
