@@ -76,41 +76,47 @@ pub fn accept_kretprobe(ctx: RetProbeContext) -> u32 {
     0
 }
 
+/// Entry of a port search: remember the socket for the return probe.
+#[inline(always)]
+fn port_entry(ctx: &ProbeContext, slot: u64) {
+    // int inet{,6}_hash_connect(struct inet_timewait_death_row *, struct sock *sk)
+    if let Some(sk) = ctx.arg::<u64>(1) {
+        stash(slot, sk);
+    }
+}
+
+/// Return of a port search: -EADDRNOTAVAIL is a port-assignment failure.
+#[inline(always)]
+fn port_return(ctx: &RetProbeContext, slot: u64) {
+    let sk = unstash(slot);
+    if ctx.ret::<i32>() == -99 {
+        if let Some(sk) = sk {
+            port_failed(sk);
+        }
+    }
+}
+
 #[kprobe(function = "inet_hash_connect")]
 pub fn port_kprobe_v4(ctx: ProbeContext) -> u32 {
-    if let Some(sk) = ctx.arg::<u64>(1) {
-        stash(SLOT_PORT_V4, sk);
-    }
+    port_entry(&ctx, SLOT_PORT_V4);
     0
 }
 
 #[kretprobe(function = "inet_hash_connect")]
 pub fn port_kretprobe_v4(ctx: RetProbeContext) -> u32 {
-    let sk = unstash(SLOT_PORT_V4);
-    if ctx.ret::<i32>() == -99 {
-        if let Some(sk) = sk {
-            port_failed(sk);
-        }
-    }
+    port_return(&ctx, SLOT_PORT_V4);
     0
 }
 
 #[kprobe(function = "inet6_hash_connect")]
 pub fn port_kprobe_v6(ctx: ProbeContext) -> u32 {
-    if let Some(sk) = ctx.arg::<u64>(1) {
-        stash(SLOT_PORT_V6, sk);
-    }
+    port_entry(&ctx, SLOT_PORT_V6);
     0
 }
 
 #[kretprobe(function = "inet6_hash_connect")]
 pub fn port_kretprobe_v6(ctx: RetProbeContext) -> u32 {
-    let sk = unstash(SLOT_PORT_V6);
-    if ctx.ret::<i32>() == -99 {
-        if let Some(sk) = sk {
-            port_failed(sk);
-        }
-    }
+    port_return(&ctx, SLOT_PORT_V6);
     0
 }
 

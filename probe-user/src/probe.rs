@@ -189,8 +189,8 @@ fn has(fields: &[u32]) -> bool {
     fields.iter().all(|&f| f != OFFSET_MISSING)
 }
 
-const KRETPROBE_NOTE: &str =
-    "kretprobe: a call is missed if more are in flight at once than kretprobe instances (maxactive)";
+const KRETPROBE_NOTE: &str = "approximate: a kprobe that fires while another BPF kprobe runs on the same CPU is \
+     skipped by the kernel, and a kretprobe is missed when more calls are in flight than its instances";
 
 /// Which hook families the attach mode allows on this kernel.
 struct Allowed {
@@ -210,7 +210,10 @@ struct Attempt {
 impl Attempt {
     fn attached(&mut self, mode: Mode, hooks: Vec<String>, note: &str) {
         let note = (!note.is_empty()).then(|| note.to_string());
-        self.status = Some(SignalStatus { mode, exact: true, hooks, note });
+        // kprobe programs share one per-CPU recursion guard (bpf_prog_active): a probe firing
+        // while another of them runs on that CPU (softirq on top of a task) is skipped.
+        let exact = mode != Mode::Kprobe;
+        self.status = Some(SignalStatus { mode, exact, hooks, note });
     }
 
     fn failed(&mut self, what: &str, e: impl std::fmt::Display) {

@@ -13,12 +13,17 @@ fn assert_signal_exact(lines: &[serde_json::Value], signal: &str, modes: &[&'sta
     check_signal(lines, signal, &expected_modes(signal, modes));
 }
 
+fn kprobe_mode(lines: &[serde_json::Value], signal: &str) -> bool {
+    status(lines)["signals"][signal]["mode"] == "kprobe"
+}
+
 /// Like `assert_signal_exact`, with exactly these modes whatever the run expects.
 fn check_signal(lines: &[serde_json::Value], signal: &str, modes: &[&str]) {
     let s = &status(lines)["signals"][signal];
     let mode = s["mode"].as_str().unwrap_or("");
     assert!(modes.contains(&mode), "{signal} runs in mode {mode}: {s}");
-    assert_eq!(s["exact"], true, "{signal} not exact: {s}");
+    // kprobe mode says it is approximate (per-CPU recursion guard); every other mode is exact.
+    assert_eq!(s["exact"], mode != "kprobe", "{signal}: {s}");
     eprintln!("{signal}: mode {mode}, hooks {}", s["hooks"]);
 }
 
@@ -114,7 +119,12 @@ fn time_wait_is_charged_to_the_client_that_closed_first() {
     // Every one of the 30 connections the client closed first created a TIME_WAIT socket;
     // the namespace still holds them (on this machine all 30; under emulation one is
     // occasionally gone by the time it is counted, never more).
-    assert_eq!(counted, 30, "workload: {wl}");
+    if kprobe_mode(&lines, "time_wait") {
+        // TIME_WAIT runs in softirq, where a kprobe is skipped if it lands on another.
+        assert!((28..=30).contains(&counted), "workload: {wl}; conntrace counted {counted}");
+    } else {
+        assert_eq!(counted, 30, "workload: {wl}");
+    }
     let present = wl["time_wait_sockets"].as_u64().unwrap();
     assert!((29..=30).contains(&present), "workload: {wl}; conntrace counted {counted}");
     if std::env::var("CONNTRACE_IN_VM").is_err() {
