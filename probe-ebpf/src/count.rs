@@ -3,7 +3,7 @@
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    maps::ring_buf::RingBufEntry,
+    maps::{ring_buf::RingBufEntry, PerCpuHashMap},
 };
 use probe_common::{
     config::stat,
@@ -25,39 +25,37 @@ pub fn current_comm() -> [u8; COMM_LEN] {
     bpf_get_current_comm().unwrap_or([0; COMM_LEN])
 }
 
+/// Adds one to `key` of a per-CPU counter map on this CPU; true when this created the entry.
+/// A full map is counted in STATS.
+#[inline(always)]
+fn increment<K>(map: &PerCpuHashMap<K, u64>, key: &K) -> bool {
+    if let Some(p) = map.get_ptr_mut(key) {
+        unsafe { *p += 1 };
+        return false;
+    }
+    if map.insert(key, 1, BPF_NOEXIST as u64).is_ok() {
+        return true;
+    }
+    // Another CPU created the entry meanwhile (EEXIST): count on ours.
+    match map.get_ptr_mut(key) {
+        Some(p) => unsafe { *p += 1 },
+        None => stat_inc(stat::COUNTER_MAP_FULL),
+    }
+    false
+}
+
 /// Adds one to the counter (tgid, kind, aux) on this CPU.
 #[inline(always)]
 pub fn bump(tgid: u32, kind: u16, aux: u16, comm: &[u8; COMM_LEN]) {
-    let key = CountKey { tgid, kind, aux };
-    if let Some(p) = COUNTS.get_ptr_mut(key) {
-        unsafe { *p += 1 };
-        return;
-    }
-    match COUNTS.insert(key, 1, BPF_NOEXIST as u64) {
-        Ok(()) => {
-            let _ = COMMS.insert(tgid, comm, 0);
-        }
-        // Another CPU created the entry meanwhile (EEXIST): count on ours.
-        Err(_) => match COUNTS.get_ptr_mut(key) {
-            Some(p) => unsafe { *p += 1 },
-            None => stat_inc(stat::COUNTER_MAP_FULL),
-        },
+    if increment(&COUNTS, &CountKey { tgid, kind, aux }) {
+        let _ = COMMS.insert(tgid, comm, 0);
     }
 }
 
 /// Adds one to the per-destination counter `key` on this CPU.
 #[inline(always)]
 pub fn bump_dest(key: &DestKey) {
-    if let Some(p) = DEST_COUNTS.get_ptr_mut(key) {
-        unsafe { *p += 1 };
-        return;
-    }
-    if DEST_COUNTS.insert(key, 1, BPF_NOEXIST as u64).is_err() {
-        match DEST_COUNTS.get_ptr_mut(key) {
-            Some(p) => unsafe { *p += 1 },
-            None => stat_inc(stat::COUNTER_MAP_FULL),
-        }
-    }
+    increment(&DEST_COUNTS, key);
 }
 
 /// The per-destination key of socket `sk` (destination read from the socket).

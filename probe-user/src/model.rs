@@ -65,16 +65,24 @@ impl Counts {
     }
 }
 
+/// Growth of a counter between two reads. Counters only grow; a smaller value means the entry
+/// was deleted and re-created in between, so all of it is new.
+fn delta(before: u64, now: u64) -> u64 {
+    if now >= before {
+        now - before
+    } else {
+        now
+    }
+}
+
 /// Per-process change between two snapshots; processes with no change are left out.
 /// A counter missing from `prev` started at zero.
 pub fn diff(prev: &Snapshot, cur: &Snapshot) -> BTreeMap<u32, Counts> {
     let mut out: BTreeMap<u32, Counts> = BTreeMap::new();
     for (key, &now) in cur {
-        let before = prev.get(key).copied().unwrap_or(0);
-        // Counters only grow; a smaller value means the entry was deleted and re-created.
-        let delta = if now >= before { now - before } else { now };
-        if delta > 0 {
-            out.entry(key.tgid).or_default().add(key, delta);
+        let d = delta(prev.get(key).copied().unwrap_or(0), now);
+        if d > 0 {
+            out.entry(key.tgid).or_default().add(key, d);
         }
     }
     out
@@ -87,14 +95,13 @@ pub fn diff_dest(
 ) -> Vec<(DestKey, crate::verdict::Dest, u64)> {
     cur.iter()
         .filter_map(|(k, &now)| {
-            let before = prev.get(k).copied().unwrap_or(0);
-            let delta = if now >= before { now - before } else { now };
+            let d = delta(prev.get(k).copied().unwrap_or(0), now);
             let addr = match k.family as i32 {
                 libc::AF_INET => IpAddr::V4(Ipv4Addr::new(k.daddr[0], k.daddr[1], k.daddr[2], k.daddr[3])),
                 libc::AF_INET6 => IpAddr::V6(Ipv6Addr::from(k.daddr)),
                 _ => return None,
             };
-            (delta > 0).then_some((*k, crate::verdict::Dest { netns: k.netns, addr, port: k.dport }, delta))
+            (d > 0).then_some((*k, crate::verdict::Dest { netns: k.netns, addr, port: k.dport }, d))
         })
         .collect()
 }
