@@ -20,14 +20,16 @@ pub struct Config {
     pub sk_net: u32,
     pub sk_v6_daddr: u32,
     pub sk_v6_rcv_saddr: u32,
-    /// `skc_nulls_node.pprev`: NULL once the socket left the established hash table.
-    pub sk_nulls_pprev: u32,
     /// `struct sock::sk_err`.
     pub sk_err: u32,
     /// `struct sock::sk_protocol` (a u16 since Linux 5.6; `u32::MAX` when it is a bitfield).
     pub sk_protocol: u32,
     /// `struct net::ns.inum`: the namespace inode number `ls -l /proc/PID/ns/net` shows.
     pub net_ns_inum: u32,
+    /// `struct net::ipv4.tcp_death_row.{tw_refcount,sysctl_max_tw_buckets}`: the namespace's
+    /// TIME_WAIT count (+1) and its tcp_max_tw_buckets (include/net/inet_timewait_sock.h).
+    pub net_tw_refcount: u32,
+    pub net_max_tw_buckets: u32,
     /// fd → socket walk: `task_struct::files`, `files_struct::fdt`, `fdtable::{fd,max_fds}`,
     /// `file::private_data`, `socket::{type,sk}`.
     pub task_files: u32,
@@ -62,10 +64,11 @@ impl Config {
             sk_net: m,
             sk_v6_daddr: m,
             sk_v6_rcv_saddr: m,
-            sk_nulls_pprev: m,
             sk_err: m,
             sk_protocol: m,
             net_ns_inum: m,
+            net_tw_refcount: m,
+            net_max_tw_buckets: m,
             task_files: m,
             files_fdt: m,
             fdt_fd: m,
@@ -89,7 +92,8 @@ impl Config {
 pub mod role {
     /// Port-assignment failures are detected from SYN_SENT→CLOSE during connect() (no fexit).
     pub const PORT_VIA_SET_STATE: u32 = 0;
-    /// TIME_WAIT creation is detected from FIN_WAIT*/CLOSING→CLOSE with the socket unhashed.
+    /// TIME_WAIT creation (and tw-bucket overflow) is inferred from FIN_WAIT2/CLOSING→CLOSE
+    /// without an error or a reset.
     pub const TW_VIA_SET_STATE: u32 = 1;
     /// connect() outcomes are tracked (synchronous and asynchronous).
     pub const CONNECT: u32 = 2;
@@ -111,6 +115,8 @@ pub mod arity {
     /// `struct inet_timewait_sock *inet_twsk_alloc(const struct sock *,
     /// struct inet_timewait_death_row *, int state)`
     pub const INET_TWSK_ALLOC: usize = 3;
+    /// `int inet_bind(struct socket *, struct sockaddr *, int addr_len)` and `inet6_bind`
+    pub const INET_BIND: usize = 3;
     /// `static int alloc_fd(unsigned start, unsigned end, unsigned flags)` (fs/file.c)
     pub const ALLOC_FD: usize = 3;
     /// `struct file *alloc_empty_file(int flags, const struct cred *cred)` (fs/file_table.c)

@@ -51,12 +51,21 @@ pub mod kind {
     pub const PORT_ASSIGN_FAILURE: u16 = 6;
     /// A TIME_WAIT (timewait) socket was created for a socket this process owned.
     pub const TIME_WAIT: u16 = 7;
-    /// inet_twsk_alloc failed (tcp_max_tw_buckets reached); fexit mode only.
+    /// No TIME_WAIT socket could be created because the namespace's tcp_max_tw_buckets was
+    /// reached (inet_twsk_alloc returned NULL): the connection closed without TIME_WAIT.
     pub const TW_OVERFLOW: u16 = 8;
     /// fd allocation failed with EMFILE (RLIMIT_NOFILE).
     pub const EMFILE: u16 = 9;
     /// file allocation failed with ENFILE (fs.file-max).
     pub const ENFILE: u16 = 10;
+    /// bind() on a TCP socket failed; aux = errno (EADDRNOTAVAIL: the address is not local).
+    pub const BIND_ERROR: u16 = 11;
+    /// bind() to port 0 failed with EADDRINUSE: no port of the range was free for an
+    /// exclusive bind (inet_csk_get_port → inet_csk_find_open_port found none).
+    pub const BIND_PORT_EXHAUSTED: u16 = 12;
+    /// connect() on a socket that already had a local port (bind before connect): that port
+    /// is held exclusively, whatever the destination.
+    pub const CONNECT_BOUND: u16 = 13;
 }
 
 #[cfg(feature = "user")]

@@ -8,6 +8,8 @@ pub mod kind {
     pub const EMFILE: u16 = 2;
     pub const ENFILE: u16 = 3;
     pub const CONNECT_ERROR: u16 = 4;
+    /// bind() failed: `sport` is the requested port (0 = any), `saddr` the requested address.
+    pub const BIND_ERROR: u16 = 5;
 }
 
 /// `Event::flags` bits.

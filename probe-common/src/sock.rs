@@ -68,7 +68,23 @@ pub struct Inflight {
     pub daddr: [u8; 16],
 }
 
+/// Value of the `BINDS` map, keyed by thread id: one bind() in progress (syscall and kprobe
+/// hooks see the arguments at entry and the result at exit).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct BindCall {
+    pub family: u16,
+    /// Requested port, host order.
+    pub port: u16,
+    /// Network namespace inode of the socket.
+    pub netns: u32,
+    /// Requested address, network order; IPv4 in the first 4 bytes.
+    pub addr: [u8; 16],
+}
+
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for SockOwner {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for BindCall {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for Inflight {}

@@ -61,6 +61,11 @@ pub fn enter(sk: u64, sockaddr: u64, user_sockaddr: bool) {
         }
     }
     if inf.repoll == 0 {
+        // A local port before connect() means bind() chose it (bind-before-connect): it is
+        // held exclusively, so it cannot serve other destinations (inet_csk_get_port).
+        if sk_ports(sk).0 != 0 {
+            bump(tgid, kind::CONNECT_BOUND, 0, &current_comm());
+        }
         let owner =
             SockOwner { tgid, phase: phase::IN_CONNECT, pending: pending::NONE, pending_err: 0, comm: current_comm() };
         if OWNERS.insert(sk, owner, 0).is_err() {

@@ -58,6 +58,18 @@ pub fn sk_netns(sk: u64) -> u32 {
     read::<u32>(net, off!(net_ns_inum)).unwrap_or(0)
 }
 
+/// The socket's namespace and its TIME_WAIT table: (`struct net *`, TIME_WAIT sockets,
+/// tcp_max_tw_buckets). inet_twsk_alloc() refuses a new timewait socket when
+/// `tw_refcount - 1 >= sysctl_max_tw_buckets` (net/ipv4/inet_timewait_sock.c; the refcount
+/// starts at 1). None when the offsets are unknown on this kernel.
+#[inline(always)]
+pub fn sk_tw_table(sk: u64) -> Option<(u64, u32, u32)> {
+    let net = read::<u64>(sk, off!(sk_net))?;
+    let count = read::<u32>(net, off!(net_tw_refcount))?;
+    let max = read::<i32>(net, off!(net_max_tw_buckets))?;
+    Some((net, count.saturating_sub(1), max.max(0) as u32))
+}
+
 /// `skc_num` (local port, host order) and `skc_dport` (network order → host order).
 #[inline(always)]
 pub fn sk_ports(sk: u64) -> (u16, u16) {
@@ -101,16 +113,6 @@ pub fn fill_endpoints(ev: &mut probe_common::event::Event, sk: u64) {
     ev.dport = dport;
     ev.netns = sk_netns(sk);
     sk_addrs(sk, family, &mut ev.saddr, Some(&mut ev.daddr));
-}
-
-/// True once the socket has left the established hash (`sk_unhashed()` on
-/// `skc_nulls_node`). tcp_time_wait() → inet_twsk_hashdance_schedule() unhashes the full
-/// socket *before* tcp_done() moves it to CLOSE, whereas every other path to CLOSE
-/// (reset, tw allocation failure, linger) unhashes it only after the state change
-/// (tcp_set_state → inet_unhash), so at the tracepoint this tells them apart.
-#[inline(always)]
-pub fn sk_unhashed(sk: u64) -> Option<bool> {
-    read::<u64>(sk, off!(sk_nulls_pprev)).map(|p| p == 0)
 }
 
 /// The `struct sock *` behind file descriptor `fd` of the current task, if it is a stream

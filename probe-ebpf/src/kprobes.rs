@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use probe_common::counters::kind;
 
-use crate::{connect, count::current, fd, kernel::socket_stream_sk, progs::port_failed, state};
+use crate::{bind, connect, count::current, fd, kernel::socket_stream_sk, progs::port_failed, state};
 
 /// (thread id << 8 | slot) → the stashed argument.
 #[map]
@@ -54,6 +54,41 @@ pub fn connect_kprobe(ctx: ProbeContext) -> u32 {
 #[kretprobe(function = "inet_stream_connect")]
 pub fn connect_kretprobe(ctx: RetProbeContext) -> u32 {
     connect::exit(ctx.ret::<i32>() as i64);
+    0
+}
+
+/// inet_bind / inet6_bind entry: park the requested address for the return probe.
+#[inline(always)]
+fn bind_entry(ctx: &ProbeContext) {
+    let (Some(sock), Some(uaddr)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) else {
+        return;
+    };
+    if let Some(sk) = socket_stream_sk(sock) {
+        bind::enter(sk, bind::call(uaddr, false));
+    }
+}
+
+#[kprobe(function = "inet_bind")]
+pub fn bind_kprobe_v4(ctx: ProbeContext) -> u32 {
+    bind_entry(&ctx);
+    0
+}
+
+#[kprobe(function = "inet6_bind")]
+pub fn bind_kprobe_v6(ctx: ProbeContext) -> u32 {
+    bind_entry(&ctx);
+    0
+}
+
+#[kretprobe(function = "inet_bind")]
+pub fn bind_kretprobe_v4(ctx: RetProbeContext) -> u32 {
+    bind::exit(ctx.ret::<i32>() as i64);
+    0
+}
+
+#[kretprobe(function = "inet6_bind")]
+pub fn bind_kretprobe_v6(ctx: RetProbeContext) -> u32 {
+    bind::exit(ctx.ret::<i32>() as i64);
     0
 }
 

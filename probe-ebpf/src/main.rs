@@ -16,6 +16,7 @@ macro_rules! off {
     };
 }
 
+mod bind;
 mod connect;
 mod count;
 mod fd;

@@ -8,7 +8,7 @@ use aya_ebpf::{
 use probe_common::{
     config::{role, stat},
     counters::{CountKey, DestKey},
-    sock::{Inflight, SockOwner},
+    sock::{BindCall, Inflight, SockOwner},
     COMM_LEN,
 };
 
@@ -36,6 +36,20 @@ pub static OWNERS: LruHashMap<u64, SockOwner> = LruHashMap::with_max_entries(131
 /// once, so a plain (cheaper) hash; a full map is counted in STATS.
 #[map]
 pub static INFLIGHT: HashMap<u32, Inflight> = HashMap::with_max_entries(16384, 0);
+
+/// bind() calls in progress (syscall tracepoint and kprobe modes), keyed by thread id.
+#[map]
+pub static BINDS: HashMap<u32, BindCall> = HashMap::with_max_entries(4096, 0);
+
+/// Sockets that sent a reset (tcp:tcp_send_reset), removed at their CLOSE: such a close is
+/// an abort, not a TIME_WAIT. LRU: a reset socket that never reaches CLOSE just ages out.
+#[map]
+pub static RST_SENT: LruHashMap<u64, u8> = LruHashMap::with_max_entries(16384, 0);
+
+/// TIME_WAIT count of each namespace (`struct net *`) at the last close that could enter
+/// TIME_WAIT: tells the close that took the table's last slot from the first one refused.
+#[map]
+pub static TW_SEEN: LruHashMap<u64, u32> = LruHashMap::with_max_entries(1024, 0);
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);

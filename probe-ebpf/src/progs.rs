@@ -12,10 +12,10 @@ use probe_common::{
 };
 
 use crate::{
-    connect,
+    bind, connect,
     count::{bump, bump_dest, current, current_comm, dest_of_sock, new_event},
     fd,
-    kernel::{current_nofile_limit, current_stream_sock, fill_endpoints, read, sk_is_tcp, socket_stream_sk},
+    kernel::{current_nofile_limit, current_stream_sock, fill_endpoints, read, sk_is_tcp, sk_netns, socket_stream_sk},
     maps::{role_on, INFLIGHT},
     state,
 };
@@ -54,6 +54,75 @@ pub fn set_state_tp(ctx: TracePointContext) -> u32 {
         return 0;
     };
     state::on_set_state(sk, old, new);
+    0
+}
+
+/// tcp:tcp_send_reset (`sk` is argument 0 on every kernel that has it).
+#[btf_tracepoint(function = "tcp_send_reset")]
+pub fn send_reset_btf(ctx: BtfTracePointContext) -> i32 {
+    state::on_send_reset(ctx.arg(0));
+    0
+}
+
+/// Classic tracepoint: `skaddr` at offset 16, checked against the format file.
+#[tracepoint(category = "tcp", name = "tcp_send_reset")]
+pub fn send_reset_tp(ctx: TracePointContext) -> u32 {
+    if let Ok(sk) = unsafe { ctx.read_at::<u64>(16) } {
+        state::on_send_reset(sk);
+    }
+    0
+}
+
+// ---- bind() ----
+
+#[inline(always)]
+fn bind_fexit(ctx: &FExitContext) {
+    // int inet_bind(struct socket *sock, struct sockaddr *uaddr, int addr_len), and inet6_bind
+    let ret = fexit_ret::<i32>(ctx, arity::INET_BIND);
+    if ret >= 0 {
+        return;
+    }
+    let sock: u64 = ctx.arg(0);
+    let Some(sk) = socket_stream_sk(sock) else {
+        return;
+    };
+    if !sk_is_tcp(sk) {
+        return;
+    }
+    let mut c = bind::call(ctx.arg(1), false);
+    c.netns = sk_netns(sk);
+    bind::result(ret as i64, &c);
+}
+
+#[fexit(function = "inet_bind")]
+pub fn bind_fexit_v4(ctx: FExitContext) -> u32 {
+    bind_fexit(&ctx);
+    0
+}
+
+#[fexit(function = "inet6_bind")]
+pub fn bind_fexit_v6(ctx: FExitContext) -> u32 {
+    bind_fexit(&ctx);
+    0
+}
+
+/// sys_enter_bind: fd at 16, umyaddr at 24 (checked against the format file).
+#[tracepoint(category = "syscalls", name = "sys_enter_bind")]
+pub fn bind_enter_tp(ctx: TracePointContext) -> u32 {
+    let (Ok(fd), Ok(addr)) = (unsafe { ctx.read_at::<u64>(16) }, unsafe { ctx.read_at::<u64>(24) }) else {
+        return 0;
+    };
+    if let Some(sk) = current_stream_sock(fd) {
+        bind::enter(sk, bind::call(addr, true));
+    }
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_bind")]
+pub fn bind_exit_tp(ctx: TracePointContext) -> u32 {
+    if let Ok(ret) = unsafe { ctx.read_at::<i64>(16) } {
+        bind::exit(ret);
+    }
     0
 }
 

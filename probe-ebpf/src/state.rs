@@ -9,8 +9,8 @@ use probe_common::{
 use crate::{
     connect,
     count::{bump, bump_dest, dest_of_sock},
-    kernel::{sk_is_tcp, sk_unhashed},
-    maps::{role_on, OWNERS},
+    kernel::{sk_err, sk_is_tcp, sk_tw_table},
+    maps::{role_on, OWNERS, RST_SENT, TW_SEEN},
 };
 
 #[inline(always)]
@@ -32,14 +32,23 @@ pub fn on_set_state(sk: u64, oldstate: i32, newstate: i32) {
     if newstate != tcp_state::CLOSE {
         return;
     }
-    // tcp_time_wait() is entered from FIN_WAIT2 or CLOSING (FIN_WAIT1 only through an
-    // immediate FIN_WAIT2 step); only when it really created the timewait socket is the full
-    // socket already unhashed here.
-    if (oldstate == tcp_state::FIN_WAIT1 || oldstate == tcp_state::FIN_WAIT2 || oldstate == tcp_state::CLOSING)
+    let reset_sent = RST_SENT.get_ptr(sk).is_some();
+    if reset_sent {
+        let _ = RST_SENT.remove(sk);
+    }
+    // tcp_time_wait() runs from FIN_WAIT2 or CLOSING (FIN_WAIT1 first steps to FIN_WAIT2) and
+    // ends in tcp_done(), whatever inet_twsk_alloc() returned. The other ways from those
+    // states to CLOSE are aborts: a received reset sets sk_err first (tcp_reset →
+    // tcp_done_with_error), and one sent by us (FIN_WAIT2 timeout, data after close, orphan
+    // limits, linger 0) passes tcp:tcp_send_reset first. The socket is unhashed at this
+    // tracepoint on every path (tcp_set_state unhashes before inet_sk_state_store traces),
+    // so that cannot tell them apart.
+    if (oldstate == tcp_state::FIN_WAIT2 || oldstate == tcp_state::CLOSING)
         && role_on(role::TW_VIA_SET_STATE)
-        && sk_unhashed(sk) == Some(true)
+        && !reset_sent
+        && sk_err(sk) == 0
     {
-        charge_to_owner(sk, kind::TIME_WAIT);
+        charge_to_owner(sk, tw_outcome(sk));
     }
     // The socket is done: forget its owner, unless connect() is still running in the owner's
     // thread and will settle the outcome itself (connect::exit removes it then).
@@ -47,6 +56,32 @@ pub fn on_set_state(sk: u64, oldstate: i32, newstate: i32) {
         if unsafe { (*o).phase } != phase::IN_CONNECT {
             let _ = OWNERS.remove(sk);
         }
+    }
+}
+
+/// TIME_WAIT or tw-bucket overflow, for a close that went through tcp_time_wait(). Below
+/// tcp_max_tw_buckets inet_twsk_alloc() succeeded. At the limit it either just took the
+/// last slot (the count grew since the previous such close in this namespace) or was
+/// refused. Approximate when TIME_WAITs expire while the table sits at the limit.
+#[inline(always)]
+fn tw_outcome(sk: u64) -> u16 {
+    let Some((net, count, max)) = sk_tw_table(sk) else {
+        return kind::TIME_WAIT;
+    };
+    let prev = TW_SEEN.get_ptr(net).map(|p| unsafe { *p });
+    let _ = TW_SEEN.insert(net, count, 0);
+    if count < max || prev.is_some_and(|p| count > p) {
+        kind::TIME_WAIT
+    } else {
+        kind::TW_OVERFLOW
+    }
+}
+
+/// tcp:tcp_send_reset: remember that `sk` aborted (see `on_set_state`).
+#[inline(always)]
+pub fn on_send_reset(sk: u64) {
+    if sk != 0 && role_on(role::TW_VIA_SET_STATE) {
+        let _ = RST_SENT.insert(sk, 1, 0);
     }
 }
 

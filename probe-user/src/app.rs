@@ -21,7 +21,7 @@ use crate::{
     cli::WatchArgs,
     evidence::{net_now, nofile_now, LiveEvidence},
     facts::NetFacts,
-    model::{self, EventRecord, Sample, Snapshot},
+    model::{self, endpoint, EventRecord, Sample, Snapshot},
     output,
     probe::{self, Probe},
     procinfo,
@@ -192,6 +192,8 @@ struct State {
     event_limits: BTreeMap<u32, u64>,
     /// Filter decisions per pid, so events do not read /proc each time.
     match_cache: BTreeMap<u32, bool>,
+    /// Addresses refused with EADDRNOTAVAIL this interval, per process (from events).
+    unavailable_addrs: BTreeMap<u32, BTreeSet<String>>,
 }
 
 impl State {
@@ -260,6 +262,7 @@ impl State {
             }
         }
         window.first_seen = std::mem::take(&mut self.first_seen);
+        window.unavailable_addrs = std::mem::take(&mut self.unavailable_addrs);
         self.printed.clear();
         let mut evidence = LiveEvidence {
             probe,
@@ -332,6 +335,7 @@ pub async fn watch(args: WatchArgs) -> Result<()> {
         prev_dest: probe.dest_snapshot()?,
         engine: Engine::new(args.interval),
         first_seen: BTreeMap::new(),
+        unavailable_addrs: BTreeMap::new(),
         early_net: BTreeMap::new(),
         early_nofile: BTreeMap::new(),
         early_file_nr: None,
@@ -426,8 +430,16 @@ fn drain<W: Write>(
             "port_assign_failure" => Some(Cause::EphemeralPorts),
             "emfile" => Some(Cause::FdLimit),
             "enfile" => Some(Cause::FileMax),
+            "bind_error" if rec.errno == "EADDRINUSE" && rec.sport == Some(0) => Some(Cause::BindHoarding),
+            // Port-search failures come as port_assign_failure: these are the other kind.
+            "bind_error" | "connect_error" if rec.errno == "EADDRNOTAVAIL" => Some(Cause::AddressUnavailable),
             _ => None,
         };
+        if cause == Some(Cause::AddressUnavailable) {
+            if let (Some(a), Some(p)) = (&rec.saddr, rec.sport) {
+                st.unavailable_addrs.entry(rec.pid).or_default().insert(endpoint(a, p));
+            }
+        }
         if let Some(cause) = cause {
             // The first failure of a process and cause this interval: take the evidence now,
             // while the state that caused it is still there.

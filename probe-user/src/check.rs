@@ -394,6 +394,7 @@ mod tests {
             somaxconn: Some(4096),
             tcp_fin_timeout: Some(60),
             sockets,
+            tcp_ext: Default::default(),
             netns: Some(1),
         }
     }

@@ -56,4 +56,8 @@ impl Evidence for LiveEvidence<'_> {
     fn alive(&mut self, pid: u32) -> bool {
         procinfo::exists(pid)
     }
+
+    fn netns(&mut self, pid: u32) -> Option<u32> {
+        netdiag::netns_inode(pid)
+    }
 }

@@ -17,6 +17,8 @@ pub struct NetFacts {
     pub somaxconn: Option<u64>,
     pub tcp_fin_timeout: Option<u64>,
     pub sockets: Vec<TcpSocket>,
+    /// The namespace's TcpExt counters (/proc/net/netstat), e.g. TCPTimeWaitOverflow.
+    pub tcp_ext: BTreeMap<String, u64>,
     /// Inode of the namespace the facts were read in.
     pub netns: Option<u32>,
 }
@@ -57,6 +59,19 @@ pub fn parse_reserved(s: &str) -> Vec<(u16, u16)> {
 pub fn parse_file_nr(s: &str) -> Option<(u64, u64)> {
     let v: Vec<u64> = s.split_whitespace().filter_map(|x| x.parse().ok()).collect();
     (v.len() == 3).then(|| (v[0], v[2]))
+}
+
+/// One section of /proc/net/netstat (a header line of names, then a line of values, both
+/// prefixed "TcpExt:") as name → value.
+pub fn parse_netstat(s: &str, section: &str) -> BTreeMap<String, u64> {
+    let prefix = format!("{section}:");
+    let mut lines = s.lines().filter(|l| l.starts_with(&prefix));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+        return BTreeMap::new();
+    };
+    let names = names[prefix.len()..].split_whitespace();
+    let values = values[prefix.len()..].split_whitespace().map(|v| v.parse::<u64>().ok());
+    names.zip(values).filter_map(|(n, v)| Some((n.to_string(), v?))).collect()
 }
 
 /// The `TCP:` line of /proc/net/sockstat as name → value.
@@ -114,6 +129,8 @@ pub fn read_net() -> NetFacts {
         somaxconn: read_u64("/proc/sys/net/core/somaxconn"),
         tcp_fin_timeout: read_u64("/proc/sys/net/ipv4/tcp_fin_timeout"),
         sockets: netdiag::tcp_sockets().unwrap_or_default(),
+        // /proc/net is the main thread's namespace; this thread may have entered another.
+        tcp_ext: read("/proc/thread-self/net/netstat").map(|s| parse_netstat(&s, "TcpExt")).unwrap_or_default(),
         // thread-self: this thread may have entered another namespace than the process's.
         netns: netdiag::ns_link_inode("/proc/thread-self/ns/net"),
     }
@@ -170,6 +187,17 @@ pub fn sockets_toward(facts: &NetFacts, dst: IpAddr, dport: u16) -> BTreeMap<&'s
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn netstat_sections_pair_names_with_values() {
+        let s = "TcpExt: SyncookiesSent ListenOverflows TCPTimeWaitOverflow\nTcpExt: 0 28 20\n\
+                 IpExt: InNoRoutes\nIpExt: 3\n";
+        let t = parse_netstat(s, "TcpExt");
+        assert_eq!(t["ListenOverflows"], 28);
+        assert_eq!(t["TCPTimeWaitOverflow"], 20);
+        assert!(!t.contains_key("InNoRoutes"));
+        assert!(parse_netstat("", "TcpExt").is_empty());
+    }
 
     #[test]
     fn parses_sysctl_formats() {

@@ -31,6 +31,14 @@ pub struct Counts {
     pub time_wait_created: u64,
     pub emfile: u64,
     pub enfile: u64,
+    /// Closes that found the namespace's tw table full (tcp_max_tw_buckets): no TIME_WAIT.
+    pub tw_overflows: u64,
+    /// Failed bind() calls on TCP sockets, by errno name.
+    pub bind_errors: BTreeMap<String, u64>,
+    /// Of `bind_errors`, binds to port 0 that found no free port (EADDRINUSE).
+    pub bind_failures: u64,
+    /// connect() calls on sockets that bind() had already given a port.
+    pub bound_connects: u64,
 }
 
 impl Counts {
@@ -55,7 +63,10 @@ impl Counts {
             kind::TIME_WAIT => self.time_wait_created += n,
             kind::EMFILE => self.emfile += n,
             kind::ENFILE => self.enfile += n,
-            // Counted by the kernel for later issues' signals; not part of this contract yet.
+            kind::TW_OVERFLOW => self.tw_overflows += n,
+            kind::BIND_ERROR => *self.bind_errors.entry(errno::name(key.aux)).or_default() += n,
+            kind::BIND_PORT_EXHAUSTED => self.bind_failures += n,
+            kind::CONNECT_BOUND => self.bound_connects += n,
             _ => {}
         }
     }
@@ -158,9 +169,12 @@ pub fn decode(ev: &Event, boot_offset: Duration) -> EventRecord {
         event::kind::EMFILE => "emfile",
         event::kind::ENFILE => "enfile",
         event::kind::CONNECT_ERROR => "connect_error",
+        event::kind::BIND_ERROR => "bind_error",
         _ => "unknown",
     };
     let network = ev.family != 0;
+    // A bind has no destination: saddr/sport are what was asked for.
+    let has_dest = network && ev.kind != event::kind::BIND_ERROR;
     EventRecord {
         ts: SystemTime::UNIX_EPOCH + boot_offset + Duration::from_nanos(ev.ts_ns),
         kind,
@@ -171,8 +185,8 @@ pub fn decode(ev: &Event, boot_offset: Duration) -> EventRecord {
         netns: (ev.netns != 0).then_some(ev.netns),
         saddr: if network { addr(ev.family, &ev.saddr) } else { None },
         sport: network.then_some(ev.sport),
-        daddr: if network { addr(ev.family, &ev.daddr) } else { None },
-        dport: network.then_some(ev.dport),
+        daddr: if has_dest { addr(ev.family, &ev.daddr) } else { None },
+        dport: has_dest.then_some(ev.dport),
         limit: (ev.kind == event::kind::EMFILE && ev.limit != 0).then_some(ev.limit),
         syscall_nr: (ev.syscall_nr >= 0).then_some(ev.syscall_nr),
         is_async: ev.flags & event::flag::ASYNC != 0,
@@ -199,6 +213,11 @@ mod tests {
             (key(10, kind::CONNECT_ASYNC_ERROR, 111), 2),
             (key(10, kind::PORT_ASSIGN_FAILURE, 0), 6),
             (key(20, kind::TIME_WAIT, 0), 30),
+            (key(20, kind::TW_OVERFLOW, 0), 5),
+            (key(30, kind::BIND_ERROR, 98), 4),
+            (key(30, kind::BIND_ERROR, 99), 1),
+            (key(30, kind::BIND_PORT_EXHAUSTED, 0), 4),
+            (key(30, kind::CONNECT_BOUND, 0), 50),
         ]
         .into();
         let d = diff(&prev, &cur);
@@ -212,6 +231,12 @@ mod tests {
         assert_eq!(a.connect_error_total(), 8);
         assert_eq!(a.port_assign_failures, 6);
         assert_eq!(d[&20].time_wait_created, 30);
+        assert_eq!(d[&20].tw_overflows, 5);
+        let b = &d[&30];
+        assert_eq!(b.bind_errors["EADDRINUSE"], 4);
+        assert_eq!(b.bind_errors["EADDRNOTAVAIL"], 1);
+        assert_eq!(b.bind_failures, 4);
+        assert_eq!(b.bound_connects, 50);
     }
 
     #[test]

@@ -55,6 +55,10 @@ pub fn sample_json(ts: SystemTime, s: &Sample) -> Value {
         "time_wait_created": c.time_wait_created,
         "emfile": c.emfile,
         "enfile": c.enfile,
+        "tw_overflows": c.tw_overflows,
+        "bind_errors": c.bind_errors,
+        "bind_failures": c.bind_failures,
+        "bound_connects": c.bound_connects,
         "nofile_limit": s.nofile_limit,
         "open_fds": s.open_fds,
     })
@@ -79,6 +83,10 @@ pub fn event_json(e: &EventRecord) -> Value {
         o.insert("daddr".into(), json!(e.daddr));
         o.insert("dport".into(), json!(e.dport));
         o.insert("async".into(), json!(e.is_async));
+    } else if e.saddr.is_some() {
+        // bind(): the address and port that were asked for.
+        o.insert("saddr".into(), json!(e.saddr));
+        o.insert("sport".into(), json!(e.sport));
     }
     if let Some(limit) = e.limit {
         o.insert("nofile_limit".into(), json!(limit));
@@ -138,10 +146,14 @@ pub fn status_text(s: &Status) -> String {
 }
 
 fn errors_text(s: &Sample) -> String {
-    if s.counts.connect_errors.is_empty() {
+    let c = &s.counts;
+    let connect = c.connect_errors.iter().map(|(k, v)| format!("{k}:{v}"));
+    let bind = c.bind_errors.iter().map(|(k, v)| format!("bind:{k}:{v}"));
+    let all: Vec<String> = connect.chain(bind).collect();
+    if all.is_empty() {
         return "-".into();
     }
-    s.counts.connect_errors.iter().map(|(k, v)| format!("{k}:{v}")).collect::<Vec<_>>().join(",")
+    all.join(",")
 }
 
 fn fds_text(s: &Sample) -> String {
@@ -158,8 +170,8 @@ pub fn interval_text(ts: SystemTime, samples: &[Sample]) -> String {
     let stamp = rfc3339(ts);
     let _ = writeln!(
         out,
-        "{:<7} {:<15} {:>7} {:>7} {:>6} {:>8} {:>7} {:>6} {:>6} {:>11}  ERRORS   [{stamp}]",
-        "PID", "COMM", "CONNECT", "OK", "ERR", "PORTFAIL", "TW", "EMFILE", "ENFILE", "FDS/LIMIT"
+        "{:<7} {:<15} {:>7} {:>7} {:>6} {:>8} {:>7} {:>5} {:>8} {:>6} {:>6} {:>11}  ERRORS   [{stamp}]",
+        "PID", "COMM", "CONNECT", "OK", "ERR", "PORTFAIL", "TW", "TWOVF", "BINDFAIL", "EMFILE", "ENFILE", "FDS/LIMIT"
     );
     if samples.is_empty() {
         let _ = writeln!(out, "(no activity)");
@@ -168,7 +180,7 @@ pub fn interval_text(ts: SystemTime, samples: &[Sample]) -> String {
         let c = &s.counts;
         let _ = writeln!(
             out,
-            "{:<7} {:<15} {:>7} {:>7} {:>6} {:>8} {:>7} {:>6} {:>6} {:>11}  {}",
+            "{:<7} {:<15} {:>7} {:>7} {:>6} {:>8} {:>7} {:>5} {:>8} {:>6} {:>6} {:>11}  {}",
             s.pid,
             s.comm,
             c.connect_attempts,
@@ -176,6 +188,8 @@ pub fn interval_text(ts: SystemTime, samples: &[Sample]) -> String {
             c.connect_error_total(),
             c.port_assign_failures,
             c.time_wait_created,
+            c.tw_overflows,
+            c.bind_failures,
             c.emfile,
             c.enfile,
             fds_text(s),
@@ -190,6 +204,11 @@ pub fn event_text(e: &EventRecord) -> String {
     if let (Some(d), Some(p)) = (&e.daddr, e.dport) {
         let src = e.saddr.as_deref().unwrap_or("?");
         let _ = write!(out, " {} -> {}", src, endpoint(d, p));
+    }
+    if e.kind == "bind_error" {
+        if let (Some(a), Some(p)) = (&e.saddr, e.sport) {
+            let _ = write!(out, " bind {}", endpoint(a, p));
+        }
     }
     let _ = write!(out, " {}", e.errno);
     if e.is_async {
@@ -292,7 +311,7 @@ mod tests {
         assert!(lines.next().unwrap().starts_with("PID     COMM            CONNECT"));
         assert_eq!(
             lines.next().unwrap(),
-            "42      client               10       4      6        6       0      0      0      9/1024  EADDRNOTAVAIL:6"
+            "42      client               10       4      6        6       0     0        0      0      0      9/1024  EADDRNOTAVAIL:6"
         );
         let s = status_text(&status());
         assert!(s.contains("port_assign  tp_btf          exact"));

@@ -373,7 +373,26 @@ impl Loader<'_> {
         at
     }
 
-    fn time_wait(&mut self, a: &Allowed, set_state: Option<&(Mode, String)>, unhashed_ok: bool) -> Attempt {
+    /// The hook that tells aborts from TIME_WAIT in the set_state fallback: tcp:tcp_send_reset.
+    fn send_reset(&mut self) -> Result<String, String> {
+        match self.tp_btf("send_reset_btf", "tcp_send_reset") {
+            Ok(h) => return Ok(h),
+            Err(e) => {
+                let layout = tracefs_format("tcp", "tcp_send_reset")
+                    .ok_or_else(|| "tracepoint tcp/tcp_send_reset not found".to_string())
+                    .and_then(|f| tpformat::check(&f, &[("skaddr", 16, 8)]));
+                if let Err(e2) = layout {
+                    return Err(format!("tp_btf: {}; tracepoint: {e2}", reason(&e)));
+                }
+            }
+        }
+        self.tracepoint("send_reset_tp", &[("tcp", "tcp_send_reset")])
+            .map(|mut h| h.remove(0))
+            .map_err(|e| format!("tracepoint: {}", reason(&e)))
+    }
+
+    /// TIME_WAIT creation and tw-bucket overflow (one hook serves both).
+    fn time_wait(&mut self, a: &Allowed, set_state: Option<&(Mode, String)>, err_ok: bool) -> Attempt {
         let mut at = Attempt::default();
         if a.fexit {
             match self.fexit("tw_fexit", "inet_twsk_alloc", Some(arity::INET_TWSK_ALLOC)) {
@@ -383,20 +402,77 @@ impl Loader<'_> {
         }
         if !at.done() && a.tp {
             match set_state {
-                Some((m, h)) if unhashed_ok => {
-                    self.roles.push(role::TW_VIA_SET_STATE);
-                    at.attached(
-                        *m,
-                        vec![h.clone()],
-                        "FIN_WAIT/CLOSING→CLOSE with the socket already unhashed by tcp_time_wait",
-                    );
-                }
-                _ => at.failed("fallback", "needs inet_sock_set_state and skc_nulls_node in BTF"),
+                Some((m, h)) if err_ok => match self.send_reset() {
+                    Ok(rst) => {
+                        self.roles.push(role::TW_VIA_SET_STATE);
+                        at.attached(
+                            *m,
+                            vec![h.clone(), rst],
+                            "FIN_WAIT2/CLOSING→CLOSE without sk_err and without a reset sent (tcp_time_wait → tcp_done)",
+                        );
+                    }
+                    Err(e) => at.failed("fallback", e),
+                },
+                _ => at.failed("fallback", "needs inet_sock_set_state and sock.sk_err in BTF"),
             }
         }
         if !at.done() && a.kprobe {
             match self.kprobes(&[("tw_kprobe", "inet_twsk_alloc"), ("tw_kretprobe", "inet_twsk_alloc")]) {
                 Ok(hooks) => at.attached(Mode::Kprobe, hooks, KRETPROBE_NOTE),
+                Err(e) => at.failed("kprobe", reason(&e)),
+            }
+        }
+        at
+    }
+
+    /// Failed bind() calls on TCP sockets.
+    fn bind(&mut self, a: &Allowed, fd_walk_ok: bool) -> Attempt {
+        let mut at = Attempt::default();
+        if a.fexit {
+            match self.fexit("bind_fexit_v4", "inet_bind", Some(arity::INET_BIND)) {
+                Ok(h) => {
+                    let mut hooks = vec![h];
+                    let mut note = String::new();
+                    match self.fexit("bind_fexit_v6", "inet6_bind", Some(arity::INET_BIND)) {
+                        Ok(h6) => hooks.push(h6),
+                        Err(e) => note = format!("IPv6 not watched: {}", reason(&e)),
+                    }
+                    at.attached(Mode::Fexit, hooks, &note);
+                }
+                Err(e) => at.failed("fexit", reason(&e)),
+            }
+        }
+        if !at.done() && a.tp {
+            if !fd_walk_ok {
+                at.failed("tracepoint", "kernel BTF lacks the fd→socket offsets");
+            } else {
+                let layout = tracefs_format("syscalls", "sys_enter_bind")
+                    .ok_or_else(|| "tracepoint syscalls/sys_enter_bind not found".to_string())
+                    .and_then(|f| tpformat::check(&f, &[("fd", 16, 8), ("umyaddr", 24, 8)]));
+                let r = layout.map_err(anyhow::Error::msg).and_then(|_| {
+                    let mut h = self.tracepoint("bind_enter_tp", &[("syscalls", "sys_enter_bind")])?;
+                    h.extend(self.tracepoint("bind_exit_tp", &[("syscalls", "sys_exit_bind")])?);
+                    Ok(h)
+                });
+                match r {
+                    Ok(hooks) => at.attached(Mode::Tracepoint, hooks, "bind(2) system calls"),
+                    Err(e) => {
+                        self.unload("bind_enter_tp");
+                        at.failed("tracepoint", reason(&e))
+                    }
+                }
+            }
+        }
+        if !at.done() && a.kprobe {
+            match self.kprobes(&[("bind_kprobe_v4", "inet_bind"), ("bind_kretprobe_v4", "inet_bind")]) {
+                Ok(mut hooks) => {
+                    let mut note = KRETPROBE_NOTE.to_string();
+                    match self.kprobes(&[("bind_kprobe_v6", "inet6_bind"), ("bind_kretprobe_v6", "inet6_bind")]) {
+                        Ok(h6) => hooks.extend(h6),
+                        Err(e) => note = format!("{note}; IPv6 not watched: {}", reason(&e)),
+                    }
+                    at.attached(Mode::Kprobe, hooks, &note);
+                }
                 Err(e) => at.failed("kprobe", reason(&e)),
             }
         }
@@ -498,7 +574,7 @@ impl Probe {
         }
         let owner_hooks = l.accept_owner(&net, fd_walk_ok);
         let port = l.port_assign(&net, set_state.as_ref(), &connect).finish(mode);
-        let mut tw = l.time_wait(&net, set_state.as_ref(), c.sk_nulls_pprev != OFFSET_MISSING).finish(mode);
+        let mut tw = l.time_wait(&net, set_state.as_ref(), c.sk_err != OFFSET_MISSING).finish(mode);
         if tw.mode != Mode::Unavailable {
             let connected = match connect.hooks.first() {
                 Some(h) => format!("owners from {h}"),
@@ -512,9 +588,18 @@ impl Probe {
             tw.note = Some(format!("{base}{connected} {accepted}"));
             tw.hooks.extend(owner_hooks);
         }
+        let tw_overflow = tw_overflow_status(&tw, c.net_tw_refcount != OFFSET_MISSING);
         let fd = l.fd_alloc(&allowed).finish(mode);
+        let bind = l.bind(&net, fd_walk_ok).finish(mode);
 
-        let signals = vec![("port_assign", port), ("time_wait", tw), ("fd_alloc", fd), ("connect", connect)];
+        let signals = vec![
+            ("port_assign", port),
+            ("time_wait", tw),
+            ("tw_overflow", tw_overflow),
+            ("fd_alloc", fd),
+            ("connect", connect),
+            ("bind", bind),
+        ];
         if signals.iter().all(|(_, s)| s.mode == Mode::Unavailable) {
             let first = signals[0].1.note.clone().unwrap_or_default();
             bail!("no signal could be attached on this kernel ({first}); try --attach-mode auto");
@@ -613,6 +698,26 @@ impl Probe {
 }
 
 /// Adds to a fallback's note why the preferred hooks were not used.
+/// tw-bucket overflow comes from the TIME_WAIT hook: exact where that hook sees
+/// inet_twsk_alloc's result (fexit, kprobe), inferred from a full tw table in the set_state
+/// fallback.
+fn tw_overflow_status(tw: &SignalStatus, table_offsets: bool) -> SignalStatus {
+    let mut s = tw.clone();
+    match tw.mode {
+        Mode::Fexit | Mode::Kprobe | Mode::Unavailable => {}
+        _ if table_offsets => {
+            s.exact = false;
+            s.note = Some(
+                "inferred: a close that would enter TIME_WAIT while the namespace holds tcp_max_tw_buckets \
+                 TIME_WAIT sockets and that count did not grow; off when TIME_WAITs expire while the table is full"
+                    .into(),
+            );
+        }
+        _ => s = SignalStatus::unavailable("kernel BTF lacks net.ipv4.tcp_death_row (tw table fill)"),
+    }
+    s
+}
+
 fn fell_back(mut s: SignalStatus, reasons: &[String]) -> SignalStatus {
     if !reasons.is_empty() && s.mode != Mode::Unavailable {
         let why = format!("not {}", reasons.join("; "));

@@ -41,7 +41,7 @@ impl SignalStatus {
 }
 
 /// Signals in the order they are reported.
-pub const SIGNALS: [&str; 4] = ["port_assign", "time_wait", "fd_alloc", "connect"];
+pub const SIGNALS: [&str; 6] = ["port_assign", "time_wait", "tw_overflow", "fd_alloc", "connect", "bind"];
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Losses {

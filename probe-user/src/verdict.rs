@@ -27,6 +27,9 @@ pub enum Cause {
     FileMax,
     EphemeralPorts,
     TimeWaitPressure,
+    TwBuckets,
+    BindHoarding,
+    AddressUnavailable,
 }
 
 impl Cause {
@@ -36,6 +39,9 @@ impl Cause {
             Cause::FileMax => "file_max",
             Cause::EphemeralPorts => "ephemeral_ports",
             Cause::TimeWaitPressure => "time_wait_pressure",
+            Cause::TwBuckets => "tw_buckets",
+            Cause::BindHoarding => "bind_hoarding",
+            Cause::AddressUnavailable => "address_unavailable",
         }
     }
 }
@@ -84,6 +90,8 @@ pub struct Window {
     pub time_waits: BTreeMap<(u32, Dest), u64>,
     /// First failure event seen per (process, cause), for `since`.
     pub first_seen: BTreeMap<(u32, Cause), SystemTime>,
+    /// Addresses a process asked for that bind() refused with EADDRNOTAVAIL (from events).
+    pub unavailable_addrs: BTreeMap<u32, std::collections::BTreeSet<String>>,
 }
 
 /// RLIMIT_NOFILE (soft, hard) and the open fd count of a process.
@@ -101,6 +109,8 @@ pub trait Evidence {
     fn net(&mut self, pid: u32, netns: u32) -> Result<NetFacts, String>;
     /// Whether the process still runs.
     fn alive(&mut self, pid: u32) -> bool;
+    /// Network namespace inode of a running process.
+    fn netns(&mut self, pid: u32) -> Option<u32>;
 }
 
 struct Active {
@@ -292,6 +302,36 @@ impl Engine {
                 });
             }
         }
+        for (&pid, c) in &w.counts {
+            let since = |cause| w.first_seen.get(&(pid, cause)).copied().unwrap_or(start);
+            if c.tw_overflows > 0 {
+                let since = since(Cause::TwBuckets);
+                self.failure((Cause::TwBuckets, pid, None), c.tw_overflows, now, since, &mut seen, || {
+                    let comm = ev.comm(pid);
+                    tw_buckets(pid, comm, since, c.tw_overflows, own_net(ev, pid))
+                });
+            }
+            if c.bind_failures > 0 {
+                let since = since(Cause::BindHoarding);
+                self.failure((Cause::BindHoarding, pid, None), c.bind_failures, now, since, &mut seen, || {
+                    let comm = ev.comm(pid);
+                    bind_hoarding(pid, comm, since, c.bind_failures, c.bound_connects, own_net(ev, pid))
+                });
+            }
+            // EADDRNOTAVAIL that is not a port search failing: bind() to an address that is not
+            // local, or connect() refused before any port was looked for.
+            let addr_errors = |m: &BTreeMap<String, u64>| m.get("EADDRNOTAVAIL").copied().unwrap_or(0);
+            let bind_n = addr_errors(&c.bind_errors);
+            let connect_n = addr_errors(&c.connect_errors).saturating_sub(c.port_assign_failures);
+            if bind_n + connect_n > 0 {
+                let since = since(Cause::AddressUnavailable);
+                let addrs = w.unavailable_addrs.get(&pid).cloned().unwrap_or_default();
+                self.failure((Cause::AddressUnavailable, pid, None), bind_n + connect_n, now, since, &mut seen, || {
+                    let comm = ev.comm(pid);
+                    address_unavailable(pid, comm, since, bind_n, connect_n, &addrs)
+                });
+            }
+        }
         for ((pid, dest), &n) in &w.port_failures {
             let since = w.first_seen.get(&(*pid, Cause::EphemeralPorts)).copied().unwrap_or(start);
             self.failure((Cause::EphemeralPorts, *pid, Some(dest.clone())), n, now, since, &mut seen, || {
@@ -476,6 +516,147 @@ fn base(cause: Cause, pid: u32, comm: String, since: SystemTime, failures: u64) 
     }
 }
 
+/// Facts of the namespace `pid` runs in.
+fn own_net(ev: &mut dyn Evidence, pid: u32) -> Result<NetFacts, String> {
+    match ev.netns(pid) {
+        Some(ns) => ev.net(pid, ns),
+        None => Err(format!("process {pid} has exited: its namespace cannot be inspected")),
+    }
+}
+
+fn net_error(v: &mut Verdict, net: &Result<NetFacts, String>) {
+    if let Err(e) = net {
+        v.evidence.insert("error".into(), json!(e));
+    }
+}
+
+pub fn tw_buckets(pid: u32, comm: String, since: SystemTime, n: u64, net: Result<NetFacts, String>) -> Verdict {
+    let mut v = base(Cause::TwBuckets, pid, comm.clone(), since, n);
+    net_error(&mut v, &net);
+    let f = net.as_ref().ok();
+    let max = f.and_then(|f| f.tcp_max_tw_buckets);
+    let tw = f.map(|f| f.sockets.iter().filter(|s| s.state == netdiag::TIME_WAIT).count() as u64);
+    let overflows = f.and_then(|f| f.tcp_ext.get("TCPTimeWaitOverflow").copied());
+    v.evidence.insert("tcp_max_tw_buckets".into(), json!(max));
+    v.evidence.insert("time_wait".into(), json!(tw));
+    v.evidence.insert("netns_tw_overflows".into(), json!(overflows));
+    v.evidence.insert("netns".into(), json!(f.and_then(|f| f.netns)));
+    let of = |x: Option<u64>| x.map(thousands).unwrap_or_else(|| "?".into());
+    v.summary = format!(
+        "the TIME_WAIT table of {comm}[{pid}]'s namespace is full: {} TIME_WAIT sockets, net.ipv4.tcp_max_tw_buckets is {}; {} of its connections closed without TIME_WAIT since {}",
+        of(tw),
+        of(max),
+        thousands(n),
+        clock(since)
+    );
+    v.fix.push(format!(
+        "raise net.ipv4.tcp_max_tw_buckets (now {}; a TIME_WAIT socket costs a few hundred bytes), e.g. sysctl -w net.ipv4.tcp_max_tw_buckets=262144",
+        of(max)
+    ));
+    v.fix.push(
+        "create fewer TIME_WAITs: reuse connections (keepalive, pooling); the side that closes first keeps the TIME_WAIT".into(),
+    );
+    v.fix.push("skipping TIME_WAIT is not a fix: late segments of an old connection can then land in a new one on the same ports".into());
+    v
+}
+
+/// Sockets of a namespace whose local port is in the ephemeral range.
+struct RangeUse {
+    range: (u16, u16),
+    usable: u64,
+    states: BTreeMap<&'static str, u64>,
+}
+
+impl RangeUse {
+    fn of(f: &NetFacts) -> Option<RangeUse> {
+        let range = f.port_range?;
+        let mut states = BTreeMap::new();
+        for s in f.sockets.iter().filter(|s| s.sport >= range.0 && s.sport <= range.1) {
+            *states.entry(netdiag::state_name(s.state)).or_default() += 1;
+        }
+        Some(RangeUse { range, usable: usable_ports(range, &f.reserved), states })
+    }
+}
+
+pub fn bind_hoarding(
+    pid: u32,
+    comm: String,
+    since: SystemTime,
+    n: u64,
+    bound_connects: u64,
+    net: Result<NetFacts, String>,
+) -> Verdict {
+    let mut v = base(Cause::BindHoarding, pid, comm.clone(), since, n);
+    net_error(&mut v, &net);
+    v.evidence.insert("bound_connects".into(), json!(bound_connects));
+    let usage = net.as_ref().ok().and_then(RangeUse::of);
+    let range_text = match &usage {
+        Some(RangeUse { range, usable, states }) => {
+            let in_use: u64 = states.values().sum();
+            v.evidence.insert("range".into(), json!(format!("{}-{}", range.0, range.1)));
+            v.evidence.insert("usable".into(), json!(usable));
+            v.evidence.insert("in_use".into(), json!(in_use));
+            v.evidence.insert("states".into(), json!(states));
+            format!(": {} of {} ports in {}-{} are taken", thousands(in_use), thousands(*usable), range.0, range.1)
+        }
+        None => String::new(),
+    };
+    let bound = if bound_connects > 0 {
+        format!(" ({} of its connects this interval used a port bound beforehand)", thousands(bound_connects))
+    } else {
+        String::new()
+    };
+    v.summary = format!(
+        "{comm}[{pid}] cannot bind an ephemeral port{range_text}; bind-before-connect makes each port exclusive for every destination{bound}; {} binds to port 0 failed with EADDRINUSE since {}",
+        thousands(n),
+        clock(since)
+    );
+    v.fix.push(
+        "set IP_BIND_ADDRESS_NO_PORT on the socket before bind(): the port is then chosen at connect() and shared across destinations (Linux 4.2+)".into(),
+    );
+    v.fix.push("or do not bind() before connect() unless a source address must be chosen".into());
+    v.fix.push("IP_LOCAL_PORT_RANGE (Linux 6.3+) gives a socket its own port range".into());
+    if let Some(RangeUse { range, .. }) = usage {
+        v.fix.push(format!("widen net.ipv4.ip_local_port_range (now {}-{})", range.0, range.1));
+    }
+    v
+}
+
+pub fn address_unavailable(
+    pid: u32,
+    comm: String,
+    since: SystemTime,
+    bind_n: u64,
+    connect_n: u64,
+    addrs: &std::collections::BTreeSet<String>,
+) -> Verdict {
+    let mut v = base(Cause::AddressUnavailable, pid, comm.clone(), since, bind_n + connect_n);
+    v.evidence.insert("bind_eaddrnotavail".into(), json!(bind_n));
+    v.evidence.insert("connect_eaddrnotavail".into(), json!(connect_n));
+    v.evidence.insert("addresses".into(), json!(addrs));
+    let what = match (bind_n, connect_n) {
+        (b, 0) => format!("{} binds", thousands(b)),
+        (0, c) => format!("{} connects", thousands(c)),
+        (b, c) => format!("{} binds and {} connects", thousands(b), thousands(c)),
+    };
+    let which = if addrs.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", addrs.iter().cloned().collect::<Vec<_>>().join(", "))
+    };
+    v.summary = format!(
+        "{comm}[{pid}] asks for a source address that is not configured here{which}: not port exhaustion; {} failed with EADDRNOTAVAIL since {}",
+        what,
+        clock(since)
+    );
+    v.fix.push("check the configured bind/source address against `ip addr` in the process's network namespace".into());
+    v.fix.push(
+        "if the address comes up later (VIP, DHCP), set IP_FREEBIND on the socket or net.ipv4.ip_nonlocal_bind=1"
+            .into(),
+    );
+    v
+}
+
 pub fn fd_limit(
     pid: u32,
     comm: String,
@@ -641,6 +822,9 @@ mod tests {
         fn alive(&mut self, _pid: u32) -> bool {
             true
         }
+        fn netns(&mut self, _pid: u32) -> Option<u32> {
+            Some(7)
+        }
     }
 
     fn dest() -> Dest {
@@ -716,6 +900,66 @@ mod tests {
         // From the start of the first failing interval (t-1 s) to the last failure (t+1 s).
         assert_eq!(out[0].duration_s, Some(2.0));
         assert!(to_text(&out[0]).starts_with("<<< RESOLVED ephemeral_ports: nginx[5688] toward 127.0.0.2:9000"));
+    }
+
+    #[test]
+    fn tw_bucket_overflow_names_the_limit_and_the_namespace_counter() {
+        let mut n = net(0, 10, 0);
+        n.tcp_max_tw_buckets = Some(10);
+        n.tcp_ext.insert("TCPTimeWaitOverflow".into(), 20);
+        let mut e = Engine::new(Duration::from_secs(1));
+        let mut fake = Fake { net: Ok(n), calls: 0 };
+        let mut w = window(0);
+        w.counts.insert(9, Counts { tw_overflows: 20, time_wait_created: 10, ..Default::default() });
+        let out = e.tick(&w, &mut fake);
+        assert_eq!(out.len(), 1, "{out:?}");
+        let v = &out[0];
+        assert_eq!((v.cause, v.pid, v.failures), (Cause::TwBuckets, 9, 20));
+        assert!(v.summary.contains("10 TIME_WAIT sockets, net.ipv4.tcp_max_tw_buckets is 10; 20 of its connections"));
+        assert_eq!(v.evidence["netns_tw_overflows"], 20);
+        assert!(v.fix[0].contains("tcp_max_tw_buckets (now 10"));
+    }
+
+    #[test]
+    fn failed_port_zero_binds_are_bind_hoarding_not_ephemeral_ports() {
+        let mut e = Engine::new(Duration::from_secs(1));
+        let mut fake = Fake { net: Ok(net(50, 0, 0)), calls: 0 };
+        let mut w = window(0);
+        let mut c = Counts { bind_failures: 10, bound_connects: 50, ..Default::default() };
+        c.bind_errors.insert("EADDRINUSE".into(), 10);
+        w.counts.insert(3, c);
+        let out = e.tick(&w, &mut fake);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].cause, Cause::BindHoarding);
+        assert!(out[0].summary.contains("50 of 50 ports in 40000-40049 are taken"), "{}", out[0].summary);
+        assert_eq!(out[0].evidence["bound_connects"], 50);
+        assert!(out[0].fix[0].contains("IP_BIND_ADDRESS_NO_PORT"));
+    }
+
+    #[test]
+    fn eaddrnotavail_without_a_port_search_is_address_unavailable() {
+        let mut e = Engine::new(Duration::from_secs(1));
+        let mut fake = Fake { net: Ok(net(0, 0, 0)), calls: 0 };
+        let mut w = window(0);
+        // 4 connect EADDRNOTAVAIL, 3 of them port-search failures; 2 binds to a foreign address.
+        let mut c = Counts { port_assign_failures: 3, ..Default::default() };
+        c.connect_errors.insert("EADDRNOTAVAIL".into(), 4);
+        c.bind_errors.insert("EADDRNOTAVAIL".into(), 2);
+        w.counts.insert(4, c);
+        w.unavailable_addrs.insert(4, ["192.0.2.1:80".to_string()].into());
+        let out = e.tick(&w, &mut fake);
+        let v = out.iter().find(|v| v.cause == Cause::AddressUnavailable).expect("address_unavailable");
+        assert_eq!(v.failures, 3);
+        assert_eq!(v.evidence["bind_eaddrnotavail"], 2);
+        assert_eq!(v.evidence["connect_eaddrnotavail"], 1);
+        assert!(v.summary.contains("(192.0.2.1:80)"), "{}", v.summary);
+        // Port failures alone make no such verdict.
+        let mut e = Engine::new(Duration::from_secs(1));
+        let mut w = window(0);
+        let mut c = Counts { port_assign_failures: 3, ..Default::default() };
+        c.connect_errors.insert("EADDRNOTAVAIL".into(), 3);
+        w.counts.insert(4, c);
+        assert!(e.tick(&w, &mut fake).iter().all(|v| v.cause != Cause::AddressUnavailable));
     }
 
     #[test]

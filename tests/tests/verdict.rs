@@ -9,15 +9,6 @@ use serde_json::Value;
 /// The conntrace interval the tests run with (common::Conntrace::start).
 const INTERVAL_S: f64 = 0.2;
 
-fn verdicts<'a>(lines: &'a [Value], pid: u64, cause: &str) -> Vec<&'a Value> {
-    lines.iter().filter(|v| v["type"] == "verdict" && v["pid"] == pid && v["cause"] == cause).collect()
-}
-
-/// The verdicts of `cause` that became active (a slow run may also show their resolution).
-fn activations<'a>(lines: &'a [Value], pid: u64, cause: &str) -> Vec<&'a Value> {
-    verdicts(lines, pid, cause).into_iter().filter(|v| v["state"] == "active").collect()
-}
-
 fn secs(ts: &Value) -> f64 {
     let t = humantime::parse_rfc3339(ts.as_str().expect("timestamp")).expect("RFC 3339");
     t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64()

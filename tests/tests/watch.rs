@@ -7,26 +7,6 @@ use common::*;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 
-const NETWORK_MODES: [&str; 4] = ["fexit", "tp_btf", "tracepoint", "kprobe"];
-
-fn assert_signal_exact(lines: &[serde_json::Value], signal: &str, modes: &[&'static str]) {
-    check_signal(lines, signal, &expected_modes(signal, modes));
-}
-
-fn kprobe_mode(lines: &[serde_json::Value], signal: &str) -> bool {
-    status(lines)["signals"][signal]["mode"] == "kprobe"
-}
-
-/// Like `assert_signal_exact`, with exactly these modes whatever the run expects.
-fn check_signal(lines: &[serde_json::Value], signal: &str, modes: &[&str]) {
-    let s = &status(lines)["signals"][signal];
-    let mode = s["mode"].as_str().unwrap_or("");
-    assert!(modes.contains(&mode), "{signal} runs in mode {mode}: {s}");
-    // kprobe mode says it is approximate (per-CPU recursion guard); every other mode is exact.
-    assert_eq!(s["exact"], mode != "kprobe", "{signal}: {s}");
-    eprintln!("{signal}: mode {mode}, hooks {}", s["hooks"]);
-}
-
 #[test]
 fn ephemeral_port_exhaustion_is_counted_exactly() {
     if !require_root("ephemeral_port_exhaustion_is_counted_exactly") {

@@ -18,6 +18,7 @@ type Errors = BTreeMap<String, u64>;
 fn errno_name(e: &std::io::Error) -> String {
     match e.raw_os_error() {
         Some(libc::EADDRNOTAVAIL) => "EADDRNOTAVAIL".into(),
+        Some(libc::EADDRINUSE) => "EADDRINUSE".into(),
         Some(libc::ECONNREFUSED) => "ECONNREFUSED".into(),
         Some(libc::ETIMEDOUT) => "ETIMEDOUT".into(),
         Some(libc::EMFILE) => "EMFILE".into(),
@@ -146,19 +147,149 @@ fn tw(args: &[String]) {
         }
     }
     // The server closes its side after reading EOF; until its FIN arrives the client sockets
-    // sit in FIN_WAIT2 (slow under load or emulation).
+    // sit in FIN_WAIT2 (slow under load or emulation). Wait until no socket is closing any
+    // more: each has then entered TIME_WAIT, or closed without it (tcp_max_tw_buckets).
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let mut tw = time_wait_sockets();
-    while tw < ok && std::time::Instant::now() < deadline {
+    let closing = || {
+        let st = socket_states();
+        ["04", "05", "08", "09", "0B"].iter().map(|k| st.get(*k).copied().unwrap_or(0)).sum::<u64>()
+    };
+    while closing() > 0 && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
-        tw = time_wait_sockets();
     }
+    let tw = time_wait_sockets();
+    let overflows = tcp_ext("TCPTimeWaitOverflow");
     let server_pid = server.id();
     server.kill().ok();
     server.wait().ok();
     println!(
         "{}",
-        json!({"pid": pid(), "server_pid": server_pid, "ok": ok, "errors": errors, "time_wait_sockets": tw, "states": socket_states()})
+        json!({"pid": pid(), "server_pid": server_pid, "ok": ok, "errors": errors, "time_wait_sockets": tw,
+               "tw_overflows": overflows, "states": socket_states()})
+    );
+    hold(args);
+}
+
+/// A TcpExt counter of this network namespace (/proc/net/netstat: a names line, then values).
+fn tcp_ext(name: &str) -> u64 {
+    let text = std::fs::read_to_string("/proc/net/netstat").unwrap_or_default();
+    let rows: Vec<&str> = text.lines().filter(|l| l.starts_with("TcpExt:")).collect();
+    let (Some(names), Some(values)) = (rows.first(), rows.get(1)) else { return 0 };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == name)
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A TCP socket of `family`, or the error.
+fn tcp_socket(family: i32) -> std::io::Result<OwnedFd> {
+    // SAFETY: plain socket(2); the fd is owned right away.
+    let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// bind(2) or connect(2) of an IPv4 socket to `addr`.
+fn sys_addr(fd: &OwnedFd, addr: std::net::SocketAddrV4, connect: bool) -> std::io::Result<()> {
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as u16,
+        sin_port: addr.port().to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(addr.ip().octets()) },
+        sin_zero: [0; 8],
+    };
+    let (p, len) = (&sin as *const libc::sockaddr_in as *const libc::sockaddr, size_of::<libc::sockaddr_in>() as u32);
+    // SAFETY: sin outlives the call; len is its size.
+    let r = unsafe {
+        if connect {
+            libc::connect(fd.as_raw_fd(), p, len)
+        } else {
+            libc::bind(fd.as_raw_fd(), p, len)
+        }
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Bind-before-connect: `--count N` sockets, each bound to `--bind` (port 0) and then
+/// connected to the next of `--dests` in turn; all are kept open. A listener on 0.0.0.0 at
+/// the destinations' port accepts them. Reports bind and connect errors separately.
+fn bind_connect(args: &[String]) {
+    let bind: std::net::SocketAddrV4 = req(args, "--bind");
+    let count: u32 = req(args, "--count");
+    let dests: Vec<std::net::SocketAddrV4> =
+        req::<String>(args, "--dests").split(',').map(|d| d.parse().expect("destination ip:port")).collect();
+    let listener = TcpListener::bind(("0.0.0.0", dests[0].port())).expect("bind listener");
+    let accepted = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept() {
+            held.push(s);
+        }
+    });
+    wait_stdin(args);
+    let (mut held, mut bind_errors, mut connect_errors) = (Vec::new(), Errors::new(), Errors::new());
+    for i in 0..count as usize {
+        let fd = tcp_socket(libc::AF_INET).expect("socket");
+        if let Err(e) = sys_addr(&fd, bind, false) {
+            *bind_errors.entry(errno_name(&e)).or_default() += 1;
+            continue;
+        }
+        match sys_addr(&fd, dests[i % dests.len()], true) {
+            Ok(()) => held.push(fd),
+            Err(e) => *connect_errors.entry(errno_name(&e)).or_default() += 1,
+        }
+    }
+    println!(
+        "{}",
+        json!({"pid": pid(), "ok": held.len(), "bind_errors": bind_errors, "connect_errors": connect_errors})
+    );
+    hold(args);
+    drop(accepted);
+}
+
+/// `--count N` binds to `--addr` (an address no interface has): EADDRNOTAVAIL each time.
+fn bind_addr(args: &[String]) {
+    let addr: std::net::SocketAddrV4 = req(args, "--addr");
+    let count: u32 = req(args, "--count");
+    let mut errors = Errors::new();
+    let mut ok = 0;
+    for _ in 0..count {
+        let fd = tcp_socket(libc::AF_INET).expect("socket");
+        match sys_addr(&fd, addr, false) {
+            Ok(()) => ok += 1,
+            Err(e) => *errors.entry(errno_name(&e)).or_default() += 1,
+        }
+    }
+    println!("{}", json!({"pid": pid(), "ok": ok, "bind_errors": errors}));
+    hold(args);
+}
+
+/// Closes that are aborts, not TIME_WAIT: the client sends a byte and shuts down its side
+/// (FIN_WAIT2 once acked), then the server closes without reading, which sends a reset
+/// (tcp_close with unread data): the client socket goes FIN_WAIT2 → CLOSE by tcp_reset.
+fn resets(args: &[String]) {
+    let addr: SocketAddr = req(args, "--addr");
+    let count: u32 = req(args, "--count");
+    let l = TcpListener::bind(addr).expect("bind");
+    let mut clients = Vec::new();
+    for _ in 0..count {
+        let mut c = TcpStream::connect(addr).expect("connect");
+        let (s, _) = l.accept().expect("accept");
+        c.write_all(b"x").expect("write");
+        c.shutdown(std::net::Shutdown::Write).expect("shutdown");
+        std::thread::sleep(Duration::from_millis(20));
+        drop(s);
+        clients.push(c);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    println!(
+        "{}",
+        json!({"pid": pid(), "time_wait_sockets": time_wait_sockets(), "states": socket_states(), "resets_sent": tcp_ext("TCPAbortOnClose")})
     );
     hold(args);
 }
@@ -319,8 +450,11 @@ fn main() {
         Some("async") => async_connects(&args),
         Some("churn") => churn(&args),
         Some("enfile") => enfile(&args),
+        Some("bind-connect") => bind_connect(&args),
+        Some("bind-addr") => bind_addr(&args),
+        Some("resets") => resets(&args),
         _ => {
-            eprintln!("usage: conntrace-workload ports|tw|tw-server|emfile|enfile|async|churn [options]");
+            eprintln!("usage: conntrace-workload ports|tw|tw-server|emfile|enfile|async|churn|bind-connect|bind-addr|resets [options]");
             std::process::exit(2);
         }
     }

@@ -177,7 +177,7 @@ pub fn expected_modes(signal: &str, default: &[&'static str]) -> Vec<&'static st
         Ok("kprobe") => vec!["kprobe"],
         Ok("tracepoint") => match signal {
             "fd_alloc" => vec!["raw_tracepoint", "tracepoint"],
-            "connect" => vec!["tracepoint"],
+            "connect" | "bind" => vec!["tracepoint"],
             _ => vec!["tp_btf", "tracepoint"],
         },
         _ => default.to_vec(),
@@ -193,4 +193,33 @@ pub fn forced_away_from_tracepoints(test: &str) -> bool {
         }
         _ => false,
     }
+}
+
+pub const NETWORK_MODES: [&str; 4] = ["fexit", "tp_btf", "tracepoint", "kprobe"];
+
+pub fn assert_signal_exact(lines: &[Value], signal: &str, modes: &[&'static str]) {
+    check_signal(lines, signal, &expected_modes(signal, modes));
+}
+
+pub fn kprobe_mode(lines: &[Value], signal: &str) -> bool {
+    status(lines)["signals"][signal]["mode"] == "kprobe"
+}
+
+/// Like `assert_signal_exact`, with exactly these modes whatever the run expects.
+pub fn check_signal(lines: &[Value], signal: &str, modes: &[&str]) {
+    let s = &status(lines)["signals"][signal];
+    let mode = s["mode"].as_str().unwrap_or("");
+    assert!(modes.contains(&mode), "{signal} runs in mode {mode}: {s}");
+    // kprobe mode says it is approximate (per-CPU recursion guard); every other mode is exact.
+    assert_eq!(s["exact"], mode != "kprobe", "{signal}: {s}");
+    eprintln!("{signal}: mode {mode}, hooks {}", s["hooks"]);
+}
+
+pub fn verdicts<'a>(lines: &'a [Value], pid: u64, cause: &str) -> Vec<&'a Value> {
+    lines.iter().filter(|v| v["type"] == "verdict" && v["pid"] == pid && v["cause"] == cause).collect()
+}
+
+/// The verdicts of `cause` that became active (a slow run may also show their resolution).
+pub fn activations<'a>(lines: &'a [Value], pid: u64, cause: &str) -> Vec<&'a Value> {
+    verdicts(lines, pid, cause).into_iter().filter(|v| v["state"] == "active").collect()
 }
