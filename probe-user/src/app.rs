@@ -21,8 +21,9 @@ use crate::{
     cli::WatchArgs,
     evidence::{net_now, nofile_now, LiveEvidence},
     facts::NetFacts,
+    listeners,
     model::{self, endpoint, EventRecord, Sample, Snapshot},
-    output,
+    netdiag, output,
     probe::{self, Probe},
     procinfo,
     status::Status,
@@ -171,6 +172,14 @@ pub fn check_privileges() -> Result<()> {
     Ok(())
 }
 
+/// Listeners and TcpExt counters of the calling thread's network namespace.
+fn read_listen_counters() -> (Result<Vec<netdiag::TcpSocket>>, BTreeMap<String, u64>) {
+    let ext = std::fs::read_to_string("/proc/thread-self/net/netstat")
+        .map(|t| crate::facts::parse_netstat(&t, "TcpExt"))
+        .unwrap_or_default();
+    (netdiag::listeners(), ext)
+}
+
 struct State {
     filter: Filter,
     prev: Snapshot,
@@ -194,9 +203,85 @@ struct State {
     match_cache: BTreeMap<u32, bool>,
     /// Addresses refused with EADDRNOTAVAIL this interval, per process (from events).
     unavailable_addrs: BTreeMap<u32, BTreeSet<String>>,
+    /// Listener drop counters of the previous poll.
+    listen_tracker: listeners::Tracker,
+    /// Namespaces polled for listener drops, each with a process to enter it through.
+    listen_netns: BTreeMap<u32, u32>,
+    /// Owner of each listener socket (namespace, inode), once looked up.
+    listener_owner: BTreeMap<(u32, u32), Option<u32>>,
 }
 
 impl State {
+    /// Reads the listeners of every namespace conntrace watches (its own, and those of the
+    /// processes it has seen) and returns the listeners that dropped since the last read,
+    /// with their owner.
+    fn poll_listeners(
+        &mut self,
+        pids: impl Iterator<Item = u32>,
+    ) -> Vec<(u32, listeners::ListenerDelta, listeners::NsDelta)> {
+        let own = netdiag::ns_link_inode("/proc/self/ns/net");
+        for pid in pids.chain(self.filter.pids.iter().copied()).chain(std::iter::once(std::process::id())) {
+            if pid == UNATTRIBUTED {
+                continue;
+            }
+            if let Some(ns) = netdiag::netns_inode(pid) {
+                self.listen_netns.insert(ns, pid);
+            }
+        }
+        let mut out = Vec::new();
+        let mut gone = Vec::new();
+        for (&ns, &via) in &self.listen_netns {
+            let enter = if Some(ns) == own { None } else { Some(via) };
+            // The process we entered through may have left; find another one in there.
+            let enter = match enter {
+                Some(p) if netdiag::netns_inode(p) != Some(ns) => match netdiag::process_in_netns(ns) {
+                    Some(p) => Some(p),
+                    None => {
+                        gone.push(ns);
+                        continue;
+                    }
+                },
+                e => e,
+            };
+            let read = netdiag::in_netns_of(enter, read_listen_counters);
+            let Ok((Ok(socks), ext)) = read else { continue };
+            let (deltas, ns_delta) = self.listen_tracker.update(ns, &socks, &ext);
+            for l in deltas {
+                let owner =
+                    *self.listener_owner.entry((ns, l.inode)).or_insert_with(|| procinfo::socket_owner(l.inode));
+                if let Some(pid) = owner {
+                    out.push((pid, l, ns_delta.clone()));
+                }
+            }
+        }
+        for ns in gone {
+            self.listen_netns.remove(&ns);
+            self.listen_tracker.forget(ns);
+            self.listener_owner.retain(|k, _| k.0 != ns);
+        }
+        out
+    }
+
+    /// Baseline of the listen counters of every namespace that exists now, so that later
+    /// growth is exact and a namespace not seen here is known to be new.
+    fn baseline_listeners(&mut self) {
+        let own = netdiag::ns_link_inode("/proc/self/ns/net");
+        let mut by_ns: BTreeMap<u32, u32> = BTreeMap::new();
+        if let Ok(rd) = std::fs::read_dir("/proc") {
+            for pid in rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()) {
+                if let Some(ns) = netdiag::netns_inode(pid) {
+                    by_ns.entry(ns).or_insert(pid);
+                }
+            }
+        }
+        for (ns, pid) in by_ns {
+            let enter = if Some(ns) == own { None } else { Some(pid) };
+            if let Ok((Ok(socks), ext)) = netdiag::in_netns_of(enter, read_listen_counters) {
+                self.listen_tracker.baseline(ns, &socks, &ext);
+            }
+        }
+    }
+
     fn comm_of(&self, probe: &Probe, pid: u32) -> String {
         if pid == UNATTRIBUTED {
             return "(unattributed)".into();
@@ -229,6 +314,14 @@ impl State {
             }
         }
         let mut window = Window { now: Some(SystemTime::now()), interval_s, ..Default::default() };
+        let seen: Vec<u32> = deltas.keys().copied().collect();
+        for (owner, l, ns) in self.poll_listeners(seen.into_iter()) {
+            if !self.filter.is_all() && !self.filter.matches(owner, &self.comm_of(probe, owner)) {
+                continue;
+            }
+            deltas.entry(owner).or_default().listen_drops += l.drops;
+            window.listener_drops.push((owner, l, ns));
+        }
         let mut samples = Vec::new();
         for (pid, counts) in deltas {
             let comm = self.comm_of(probe, pid);
@@ -336,6 +429,9 @@ pub async fn watch(args: WatchArgs) -> Result<()> {
         engine: Engine::new(args.interval),
         first_seen: BTreeMap::new(),
         unavailable_addrs: BTreeMap::new(),
+        listen_tracker: listeners::Tracker::default(),
+        listen_netns: BTreeMap::new(),
+        listener_owner: BTreeMap::new(),
         early_net: BTreeMap::new(),
         early_nofile: BTreeMap::new(),
         early_file_nr: None,
@@ -343,6 +439,7 @@ pub async fn watch(args: WatchArgs) -> Result<()> {
         event_limits: BTreeMap::new(),
         match_cache: BTreeMap::new(),
     };
+    st.baseline_listeners();
     st.refresh_status(&probe)?;
     let mut out = Output { json: args.json, w: std::io::stdout().lock() };
     out.status(&st.status)?;

@@ -374,6 +374,7 @@ mod tests {
             rqueue: 0,
             wqueue: 0,
             inode: 0,
+            drops: None,
         }
     }
 

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod errno;
 pub mod evidence;
 pub mod facts;
+pub mod listeners;
 pub mod model;
 pub mod netdiag;
 pub mod offsets;

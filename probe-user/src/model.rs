@@ -39,6 +39,8 @@ pub struct Counts {
     pub bind_failures: u64,
     /// connect() calls on sockets that bind() had already given a port.
     pub bound_connects: u64,
+    /// SYNs/ACKs dropped by listeners this process owns (full accept or SYN queue).
+    pub listen_drops: u64,
 }
 
 impl Counts {

@@ -29,6 +29,9 @@ pub struct TcpSocket {
     /// LISTEN: the backlog in force; others: bytes not yet acknowledged.
     pub wqueue: u32,
     pub inode: u32,
+    /// `sk_drops` (INET_DIAG_SKMEMINFO): for a listener, every SYN or final ACK it dropped
+    /// (tcp_listendrop: accept queue full, SYN queue full without cookies, ...).
+    pub drops: Option<u32>,
 }
 
 pub fn state_name(state: u8) -> &'static str {
@@ -60,10 +63,20 @@ const NLMSG_HDRLEN: usize = 16;
 /// sockid (48 bytes), expires, rqueue, wqueue, uid, inode.
 const INET_DIAG_MSG_LEN: usize = 72;
 
-fn request(family: u8, seq: u32) -> Vec<u8> {
+/// `idiag_ext` bit asking for INET_DIAG_SKMEMINFO (attribute 7: bit 7 - 1).
+const EXT_SKMEMINFO: u8 = 1 << (INET_DIAG_SKMEMINFO - 1);
+const INET_DIAG_SKMEMINFO: u16 = 7;
+/// Index of SK_MEMINFO_DROPS in the skmeminfo array (include/uapi/linux/sock_diag.h).
+const SK_MEMINFO_DROPS: usize = 8;
+/// Every state.
+const ALL_STATES: u32 = u32::MAX;
+/// LISTEN, and SYN_RECV / NEW_SYN_RECV for request sockets (the SYN queue).
+pub const LISTEN_STATES: u32 = (1 << LISTEN) | (1 << 3) | (1 << 12);
+
+fn request(family: u8, seq: u32, states: u32, ext: u8) -> Vec<u8> {
     // struct inet_diag_req_v2: family, protocol, ext, pad, states, sockid (48 bytes).
-    let mut req = vec![family, libc::IPPROTO_TCP as u8, 0, 0];
-    req.extend_from_slice(&u32::MAX.to_ne_bytes()); // every state
+    let mut req = vec![family, libc::IPPROTO_TCP as u8, ext, 0];
+    req.extend_from_slice(&states.to_ne_bytes());
     req.extend_from_slice(&[0u8; 48]);
     let len = (NLMSG_HDRLEN + req.len()) as u32;
     let mut msg = Vec::with_capacity(len as usize);
@@ -103,7 +116,26 @@ pub fn parse_msg(p: &[u8]) -> Option<TcpSocket> {
         rqueue: u32_at(56),
         wqueue: u32_at(60),
         inode: u32_at(68),
+        drops: skmeminfo_drops(&p[INET_DIAG_MSG_LEN..]),
     })
+}
+
+/// SK_MEMINFO_DROPS out of the attributes that follow an inet_diag_msg.
+fn skmeminfo_drops(mut attrs: &[u8]) -> Option<u32> {
+    while attrs.len() >= 4 {
+        let len = u16::from_ne_bytes([attrs[0], attrs[1]]) as usize;
+        let ty = u16::from_ne_bytes([attrs[2], attrs[3]]);
+        if len < 4 || len > attrs.len() {
+            return None;
+        }
+        if ty == INET_DIAG_SKMEMINFO {
+            let at = 4 + SK_MEMINFO_DROPS * 4;
+            let v = attrs.get(at..at + 4)?;
+            return Some(u32::from_ne_bytes([v[0], v[1], v[2], v[3]]));
+        }
+        attrs = attrs.get((len + 3) & !3..).unwrap_or(&[]);
+    }
+    None
 }
 
 /// Parses a buffer of netlink messages; Ok(true) once NLMSG_DONE is seen.
@@ -131,6 +163,16 @@ pub fn parse_messages(buf: &[u8], out: &mut Vec<TcpSocket>) -> Result<bool> {
 
 /// Every TCP socket (IPv4 and IPv6) of the calling thread's network namespace.
 pub fn tcp_sockets() -> Result<Vec<TcpSocket>> {
+    dump(ALL_STATES, 0)
+}
+
+/// Listeners (with their drop counters) and request sockets of the calling thread's network
+/// namespace: a dump filtered in the kernel, cheap however many connections there are.
+pub fn listeners() -> Result<Vec<TcpSocket>> {
+    dump(LISTEN_STATES, EXT_SKMEMINFO)
+}
+
+fn dump(states: u32, ext: u8) -> Result<Vec<TcpSocket>> {
     // SAFETY: plain socket(2); the fd is owned right away.
     let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, NETLINK_SOCK_DIAG) };
     if fd < 0 {
@@ -141,7 +183,7 @@ pub fn tcp_sockets() -> Result<Vec<TcpSocket>> {
     let mut out = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     for (seq, family) in [(1u32, libc::AF_INET as u8), (2, libc::AF_INET6 as u8)] {
-        let req = request(family, seq);
+        let req = request(family, seq, states, ext);
         // SAFETY: sending our own buffer on our own socket (the kernel is the default peer).
         let n = unsafe { libc::send(sock.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
         if n < 0 {
@@ -230,6 +272,14 @@ mod tests {
         for v in [0u32, 3, 128, 0, 77] {
             p.extend_from_slice(&v.to_ne_bytes());
         }
+        if state == LISTEN {
+            // INET_DIAG_SKMEMINFO: 4-byte header, then 9 u32 (drops last).
+            p.extend_from_slice(&(4u16 + 36).to_ne_bytes());
+            p.extend_from_slice(&INET_DIAG_SKMEMINFO.to_ne_bytes());
+            for v in [0u32, 0, 0, 0, 0, 0, 0, 0, 28] {
+                p.extend_from_slice(&v.to_ne_bytes());
+            }
+        }
         let mut m = Vec::new();
         m.extend_from_slice(&((NLMSG_HDRLEN + p.len()) as u32).to_ne_bytes());
         m.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
@@ -250,6 +300,7 @@ mod tests {
         assert_eq!(out[0].dport, 9000);
         assert_eq!(out[0].dst, IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)));
         assert_eq!((out[1].rqueue, out[1].wqueue, out[1].inode), (3, 128, 77));
+        assert_eq!((out[0].drops, out[1].drops), (None, Some(28)));
         let mut done = Vec::new();
         done.extend_from_slice(&20u32.to_ne_bytes());
         done.extend_from_slice(&NLMSG_DONE.to_ne_bytes());
@@ -265,5 +316,9 @@ mod tests {
         let port = l.local_addr().unwrap().port();
         let socks = tcp_sockets().unwrap();
         assert!(socks.iter().any(|s| s.state == LISTEN && s.sport == port), "listener {port} not found");
+        let ls = listeners().unwrap();
+        let me = ls.iter().find(|s| s.sport == port).expect("listener in the filtered dump");
+        assert_eq!(me.drops, Some(0));
+        assert!(ls.iter().all(|s| s.state != ESTABLISHED));
     }
 }

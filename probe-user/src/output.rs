@@ -59,6 +59,7 @@ pub fn sample_json(ts: SystemTime, s: &Sample) -> Value {
         "bind_errors": c.bind_errors,
         "bind_failures": c.bind_failures,
         "bound_connects": c.bound_connects,
+        "listen_drops": c.listen_drops,
         "nofile_limit": s.nofile_limit,
         "open_fds": s.open_fds,
     })
@@ -170,8 +171,20 @@ pub fn interval_text(ts: SystemTime, samples: &[Sample]) -> String {
     let stamp = rfc3339(ts);
     let _ = writeln!(
         out,
-        "{:<7} {:<15} {:>7} {:>7} {:>6} {:>8} {:>7} {:>5} {:>8} {:>6} {:>6} {:>11}  ERRORS   [{stamp}]",
-        "PID", "COMM", "CONNECT", "OK", "ERR", "PORTFAIL", "TW", "TWOVF", "BINDFAIL", "EMFILE", "ENFILE", "FDS/LIMIT"
+        "{:<7} {:<15} {:>7} {:>7} {:>6} {:>8} {:>7} {:>5} {:>8} {:>6} {:>6} {:>6} {:>11}  ERRORS   [{stamp}]",
+        "PID",
+        "COMM",
+        "CONNECT",
+        "OK",
+        "ERR",
+        "PORTFAIL",
+        "TW",
+        "TWOVF",
+        "BINDFAIL",
+        "LDROP",
+        "EMFILE",
+        "ENFILE",
+        "FDS/LIMIT"
     );
     if samples.is_empty() {
         let _ = writeln!(out, "(no activity)");
@@ -180,7 +193,7 @@ pub fn interval_text(ts: SystemTime, samples: &[Sample]) -> String {
         let c = &s.counts;
         let _ = writeln!(
             out,
-            "{:<7} {:<15} {:>7} {:>7} {:>6} {:>8} {:>7} {:>5} {:>8} {:>6} {:>6} {:>11}  {}",
+            "{:<7} {:<15} {:>7} {:>7} {:>6} {:>8} {:>7} {:>5} {:>8} {:>6} {:>6} {:>6} {:>11}  {}",
             s.pid,
             s.comm,
             c.connect_attempts,
@@ -190,6 +203,7 @@ pub fn interval_text(ts: SystemTime, samples: &[Sample]) -> String {
             c.time_wait_created,
             c.tw_overflows,
             c.bind_failures,
+            c.listen_drops,
             c.emfile,
             c.enfile,
             fds_text(s),
@@ -311,7 +325,7 @@ mod tests {
         assert!(lines.next().unwrap().starts_with("PID     COMM            CONNECT"));
         assert_eq!(
             lines.next().unwrap(),
-            "42      client               10       4      6        6       0     0        0      0      0      9/1024  EADDRNOTAVAIL:6"
+            "42      client               10       4      6        6       0     0        0      0      0      0      9/1024  EADDRNOTAVAIL:6"
         );
         let s = status_text(&status());
         assert!(s.contains("port_assign  tp_btf          exact"));

@@ -604,6 +604,20 @@ impl Probe {
             let first = signals[0].1.note.clone().unwrap_or_default();
             bail!("no signal could be attached on this kernel ({first}); try --attach-mode auto");
         }
+        // Listen-queue drops come from the kernel's own counters, polled: see `listeners`.
+        let mut signals = signals;
+        let polled = |what: &str| {
+            SignalStatus {
+            mode: Mode::SockDiag,
+            exact: true,
+            hooks: vec!["sock_diag listeners (sk_drops)".into(), "/proc/net/netstat TcpExt".into()],
+            note: Some(format!(
+                "{what}, read each interval in every namespace conntrace watches; drops of a listener closed between two reads are counted only in its namespace's TcpExt totals"
+            )),
+        }
+        };
+        signals.push(("accept_queue", polled("per-listener drop counter and ListenOverflows")));
+        signals.push(("syn_queue", polled("per-listener drop counter, TCPReqQFullDrop and TCPReqQFullDoCookies")));
         let Loader { mut ebpf, roles, .. } = l;
         {
             let mut r: Array<_, u32> = Array::try_from(ebpf.map_mut("ROLES").context("ROLES map")?)?;

@@ -29,6 +29,24 @@ pub fn open_fds(pid: u32) -> Option<u64> {
     Some(fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64)
 }
 
+/// The process holding socket `inode` (the lowest pid when several share it, e.g. pre-forked
+/// workers), found through the /proc/PID/fd links ("socket:[INODE]"). Scans every process:
+/// callers cache the answer.
+pub fn socket_owner(inode: u32) -> Option<u32> {
+    let want = format!("socket:[{inode}]");
+    let mut pids: Vec<u32> =
+        fs::read_dir("/proc").ok()?.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
+    pids.sort_unstable();
+    pids.into_iter().find(|pid| {
+        fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|fds| {
+                fds.filter_map(|e| e.ok())
+                    .any(|e| fs::read_link(e.path()).is_ok_and(|l| l.as_os_str() == want.as_str()))
+            })
+            .unwrap_or(false)
+    })
+}
+
 pub fn kernel_release() -> String {
     fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_else(|_| "unknown".into())
 }

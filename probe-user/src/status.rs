@@ -7,6 +7,8 @@ pub enum Mode {
     Tracepoint,
     RawTracepoint,
     Kprobe,
+    /// Kernel counters read through sock_diag and /proc each interval (no BPF hook).
+    SockDiag,
     Unavailable,
 }
 
@@ -18,6 +20,7 @@ impl Mode {
             Mode::Tracepoint => "tracepoint",
             Mode::RawTracepoint => "raw_tracepoint",
             Mode::Kprobe => "kprobe",
+            Mode::SockDiag => "sock_diag",
             Mode::Unavailable => "unavailable",
         }
     }
@@ -41,7 +44,8 @@ impl SignalStatus {
 }
 
 /// Signals in the order they are reported.
-pub const SIGNALS: [&str; 6] = ["port_assign", "time_wait", "tw_overflow", "fd_alloc", "connect", "bind"];
+pub const SIGNALS: [&str; 8] =
+    ["port_assign", "time_wait", "tw_overflow", "fd_alloc", "connect", "bind", "accept_queue", "syn_queue"];
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Losses {

@@ -13,6 +13,7 @@ use serde_json::{json, Map, Value};
 use crate::{
     check::tw_reuse_applies,
     facts::{reserved_strings, usable_ports, NetFacts},
+    listeners::{ListenerDelta, NsDelta},
     model::{endpoint, Counts},
     netdiag,
     output::rfc3339,
@@ -30,6 +31,8 @@ pub enum Cause {
     TwBuckets,
     BindHoarding,
     AddressUnavailable,
+    AcceptQueue,
+    SynQueue,
 }
 
 impl Cause {
@@ -42,7 +45,15 @@ impl Cause {
             Cause::TwBuckets => "tw_buckets",
             Cause::BindHoarding => "bind_hoarding",
             Cause::AddressUnavailable => "address_unavailable",
+            Cause::AcceptQueue => "accept_queue",
+            Cause::SynQueue => "syn_queue",
         }
+    }
+
+    /// Causes whose verdict is about one of the process's listeners (`Verdict::destination`
+    /// holds the listener's address then).
+    pub fn is_listener(self) -> bool {
+        matches!(self, Cause::AcceptQueue | Cause::SynQueue)
     }
 }
 
@@ -92,6 +103,9 @@ pub struct Window {
     pub first_seen: BTreeMap<(u32, Cause), SystemTime>,
     /// Addresses a process asked for that bind() refused with EADDRNOTAVAIL (from events).
     pub unavailable_addrs: BTreeMap<u32, std::collections::BTreeSet<String>>,
+    /// Listeners that dropped SYNs/ACKs this interval: (owner pid, the listener, its
+    /// namespace's TcpExt growth).
+    pub listener_drops: Vec<(u32, ListenerDelta, NsDelta)>,
 }
 
 /// RLIMIT_NOFILE (soft, hard) and the open fd count of a process.
@@ -332,6 +346,16 @@ impl Engine {
                 });
             }
         }
+        for (pid, l, ns) in &w.listener_drops {
+            let pid = *pid;
+            let cause = listen_cause(l, ns);
+            let dest = Dest { netns: l.netns, addr: l.addr, port: l.port };
+            let since = w.first_seen.get(&(pid, cause)).copied().unwrap_or(start);
+            self.failure((cause, pid, Some(dest)), l.drops, now, since, &mut seen, || {
+                let comm = ev.comm(pid);
+                listen_queue(cause, pid, comm, since, l, ns, ev.net(pid, l.netns))
+            });
+        }
         for ((pid, dest), &n) in &w.port_failures {
             let since = w.first_seen.get(&(*pid, Cause::EphemeralPorts)).copied().unwrap_or(start);
             self.failure((Cause::EphemeralPorts, *pid, Some(dest.clone())), n, now, since, &mut seen, || {
@@ -528,6 +552,82 @@ fn net_error(v: &mut Verdict, net: &Result<NetFacts, String>) {
     if let Err(e) = net {
         v.evidence.insert("error".into(), json!(e));
     }
+}
+
+/// Why a listener dropped: the SYN queue when only the namespace's request-queue counters
+/// grew, the accept queue otherwise (ListenOverflows, or the queue is full right now).
+fn listen_cause(l: &ListenerDelta, ns: &NsDelta) -> Cause {
+    let get = |k: &str| ns.get(k).copied().unwrap_or(0);
+    if get("ListenOverflows") == 0 && !l.accept_queue_full() && get("TCPReqQFullDrop") > 0 {
+        Cause::SynQueue
+    } else {
+        Cause::AcceptQueue
+    }
+}
+
+fn listen_queue(
+    cause: Cause,
+    pid: u32,
+    comm: String,
+    since: SystemTime,
+    l: &ListenerDelta,
+    ns: &NsDelta,
+    net: Result<NetFacts, String>,
+) -> Verdict {
+    let mut v = base(cause, pid, comm.clone(), since, l.drops);
+    let listener = Dest { netns: l.netns, addr: l.addr, port: l.port };
+    v.destination = Some(listener.clone());
+    net_error(&mut v, &net);
+    let f = net.as_ref().ok();
+    let somaxconn = f.and_then(|f| f.somaxconn);
+    v.evidence.insert("listener".into(), json!(listener.endpoint()));
+    v.evidence.insert("backlog".into(), json!(l.backlog));
+    v.evidence.insert("queue_len".into(), json!(l.queue_len));
+    v.evidence.insert("drops".into(), json!(l.drops));
+    v.evidence.insert("syn_recv".into(), json!(l.syn_recv));
+    v.evidence.insert("somaxconn".into(), json!(somaxconn));
+    v.evidence.insert("netns".into(), json!(l.netns));
+    v.evidence.insert("netns_counters".into(), json!(ns));
+    let of = |x: Option<u64>| x.map(thousands).unwrap_or_else(|| "?".into());
+    let ep = listener.endpoint();
+    if cause == Cause::AcceptQueue {
+        v.summary = format!(
+            "{comm}[{pid}] is not accepting fast enough on {ep}: accept queue {}/{} (backlog = min(listen() backlog, net.core.somaxconn {})); {} SYNs/ACKs dropped since {}",
+            l.queue_len,
+            l.backlog,
+            of(somaxconn),
+            thousands(l.drops),
+            clock(since)
+        );
+        v.fix.push(format!(
+            "accept faster on {ep}: more accepting threads/workers, or drain the queue in a loop on each readiness event"
+        ));
+        v.fix.push(format!(
+            "raise the listen() backlog (now {}) and net.core.somaxconn (now {}): the smaller of the two is used",
+            l.backlog,
+            of(somaxconn)
+        ));
+        v.fix.push(
+            "clients do not get an error: their SYNs are retransmitted after 1, 3, 7… s, seen as slow connects".into(),
+        );
+    } else {
+        v.summary = format!(
+            "the SYN queue of {ep} ({comm}[{pid}]) is full: {} request sockets, backlog {}; {} SYNs dropped since {}",
+            l.syn_recv,
+            l.backlog,
+            thousands(l.drops),
+            clock(since)
+        );
+        v.fix.push(
+            "net.ipv4.tcp_syncookies=1 answers SYNs beyond the queue with cookies instead of dropping them".into(),
+        );
+        v.fix.push(format!(
+            "raise the listen() backlog (now {}), net.core.somaxconn and net.ipv4.tcp_max_syn_backlog",
+            l.backlog
+        ));
+        v.fix.push("if the SYNs never complete (spoofed sources), it is a SYN flood: filter it upstream".into());
+    }
+    v
 }
 
 pub fn tw_buckets(pid: u32, comm: String, since: SystemTime, n: u64, net: Result<NetFacts, String>) -> Verdict {
@@ -761,11 +861,14 @@ pub fn to_json(v: &Verdict) -> Value {
         "comm": v.comm,
         "since": rfc3339(v.since),
         "failures": v.failures,
-        "destination": v.destination.as_ref().map(Dest::endpoint),
+        "destination": v.destination.as_ref().filter(|_| !v.cause.is_listener()).map(Dest::endpoint),
         "summary": v.summary,
         "evidence": v.evidence,
         "fix": v.fix,
     });
+    if v.cause.is_listener() {
+        j["listener"] = json!(v.destination.as_ref().map(Dest::endpoint));
+    }
     if let Some(d) = v.duration_s {
         j["duration_s"] = json!((d * 10.0).round() / 10.0);
     }
@@ -841,6 +944,7 @@ mod tests {
             rqueue: 0,
             wqueue: 0,
             inode: 0,
+            drops: None,
         };
         let mut sockets: Vec<_> = (0..established).map(|i| mk(netdiag::ESTABLISHED, 40000 + i)).collect();
         sockets.extend((0..time_wait).map(|i| mk(netdiag::TIME_WAIT, 40000 + established + i)));
@@ -987,6 +1091,7 @@ mod tests {
                 rqueue: 0,
                 wqueue: 0,
                 inode: 0,
+                drops: None,
             });
         }
         let mut e = Engine::new(Duration::from_secs(1));

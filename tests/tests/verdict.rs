@@ -28,7 +28,9 @@ fn assert_failures_so_far(v: &Value, total: u64) {
 /// The verdict came out within one interval of the first failure (plus scheduling slack).
 fn assert_prompt(v: &Value) {
     let delay = secs(&v["ts"]) - secs(&v["since"]);
-    assert!(delay <= INTERVAL_S + 0.3, "verdict {delay:.3} s after the first failure: {v}");
+    // Software emulation runs everything ~10x slower: allow it a second more.
+    let slack = if std::env::var("CONNTRACE_IN_VM").is_ok() { 1.3 } else { 0.3 };
+    assert!(delay <= INTERVAL_S + slack, "verdict {delay:.3} s after the first failure: {v}");
     eprintln!("verdict after {delay:.3} s: {}", v["summary"]);
 }
 

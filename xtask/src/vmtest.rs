@@ -29,6 +29,12 @@ fn signals_of(test: &str) -> &'static [&'static str] {
         "emfile_is_counted_with_the_limit_in_force" | "fd_limit_verdict_with_evidence_then_resolution" => &["fd_alloc"],
         "enfile_is_counted_with_file_max_lowered" => &["fd_alloc"],
         "non_blocking_connect_outcomes_are_counted_when_they_happen" => &["connect"],
+        "tw_bucket_overflow_is_charged_to_the_client" => &["time_wait", "tw_overflow"],
+        "resets_after_close_are_not_time_wait" => &["time_wait"],
+        "full_accept_queue_is_charged_to_the_listener_owner" => &["accept_queue"],
+        "bind_before_connect_hoards_ports_across_destinations" | "non_local_address_is_not_port_exhaustion" => {
+            &["bind"]
+        }
         _ => &[],
     }
 }
@@ -100,8 +106,10 @@ fn ensure_kernel(version: &str) -> Result<PathBuf> {
     find_vmlinuz(&prefix).with_context(|| format!("{pkg} installed no /boot/vmlinuz-{prefix}*"))
 }
 
-/// Release builds of conntrace and the test executables (name → path).
-fn build(root: &Path) -> Result<BTreeMap<String, PathBuf>> {
+/// Release builds of conntrace and the test executables (name → path), copied to a stage
+/// directory so that building in the tree while the matrix runs cannot change what the
+/// guests execute. Returns the stage directory too.
+fn build(root: &Path) -> Result<(PathBuf, BTreeMap<String, PathBuf>)> {
     run_cmd(Command::new("cargo").args(["build", "--release", "-p", "probe-user", "-p", "tests"]).current_dir(root))?;
     let out = Command::new("cargo")
         .args(["test", "--release", "-p", "tests", "--no-run", "--message-format=json"])
@@ -110,6 +118,13 @@ fn build(root: &Path) -> Result<BTreeMap<String, PathBuf>> {
         .context("cargo test --no-run")?;
     if !out.status.success() {
         bail!("building the test executables failed");
+    }
+    let stage = root.join(format!("target/vmtest-stage/{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&stage);
+    std::fs::create_dir_all(&stage)?;
+    for bin in ["conntrace", "conntrace-workload"] {
+        std::fs::copy(root.join("target/release").join(bin), stage.join(bin))
+            .with_context(|| format!("staging {bin}"))?;
     }
     let mut exes = BTreeMap::new();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
@@ -122,13 +137,15 @@ fn build(root: &Path) -> Result<BTreeMap<String, PathBuf>> {
             Some(line[at..].split('"').next()?.to_string())
         };
         if let (Some(name), Some(exe)) = (field("\"name\":\""), field("\"executable\":\"")) {
-            exes.insert(name, PathBuf::from(exe));
+            let staged = stage.join(format!("test-{name}"));
+            std::fs::copy(&exe, &staged).with_context(|| format!("staging {exe}"))?;
+            exes.insert(name, staged);
         }
     }
     if exes.is_empty() {
         bail!("no test executables found");
     }
-    Ok(exes)
+    Ok((stage, exes))
 }
 
 struct BootResult {
@@ -138,7 +155,14 @@ struct BootResult {
     problem: Option<String>,
 }
 
-fn boot(root: &Path, vmlinuz: &Path, mode: &str, exes: &BTreeMap<String, PathBuf>, timeout: u64) -> Result<BootResult> {
+fn boot(
+    root: &Path,
+    stage: &Path,
+    vmlinuz: &Path,
+    mode: &str,
+    exes: &BTreeMap<String, PathBuf>,
+    timeout: u64,
+) -> Result<BootResult> {
     let kernel = vmlinuz.file_name().and_then(|n| n.to_str()).unwrap_or("kernel").trim_start_matches("vmlinuz-");
     let dir = std::env::temp_dir().join(format!("conntrace-vm-{}-{kernel}-{mode}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -147,8 +171,10 @@ fn boot(root: &Path, vmlinuz: &Path, mode: &str, exes: &BTreeMap<String, PathBuf
     let expect = if mode == "auto" { "fexit" } else { mode };
     let mut script = format!(
         "#!/bin/sh\nmount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null\n\
-         export CONNTRACE_BIN={bin}\nexport CONNTRACE_EXPECT_MODE={expect}\nexport CONNTRACE_IN_VM=1\n",
-        bin = root.join("target/release/conntrace").display()
+         export CONNTRACE_BIN={bin}\nexport CONNTRACE_WORKLOAD_BIN={wl}\n\
+         export CONNTRACE_EXPECT_MODE={expect}\nexport CONNTRACE_IN_VM=1\n",
+        bin = stage.join("conntrace").display(),
+        wl = stage.join("conntrace-workload").display()
     );
     if mode != "auto" {
         script.push_str(&format!("export CONNTRACE_ATTACH_MODE={mode}\n"));
@@ -228,20 +254,20 @@ pub fn run(root: &Path, kernel: &str, mode: &str, timeout: u64) -> Result<()> {
     ensure_host()?;
     let images: Vec<(String, PathBuf)> =
         kernels.iter().map(|k| Ok((k.to_string(), ensure_kernel(k)?))).collect::<Result<_>>()?;
-    let exes = build(root)?;
+    let (stage, exes) = build(root)?;
 
-    let signals = ["port_assign", "time_wait", "fd_alloc", "connect"];
+    let signals = ["port_assign", "time_wait", "tw_overflow", "fd_alloc", "connect", "bind", "accept_queue"];
     let mut rows = Vec::new();
     let mut failed = false;
     for (k, image) in &images {
         for m in &modes {
             println!("xtask: booting {} in mode {m}", image.display());
-            let mut r = boot(root, image, m, &exes, timeout)?;
+            let mut r = boot(root, &stage, image, m, &exes, timeout)?;
             if let Some(p) = &r.problem {
                 // The guest did not finish (virtme-ng failed to start it, or the emulated guest
                 // died mid-run, seen once in 16 boots): boot once more, and say so.
                 println!("xtask: that boot did not finish ({}), retrying once", p.lines().next().unwrap_or(""));
-                r = boot(root, image, m, &exes, timeout)?;
+                r = boot(root, &stage, image, m, &exes, timeout)?;
             }
             let mut cells = Vec::new();
             for sig in signals {
@@ -257,15 +283,17 @@ pub fn run(root: &Path, kernel: &str, mode: &str, timeout: u64) -> Result<()> {
             rows.push((k.clone(), m.to_string(), cells, format!("{passed}/{}", r.tests.len()), r.secs, r.problem));
         }
     }
-    println!(
-        "\n{:<7} {:<11} {:<12} {:<10} {:<9} {:<8} {:>7} {:>8}",
-        "kernel", "mode", "port_assign", "time_wait", "fd_alloc", "connect", "tests", "boot+run"
-    );
+    let mut header = format!("\n{:<7} {:<11}", "kernel", "mode");
+    for sig in signals {
+        header.push_str(&format!(" {sig:<12}"));
+    }
+    println!("{header} {:>7} {:>8}", "tests", "boot+run");
     for (k, m, cells, tests, secs, problem) in &rows {
-        println!(
-            "{k:<7} {m:<11} {:<12} {:<10} {:<9} {:<8} {tests:>7} {:>7.0}s",
-            cells[0], cells[1], cells[2], cells[3], secs
-        );
+        let mut line = format!("{k:<7} {m:<11}");
+        for c in cells {
+            line.push_str(&format!(" {c:<12}"));
+        }
+        println!("{line} {tests:>7} {secs:>7.0}s");
         if let Some(p) = problem {
             println!("        {p}");
         }

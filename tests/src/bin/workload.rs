@@ -120,6 +120,10 @@ fn tw(args: &[String]) {
     let addr: SocketAddr = req(args, "--addr");
     let count: u32 = req(args, "--count");
     let rate: Option<f64> = arg(args, "--rate").and_then(|v| v.parse().ok());
+    // TIME_WAIT ignores resets (RFC 1337): under emulation a late retransmission can be
+    // answered with a reset that would otherwise end a TIME_WAIT early (tcp_timewait_state_process),
+    // and the namespace's TIME_WAIT count must stay the ground truth.
+    std::fs::write("/proc/sys/net/ipv4/tcp_rfc1337", "1").expect("setting tcp_rfc1337 in the test namespace");
     let exe = std::env::current_exe().expect("own path");
     let mut server = Command::new(exe)
         .args(["tw-server", "--listen", &addr.to_string()])
@@ -267,6 +271,60 @@ fn bind_addr(args: &[String]) {
     }
     println!("{}", json!({"pid": pid(), "ok": ok, "bind_errors": errors}));
     hold(args);
+}
+
+/// A listener with a small backlog that never accepts (`listen-only`, a separate process),
+/// and `--clients N` non-blocking connects to it. After `--wait-ms` the clients are closed
+/// (no more SYN retransmits) and the namespace's listen counters reported.
+fn backlog(args: &[String]) {
+    let addr: std::net::SocketAddrV4 = req(args, "--listen");
+    let clients: u32 = req(args, "--clients");
+    let wait_ms: u64 = req(args, "--wait-ms");
+    let backlog: i32 = req(args, "--backlog");
+    let exe = std::env::current_exe().expect("own path");
+    let mut server = Command::new(exe)
+        .args(["listen-only", "--listen", &addr.to_string(), "--backlog", &backlog.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn listener");
+    let mut ready = String::new();
+    std::io::BufReader::new(server.stdout.take().expect("listener stdout")).read_line(&mut ready).ok();
+    let mut socks = Vec::new();
+    for _ in 0..clients {
+        let fd = tcp_socket(libc::AF_INET).expect("socket");
+        // SAFETY: fcntl on our own fd.
+        unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+        let _ = sys_addr(&fd, addr, true); // EINPROGRESS
+        socks.push(fd);
+    }
+    std::thread::sleep(Duration::from_millis(wait_ms));
+    let established = socket_states().get("01").copied().unwrap_or(0) / 2;
+    drop(socks);
+    std::thread::sleep(Duration::from_millis(100));
+    println!(
+        "{}",
+        json!({"pid": pid(), "server_pid": server.id(), "established": established,
+               "listen_overflows": tcp_ext("ListenOverflows"), "listen_drops": tcp_ext("ListenDrops"),
+               "reqq_full_drop": tcp_ext("TCPReqQFullDrop")})
+    );
+    hold(args);
+    server.kill().ok();
+    server.wait().ok();
+}
+
+/// A listener that never accepts: `--backlog` is the listen() backlog.
+fn listen_only(args: &[String]) {
+    let addr: std::net::SocketAddrV4 = req(args, "--listen");
+    let backlog: i32 = req(args, "--backlog");
+    let fd = tcp_socket(libc::AF_INET).expect("socket");
+    sys_addr(&fd, addr, false).expect("bind");
+    // SAFETY: listen on our own bound socket.
+    assert_eq!(unsafe { libc::listen(fd.as_raw_fd(), backlog) }, 0, "listen");
+    println!("ready");
+    std::io::stdout().flush().ok();
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
 }
 
 /// Closes that are aborts, not TIME_WAIT: the client sends a byte and shuts down its side
@@ -453,8 +511,10 @@ fn main() {
         Some("bind-connect") => bind_connect(&args),
         Some("bind-addr") => bind_addr(&args),
         Some("resets") => resets(&args),
+        Some("backlog") => backlog(&args),
+        Some("listen-only") => listen_only(&args),
         _ => {
-            eprintln!("usage: conntrace-workload ports|tw|tw-server|emfile|enfile|async|churn|bind-connect|bind-addr|resets [options]");
+            eprintln!("usage: conntrace-workload ports|tw|tw-server|emfile|enfile|async|churn|bind-connect|bind-addr|resets|backlog|listen-only [options]");
             std::process::exit(2);
         }
     }

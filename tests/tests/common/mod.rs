@@ -45,8 +45,10 @@ pub fn conntrace_bin() -> PathBuf {
     .clone()
 }
 
-pub fn workload_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_conntrace-workload")
+/// The workload binary: $CONNTRACE_WORKLOAD_BIN (a staged copy, see `cargo xtask vm-test`),
+/// else the one cargo built with these tests.
+pub fn workload_bin() -> String {
+    std::env::var("CONNTRACE_WORKLOAD_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_conntrace-workload").to_string())
 }
 
 /// A running `conntrace watch --json`.

@@ -1,0 +1,173 @@
+//! Listen-queue drops, per listener: the accept queue and the SYN queue.
+//!
+//! No tracepoint fires when tcp_conn_request() drops a SYN because the accept queue is full
+//! (the SYN is consumed, not freed with a drop reason; only the final-ACK path carries
+//! SKB_DROP_REASON_TCP_LISTEN_OVERFLOW, on 6.15+). The kernel counts every such drop itself,
+//! exactly: per listener in `sk_drops` (tcp_listendrop) and per namespace in TcpExt
+//! ListenOverflows / ListenDrops / TCPReqQFullDrop / TCPReqQFullDoCookies. conntrace reads
+//! both each interval (sock_diag filtered to listeners, /proc/net/netstat) and turns growth
+//! into per-listener deltas. Pure logic here; the reading is in `netdiag` and `facts`.
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+use crate::netdiag::{TcpSocket, LISTEN};
+
+/// TcpExt counters that say why listeners dropped.
+pub const NS_COUNTERS: [&str; 5] =
+    ["ListenOverflows", "ListenDrops", "TCPReqQFullDrop", "TCPReqQFullDoCookies", "SyncookiesSent"];
+
+/// What one listener did since the previous poll.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerDelta {
+    pub netns: u32,
+    pub inode: u32,
+    pub addr: IpAddr,
+    pub port: u16,
+    /// SYNs/ACKs dropped since the previous poll (growth of sk_drops).
+    pub drops: u64,
+    /// Accept queue now: connections waiting for accept(), and the backlog in force
+    /// (min(listen() backlog, net.core.somaxconn)).
+    pub queue_len: u32,
+    pub backlog: u32,
+    /// Request sockets (SYN queue) toward this listener's port now.
+    pub syn_recv: u64,
+}
+
+impl ListenerDelta {
+    pub fn accept_queue_full(&self) -> bool {
+        // sk_acceptq_is_full(): sk_ack_backlog > sk_max_ack_backlog.
+        self.queue_len > self.backlog
+    }
+}
+
+/// Growth of a namespace's listen counters since the previous poll.
+pub type NsDelta = BTreeMap<&'static str, u64>;
+
+/// Remembers the counters of the previous poll. Namespaces that existed when conntrace
+/// started get a baseline read then ([`Tracker::baseline`]): drops from before are not
+/// reported. A namespace first seen later was created since, so all its counts are new.
+#[derive(Default)]
+pub struct Tracker {
+    drops: BTreeMap<(u32, u32), u64>,
+    ns: BTreeMap<u32, BTreeMap<String, u64>>,
+}
+
+impl Tracker {
+    /// One poll of namespace `netns`: its listeners and request sockets (`socks`) and its
+    /// TcpExt counters. Returns the listeners whose drop count grew and the namespace deltas.
+    pub fn update(
+        &mut self,
+        netns: u32,
+        socks: &[TcpSocket],
+        tcp_ext: &BTreeMap<String, u64>,
+    ) -> (Vec<ListenerDelta>, NsDelta) {
+        let prev_ns = self.ns.insert(netns, tcp_ext.clone()).unwrap_or_default();
+        let mut ns_delta = NsDelta::new();
+        for name in NS_COUNTERS {
+            let (before, now) = (prev_ns.get(name).copied().unwrap_or(0), tcp_ext.get(name).copied().unwrap_or(0));
+            if now > before {
+                ns_delta.insert(name, now - before);
+            }
+        }
+        let mut syn_recv: BTreeMap<u16, u64> = BTreeMap::new();
+        for s in socks.iter().filter(|s| s.state == 3 || s.state == 12) {
+            *syn_recv.entry(s.sport).or_default() += 1;
+        }
+        let mut out = Vec::new();
+        let mut alive = Vec::new();
+        for l in socks.iter().filter(|s| s.state == LISTEN) {
+            let key = (netns, l.inode);
+            alive.push(key);
+            let now = l.drops.unwrap_or(0) as u64;
+            // A listener first seen after the baseline was created since: all its drops are
+            // new.
+            let before = self.drops.insert(key, now).unwrap_or(0);
+            if now > before {
+                out.push(ListenerDelta {
+                    netns,
+                    inode: l.inode,
+                    addr: l.src,
+                    port: l.sport,
+                    drops: now - before,
+                    queue_len: l.rqueue,
+                    backlog: l.wqueue,
+                    syn_recv: syn_recv.get(&l.sport).copied().unwrap_or(0),
+                });
+            }
+        }
+        self.drops.retain(|k, _| k.0 != netns || alive.contains(k));
+        (out, ns_delta)
+    }
+
+    /// Records the counters of a namespace that exists as conntrace starts.
+    pub fn baseline(&mut self, netns: u32, socks: &[TcpSocket], tcp_ext: &BTreeMap<String, u64>) {
+        self.ns.insert(netns, tcp_ext.clone());
+        for l in socks.iter().filter(|s| s.state == LISTEN) {
+            self.drops.insert((netns, l.inode), l.drops.unwrap_or(0) as u64);
+        }
+    }
+
+    /// Forgets a namespace that is gone.
+    pub fn forget(&mut self, netns: u32) {
+        self.ns.remove(&netns);
+        self.drops.retain(|k, _| k.0 != netns);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn listener(port: u16, inode: u32, drops: u32, queue: u32, backlog: u32) -> TcpSocket {
+        TcpSocket {
+            state: LISTEN,
+            src: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            sport: port,
+            dst: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            dport: 0,
+            rqueue: queue,
+            wqueue: backlog,
+            inode,
+            drops: Some(drops),
+        }
+    }
+
+    fn ext(overflows: u64) -> BTreeMap<String, u64> {
+        [("ListenOverflows".to_string(), overflows), ("ListenDrops".to_string(), overflows)].into()
+    }
+
+    #[test]
+    fn growth_since_the_baseline_is_reported() {
+        let mut t = Tracker::default();
+        t.baseline(7, &[listener(80, 1, 5, 0, 128)], &ext(5));
+        let (d, ns) = t.update(7, &[listener(80, 1, 5, 0, 128)], &ext(5));
+        assert!(d.is_empty() && ns.is_empty());
+        let (d, ns) = t.update(7, &[listener(80, 1, 12, 9, 8)], &ext(12));
+        assert_eq!(d.len(), 1);
+        assert_eq!((d[0].drops, d[0].queue_len, d[0].backlog, d[0].port), (7, 9, 8, 80));
+        assert!(d[0].accept_queue_full());
+        assert_eq!(ns["ListenOverflows"], 7);
+        // No growth: nothing.
+        let (d, ns) = t.update(7, &[listener(80, 1, 12, 9, 8)], &ext(12));
+        assert!(d.is_empty() && ns.is_empty());
+    }
+
+    #[test]
+    fn a_namespace_or_listener_created_after_the_start_counts_everything() {
+        let mut t = Tracker::default();
+        // Namespace 9 did not exist at start: all of it is new.
+        let (d, ns) = t.update(9, &[listener(80, 5, 31, 9, 8)], &ext(31));
+        assert_eq!((d[0].drops, ns["ListenOverflows"]), (31, 31));
+        t.baseline(7, &[], &ext(0));
+        let mut syn = listener(443, 0, 0, 0, 0);
+        syn.state = 12;
+        let (d, _) = t.update(7, &[listener(443, 2, 3, 0, 8), syn], &ext(3));
+        assert_eq!((d[0].drops, d[0].syn_recv), (3, 1));
+        assert!(!d[0].accept_queue_full());
+        // Closed and re-created with the same inode number much later: starts again.
+        t.update(7, &[], &ext(3));
+        let (d, _) = t.update(7, &[listener(443, 2, 1, 0, 8)], &ext(4));
+        assert_eq!(d[0].drops, 1);
+    }
+}
