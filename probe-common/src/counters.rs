@@ -66,6 +66,9 @@ pub mod kind {
     /// connect() on a socket that already had a local port (bind before connect): that port
     /// is held exclusively, whatever the destination.
     pub const CONNECT_BOUND: u16 = 13;
+    /// listen() on a TCP socket (CLOSE→LISTEN): tells user space which processes (and so
+    /// which network namespaces) have listeners to watch.
+    pub const LISTEN: u16 = 14;
 }
 
 #[cfg(feature = "user")]

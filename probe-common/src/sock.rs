@@ -10,6 +10,7 @@ pub mod tcp_state {
     pub const FIN_WAIT1: i32 = 4;
     pub const FIN_WAIT2: i32 = 5;
     pub const CLOSE: i32 = 7;
+    pub const LISTEN: i32 = 10;
     pub const CLOSING: i32 = 11;
 }
 

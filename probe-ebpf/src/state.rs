@@ -8,7 +8,7 @@ use probe_common::{
 
 use crate::{
     connect,
-    count::{bump, bump_dest, dest_of_sock},
+    count::{bump, bump_dest, current, current_comm, dest_of_sock},
     kernel::{sk_err, sk_is_tcp, sk_tw_table},
     maps::{role_on, OWNERS, RST_SENT, TW_SEEN},
 };
@@ -17,10 +17,16 @@ use crate::{
 pub fn on_set_state(sk: u64, oldstate: i32, newstate: i32) {
     // Only SYN_SENT→* and *→CLOSE matter; most of the ~10 changes of a connection's life
     // return here, before any kernel memory is read.
-    if oldstate != tcp_state::SYN_SENT && newstate != tcp_state::CLOSE {
+    if oldstate != tcp_state::SYN_SENT && newstate != tcp_state::CLOSE && newstate != tcp_state::LISTEN {
         return;
     }
     if !sk_is_tcp(sk) {
+        return;
+    }
+    if newstate == tcp_state::LISTEN {
+        // inet_csk_listen_start() runs in the listen() caller's context.
+        let (tgid, _) = current();
+        bump(tgid, kind::LISTEN, 0, &current_comm());
         return;
     }
     if oldstate == tcp_state::SYN_SENT

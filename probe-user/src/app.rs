@@ -278,6 +278,11 @@ impl State {
             let enter = if Some(ns) == own { None } else { Some(pid) };
             if let Ok((Ok(socks), ext)) = netdiag::in_netns_of(enter, read_listen_counters) {
                 self.listen_tracker.baseline(ns, &socks, &ext);
+                // Namespaces with listeners are watched from now on; others join when one of
+                // their processes calls listen() or connect() (it then shows up in the counts).
+                if socks.iter().any(|s| s.state == netdiag::LISTEN) {
+                    self.listen_netns.insert(ns, pid);
+                }
             }
         }
     }
@@ -319,7 +324,9 @@ impl State {
             if !self.filter.is_all() && !self.filter.matches(owner, &self.comm_of(probe, owner)) {
                 continue;
             }
-            deltas.entry(owner).or_default().listen_drops += l.drops;
+            let c = deltas.entry(owner).or_default();
+            c.listen_drops += l.drops;
+            c.syncookies += l.cookies;
             window.listener_drops.push((owner, l, ns));
         }
         let mut samples = Vec::new();

@@ -31,12 +31,21 @@ pub struct ListenerDelta {
     pub backlog: u32,
     /// Request sockets (SYN queue) toward this listener's port now.
     pub syn_recv: u64,
+    /// SYNs answered with a syncookie because the SYN queue was full (the namespace's
+    /// TCPReqQFullDoCookies growth, given to the listener whose SYN queue is full; no
+    /// per-listener counter exists for it).
+    pub cookies: u64,
 }
 
 impl ListenerDelta {
     pub fn accept_queue_full(&self) -> bool {
         // sk_acceptq_is_full(): sk_ack_backlog > sk_max_ack_backlog.
         self.queue_len > self.backlog
+    }
+
+    /// inet_csk_reqsk_queue_is_full(): more request sockets than the backlog.
+    pub fn syn_queue_full(&self) -> bool {
+        self.syn_recv > self.backlog as u64
     }
 }
 
@@ -92,7 +101,34 @@ impl Tracker {
                     queue_len: l.rqueue,
                     backlog: l.wqueue,
                     syn_recv: syn_recv.get(&l.sport).copied().unwrap_or(0),
+                    cookies: 0,
                 });
+            }
+        }
+        // Syncookies leave no trace on the listener: give the namespace's count to the
+        // listener whose SYN queue is fullest (with several full at once this is a guess).
+        if let Some(&cookies) = ns_delta.get("TCPReqQFullDoCookies") {
+            let fullest = socks
+                .iter()
+                .filter(|l| l.state == LISTEN)
+                .map(|l| (syn_recv.get(&l.sport).copied().unwrap_or(0), l))
+                .filter(|(n, l)| *n > l.wqueue as u64)
+                .max_by_key(|(n, l)| n * 1000 / (l.wqueue as u64 + 1));
+            if let Some((n, l)) = fullest {
+                match out.iter_mut().find(|d| d.inode == l.inode) {
+                    Some(d) => d.cookies = cookies,
+                    None => out.push(ListenerDelta {
+                        netns,
+                        inode: l.inode,
+                        addr: l.src,
+                        port: l.sport,
+                        drops: 0,
+                        queue_len: l.rqueue,
+                        backlog: l.wqueue,
+                        syn_recv: n,
+                        cookies,
+                    }),
+                }
             }
         }
         self.drops.retain(|k, _| k.0 != netns || alive.contains(k));
@@ -162,9 +198,15 @@ mod tests {
         t.baseline(7, &[], &ext(0));
         let mut syn = listener(443, 0, 0, 0, 0);
         syn.state = 12;
-        let (d, _) = t.update(7, &[listener(443, 2, 3, 0, 8), syn], &ext(3));
+        let (d, _) = t.update(7, &[listener(443, 2, 3, 0, 8), syn.clone()], &ext(3));
         assert_eq!((d[0].drops, d[0].syn_recv), (3, 1));
         assert!(!d[0].accept_queue_full());
+        // Syncookies: the namespace counter goes to the listener with a full SYN queue.
+        let mut syns: Vec<TcpSocket> = (0..9).map(|_| syn.clone()).collect();
+        syns.push(listener(443, 2, 3, 0, 8));
+        let (d, _) = t.update(7, &syns, &[("TCPReqQFullDoCookies".to_string(), 21)].into());
+        assert_eq!((d[0].drops, d[0].cookies, d[0].syn_recv), (0, 21, 9));
+        assert!(d[0].syn_queue_full());
         // Closed and re-created with the same inode number much later: starts again.
         t.update(7, &[], &ext(3));
         let (d, _) = t.update(7, &[listener(443, 2, 1, 0, 8)], &ext(4));

@@ -41,6 +41,10 @@ pub struct Counts {
     pub bound_connects: u64,
     /// SYNs/ACKs dropped by listeners this process owns (full accept or SYN queue).
     pub listen_drops: u64,
+    /// SYNs its listeners answered with syncookies because their SYN queue was full.
+    pub syncookies: u64,
+    /// listen() calls on TCP sockets.
+    pub listens: u64,
 }
 
 impl Counts {
@@ -69,6 +73,7 @@ impl Counts {
             kind::BIND_ERROR => *self.bind_errors.entry(errno::name(key.aux)).or_default() += n,
             kind::BIND_PORT_EXHAUSTED => self.bind_failures += n,
             kind::CONNECT_BOUND => self.bound_connects += n,
+            kind::LISTEN => self.listens += n,
             _ => {}
         }
     }

@@ -60,6 +60,8 @@ pub fn sample_json(ts: SystemTime, s: &Sample) -> Value {
         "bind_failures": c.bind_failures,
         "bound_connects": c.bound_connects,
         "listen_drops": c.listen_drops,
+        "syncookies": c.syncookies,
+        "listens": c.listens,
         "nofile_limit": s.nofile_limit,
         "open_fds": s.open_fds,
     })

@@ -351,7 +351,7 @@ impl Engine {
             let cause = listen_cause(l, ns);
             let dest = Dest { netns: l.netns, addr: l.addr, port: l.port };
             let since = w.first_seen.get(&(pid, cause)).copied().unwrap_or(start);
-            self.failure((cause, pid, Some(dest)), l.drops, now, since, &mut seen, || {
+            self.failure((cause, pid, Some(dest)), l.drops + l.cookies, now, since, &mut seen, || {
                 let comm = ev.comm(pid);
                 listen_queue(cause, pid, comm, since, l, ns, ev.net(pid, l.netns))
             });
@@ -558,7 +558,8 @@ fn net_error(v: &mut Verdict, net: &Result<NetFacts, String>) {
 /// grew, the accept queue otherwise (ListenOverflows, or the queue is full right now).
 fn listen_cause(l: &ListenerDelta, ns: &NsDelta) -> Cause {
     let get = |k: &str| ns.get(k).copied().unwrap_or(0);
-    if get("ListenOverflows") == 0 && !l.accept_queue_full() && get("TCPReqQFullDrop") > 0 {
+    let syn = l.cookies > 0 || get("TCPReqQFullDrop") > 0;
+    if syn && get("ListenOverflows") == 0 && !l.accept_queue_full() {
         Cause::SynQueue
     } else {
         Cause::AcceptQueue
@@ -574,7 +575,7 @@ fn listen_queue(
     ns: &NsDelta,
     net: Result<NetFacts, String>,
 ) -> Verdict {
-    let mut v = base(cause, pid, comm.clone(), since, l.drops);
+    let mut v = base(cause, pid, comm.clone(), since, l.drops + l.cookies);
     let listener = Dest { netns: l.netns, addr: l.addr, port: l.port };
     v.destination = Some(listener.clone());
     net_error(&mut v, &net);
@@ -585,6 +586,7 @@ fn listen_queue(
     v.evidence.insert("queue_len".into(), json!(l.queue_len));
     v.evidence.insert("drops".into(), json!(l.drops));
     v.evidence.insert("syn_recv".into(), json!(l.syn_recv));
+    v.evidence.insert("syncookies".into(), json!(l.cookies));
     v.evidence.insert("somaxconn".into(), json!(somaxconn));
     v.evidence.insert("netns".into(), json!(l.netns));
     v.evidence.insert("netns_counters".into(), json!(ns));
@@ -611,16 +613,27 @@ fn listen_queue(
             "clients do not get an error: their SYNs are retransmitted after 1, 3, 7… s, seen as slow connects".into(),
         );
     } else {
+        let what = match (l.drops, l.cookies) {
+            (d, 0) => format!("{} SYNs dropped", thousands(d)),
+            (0, c) => format!("{} SYNs answered with syncookies", thousands(c)),
+            (d, c) => format!("{} SYNs dropped and {} answered with syncookies", thousands(d), thousands(c)),
+        };
         v.summary = format!(
-            "the SYN queue of {ep} ({comm}[{pid}]) is full: {} request sockets, backlog {}; {} SYNs dropped since {}",
+            "the SYN queue of {ep} ({comm}[{pid}]) is full: {} handshakes pending, backlog {}; {what} since {}",
             l.syn_recv,
             l.backlog,
-            thousands(l.drops),
             clock(since)
         );
-        v.fix.push(
-            "net.ipv4.tcp_syncookies=1 answers SYNs beyond the queue with cookies instead of dropping them".into(),
-        );
+        if l.drops > 0 {
+            v.fix.push(
+                "net.ipv4.tcp_syncookies=1 answers SYNs beyond the queue with cookies instead of dropping them".into(),
+            );
+        } else {
+            v.fix.push(
+                "syncookies keep connections working but lose TCP options (window scaling, SACK) unless timestamps carry them"
+                    .into(),
+            );
+        }
         v.fix.push(format!(
             "raise the listen() backlog (now {}), net.core.somaxconn and net.ipv4.tcp_max_syn_backlog",
             l.backlog

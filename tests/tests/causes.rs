@@ -176,3 +176,57 @@ fn full_accept_queue_is_charged_to_the_listener_owner() {
     assert!(fixes.contains("somaxconn") && fixes.contains("accept faster"), "{fixes}");
     assert!(activations(&lines, client, "accept_queue").is_empty());
 }
+
+/// A SYN flood (raw SYNs from an address whose SYN-ACKs go out a veth to nobody) against a
+/// listener with backlog 8: with tcp_syncookies=0 the SYNs beyond the queue are dropped, with
+/// 1 they are answered with cookies. Either way the verdict is the SYN queue, not the accept
+/// queue, charged to the listener's owner.
+fn syn_flood(cookies: bool) {
+    let ct = Conntrace::start(&[]);
+    let out = in_netns(&format!(
+        "ip link add v0 type veth peer name v1\n\
+         ip addr add 10.9.0.1/24 dev v0\nip link set v0 up\nip link set v1 up\n\
+         ip neigh add 10.9.0.2 lladdr 02:00:00:00:00:02 dev v0 nud permanent\n\
+         sysctl -qw net.ipv4.tcp_syncookies={}\n\
+         $WL syn-flood --listen 10.9.0.1:9000 --from 10.9.0.2 --syns 30 --backlog 8 --hold-ms 1500",
+        cookies as u8
+    ));
+    let lines = ct.stop();
+    let wl = report(&out);
+    let server = wl["server_pid"].as_u64().unwrap();
+    assert_eq!(wl["syn_recv"], 9, "{wl}");
+    let (drops, cookie_count) = (wl["reqq_full_drop"].as_u64().unwrap(), wl["reqq_full_cookies"].as_u64().unwrap());
+    if cookies {
+        assert_eq!((drops, cookie_count), (0, 21), "{wl}");
+    } else {
+        assert_eq!((drops, cookie_count), (21, 0), "{wl}");
+    }
+    assert_eq!(wl["listen_overflows"], 0, "{wl}");
+    let s = &status(&lines)["signals"]["syn_queue"];
+    assert_eq!((s["mode"].as_str(), s["exact"].as_bool()), (Some("sock_diag"), Some(true)), "{s}");
+    assert_eq!(total(&lines, server, "listen_drops"), drops);
+    assert_eq!(total(&lines, server, "syncookies"), cookie_count);
+
+    let vs = activations(&lines, server, "syn_queue");
+    assert_eq!(vs.len(), 1, "{vs:?}");
+    assert_eq!(vs[0]["listener"], "10.9.0.1:9000");
+    let e = &vs[0]["evidence"];
+    assert_eq!((e["syn_recv"].as_u64(), e["backlog"].as_u64()), (Some(9), Some(8)), "{e}");
+    assert!(activations(&lines, server, "accept_queue").is_empty());
+}
+
+#[test]
+fn full_syn_queue_without_syncookies_drops_syns() {
+    if !require_root("full_syn_queue_without_syncookies_drops_syns") {
+        return;
+    }
+    syn_flood(false);
+}
+
+#[test]
+fn full_syn_queue_with_syncookies_is_still_named() {
+    if !require_root("full_syn_queue_with_syncookies_is_still_named") {
+        return;
+    }
+    syn_flood(true);
+}

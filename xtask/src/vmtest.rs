@@ -32,6 +32,9 @@ fn signals_of(test: &str) -> &'static [&'static str] {
         "tw_bucket_overflow_is_charged_to_the_client" => &["time_wait", "tw_overflow"],
         "resets_after_close_are_not_time_wait" => &["time_wait"],
         "full_accept_queue_is_charged_to_the_listener_owner" => &["accept_queue"],
+        "full_syn_queue_without_syncookies_drops_syns" | "full_syn_queue_with_syncookies_is_still_named" => {
+            &["syn_queue"]
+        }
         "bind_before_connect_hoards_ports_across_destinations" | "non_local_address_is_not_port_exhaustion" => {
             &["bind"]
         }
@@ -256,7 +259,8 @@ pub fn run(root: &Path, kernel: &str, mode: &str, timeout: u64) -> Result<()> {
         kernels.iter().map(|k| Ok((k.to_string(), ensure_kernel(k)?))).collect::<Result<_>>()?;
     let (stage, exes) = build(root)?;
 
-    let signals = ["port_assign", "time_wait", "tw_overflow", "fd_alloc", "connect", "bind", "accept_queue"];
+    let signals =
+        ["port_assign", "time_wait", "tw_overflow", "fd_alloc", "connect", "bind", "accept_queue", "syn_queue"];
     let mut rows = Vec::new();
     let mut failed = false;
     for (k, image) in &images {
