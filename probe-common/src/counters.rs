@@ -69,6 +69,10 @@ pub mod kind {
     /// listen() on a TCP socket (CLOSE→LISTEN): tells user space which processes (and so
     /// which network namespaces) have listeners to watch.
     pub const LISTEN: u16 = 14;
+    /// A TCP buffer allocation refused because TCP memory (net.ipv4.tcp_mem) is exhausted
+    /// (__sk_mem_raise_allocated → sock:sock_exceed_buf_limit); aux = 0 send, 1 receive
+    /// (the received segment is dropped).
+    pub const TCP_MEM_REFUSED: u16 = 15;
 }
 
 #[cfg(feature = "user")]

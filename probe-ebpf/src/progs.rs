@@ -73,6 +73,21 @@ pub fn send_reset_tp(ctx: TracePointContext) -> u32 {
     0
 }
 
+// ---- TCP memory (net.ipv4.tcp_mem) ----
+
+/// sock:sock_exceed_buf_limit fires only where __sk_mem_raise_allocated() refuses memory
+/// (include/trace/events/sock.h): TP_PROTO(struct sock *sk, struct proto *prot, long
+/// allocated, int kind), kind 0 = SK_MEM_SEND, 1 = SK_MEM_RECV.
+#[btf_tracepoint(function = "sock_exceed_buf_limit")]
+pub fn mem_refused_btf(ctx: BtfTracePointContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
+    let kind: i32 = ctx.arg(3);
+    if sk_is_tcp(sk) {
+        state::charge_to_owner_aux(sk, kind::TCP_MEM_REFUSED, (kind == 1) as u16);
+    }
+    0
+}
+
 // ---- bind() ----
 
 #[inline(always)]

@@ -91,6 +91,19 @@ pub fn on_send_reset(sk: u64) {
     }
 }
 
+/// Like `charge_to_owner`, with a detail (`CountKey::aux`).
+#[inline(always)]
+pub fn charge_to_owner_aux(sk: u64, kind: u16, aux: u16) {
+    match OWNERS.get_ptr(sk) {
+        Some(o) => {
+            let o = unsafe { &*o };
+            let (tgid, comm) = (o.tgid, o.comm);
+            bump(tgid, kind, aux, &comm);
+        }
+        None => bump(UNATTRIBUTED, kind, aux, &[0; 16]),
+    }
+}
+
 /// Counts `kind` for the process that owns `sk` (recorded at connect/accept), or as
 /// unattributed when no owner was recorded.
 #[inline(always)]

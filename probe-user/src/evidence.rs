@@ -60,4 +60,9 @@ impl Evidence for LiveEvidence<'_> {
     fn netns(&mut self, pid: u32) -> Option<u32> {
         netdiag::netns_inode(pid)
     }
+
+    fn tcp_mem(&mut self) -> crate::verdict::TcpMemFacts {
+        let f = crate::facts::read_system();
+        (f.tcp_mem, f.sockstat)
+    }
 }

@@ -45,6 +45,10 @@ pub struct Counts {
     pub syncookies: u64,
     /// listen() calls on TCP sockets.
     pub listens: u64,
+    /// Buffer allocations of its sockets refused because TCP memory (tcp_mem) ran out: sends
+    /// that had to wait, and received segments dropped.
+    pub tcp_mem_send_refused: u64,
+    pub tcp_mem_recv_dropped: u64,
 }
 
 impl Counts {
@@ -74,6 +78,8 @@ impl Counts {
             kind::BIND_PORT_EXHAUSTED => self.bind_failures += n,
             kind::CONNECT_BOUND => self.bound_connects += n,
             kind::LISTEN => self.listens += n,
+            kind::TCP_MEM_REFUSED if key.aux == 1 => self.tcp_mem_recv_dropped += n,
+            kind::TCP_MEM_REFUSED => self.tcp_mem_send_refused += n,
             _ => {}
         }
     }

@@ -62,6 +62,8 @@ pub fn sample_json(ts: SystemTime, s: &Sample) -> Value {
         "listen_drops": c.listen_drops,
         "syncookies": c.syncookies,
         "listens": c.listens,
+        "tcp_mem_send_refused": c.tcp_mem_send_refused,
+        "tcp_mem_recv_dropped": c.tcp_mem_recv_dropped,
         "nofile_limit": s.nofile_limit,
         "open_fds": s.open_fds,
     })

@@ -425,6 +425,26 @@ impl Loader<'_> {
         at
     }
 
+    /// TCP memory refusals. The tracepoint is the preferred hook here: it fires only when
+    /// __sk_mem_raise_allocated() refuses, where an fexit or kprobe on that function would run
+    /// on every buffer charge.
+    fn tcp_mem(&mut self, a: &Allowed) -> Attempt {
+        let mut at = Attempt::default();
+        if !a.tp {
+            at.failed("tracepoint", "only hooked by tracepoint (sock:sock_exceed_buf_limit), not allowed in this mode");
+            return at;
+        }
+        match self.tp_btf("mem_refused_btf", "sock_exceed_buf_limit") {
+            Ok(h) => at.attached(
+                Mode::TpBtf,
+                vec![h],
+                "buffer allocations refused over net.ipv4.tcp_mem, charged to the socket's owner",
+            ),
+            Err(e) => at.failed("tp_btf", reason(&e)),
+        }
+        at
+    }
+
     /// Failed bind() calls on TCP sockets.
     fn bind(&mut self, a: &Allowed, fd_walk_ok: bool) -> Attempt {
         let mut at = Attempt::default();
@@ -591,6 +611,7 @@ impl Probe {
         let tw_overflow = tw_overflow_status(&tw, c.net_tw_refcount != OFFSET_MISSING);
         let fd = l.fd_alloc(&allowed).finish(mode);
         let bind = l.bind(&net, fd_walk_ok).finish(mode);
+        let tcp_mem = l.tcp_mem(&net).finish(mode);
 
         let signals = vec![
             ("port_assign", port),
@@ -599,6 +620,7 @@ impl Probe {
             ("fd_alloc", fd),
             ("connect", connect),
             ("bind", bind),
+            ("tcp_mem", tcp_mem),
         ];
         if signals.iter().all(|(_, s)| s.mode == Mode::Unavailable) {
             let first = signals[0].1.note.clone().unwrap_or_default();

@@ -44,8 +44,8 @@ impl SignalStatus {
 }
 
 /// Signals in the order they are reported.
-pub const SIGNALS: [&str; 8] =
-    ["port_assign", "time_wait", "tw_overflow", "fd_alloc", "connect", "bind", "accept_queue", "syn_queue"];
+pub const SIGNALS: [&str; 9] =
+    ["port_assign", "time_wait", "tw_overflow", "fd_alloc", "connect", "bind", "tcp_mem", "accept_queue", "syn_queue"];
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Losses {

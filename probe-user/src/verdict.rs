@@ -33,6 +33,7 @@ pub enum Cause {
     AddressUnavailable,
     AcceptQueue,
     SynQueue,
+    TcpMem,
 }
 
 impl Cause {
@@ -47,6 +48,7 @@ impl Cause {
             Cause::AddressUnavailable => "address_unavailable",
             Cause::AcceptQueue => "accept_queue",
             Cause::SynQueue => "syn_queue",
+            Cause::TcpMem => "tcp_mem",
         }
     }
 
@@ -125,7 +127,13 @@ pub trait Evidence {
     fn alive(&mut self, pid: u32) -> bool;
     /// Network namespace inode of a running process.
     fn netns(&mut self, pid: u32) -> Option<u32>;
+    /// net.ipv4.tcp_mem (low, pressure, high, in pages) and the TCP line of
+    /// /proc/net/sockstat (`mem` = pages in use, `orphan`, …): both machine-wide.
+    fn tcp_mem(&mut self) -> TcpMemFacts;
 }
+
+/// net.ipv4.tcp_mem (low, pressure, high; pages) and /proc/net/sockstat's TCP line.
+pub type TcpMemFacts = (Option<(u64, u64, u64)>, BTreeMap<String, u64>);
 
 struct Active {
     verdict: Verdict,
@@ -330,6 +338,15 @@ impl Engine {
                 self.failure((Cause::BindHoarding, pid, None), c.bind_failures, now, since, &mut seen, || {
                     let comm = ev.comm(pid);
                     bind_hoarding(pid, comm, since, c.bind_failures, c.bound_connects, own_net(ev, pid))
+                });
+            }
+            let mem = c.tcp_mem_send_refused + c.tcp_mem_recv_dropped;
+            if mem > 0 {
+                let since = since(Cause::TcpMem);
+                self.failure((Cause::TcpMem, pid, None), mem, now, since, &mut seen, || {
+                    let comm = ev.comm(pid);
+                    let (limits, sockstat) = ev.tcp_mem();
+                    tcp_mem(pid, comm, since, c, limits, &sockstat, own_net(ev, pid))
                 });
             }
             // EADDRNOTAVAIL that is not a port search failing: bind() to an address that is not
@@ -643,6 +660,56 @@ fn listen_queue(
     v
 }
 
+pub fn tcp_mem(
+    pid: u32,
+    comm: String,
+    since: SystemTime,
+    c: &Counts,
+    limits: Option<(u64, u64, u64)>,
+    sockstat: &BTreeMap<String, u64>,
+    net: Result<NetFacts, String>,
+) -> Verdict {
+    let n = c.tcp_mem_send_refused + c.tcp_mem_recv_dropped;
+    let mut v = base(Cause::TcpMem, pid, comm.clone(), since, n);
+    net_error(&mut v, &net);
+    v.evidence.insert("tcp_mem".into(), json!(limits.map(|(a, b, c)| [a, b, c])));
+    v.evidence.insert("mem_pages".into(), json!(sockstat.get("mem")));
+    v.evidence.insert("orphans".into(), json!(sockstat.get("orphan")));
+    v.evidence.insert("send_refused".into(), json!(c.tcp_mem_send_refused));
+    v.evidence.insert("recv_dropped".into(), json!(c.tcp_mem_recv_dropped));
+    if let Ok(f) = &net {
+        let ext: BTreeMap<&str, u64> =
+            ["TCPMemoryPressures", "TCPAbortOnMemory", "TCPRcvQDrop", "PruneCalled", "TCPOrphanOverflow"]
+                .iter()
+                .filter_map(|k| Some((*k, *f.tcp_ext.get(*k)?)))
+                .collect();
+        v.evidence.insert("netns_counters".into(), json!(ext));
+    }
+    let pages = |p: u64| format!("{} pages ({} MiB)", thousands(p), p * 4096 / (1 << 20));
+    let (limit_text, high) = match limits {
+        Some((lo, pr, hi)) => (format!("tcp_mem is {lo} {pr} {hi} pages"), Some(hi)),
+        None => ("tcp_mem unknown".into(), None),
+    };
+    let used = sockstat.get("mem").map(|m| pages(*m)).unwrap_or_else(|| "?".into());
+    v.summary = format!(
+        "TCP memory is exhausted machine-wide: {used} in use, {limit_text}; {} buffer allocations of {comm}[{pid}] were refused ({} sends waited, {} received segments dropped) since {}",
+        thousands(n),
+        thousands(c.tcp_mem_send_refused),
+        thousands(c.tcp_mem_recv_dropped),
+        clock(since)
+    );
+    v.fix.push(format!(
+        "find the sockets holding the memory: `ss -tmn` (large Recv-Q: a reader that does not read; large Send-Q: a slow peer){}",
+        high.map(|h| format!("; the limit is {}", pages(h))).unwrap_or_default()
+    ));
+    v.fix.push(
+        "if the memory is legitimately needed, raise net.ipv4.tcp_mem (pages, all three values) within what RAM allows"
+            .into(),
+    );
+    v.fix.push("lower net.ipv4.tcp_rmem/tcp_wmem maxima if many connections each buffer megabytes".into());
+    v
+}
+
 pub fn tw_buckets(pid: u32, comm: String, since: SystemTime, n: u64, net: Result<NetFacts, String>) -> Verdict {
     let mut v = base(Cause::TwBuckets, pid, comm.clone(), since, n);
     net_error(&mut v, &net);
@@ -941,6 +1008,9 @@ mod tests {
         fn netns(&mut self, _pid: u32) -> Option<u32> {
             Some(7)
         }
+        fn tcp_mem(&mut self) -> TcpMemFacts {
+            (Some((8, 16, 24)), [("mem".to_string(), 30), ("orphan".to_string(), 0)].into())
+        }
     }
 
     fn dest() -> Dest {
@@ -1035,6 +1105,25 @@ mod tests {
         assert!(v.summary.contains("10 TIME_WAIT sockets, net.ipv4.tcp_max_tw_buckets is 10; 20 of its connections"));
         assert_eq!(v.evidence["netns_tw_overflows"], 20);
         assert!(v.fix[0].contains("tcp_max_tw_buckets (now 10"));
+    }
+
+    #[test]
+    fn refused_tcp_memory_names_tcp_mem_and_the_usage() {
+        let mut e = Engine::new(Duration::from_secs(1));
+        let mut fake = Fake { net: Ok(net(0, 0, 0)), calls: 0 };
+        let mut w = window(0);
+        w.counts.insert(5, Counts { tcp_mem_send_refused: 3, tcp_mem_recv_dropped: 40, ..Default::default() });
+        let out = e.tick(&w, &mut fake);
+        assert_eq!(out.len(), 1, "{out:?}");
+        let v = &out[0];
+        assert_eq!((v.cause, v.failures), (Cause::TcpMem, 43));
+        assert!(
+            v.summary.contains("30 pages (0 MiB) in use, tcp_mem is 8 16 24 pages; 43 buffer allocations"),
+            "{}",
+            v.summary
+        );
+        assert_eq!(v.evidence["recv_dropped"], 40);
+        assert!(v.fix.iter().any(|f| f.contains("net.ipv4.tcp_mem")));
     }
 
     #[test]

@@ -230,3 +230,52 @@ fn full_syn_queue_with_syncookies_is_still_named() {
     }
     syn_flood(true);
 }
+
+/// Restores a global sysctl when the test ends, pass or fail.
+struct Sysctl(&'static str, String);
+
+impl Drop for Sysctl {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.0, &self.1);
+    }
+}
+
+#[test]
+fn exhausted_tcp_memory_is_named_with_tcp_mem() {
+    if !require_root("exhausted_tcp_memory_is_named_with_tcp_mem") {
+        return;
+    }
+    if std::env::var("CONNTRACE_IN_VM").is_err() {
+        eprintln!(
+            "SKIPPED exhausted_tcp_memory_is_named_with_tcp_mem: lowers the global net.ipv4.tcp_mem, so it runs only \
+             inside the kernel-matrix VM (cargo xtask vm-test)"
+        );
+        return;
+    }
+    let ct = Conntrace::start(&[]);
+    if status(&ct.seen)["signals"]["tcp_mem"]["mode"] == "unavailable" {
+        // fexit/kprobe-only runs: the signal is hooked by its tracepoint only.
+        let _ = ct.stop();
+        eprintln!(
+            "SKIPPED exhausted_tcp_memory_is_named_with_tcp_mem: tcp_mem needs tracepoints, not allowed in this mode"
+        );
+        return;
+    }
+    const TCP_MEM: &str = "/proc/sys/net/ipv4/tcp_mem";
+    let _restore = Sysctl(TCP_MEM, std::fs::read_to_string(TCP_MEM).unwrap());
+    // 20/40/60 pages (80/160/240 KiB) for all TCP sockets of the machine.
+    std::fs::write(TCP_MEM, "20 40 60").unwrap();
+    let out = in_netns("$WL mem-hog --addr 127.0.0.1:9000 --conns 8 --bytes 1000000 --hold-ms 1000");
+    drop(_restore);
+    let lines = ct.stop();
+    let wl = report(&out);
+    let pid = wl["pid"].as_u64().unwrap();
+    assert!(wl["written"].as_u64().unwrap() < wl["asked"].as_u64().unwrap(), "{wl}");
+    assert!(wl["memory_pressures"].as_u64().unwrap() > 0, "{wl}");
+    let refused = total(&lines, pid, "tcp_mem_send_refused") + total(&lines, pid, "tcp_mem_recv_dropped");
+    assert!(refused > 0, "{wl}");
+    let vs = activations(&lines, pid, "tcp_mem");
+    assert_eq!(vs.len(), 1, "{vs:?}");
+    assert_eq!(vs[0]["evidence"]["tcp_mem"], serde_json::json!([20, 40, 60]));
+    assert!(vs[0]["fix"].to_string().contains("ss -tmn"));
+}

@@ -414,6 +414,45 @@ fn syn_flood(args: &[String]) {
     server.wait().ok();
 }
 
+/// TCP memory exhaustion: `--conns N` loopback connections to a listener in this process
+/// that never reads; each client writes up to `--bytes` without blocking. With
+/// net.ipv4.tcp_mem lowered, the kernel refuses buffer memory long before the socket
+/// buffers are full. Reports what was written and the namespace's TcpExt memory counters.
+fn mem_hog(args: &[String]) {
+    let addr: SocketAddr = req(args, "--addr");
+    let conns: u32 = req(args, "--conns");
+    let bytes: usize = req(args, "--bytes");
+    let l = TcpListener::bind(addr).expect("bind");
+    let mut pairs = Vec::new();
+    for _ in 0..conns {
+        let c = TcpStream::connect(addr).expect("connect");
+        let (s, _) = l.accept().expect("accept");
+        c.set_nonblocking(true).expect("nonblocking");
+        pairs.push((c, s));
+    }
+    let chunk = vec![0u8; 64 * 1024];
+    let mut written = 0usize;
+    let deadline = std::time::Instant::now() + Duration::from_millis(1500);
+    for (c, _) in pairs.iter_mut() {
+        let mut mine = 0usize;
+        while mine < bytes && std::time::Instant::now() < deadline {
+            match c.write(&chunk[..chunk.len().min(bytes - mine)]) {
+                Ok(n) => mine += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("write: {e}"),
+            }
+        }
+        written += mine;
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    println!(
+        "{}",
+        json!({"pid": pid(), "written": written, "asked": bytes * conns as usize,
+               "memory_pressures": tcp_ext("TCPMemoryPressures"), "rcvq_drop": tcp_ext("TCPRcvQDrop")})
+    );
+    hold(args);
+}
+
 /// Closes that are aborts, not TIME_WAIT: the client sends a byte and shuts down its side
 /// (FIN_WAIT2 once acked), then the server closes without reading, which sends a reset
 /// (tcp_close with unread data): the client socket goes FIN_WAIT2 → CLOSE by tcp_reset.
@@ -601,8 +640,9 @@ fn main() {
         Some("backlog") => backlog(&args),
         Some("listen-only") => listen_only(&args),
         Some("syn-flood") => syn_flood(&args),
+        Some("mem-hog") => mem_hog(&args),
         _ => {
-            eprintln!("usage: conntrace-workload ports|tw|tw-server|emfile|enfile|async|churn|bind-connect|bind-addr|resets|backlog|listen-only|syn-flood [options]");
+            eprintln!("usage: conntrace-workload ports|tw|tw-server|emfile|enfile|async|churn|bind-connect|bind-addr|resets|backlog|listen-only|syn-flood|mem-hog [options]");
             std::process::exit(2);
         }
     }
