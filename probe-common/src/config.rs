@@ -44,6 +44,10 @@ pub struct Config {
     pub signal_rlim: u32,
     /// `struct pt_regs::orig_ax` (x86_64): the syscall number at raw `sys_exit`.
     pub regs_syscall_nr: u32,
+    /// `struct sk_buff::sk`, and the value of SKB_DROP_REASON_NETFILTER_DROP in this kernel's
+    /// `enum skb_drop_reason` (the numbering changes as reasons are added).
+    pub skb_sk: u32,
+    pub drop_reason_netfilter: u32,
     /// Events per second and per (process, kind) sent through the ring buffer; the rest are
     /// only counted (the counters stay exact).
     pub events_per_sec: u32,
@@ -79,6 +83,8 @@ impl Config {
             task_signal: m,
             signal_rlim: m,
             regs_syscall_nr: m,
+            skb_sk: m,
+            drop_reason_netfilter: m,
             events_per_sec: 20,
         }
     }

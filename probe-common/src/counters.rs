@@ -73,6 +73,9 @@ pub mod kind {
     /// (__sk_mem_raise_allocated → sock:sock_exceed_buf_limit); aux = 0 send, 1 receive
     /// (the received segment is dropped).
     pub const TCP_MEM_REFUSED: u16 = 15;
+    /// A packet of one of its TCP sockets dropped by netfilter (kfree_skb with
+    /// SKB_DROP_REASON_NETFILTER_DROP): a rule, or conntrack unable to track it (table full).
+    pub const NETFILTER_DROP: u16 = 16;
 }
 
 #[cfg(feature = "user")]

@@ -48,6 +48,8 @@ struct Type {
     /// FUNC_PROTO: number of parameters.
     params: usize,
     members: Vec<Member>,
+    /// ENUM/ENUM64: (name offset, value).
+    enumerators: Vec<(u32, i64)>,
 }
 
 /// Where a member sits and how big it is.
@@ -98,8 +100,15 @@ impl Btf {
         let strings =
             b.get(hdr_len + str_off..hdr_len + str_off + str_len).context("BTF string section out of bounds")?.to_vec();
 
-        let mut types =
-            vec![Type { name_off: 0, kind: 0, size_or_type: 0, array: None, params: 0, members: Vec::new() }];
+        let mut types = vec![Type {
+            name_off: 0,
+            kind: 0,
+            size_or_type: 0,
+            array: None,
+            params: 0,
+            members: Vec::new(),
+            enumerators: Vec::new(),
+        }];
         let mut p = 0usize;
         while p < tb.len() {
             let name_off = u32_at(tb, p)?;
@@ -110,7 +119,15 @@ impl Btf {
             let kind = (info >> 24) & 0x1f;
             let kind_flag = info >> 31 == 1;
             let params = if kind == KIND_FUNC_PROTO { vlen } else { 0 };
-            let mut t = Type { name_off, kind, size_or_type, array: None, params, members: Vec::new() };
+            let mut t = Type {
+                name_off,
+                kind,
+                size_or_type,
+                array: None,
+                params,
+                members: Vec::new(),
+                enumerators: Vec::new(),
+            };
             match kind {
                 KIND_INT | KIND_VAR | KIND_DECL_TAG => p += 4,
                 KIND_PTR | KIND_FWD | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_FUNC
@@ -134,8 +151,23 @@ impl Btf {
                     }
                     p += vlen * 12;
                 }
-                KIND_ENUM | KIND_FUNC_PROTO => p += vlen * 8,
-                KIND_DATASEC | KIND_ENUM64 => p += vlen * 12,
+                KIND_ENUM => {
+                    for i in 0..vlen {
+                        let e = p + i * 8;
+                        t.enumerators.push((u32_at(tb, e)?, u32_at(tb, e + 4)? as i32 as i64));
+                    }
+                    p += vlen * 8;
+                }
+                KIND_ENUM64 => {
+                    for i in 0..vlen {
+                        let e = p + i * 12;
+                        let v = u32_at(tb, e + 4)? as u64 | (u32_at(tb, e + 8)? as u64) << 32;
+                        t.enumerators.push((u32_at(tb, e)?, v as i64));
+                    }
+                    p += vlen * 12;
+                }
+                KIND_FUNC_PROTO => p += vlen * 8,
+                KIND_DATASEC => p += vlen * 12,
                 other => bail!("unknown BTF kind {other} (newer kernel than this reader knows)"),
             }
             types.push(t);
@@ -250,6 +282,15 @@ impl Btf {
         None
     }
 
+    /// Value of enumerator `name` (e.g. `SKB_DROP_REASON_NETFILTER_DROP`, whose number
+    /// changes between kernels as reasons are added).
+    pub fn enum_value(&self, name: &str) -> Option<i64> {
+        self.types
+            .iter()
+            .filter(|t| t.kind == KIND_ENUM || t.kind == KIND_ENUM64)
+            .find_map(|t| t.enumerators.iter().find(|(n, _)| self.name(*n) == name).map(|(_, v)| *v))
+    }
+
     /// Number of parameters of kernel function `name` (FUNC → FUNC_PROTO).
     pub fn function_arity(&self, name: &str) -> Option<usize> {
         let f = self.types.iter().find(|t| t.kind == KIND_FUNC && self.name(t.name_off) == name)?;
@@ -345,6 +386,20 @@ mod tests {
         assert!(btf.field("sock_common", "flags").unwrap().bitfield);
         assert!(btf.field("sock_common", "nope").is_err());
         assert!(btf.field("s", "x").is_err());
+    }
+
+    /// Against the running kernel's BTF when it has one (every kernel conntrace supports):
+    /// enumerators resolve by name, and a made-up one does not.
+    #[test]
+    fn enum_values_of_the_running_kernel() {
+        let Ok(btf) = Btf::from_sys_fs() else {
+            eprintln!("SKIPPED enum_values_of_the_running_kernel: no /sys/kernel/btf/vmlinux");
+            return;
+        };
+        // include/uapi/linux/in.h: IPPROTO_TCP = 6 (an anonymous enum in BTF).
+        assert_eq!(btf.enum_value("IPPROTO_TCP"), Some(6));
+        assert!(btf.enum_value("SKB_DROP_REASON_NETFILTER_DROP").is_some_and(|v| v > 1));
+        assert_eq!(btf.enum_value("NO_SUCH_ENUMERATOR_X"), None);
     }
 
     #[test]

@@ -396,6 +396,7 @@ mod tests {
             tcp_fin_timeout: Some(60),
             sockets,
             tcp_ext: Default::default(),
+            conntrack: None,
             netns: Some(1),
         }
     }

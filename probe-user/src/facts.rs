@@ -19,8 +19,39 @@ pub struct NetFacts {
     pub sockets: Vec<TcpSocket>,
     /// The namespace's TcpExt counters (/proc/net/netstat), e.g. TCPTimeWaitOverflow.
     pub tcp_ext: BTreeMap<String, u64>,
+    /// Connection tracking in this namespace, when nf_conntrack is loaded: entries now
+    /// (nf_conntrack_count), the limit (nf_conntrack_max, machine-wide) and the summed per-CPU
+    /// statistics of /proc/net/stat/nf_conntrack (`drop`, `early_drop`, `insert_failed`, …).
+    pub conntrack: Option<Conntrack>,
     /// Inode of the namespace the facts were read in.
     pub netns: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Conntrack {
+    pub count: Option<u64>,
+    pub max: Option<u64>,
+    pub stats: BTreeMap<String, u64>,
+}
+
+/// /proc/net/stat/nf_conntrack: a header of names, then one line of hex values per CPU;
+/// returns the per-name sums (`entries` is a global gauge repeated on every line: kept once).
+pub fn parse_ct_stat(s: &str) -> BTreeMap<String, u64> {
+    let mut lines = s.lines();
+    let Some(header) = lines.next() else { return BTreeMap::new() };
+    let names: Vec<&str> = header.split_whitespace().collect();
+    let mut sums: BTreeMap<String, u64> = BTreeMap::new();
+    for line in lines {
+        for (name, v) in names.iter().zip(line.split_whitespace()) {
+            let Ok(v) = u64::from_str_radix(v, 16) else { continue };
+            if *name == "entries" {
+                sums.insert((*name).to_string(), v);
+            } else {
+                *sums.entry((*name).to_string()).or_default() += v;
+            }
+        }
+    }
+    sums
 }
 
 /// Machine-wide limits.
@@ -131,6 +162,11 @@ pub fn read_net() -> NetFacts {
         sockets: netdiag::tcp_sockets().unwrap_or_default(),
         // /proc/net is the main thread's namespace; this thread may have entered another.
         tcp_ext: read("/proc/thread-self/net/netstat").map(|s| parse_netstat(&s, "TcpExt")).unwrap_or_default(),
+        conntrack: read("/proc/thread-self/net/stat/nf_conntrack").map(|st| Conntrack {
+            count: read_u64("/proc/sys/net/netfilter/nf_conntrack_count"),
+            max: read_u64("/proc/sys/net/netfilter/nf_conntrack_max"),
+            stats: parse_ct_stat(&st),
+        }),
         // thread-self: this thread may have entered another namespace than the process's.
         netns: netdiag::ns_link_inode("/proc/thread-self/ns/net"),
     }
@@ -187,6 +223,15 @@ pub fn sockets_toward(facts: &NetFacts, dst: IpAddr, dport: u16) -> BTreeMap<&'s
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn conntrack_stats_are_summed_over_cpus() {
+        let s = "entries  clashres found new invalid ignore delete chainlength insert insert_failed drop early_drop\n\
+                 00000010  00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000001 0000000a 00000000\n\
+                 00000010  00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000006 00000002\n";
+        let c = parse_ct_stat(s);
+        assert_eq!((c["entries"], c["drop"], c["insert_failed"], c["early_drop"]), (16, 16, 1, 2));
+    }
 
     #[test]
     fn netstat_sections_pair_names_with_values() {

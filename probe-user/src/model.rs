@@ -49,6 +49,8 @@ pub struct Counts {
     /// that had to wait, and received segments dropped.
     pub tcp_mem_send_refused: u64,
     pub tcp_mem_recv_dropped: u64,
+    /// Packets of its sockets dropped by netfilter (a rule, or a full conntrack table).
+    pub netfilter_drops: u64,
 }
 
 impl Counts {
@@ -80,6 +82,7 @@ impl Counts {
             kind::LISTEN => self.listens += n,
             kind::TCP_MEM_REFUSED if key.aux == 1 => self.tcp_mem_recv_dropped += n,
             kind::TCP_MEM_REFUSED => self.tcp_mem_send_refused += n,
+            kind::NETFILTER_DROP => self.netfilter_drops += n,
             _ => {}
         }
     }

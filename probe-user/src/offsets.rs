@@ -37,6 +37,7 @@ const FIELDS: &[(&str, &str, Setter)] = &[
     ("file", "private_data", |c, v| c.file_private_data = v),
     ("socket", "type", |c, v| c.socket_type = v),
     ("socket", "sk", |c, v| c.socket_sk = v),
+    ("sk_buff", "sk", |c, v| c.skb_sk = v),
     ("task_struct", "signal", |c, v| c.task_signal = v),
     ("signal_struct", "rlim", |c, v| c.signal_rlim = v),
     #[cfg(target_arch = "x86_64")]
@@ -66,6 +67,10 @@ pub fn resolve(btf: Option<&Btf>, events_per_sec: u32) -> Resolved {
             }
             Err(_) => missing.push(format!("{st}.{path}")),
         }
+    }
+    match btf.enum_value("SKB_DROP_REASON_NETFILTER_DROP") {
+        Some(v) => config.drop_reason_netfilter = v as u32,
+        None => missing.push("enum skb_drop_reason.SKB_DROP_REASON_NETFILTER_DROP".into()),
     }
     Resolved { config, missing }
 }

@@ -64,6 +64,7 @@ pub fn sample_json(ts: SystemTime, s: &Sample) -> Value {
         "listens": c.listens,
         "tcp_mem_send_refused": c.tcp_mem_send_refused,
         "tcp_mem_recv_dropped": c.tcp_mem_recv_dropped,
+        "netfilter_drops": c.netfilter_drops,
         "nofile_limit": s.nofile_limit,
         "open_fds": s.open_fds,
     })

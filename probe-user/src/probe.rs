@@ -445,6 +445,26 @@ impl Loader<'_> {
         at
     }
 
+    /// Packets of TCP sockets dropped by netfilter (kfree_skb's drop reason; 5.17+).
+    fn netfilter_drop(&mut self, a: &Allowed, offsets: bool) -> Attempt {
+        let mut at = Attempt::default();
+        if !a.tp {
+            at.failed("tracepoint", "only hooked by tracepoint (skb:kfree_skb), not allowed in this mode");
+        } else if !offsets {
+            at.failed("tp_btf", "kernel BTF lacks sk_buff.sk or SKB_DROP_REASON_NETFILTER_DROP");
+        } else {
+            match self.tp_btf("nf_drop_btf", "kfree_skb") {
+                Ok(h) => at.attached(
+                    Mode::TpBtf,
+                    vec![h],
+                    "packets of TCP sockets dropped by netfilter (NF_DROP), charged to the socket's owner",
+                ),
+                Err(e) => at.failed("tp_btf", reason(&e)),
+            }
+        }
+        at
+    }
+
     /// Failed bind() calls on TCP sockets.
     fn bind(&mut self, a: &Allowed, fd_walk_ok: bool) -> Attempt {
         let mut at = Attempt::default();
@@ -612,6 +632,9 @@ impl Probe {
         let fd = l.fd_alloc(&allowed).finish(mode);
         let bind = l.bind(&net, fd_walk_ok).finish(mode);
         let tcp_mem = l.tcp_mem(&net).finish(mode);
+        let nf_drop = l
+            .netfilter_drop(&net, c.skb_sk != OFFSET_MISSING && c.drop_reason_netfilter != OFFSET_MISSING)
+            .finish(mode);
 
         let signals = vec![
             ("port_assign", port),
@@ -621,6 +644,7 @@ impl Probe {
             ("connect", connect),
             ("bind", bind),
             ("tcp_mem", tcp_mem),
+            ("netfilter_drop", nf_drop),
         ];
         if signals.iter().all(|(_, s)| s.mode == Mode::Unavailable) {
             let first = signals[0].1.note.clone().unwrap_or_default();

@@ -34,6 +34,7 @@ pub enum Cause {
     AcceptQueue,
     SynQueue,
     TcpMem,
+    ConntrackFull,
 }
 
 impl Cause {
@@ -49,6 +50,7 @@ impl Cause {
             Cause::AcceptQueue => "accept_queue",
             Cause::SynQueue => "syn_queue",
             Cause::TcpMem => "tcp_mem",
+            Cause::ConntrackFull => "conntrack_full",
         }
     }
 
@@ -348,6 +350,29 @@ impl Engine {
                     let (limits, sockstat) = ev.tcp_mem();
                     tcp_mem(pid, comm, since, c, limits, &sockstat, own_net(ev, pid))
                 });
+            }
+            // Netfilter drops are a plateau cause only when conntrack could not track the
+            // packet (table full); a rule dropping them is policy, left to the counters.
+            if c.netfilter_drops > 0 {
+                let key = (Cause::ConntrackFull, pid, None);
+                let active = self.active.contains_key(&key);
+                let ct = if active {
+                    None
+                } else {
+                    own_net(ev, pid)
+                        .ok()
+                        .and_then(|f| Some((f.conntrack.clone()?, f.netns)))
+                        .filter(|(ct, _)| conntrack_full(ct))
+                };
+                if active || ct.is_some() {
+                    let since = since(Cause::ConntrackFull);
+                    let n = c.netfilter_drops;
+                    self.failure(key, n, now, since, &mut seen, || {
+                        let comm = ev.comm(pid);
+                        let (ct, netns) = ct.unwrap_or_default();
+                        conntrack_verdict(pid, comm, since, n, &ct, netns)
+                    });
+                }
             }
             // EADDRNOTAVAIL that is not a port search failing: bind() to an address that is not
             // local, or connect() refused before any port was looked for.
@@ -657,6 +682,49 @@ fn listen_queue(
         ));
         v.fix.push("if the SYNs never complete (spoofed sources), it is a SYN flood: filter it upstream".into());
     }
+    v
+}
+
+/// The namespace's conntrack table is at its limit, or __nf_conntrack_alloc has refused
+/// entries (the `drop` statistic; clashes count in `insert_failed` as well).
+fn conntrack_full(ct: &crate::facts::Conntrack) -> bool {
+    let full = matches!((ct.count, ct.max), (Some(c), Some(m)) if m > 0 && c >= m);
+    let refused = ct.stats.get("drop").copied().unwrap_or(0) > ct.stats.get("insert_failed").copied().unwrap_or(0);
+    full || refused
+}
+
+fn conntrack_verdict(
+    pid: u32,
+    comm: String,
+    since: SystemTime,
+    n: u64,
+    ct: &crate::facts::Conntrack,
+    netns: Option<u32>,
+) -> Verdict {
+    let mut v = base(Cause::ConntrackFull, pid, comm.clone(), since, n);
+    let stat = |k: &str| ct.stats.get(k).copied().unwrap_or(0);
+    v.evidence.insert("count".into(), json!(ct.count));
+    v.evidence.insert("max".into(), json!(ct.max));
+    v.evidence.insert("drop".into(), json!(stat("drop")));
+    v.evidence.insert("early_drop".into(), json!(stat("early_drop")));
+    v.evidence.insert("insert_failed".into(), json!(stat("insert_failed")));
+    v.evidence.insert("netns".into(), json!(netns));
+    let of = |x: Option<u64>| x.map(thousands).unwrap_or_else(|| "?".into());
+    v.summary = format!(
+        "the conntrack table is full (\"nf_conntrack: table full, dropping packet\"): {} of {} entries in {comm}[{pid}]'s namespace; {} of its packets dropped since {}",
+        of(ct.count),
+        of(ct.max),
+        thousands(n),
+        clock(since)
+    );
+    v.fix.push(format!(
+        "raise net.netfilter.nf_conntrack_max (now {}; about 300 bytes per entry) and net.netfilter.nf_conntrack_buckets with it",
+        of(ct.max)
+    ));
+    v.fix.push("shorten how long closed connections stay tracked: net.netfilter.nf_conntrack_tcp_timeout_time_wait (120 s by default)".into());
+    v.fix.push(
+        "exempt traffic that needs no tracking (e.g. a busy local port) with a `notrack` rule in the raw table".into(),
+    );
     v
 }
 
@@ -1124,6 +1192,30 @@ mod tests {
         );
         assert_eq!(v.evidence["recv_dropped"], 40);
         assert!(v.fix.iter().any(|f| f.contains("net.ipv4.tcp_mem")));
+    }
+
+    #[test]
+    fn netfilter_drops_are_conntrack_full_only_when_the_table_is() {
+        let mut n = net(0, 0, 0);
+        n.conntrack = Some(crate::facts::Conntrack {
+            count: Some(16),
+            max: Some(16),
+            stats: [("drop".to_string(), 20), ("insert_failed".to_string(), 0)].into(),
+        });
+        let mut e = Engine::new(Duration::from_secs(1));
+        let mut fake = Fake { net: Ok(n.clone()), calls: 0 };
+        let mut w = window(0);
+        w.counts.insert(6, Counts { netfilter_drops: 20, ..Default::default() });
+        let out = e.tick(&w, &mut fake);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].cause, Cause::ConntrackFull);
+        assert!(out[0].summary.contains("16 of 16 entries"), "{}", out[0].summary);
+        assert!(out[0].fix[0].contains("nf_conntrack_max (now 16"));
+        // Room in the table and no refused entries: a rule dropped them, no verdict.
+        n.conntrack = Some(crate::facts::Conntrack { count: Some(3), max: Some(16), stats: BTreeMap::new() });
+        let mut e = Engine::new(Duration::from_secs(1));
+        let mut fake = Fake { net: Ok(n), calls: 0 };
+        assert!(e.tick(&w, &mut fake).is_empty());
     }
 
     #[test]

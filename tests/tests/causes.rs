@@ -279,3 +279,55 @@ fn exhausted_tcp_memory_is_named_with_tcp_mem() {
     assert_eq!(vs[0]["evidence"]["tcp_mem"], serde_json::json!([20, 40, 60]));
     assert!(vs[0]["fix"].to_string().contains("ss -tmn"));
 }
+
+#[test]
+fn full_conntrack_table_is_named_and_charged_to_the_connecting_process() {
+    if !require_root("full_conntrack_table_is_named_and_charged_to_the_connecting_process") {
+        return;
+    }
+    if std::env::var("CONNTRACE_IN_VM").is_err() {
+        eprintln!(
+            "SKIPPED full_conntrack_table_is_named_and_charged_to_the_connecting_process: lowers the global \
+             net.netfilter.nf_conntrack_max, so it runs only inside the kernel-matrix VM (cargo xtask vm-test)"
+        );
+        return;
+    }
+    let ct = Conntrace::start(&[]);
+    if status(&ct.seen)["signals"]["netfilter_drop"]["mode"] == "unavailable" {
+        let _ = ct.stop();
+        eprintln!(
+            "SKIPPED full_conntrack_table_is_named_and_charged_to_the_connecting_process: netfilter_drop needs \
+             tracepoints, not allowed in this mode"
+        );
+        return;
+    }
+    let loaded = std::process::Command::new("modprobe").arg("nf_conntrack").status().map(|s| s.success());
+    assert_eq!(loaded.ok(), Some(true), "modprobe nf_conntrack");
+    const MAX: &str = "/proc/sys/net/netfilter/nf_conntrack_max";
+    let _restore = Sysctl(MAX, std::fs::read_to_string(MAX).unwrap());
+    std::fs::write(MAX, "12").unwrap();
+    // A rule that needs conntrack makes the namespace track its connections; 12 held
+    // connections fill the table, the SYNs of 5 more are dropped (twice each: the first
+    // retransmission comes after 1 s).
+    let out = in_netns(
+        "nft add table ip t\n\
+         nft add chain ip t out '{ type filter hook output priority 0; }'\n\
+         nft add rule ip t out ct state new counter\n\
+         $WL ct-fill --addr 127.0.0.1:9000 --hold 12 --extra 5 --wait-ms 1500 --hold-ms 1500",
+    );
+    drop(_restore);
+    let lines = ct.stop();
+    let wl = report(&out);
+    let pid = wl["pid"].as_u64().unwrap();
+    assert_eq!(wl["held"], 12, "{wl}");
+    assert_eq!(wl["syn_sent"], 5, "{wl}");
+    let truth = wl["ct_drops"].as_u64().unwrap();
+    assert!(truth >= 5, "{wl}");
+    assert_eq!(total(&lines, pid, "netfilter_drops"), truth, "{wl}");
+    let vs = activations(&lines, pid, "conntrack_full");
+    assert_eq!(vs.len(), 1, "{vs:?}");
+    let e = &vs[0]["evidence"];
+    assert_eq!(e["max"], 12, "{e}");
+    assert!(e["drop"].as_u64().unwrap() >= 1, "{e}");
+    assert!(vs[0]["fix"].to_string().contains("nf_conntrack_max"));
+}

@@ -33,6 +33,7 @@ fn signals_of(test: &str) -> &'static [&'static str] {
         "resets_after_close_are_not_time_wait" => &["time_wait"],
         "full_accept_queue_is_charged_to_the_listener_owner" => &["accept_queue"],
         "exhausted_tcp_memory_is_named_with_tcp_mem" => &["tcp_mem"],
+        "full_conntrack_table_is_named_and_charged_to_the_connecting_process" => &["netfilter_drop"],
         "full_syn_queue_without_syncookies_drops_syns" | "full_syn_queue_with_syncookies_is_still_named" => {
             &["syn_queue"]
         }
@@ -55,6 +56,10 @@ fn ensure_host() -> Result<()> {
     }
     if !Path::new("/bin/busybox").exists() && !Path::new("/usr/bin/busybox").exists() {
         pkgs.push("busybox-static");
+    }
+    // The conntrack test needs a netfilter rule that uses conntrack in its namespace.
+    if !have("nft") {
+        pkgs.push("nftables");
     }
     if !pkgs.is_empty() {
         run_cmd(Command::new("apt-get").args(["update", "-q"]))?;

@@ -453,6 +453,61 @@ fn mem_hog(args: &[String]) {
     hold(args);
 }
 
+/// Summed per-CPU column `name` of /proc/net/stat/nf_conntrack (hex values).
+fn ct_stat(name: &str) -> u64 {
+    let text = std::fs::read_to_string("/proc/net/stat/nf_conntrack").unwrap_or_default();
+    let mut lines = text.lines();
+    let Some(col) = lines.next().and_then(|h| h.split_whitespace().position(|n| n == name)) else { return 0 };
+    lines.filter_map(|l| u64::from_str_radix(l.split_whitespace().nth(col)?, 16).ok()).sum()
+}
+
+/// Fills the conntrack table: `--hold N` connections kept open (tracked and assured, so
+/// early_drop cannot evict them), then `--extra M` non-blocking connects whose SYNs conntrack
+/// cannot track once nf_conntrack_max is reached; after `--wait-ms` they are closed. Needs
+/// a netfilter rule that uses conntrack in this namespace.
+fn ct_fill(args: &[String]) {
+    let addr: SocketAddr = req(args, "--addr");
+    let hold_n: u32 = req(args, "--hold");
+    let extra: u32 = req(args, "--extra");
+    let wait_ms: u64 = req(args, "--wait-ms");
+    let l = TcpListener::bind(addr).expect("bind");
+    let accepted = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = l.accept() {
+            held.push(s);
+        }
+    });
+    let drops_before = ct_stat("drop");
+    let mut held = Vec::new();
+    let mut errors = Errors::new();
+    for _ in 0..hold_n {
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+            Ok(s) => held.push(s),
+            Err(e) => *errors.entry(errno_name(&e)).or_default() += 1,
+        }
+    }
+    let SocketAddr::V4(v4) = addr else { panic!("IPv4 only") };
+    let mut pending = Vec::new();
+    for _ in 0..extra {
+        let fd = tcp_socket(libc::AF_INET).expect("socket");
+        // SAFETY: fcntl on our own fd.
+        unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+        let _ = sys_addr(&fd, v4, true);
+        pending.push(fd);
+    }
+    std::thread::sleep(Duration::from_millis(wait_ms));
+    let still_pending = socket_states().get("02").copied().unwrap_or(0);
+    drop(pending);
+    let count = std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_count").unwrap_or_default();
+    println!(
+        "{}",
+        json!({"pid": pid(), "held": held.len(), "errors": errors, "syn_sent": still_pending,
+               "ct_drops": ct_stat("drop") - drops_before, "ct_count": count.trim().parse::<u64>().ok()})
+    );
+    hold(args);
+    drop(accepted);
+}
+
 /// Closes that are aborts, not TIME_WAIT: the client sends a byte and shuts down its side
 /// (FIN_WAIT2 once acked), then the server closes without reading, which sends a reset
 /// (tcp_close with unread data): the client socket goes FIN_WAIT2 → CLOSE by tcp_reset.
@@ -641,8 +696,9 @@ fn main() {
         Some("listen-only") => listen_only(&args),
         Some("syn-flood") => syn_flood(&args),
         Some("mem-hog") => mem_hog(&args),
+        Some("ct-fill") => ct_fill(&args),
         _ => {
-            eprintln!("usage: conntrace-workload ports|tw|tw-server|emfile|enfile|async|churn|bind-connect|bind-addr|resets|backlog|listen-only|syn-flood|mem-hog [options]");
+            eprintln!("usage: conntrace-workload ports|tw|tw-server|emfile|enfile|async|churn|bind-connect|bind-addr|resets|backlog|listen-only|syn-flood|mem-hog|ct-fill [options]");
             std::process::exit(2);
         }
     }
