@@ -31,6 +31,7 @@ pub fn status_json(ts: SystemTime, s: &Status) -> Value {
             "counter_map_full": s.losses.counter_map_full,
             "owner_map_full": s.losses.owner_map_full,
             "inflight_map_full": s.losses.inflight_map_full,
+            "skipped_runs": s.losses.skipped_runs,
         },
         "kernel": s.kernel,
         "watched": s.watched.iter().map(|(pid, alive)| json!({"pid": pid, "alive": alive})).collect::<Vec<_>>(),
@@ -139,6 +140,9 @@ pub fn status_text(s: &Status) -> String {
             let _ = write!(out, "  ({n})");
         }
         out.push('\n');
+    }
+    for (prog, n) in &s.losses.skipped_runs {
+        let _ = writeln!(out, "  {prog}: {n} runs skipped by the kernel (another BPF program was running on that CPU)");
     }
     if s.losses.dropped_events > 0 {
         let _ = writeln!(out, "  dropped events: {} (counts stay exact)", s.losses.dropped_events);

@@ -53,6 +53,10 @@ pub struct Losses {
     pub counter_map_full: u64,
     pub owner_map_full: u64,
     pub inflight_map_full: u64,
+    /// Runs the kernel skipped, per program (bpf_prog_info.recursion_misses): a program
+    /// that fired while another BPF program of the same guard ran on that CPU. kprobes share
+    /// one per-CPU guard (counted since Linux 6.7); fentry/fexit and tp_btf have one each.
+    pub skipped_runs: std::collections::BTreeMap<String, u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

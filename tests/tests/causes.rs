@@ -38,8 +38,14 @@ fn tw_bucket_overflow_is_charged_to_the_client() {
     let overflows = total(&lines, client, "tw_overflows");
     let tws = total(&lines, client, "time_wait_created");
     if mode == "kprobe" {
-        // Softirq kprobes can be skipped under another kprobe on the same CPU.
-        assert!(overflows + tws >= 28 && overflows <= 20, "overflows {overflows}, TIME_WAIT {tws}: {wl}");
+        // Softirq kprobes can be skipped under another kprobe on the same CPU; the kernel
+        // counts the skips (6.7+) and conntrace reports them.
+        let skipped = skipped_runs(&lines, "tw_k");
+        assert!(overflows <= 20 && tws <= 10, "overflows {overflows}, TIME_WAIT {tws}: {wl}");
+        assert!(
+            overflows + tws >= 28 || overflows + tws + skipped >= 30,
+            "overflows {overflows}, TIME_WAIT {tws}, skipped runs {skipped}: {wl}"
+        );
     } else {
         assert_eq!(overflows, truth_overflows, "TIME_WAIT {tws}: {wl}");
         assert_eq!(tws, truth_tw, "{wl}");

@@ -101,7 +101,11 @@ fn time_wait_is_charged_to_the_client_that_closed_first() {
     // ends one early).
     if kprobe_mode(&lines, "time_wait") {
         // TIME_WAIT runs in softirq, where a kprobe is skipped if it lands on another.
-        assert!((28..=30).contains(&counted), "workload: {wl}; conntrace counted {counted}");
+        let skipped = skipped_runs(&lines, "tw_k");
+        assert!(
+            counted <= 30 && (counted >= 28 || counted + skipped >= 30),
+            "workload: {wl}; conntrace counted {counted}, {skipped} runs skipped"
+        );
     } else {
         assert_eq!(counted, 30, "workload: {wl}");
     }

@@ -225,3 +225,13 @@ pub fn verdicts<'a>(lines: &'a [Value], pid: u64, cause: &str) -> Vec<&'a Value>
 pub fn activations<'a>(lines: &'a [Value], pid: u64, cause: &str) -> Vec<&'a Value> {
     verdicts(lines, pid, cause).into_iter().filter(|v| v["state"] == "active").collect()
 }
+
+/// Runs the kernel skipped for conntrace's programs whose name starts with `prefix`, from the
+/// last status line (`lost_updates.skipped_runs`; kprobe skips are counted since Linux 6.7).
+pub fn skipped_runs(lines: &[Value], prefix: &str) -> u64 {
+    let Some(last) = lines.iter().rev().find(|v| v["type"] == "status") else { return 0 };
+    last["lost_updates"]["skipped_runs"]
+        .as_object()
+        .map(|m| m.iter().filter(|(k, _)| k.starts_with(prefix)).filter_map(|(_, v)| v.as_u64()).sum())
+        .unwrap_or(0)
+}
