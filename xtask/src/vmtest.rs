@@ -287,6 +287,7 @@ pub fn run(root: &Path, kernel: &str, mode: &str, timeout: u64) -> Result<()> {
         "connect",
         "bind",
         "tcp_mem",
+        "netfilter_drop",
         "accept_queue",
         "syn_queue",
     ];
