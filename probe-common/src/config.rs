@@ -48,6 +48,8 @@ pub struct Config {
     /// `enum skb_drop_reason` (the numbering changes as reasons are added).
     pub skb_sk: u32,
     pub drop_reason_netfilter: u32,
+    /// `struct proto::sysctl_mem`: pointer to the protocol's {low, pressure, high} (tcp_mem).
+    pub proto_sysctl_mem: u32,
     /// Events per second and per (process, kind) sent through the ring buffer; the rest are
     /// only counted (the counters stay exact).
     pub events_per_sec: u32,
@@ -85,6 +87,7 @@ impl Config {
             regs_syscall_nr: m,
             skb_sk: m,
             drop_reason_netfilter: m,
+            proto_sysctl_mem: m,
             events_per_sec: 20,
         }
     }

@@ -69,13 +69,18 @@ pub mod kind {
     /// listen() on a TCP socket (CLOSE→LISTEN): tells user space which processes (and so
     /// which network namespaces) have listeners to watch.
     pub const LISTEN: u16 = 14;
-    /// A TCP buffer allocation refused because TCP memory (net.ipv4.tcp_mem) is exhausted
-    /// (__sk_mem_raise_allocated → sock:sock_exceed_buf_limit); aux = 0 send, 1 receive
-    /// (the received segment is dropped).
+    /// A TCP buffer allocation refused (__sk_mem_raise_allocated → sock:sock_exceed_buf_limit);
+    /// aux bit 0: receive (else send), bit 1: TCP memory was below tcp_mem's pressure
+    /// threshold, so the refusal came from the socket's memory cgroup, not tcp_mem.
     pub const TCP_MEM_REFUSED: u16 = 15;
     /// A packet of one of its TCP sockets dropped by netfilter (kfree_skb with
     /// SKB_DROP_REASON_NETFILTER_DROP): a rule, or conntrack unable to track it (table full).
     pub const NETFILTER_DROP: u16 = 16;
+    /// A TIME_WAIT (aux = TIME_WAIT) or tw overflow (aux = TW_OVERFLOW) counted by the
+    /// set_state fallback turned out to be an abort: the socket sent a reset right after its
+    /// CLOSE (tcp_disconnect, tcp_close with unread data, FIN_WAIT aborts). User space takes
+    /// it back.
+    pub const TW_RETRACTED: u16 = 17;
 }
 
 #[cfg(feature = "user")]

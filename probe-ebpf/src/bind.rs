@@ -30,6 +30,9 @@ pub fn call(sockaddr: u64, user: bool) -> BindCall {
 #[inline(always)]
 pub fn enter(sk: u64, mut c: BindCall) {
     if !sk_is_tcp(sk) {
+        // A parked entry whose exit was missed must not be settled by this call's exit.
+        let (_, tid) = current();
+        let _ = BINDS.remove(tid);
         return;
     }
     c.netns = sk_netns(sk);

@@ -172,9 +172,9 @@ pub fn tw_kretprobe(ctx: RetProbeContext) -> u32 {
         return 0;
     }
     if ctx.ret::<u64>() == 0 {
-        state::charge_to_owner(sk, kind::TW_OVERFLOW);
+        let _ = state::charge_to_owner(sk, kind::TW_OVERFLOW);
     } else {
-        state::charge_to_owner(sk, kind::TIME_WAIT);
+        let _ = state::charge_to_owner(sk, kind::TIME_WAIT);
     }
     0
 }

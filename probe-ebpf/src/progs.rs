@@ -81,9 +81,17 @@ pub fn send_reset_tp(ctx: TracePointContext) -> u32 {
 #[btf_tracepoint(function = "sock_exceed_buf_limit")]
 pub fn mem_refused_btf(ctx: BtfTracePointContext) -> i32 {
     let sk: u64 = ctx.arg(0);
+    let prot: u64 = ctx.arg(1);
+    let allocated: i64 = ctx.arg(2);
     let kind: i32 = ctx.arg(3);
     if sk_is_tcp(sk) {
-        state::charge_to_owner_aux(sk, kind::TCP_MEM_REFUSED, (kind == 1) as u16);
+        // prot->sysctl_mem points at tcp_mem {low, pressure, high} (pages, longs). Below the
+        // pressure threshold tcp_mem did not refuse: the memory cgroup did
+        // (mem_cgroup_charge_skmem in the same function).
+        let pressure = read::<u64>(prot, off!(proto_sysctl_mem)).and_then(|p| read::<i64>(p, 8));
+        let memcg = pressure.is_some_and(|p| allocated <= p);
+        let aux = (kind == 1) as u16 | if memcg { 2 } else { 0 };
+        state::charge_to_owner_aux(sk, kind::TCP_MEM_REFUSED, aux);
     }
     0
 }
@@ -284,9 +292,9 @@ pub fn tw_fexit(ctx: FExitContext) -> u32 {
         return 0;
     }
     if fexit_ret::<u64>(&ctx, arity::INET_TWSK_ALLOC) == 0 {
-        state::charge_to_owner(sk, kind::TW_OVERFLOW);
+        let _ = state::charge_to_owner(sk, kind::TW_OVERFLOW);
     } else {
-        state::charge_to_owner(sk, kind::TIME_WAIT);
+        let _ = state::charge_to_owner(sk, kind::TIME_WAIT);
     }
     0
 }

@@ -9,8 +9,8 @@ use probe_common::{
 use crate::{
     connect,
     count::{bump, bump_dest, current, current_comm, dest_of_sock},
-    kernel::{sk_err, sk_is_tcp, sk_tw_table},
-    maps::{role_on, OWNERS, RST_SENT, TW_SEEN},
+    kernel::{sk_err, sk_is_tcp, sk_state, sk_tw_table},
+    maps::{role_on, OWNERS, RST_SENT, TW_CHARGED, TW_SEEN},
 };
 
 #[inline(always)]
@@ -45,16 +45,20 @@ pub fn on_set_state(sk: u64, oldstate: i32, newstate: i32) {
     // tcp_time_wait() runs from FIN_WAIT2 or CLOSING (FIN_WAIT1 first steps to FIN_WAIT2) and
     // ends in tcp_done(), whatever inet_twsk_alloc() returned. The other ways from those
     // states to CLOSE are aborts: a received reset sets sk_err first (tcp_reset →
-    // tcp_done_with_error), and one sent by us (FIN_WAIT2 timeout, data after close, orphan
-    // limits, linger 0) passes tcp:tcp_send_reset first. The socket is unhashed at this
-    // tracepoint on every path (tcp_set_state unhashes before inet_sk_state_store traces),
-    // so that cannot tell them apart.
-    if (oldstate == tcp_state::FIN_WAIT2 || oldstate == tcp_state::CLOSING)
-        && role_on(role::TW_VIA_SET_STATE)
-        && !reset_sent
-        && sk_err(sk) == 0
-    {
-        charge_to_owner(sk, tw_outcome(sk));
+    // tcp_done_with_error); a reset we send comes either before the CLOSE (FIN_WAIT2 timer,
+    // orphan limits: tcp:tcp_send_reset marks the socket) or right after it (tcp_disconnect
+    // for SO_LINGER 0, tcp_close with unread data, FIN_WAIT1 aborts in
+    // tcp_rcv_state_process): then `on_send_reset` retracts what was counted here. The socket
+    // is unhashed at this tracepoint on every path (tcp_set_state unhashes before
+    // inet_sk_state_store traces), so that cannot tell them apart.
+    if role_on(role::TW_VIA_SET_STATE) {
+        if (oldstate == tcp_state::FIN_WAIT2 || oldstate == tcp_state::CLOSING) && !reset_sent && sk_err(sk) == 0 {
+            let k = tw_outcome(sk);
+            let tgid = charge_to_owner(sk, k);
+            let _ = TW_CHARGED.insert(sk, ((tgid as u64) << 32) | k as u64, 0);
+        } else {
+            let _ = TW_CHARGED.remove(sk);
+        }
     }
     // The socket is done: forget its owner, unless connect() is still running in the owner's
     // thread and will settle the outcome itself (connect::exit removes it then).
@@ -83,11 +87,22 @@ fn tw_outcome(sk: u64) -> u16 {
     }
 }
 
-/// tcp:tcp_send_reset: remember that `sk` aborted (see `on_set_state`).
+/// tcp:tcp_send_reset: `sk` aborts (see `on_set_state`). Before its CLOSE, mark it; after
+/// it, take back a TIME_WAIT just counted for it.
 #[inline(always)]
 pub fn on_send_reset(sk: u64) {
-    if sk != 0 && role_on(role::TW_VIA_SET_STATE) {
+    if sk == 0 || !role_on(role::TW_VIA_SET_STATE) {
+        return;
+    }
+    let st = sk_state(sk) as i32;
+    if st == tcp_state::FIN_WAIT1 || st == tcp_state::FIN_WAIT2 || st == tcp_state::CLOSING {
         let _ = RST_SENT.insert(sk, 1, 0);
+    } else if st == tcp_state::CLOSE {
+        if let Some(v) = TW_CHARGED.get_ptr(sk) {
+            let v = unsafe { *v };
+            let _ = TW_CHARGED.remove(sk);
+            bump((v >> 32) as u32, kind::TW_RETRACTED, v as u16, &[0; 16]);
+        }
     }
 }
 
@@ -105,9 +120,9 @@ pub fn charge_to_owner_aux(sk: u64, kind: u16, aux: u16) {
 }
 
 /// Counts `kind` for the process that owns `sk` (recorded at connect/accept), or as
-/// unattributed when no owner was recorded.
+/// unattributed when no owner was recorded. Returns the tgid charged.
 #[inline(always)]
-pub fn charge_to_owner(sk: u64, kind: u16) {
+pub fn charge_to_owner(sk: u64, kind: u16) -> u32 {
     match OWNERS.get_ptr(sk) {
         Some(o) => {
             let o = unsafe { &*o };
@@ -118,7 +133,11 @@ pub fn charge_to_owner(sk: u64, kind: u16) {
             if kind == kind::TIME_WAIT && (ph == phase::SYNC_DONE || ph == phase::ASYNC_DONE) {
                 bump_dest(&dest_of_sock(tgid, kind, sk));
             }
+            tgid
         }
-        None => bump(UNATTRIBUTED, kind, 0, &[0; 16]),
+        None => {
+            bump(UNATTRIBUTED, kind, 0, &[0; 16]);
+            UNATTRIBUTED
+        }
     }
 }

@@ -22,11 +22,11 @@ use crate::{
     evidence::{net_now, nofile_now, LiveEvidence},
     facts::NetFacts,
     listeners,
-    model::{self, endpoint, EventRecord, Sample, Snapshot},
+    model::{self, endpoint, Counts, EventRecord, Sample, Snapshot},
     netdiag, output,
     probe::{self, Probe},
     procinfo,
-    status::Status,
+    status::{Mode, Status},
     verdict::{self, Cause, Engine, Nofile, Verdict, Window},
 };
 
@@ -172,6 +172,10 @@ pub fn check_privileges() -> Result<()> {
     Ok(())
 }
 
+/// One poll of the watched namespaces: listeners that dropped (with their owner and their
+/// namespace's counter growth), and each namespace's counter growth.
+type ListenPoll = (Vec<(u32, listeners::ListenerDelta, listeners::NsDelta)>, BTreeMap<u32, listeners::NsDelta>);
+
 /// Listeners and TcpExt counters of the calling thread's network namespace.
 fn read_listen_counters() -> (Result<Vec<netdiag::TcpSocket>>, BTreeMap<String, u64>) {
     let ext = std::fs::read_to_string("/proc/thread-self/net/netstat")
@@ -215,10 +219,7 @@ impl State {
     /// Reads the listeners of every namespace conntrace watches (its own, and those of the
     /// processes it has seen) and returns the listeners that dropped since the last read,
     /// with their owner.
-    fn poll_listeners(
-        &mut self,
-        pids: impl Iterator<Item = u32>,
-    ) -> Vec<(u32, listeners::ListenerDelta, listeners::NsDelta)> {
+    fn poll_listeners(&mut self, pids: impl Iterator<Item = u32>) -> ListenPoll {
         let own = netdiag::ns_link_inode("/proc/self/ns/net");
         for pid in pids.chain(self.filter.pids.iter().copied()).chain(std::iter::once(std::process::id())) {
             if pid == UNATTRIBUTED {
@@ -229,6 +230,7 @@ impl State {
             }
         }
         let mut out = Vec::new();
+        let mut by_ns = BTreeMap::new();
         let mut gone = Vec::new();
         for (&ns, &via) in &self.listen_netns {
             let enter = if Some(ns) == own { None } else { Some(via) };
@@ -246,9 +248,14 @@ impl State {
             let read = netdiag::in_netns_of(enter, read_listen_counters);
             let Ok((Ok(socks), ext)) = read else { continue };
             let (deltas, ns_delta) = self.listen_tracker.update(ns, &socks, &ext);
+            by_ns.insert(ns, ns_delta.clone());
             for l in deltas {
-                let owner =
-                    *self.listener_owner.entry((ns, l.inode)).or_insert_with(|| procinfo::socket_owner(l.inode));
+                // Cached while the owner lives; looked up again otherwise (not found yet, or
+                // exited and the socket passed on).
+                let cached =
+                    self.listener_owner.get(&(ns, l.inode)).copied().flatten().filter(|p| procinfo::exists(*p));
+                let owner = cached.or_else(|| procinfo::socket_owner(l.inode));
+                self.listener_owner.insert((ns, l.inode), owner);
                 if let Some(pid) = owner {
                     out.push((pid, l, ns_delta.clone()));
                 }
@@ -259,7 +266,38 @@ impl State {
             self.listen_tracker.forget(ns);
             self.listener_owner.retain(|k, _| k.0 != ns);
         }
-        out
+        (out, by_ns)
+    }
+
+    /// In the set_state fallback, tw-bucket overflows are inferred: correct them per
+    /// namespace with the namespace's exact TcpExt TCPTimeWaitOverflow growth.
+    fn reconcile_tw(&self, deltas: &mut BTreeMap<u32, Counts>, by_ns: &BTreeMap<u32, listeners::NsDelta>) {
+        let inferred =
+            self.status.signals.iter().any(|(n, s)| *n == "tw_overflow" && !s.exact && s.mode != Mode::Unavailable);
+        if !inferred {
+            return;
+        }
+        let mut per_ns: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+        for (&pid, c) in deltas.iter() {
+            if pid != UNATTRIBUTED && (c.tw_overflows > 0 || c.time_wait_created > 0) {
+                if let Some(ns) = netdiag::netns_inode(pid) {
+                    per_ns.entry(ns).or_default().push(pid);
+                }
+            }
+        }
+        for (ns, pids) in per_ns {
+            let Some(d) = by_ns.get(&ns) else { continue };
+            let truth = d.get("TCPTimeWaitOverflow").copied().unwrap_or(0);
+            let mut pairs: Vec<(u64, u64)> =
+                pids.iter().map(|p| (deltas[p].time_wait_created, deltas[p].tw_overflows)).collect();
+            listeners::reconcile_tw_overflows(&mut pairs, truth);
+            for (pid, (tw, ovf)) in pids.iter().zip(pairs) {
+                if let Some(c) = deltas.get_mut(pid) {
+                    c.time_wait_created = tw;
+                    c.tw_overflows = ovf;
+                }
+            }
+        }
     }
 
     /// Baseline of the listen counters of every namespace that exists now, so that later
@@ -320,7 +358,9 @@ impl State {
         }
         let mut window = Window { now: Some(SystemTime::now()), interval_s, ..Default::default() };
         let seen: Vec<u32> = deltas.keys().copied().collect();
-        for (owner, l, ns) in self.poll_listeners(seen.into_iter()) {
+        let (listener_drops, by_ns) = self.poll_listeners(seen.into_iter());
+        self.reconcile_tw(&mut deltas, &by_ns);
+        for (owner, l, ns) in listener_drops {
             if !self.filter.is_all() && !self.filter.matches(owner, &self.comm_of(probe, owner)) {
                 continue;
             }

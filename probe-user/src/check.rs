@@ -262,6 +262,21 @@ pub fn run(sys: &SystemFacts, net: &NetFacts, procs: &[ProcFds]) -> Vec<Item> {
             None,
         ));
     }
+    if let Some(c) = net.tcp_syncookies {
+        let level = if c == 0 { Level::Warn } else { Level::Ok };
+        items.push(item(
+            "tcp_syncookies",
+            level,
+            json!(c),
+            None,
+            if c == 0 {
+                "net.ipv4.tcp_syncookies = 0: SYNs beyond a full SYN queue are dropped (TCPReqQFullDrop)".into()
+            } else {
+                format!("net.ipv4.tcp_syncookies = {c}: a full SYN queue answers with syncookies instead of dropping")
+            },
+            (level != Level::Ok).then_some("sysctl -w net.ipv4.tcp_syncookies=1"),
+        ));
+    }
     for l in net.sockets.iter().filter(|s| s.state == netdiag::LISTEN) {
         let level = Level::of(pct(l.rqueue as u64, (l.wqueue as u64).max(1)), 0.8, 1.0);
         let fill = if l.wqueue == 0 && l.rqueue == 0 { Level::Ok } else { level };
@@ -397,6 +412,7 @@ mod tests {
             sockets,
             tcp_ext: Default::default(),
             conntrack: None,
+            tcp_syncookies: Some(0),
             netns: Some(1),
         }
     }
@@ -438,6 +454,7 @@ mod tests {
         assert_eq!(find(&items, "tcp_tw_recycle")[0].status, Level::Warn);
         assert_eq!(find(&items, "tcp_max_tw_buckets")[0].status, Level::Warn);
         assert_eq!(find(&items, "accept_queue")[0].status, Level::Fail);
+        assert_eq!(find(&items, "tcp_syncookies")[0].status, Level::Warn);
         assert_eq!(find(&items, "tcp_mem")[0].status, Level::Warn);
         assert!(find(&items, "tcp_fin_timeout")[0].message.contains("does not shorten TIME_WAIT"));
         assert!(find(&items, "nf_conntrack").is_empty(), "not loaded: no item");
@@ -468,6 +485,7 @@ mod tests {
         let mut n = net();
         n.sockets.clear();
         n.port_range = Some((32768, 60999));
+        n.tcp_syncookies = Some(1);
         let items = run(&s, &n, &[]);
         assert!(items.iter().all(|i| i.status == Level::Ok), "{items:#?}");
         assert_eq!(exit_code(&items), 0);

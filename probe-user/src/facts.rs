@@ -15,6 +15,8 @@ pub struct NetFacts {
     pub tcp_tw_reuse: Option<u32>,
     pub tcp_max_tw_buckets: Option<u64>,
     pub somaxconn: Option<u64>,
+    /// net.ipv4.tcp_syncookies: 0 off, 1 when the SYN queue overflows, 2 always.
+    pub tcp_syncookies: Option<u32>,
     pub tcp_fin_timeout: Option<u64>,
     pub sockets: Vec<TcpSocket>,
     /// The namespace's TcpExt counters (/proc/net/netstat), e.g. TCPTimeWaitOverflow.
@@ -158,6 +160,7 @@ pub fn read_net() -> NetFacts {
         tcp_tw_reuse: read_u64("/proc/sys/net/ipv4/tcp_tw_reuse").map(|v| v as u32),
         tcp_max_tw_buckets: read_u64("/proc/sys/net/ipv4/tcp_max_tw_buckets"),
         somaxconn: read_u64("/proc/sys/net/core/somaxconn"),
+        tcp_syncookies: read_u64("/proc/sys/net/ipv4/tcp_syncookies").map(|v| v as u32),
         tcp_fin_timeout: read_u64("/proc/sys/net/ipv4/tcp_fin_timeout"),
         sockets: netdiag::tcp_sockets().unwrap_or_default(),
         // /proc/net is the main thread's namespace; this thread may have entered another.

@@ -13,8 +13,44 @@ use std::{collections::BTreeMap, net::IpAddr};
 use crate::netdiag::{TcpSocket, LISTEN};
 
 /// TcpExt counters that say why listeners dropped.
-pub const NS_COUNTERS: [&str; 5] =
-    ["ListenOverflows", "ListenDrops", "TCPReqQFullDrop", "TCPReqQFullDoCookies", "SyncookiesSent"];
+pub const NS_COUNTERS: [&str; 6] = [
+    "ListenOverflows",
+    "ListenDrops",
+    "TCPReqQFullDrop",
+    "TCPReqQFullDoCookies",
+    "SyncookiesSent",
+    // Not a listen counter: read here too, to correct inferred tw-bucket overflows.
+    "TCPTimeWaitOverflow",
+];
+
+/// Makes the inferred tw-bucket overflows of one namespace's processes agree with the
+/// namespace's exact count (TcpExt TCPTimeWaitOverflow growth `truth` over the same interval):
+/// a close taken for an overflow that was a TIME_WAIT, or the reverse, is moved between the
+/// two counters. `counts` holds (TIME_WAITs, overflows) per process; the largest counts are
+/// corrected first.
+pub fn reconcile_tw_overflows(counts: &mut [(u64, u64)], truth: u64) {
+    let counted: u64 = counts.iter().map(|c| c.1).sum();
+    let mut order: Vec<usize> = (0..counts.len()).collect();
+    if counted > truth {
+        order.sort_by_key(|&i| std::cmp::Reverse(counts[i].1));
+        let mut excess = counted - truth;
+        for i in order {
+            let m = excess.min(counts[i].1);
+            counts[i].1 -= m;
+            counts[i].0 += m;
+            excess -= m;
+        }
+    } else if counted < truth {
+        order.sort_by_key(|&i| std::cmp::Reverse(counts[i].0));
+        let mut missing = truth - counted;
+        for i in order {
+            let m = missing.min(counts[i].0);
+            counts[i].0 -= m;
+            counts[i].1 += m;
+            missing -= m;
+        }
+    }
+}
 
 /// What one listener did since the previous poll.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,10 +114,18 @@ impl Tracker {
                 ns_delta.insert(name, now - before);
             }
         }
-        let mut syn_recv: BTreeMap<u16, u64> = BTreeMap::new();
+        // Request sockets per local (address, port); a listener on the wildcard address owns
+        // those of every address on its port (SO_REUSEPORT groups share them: a guess).
+        let mut reqs: BTreeMap<(IpAddr, u16), u64> = BTreeMap::new();
         for s in socks.iter().filter(|s| s.state == 3 || s.state == 12) {
-            *syn_recv.entry(s.sport).or_default() += 1;
+            *reqs.entry((s.src, s.sport)).or_default() += 1;
         }
+        let syn_recv_of = |l: &TcpSocket| -> u64 {
+            reqs.iter()
+                .filter(|((a, p), _)| *p == l.sport && (l.src.is_unspecified() || *a == l.src))
+                .map(|(_, n)| n)
+                .sum()
+        };
         let mut out = Vec::new();
         let mut alive = Vec::new();
         for l in socks.iter().filter(|s| s.state == LISTEN) {
@@ -100,7 +144,7 @@ impl Tracker {
                     drops: now - before,
                     queue_len: l.rqueue,
                     backlog: l.wqueue,
-                    syn_recv: syn_recv.get(&l.sport).copied().unwrap_or(0),
+                    syn_recv: syn_recv_of(l),
                     cookies: 0,
                 });
             }
@@ -111,7 +155,7 @@ impl Tracker {
             let fullest = socks
                 .iter()
                 .filter(|l| l.state == LISTEN)
-                .map(|l| (syn_recv.get(&l.sport).copied().unwrap_or(0), l))
+                .map(|l| (syn_recv_of(l), l))
                 .filter(|(n, l)| *n > l.wqueue as u64)
                 .max_by_key(|(n, l)| n * 1000 / (l.wqueue as u64 + 1));
             if let Some((n, l)) = fullest {
@@ -171,6 +215,22 @@ mod tests {
 
     fn ext(overflows: u64) -> BTreeMap<String, u64> {
         [("ListenOverflows".to_string(), overflows), ("ListenDrops".to_string(), overflows)].into()
+    }
+
+    #[test]
+    fn inferred_overflows_follow_the_namespace_counter() {
+        // The close that took the last slot was taken for an overflow.
+        let mut c = [(9, 21)];
+        reconcile_tw_overflows(&mut c, 20);
+        assert_eq!(c, [(10, 20)]);
+        // A TIME_WAIT expired while the table was full: a success was missed the other way.
+        let mut c = [(5, 3), (2, 0)];
+        reconcile_tw_overflows(&mut c, 4);
+        assert_eq!(c, [(4, 4), (2, 0)]);
+        // Never more moved than there is.
+        let mut c = [(0, 1)];
+        reconcile_tw_overflows(&mut c, 5);
+        assert_eq!(c, [(0, 1)]);
     }
 
     #[test]

@@ -45,10 +45,13 @@ pub struct Counts {
     pub syncookies: u64,
     /// listen() calls on TCP sockets.
     pub listens: u64,
-    /// Buffer allocations of its sockets refused because TCP memory (tcp_mem) ran out: sends
-    /// that had to wait, and received segments dropped.
+    /// Buffer allocations of its sockets refused because TCP memory (tcp_mem) ran out: for
+    /// sending (the send waits) and for receiving (the segment is dropped unless pruning
+    /// frees room).
     pub tcp_mem_send_refused: u64,
-    pub tcp_mem_recv_dropped: u64,
+    pub tcp_mem_recv_refused: u64,
+    /// The same refused by the socket's memory cgroup while TCP memory was below tcp_mem.
+    pub memcg_refused: u64,
     /// Packets of its sockets dropped by netfilter (a rule, or a full conntrack table).
     pub netfilter_drops: u64,
 }
@@ -80,7 +83,8 @@ impl Counts {
             kind::BIND_PORT_EXHAUSTED => self.bind_failures += n,
             kind::CONNECT_BOUND => self.bound_connects += n,
             kind::LISTEN => self.listens += n,
-            kind::TCP_MEM_REFUSED if key.aux == 1 => self.tcp_mem_recv_dropped += n,
+            kind::TCP_MEM_REFUSED if key.aux & 2 != 0 => self.memcg_refused += n,
+            kind::TCP_MEM_REFUSED if key.aux & 1 != 0 => self.tcp_mem_recv_refused += n,
             kind::TCP_MEM_REFUSED => self.tcp_mem_send_refused += n,
             kind::NETFILTER_DROP => self.netfilter_drops += n,
             _ => {}
@@ -103,15 +107,31 @@ fn delta(before: u64, now: u64) -> u64 {
 }
 
 /// Per-process change between two snapshots; processes with no change are left out.
-/// A counter missing from `prev` started at zero.
+/// A counter missing from `prev` started at zero. Retracted TIME_WAITs/overflows (aborts
+/// the set_state fallback first took for TIME_WAIT) are taken back.
 pub fn diff(prev: &Snapshot, cur: &Snapshot) -> BTreeMap<u32, Counts> {
     let mut out: BTreeMap<u32, Counts> = BTreeMap::new();
+    let mut retracted: Vec<(u32, u16, u64)> = Vec::new();
     for (key, &now) in cur {
         let d = delta(prev.get(key).copied().unwrap_or(0), now);
         if d > 0 {
-            out.entry(key.tgid).or_default().add(key, d);
+            let c = out.entry(key.tgid).or_default();
+            if key.kind == kind::TW_RETRACTED {
+                retracted.push((key.tgid, key.aux, d));
+            } else {
+                c.add(key, d);
+            }
         }
     }
+    for (tgid, what, n) in retracted {
+        let c = out.entry(tgid).or_default();
+        if what == kind::TW_OVERFLOW {
+            c.tw_overflows = c.tw_overflows.saturating_sub(n);
+        } else {
+            c.time_wait_created = c.time_wait_created.saturating_sub(n);
+        }
+    }
+    out.retain(|_, c| !c.is_empty());
     out
 }
 
@@ -234,6 +254,10 @@ mod tests {
             (key(30, kind::BIND_ERROR, 99), 1),
             (key(30, kind::BIND_PORT_EXHAUSTED, 0), 4),
             (key(30, kind::CONNECT_BOUND, 0), 50),
+            (key(40, kind::TIME_WAIT, 0), 5),
+            (key(40, kind::TW_RETRACTED, kind::TIME_WAIT), 2),
+            (key(50, kind::TIME_WAIT, 0), 1),
+            (key(50, kind::TW_RETRACTED, kind::TIME_WAIT), 1),
         ]
         .into();
         let d = diff(&prev, &cur);
@@ -253,6 +277,9 @@ mod tests {
         assert_eq!(b.bind_errors["EADDRNOTAVAIL"], 1);
         assert_eq!(b.bind_failures, 4);
         assert_eq!(b.bound_connects, 50);
+        // Aborts first counted as TIME_WAIT are taken back; nothing left, no sample.
+        assert_eq!(d[&40].time_wait_created, 3);
+        assert!(!d.contains_key(&50));
     }
 
     #[test]

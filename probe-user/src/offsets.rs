@@ -38,6 +38,7 @@ const FIELDS: &[(&str, &str, Setter)] = &[
     ("socket", "type", |c, v| c.socket_type = v),
     ("socket", "sk", |c, v| c.socket_sk = v),
     ("sk_buff", "sk", |c, v| c.skb_sk = v),
+    ("proto", "sysctl_mem", |c, v| c.proto_sysctl_mem = v),
     ("task_struct", "signal", |c, v| c.task_signal = v),
     ("signal_struct", "rlim", |c, v| c.signal_rlim = v),
     #[cfg(target_arch = "x86_64")]

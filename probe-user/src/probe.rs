@@ -778,8 +778,9 @@ fn tw_overflow_status(tw: &SignalStatus, table_offsets: bool) -> SignalStatus {
         _ if table_offsets => {
             s.exact = false;
             s.note = Some(
-                "inferred: a close that would enter TIME_WAIT while the namespace holds tcp_max_tw_buckets \
-                 TIME_WAIT sockets and that count did not grow; off when TIME_WAITs expire while the table is full"
+                "inferred per close (the namespace's tw table is full and did not grow), then corrected each \
+                 interval with the namespace's exact TcpExt TCPTimeWaitOverflow: exact per namespace, the split \
+                 between processes of one namespace approximate"
                     .into(),
             );
         }

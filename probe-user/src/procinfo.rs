@@ -30,13 +30,14 @@ pub fn open_fds(pid: u32) -> Option<u64> {
 }
 
 /// The process holding socket `inode` (the lowest pid when several share it, e.g. pre-forked
-/// workers), found through the /proc/PID/fd links ("socket:[INODE]"). Scans every process:
-/// callers cache the answer.
+/// workers; pid 1 only when nothing else holds it, as with socket activation), found through
+/// the /proc/PID/fd links ("socket:[INODE]"). Scans every process: callers cache the answer.
 pub fn socket_owner(inode: u32) -> Option<u32> {
     let want = format!("socket:[{inode}]");
     let mut pids: Vec<u32> =
         fs::read_dir("/proc").ok()?.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
-    pids.sort_unstable();
+    // Ascending, with pid 1 last.
+    pids.sort_unstable_by_key(|&p| (p == 1, p));
     pids.into_iter().find(|pid| {
         fs::read_dir(format!("/proc/{pid}/fd"))
             .map(|fds| {

@@ -155,6 +155,8 @@ pub struct Engine {
     quiet: Duration,
     /// Recent TIME_WAIT creations per (process, destination): (time, count, interval).
     tw_history: BTreeMap<(u32, Dest), VecDeque<TwSample>>,
+    /// Refused conntrack entries per namespace when first looked at.
+    ct_refused: BTreeMap<u32, u64>,
 }
 
 /// 6823 → "6,823".
@@ -290,6 +292,7 @@ impl Engine {
             active: BTreeMap::new(),
             quiet: (interval * 3).max(Duration::from_secs(5)),
             tw_history: BTreeMap::new(),
+            ct_refused: BTreeMap::new(),
         }
     }
 
@@ -342,7 +345,7 @@ impl Engine {
                     bind_hoarding(pid, comm, since, c.bind_failures, c.bound_connects, own_net(ev, pid))
                 });
             }
-            let mem = c.tcp_mem_send_refused + c.tcp_mem_recv_dropped;
+            let mem = c.tcp_mem_send_refused + c.tcp_mem_recv_refused;
             if mem > 0 {
                 let since = since(Cause::TcpMem);
                 self.failure((Cause::TcpMem, pid, None), mem, now, since, &mut seen, || {
@@ -359,10 +362,14 @@ impl Engine {
                 let ct = if active {
                     None
                 } else {
-                    own_net(ev, pid)
-                        .ok()
-                        .and_then(|f| Some((f.conntrack.clone()?, f.netns)))
-                        .filter(|(ct, _)| conntrack_full(ct))
+                    let facts = own_net(ev, pid).ok().and_then(|f| Some((f.conntrack.clone()?, f.netns)));
+                    facts.filter(|(ct, ns)| {
+                        // The statistics count since boot: only their growth since conntrace
+                        // first looked at this namespace says anything about now.
+                        let refused = conntrack_refused(ct);
+                        let first = *self.ct_refused.entry(ns.unwrap_or(0)).or_insert(refused);
+                        conntrack_at_limit(ct) || refused > first
+                    })
                 };
                 if active || ct.is_some() {
                     let since = since(Cause::ConntrackFull);
@@ -685,12 +692,16 @@ fn listen_queue(
     v
 }
 
-/// The namespace's conntrack table is at its limit, or __nf_conntrack_alloc has refused
-/// entries (the `drop` statistic; clashes count in `insert_failed` as well).
-fn conntrack_full(ct: &crate::facts::Conntrack) -> bool {
-    let full = matches!((ct.count, ct.max), (Some(c), Some(m)) if m > 0 && c >= m);
-    let refused = ct.stats.get("drop").copied().unwrap_or(0) > ct.stats.get("insert_failed").copied().unwrap_or(0);
-    full || refused
+/// The namespace's conntrack table is at its limit now.
+fn conntrack_at_limit(ct: &crate::facts::Conntrack) -> bool {
+    matches!((ct.count, ct.max), (Some(c), Some(m)) if m > 0 && c >= m)
+}
+
+/// Entries __nf_conntrack_alloc refused since boot: the `drop` statistic less the clashes,
+/// which count in `insert_failed` as well.
+fn conntrack_refused(ct: &crate::facts::Conntrack) -> u64 {
+    let get = |k: &str| ct.stats.get(k).copied().unwrap_or(0);
+    get("drop").saturating_sub(get("insert_failed"))
 }
 
 fn conntrack_verdict(
@@ -737,14 +748,14 @@ pub fn tcp_mem(
     sockstat: &BTreeMap<String, u64>,
     net: Result<NetFacts, String>,
 ) -> Verdict {
-    let n = c.tcp_mem_send_refused + c.tcp_mem_recv_dropped;
+    let n = c.tcp_mem_send_refused + c.tcp_mem_recv_refused;
     let mut v = base(Cause::TcpMem, pid, comm.clone(), since, n);
     net_error(&mut v, &net);
     v.evidence.insert("tcp_mem".into(), json!(limits.map(|(a, b, c)| [a, b, c])));
     v.evidence.insert("mem_pages".into(), json!(sockstat.get("mem")));
     v.evidence.insert("orphans".into(), json!(sockstat.get("orphan")));
     v.evidence.insert("send_refused".into(), json!(c.tcp_mem_send_refused));
-    v.evidence.insert("recv_dropped".into(), json!(c.tcp_mem_recv_dropped));
+    v.evidence.insert("recv_refused".into(), json!(c.tcp_mem_recv_refused));
     if let Ok(f) = &net {
         let ext: BTreeMap<&str, u64> =
             ["TCPMemoryPressures", "TCPAbortOnMemory", "TCPRcvQDrop", "PruneCalled", "TCPOrphanOverflow"]
@@ -760,10 +771,10 @@ pub fn tcp_mem(
     };
     let used = sockstat.get("mem").map(|m| pages(*m)).unwrap_or_else(|| "?".into());
     v.summary = format!(
-        "TCP memory is exhausted machine-wide: {used} in use, {limit_text}; {} buffer allocations of {comm}[{pid}] were refused ({} sends waited, {} received segments dropped) since {}",
+        "TCP memory is exhausted machine-wide: {used} in use, {limit_text}; {} buffer allocations of {comm}[{pid}] were refused ({} for sending, {} for receiving) since {}",
         thousands(n),
         thousands(c.tcp_mem_send_refused),
-        thousands(c.tcp_mem_recv_dropped),
+        thousands(c.tcp_mem_recv_refused),
         clock(since)
     );
     v.fix.push(format!(
@@ -1180,7 +1191,7 @@ mod tests {
         let mut e = Engine::new(Duration::from_secs(1));
         let mut fake = Fake { net: Ok(net(0, 0, 0)), calls: 0 };
         let mut w = window(0);
-        w.counts.insert(5, Counts { tcp_mem_send_refused: 3, tcp_mem_recv_dropped: 40, ..Default::default() });
+        w.counts.insert(5, Counts { tcp_mem_send_refused: 3, tcp_mem_recv_refused: 40, ..Default::default() });
         let out = e.tick(&w, &mut fake);
         assert_eq!(out.len(), 1, "{out:?}");
         let v = &out[0];
@@ -1190,7 +1201,7 @@ mod tests {
             "{}",
             v.summary
         );
-        assert_eq!(v.evidence["recv_dropped"], 40);
+        assert_eq!(v.evidence["recv_refused"], 40);
         assert!(v.fix.iter().any(|f| f.contains("net.ipv4.tcp_mem")));
     }
 

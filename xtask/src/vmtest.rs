@@ -297,6 +297,7 @@ pub fn run(root: &Path, kernel: &str, mode: &str, timeout: u64) -> Result<()> {
         for m in &modes {
             println!("xtask: booting {} in mode {m}", image.display());
             let mut r = boot(root, &stage, image, m, &exes, timeout)?;
+            let mut flaky_tests: Vec<String> = Vec::new();
             if let Some(p) = &r.problem {
                 // The guest did not finish (virtme-ng failed to start it, or the emulated guest
                 // died mid-run, seen once in 16 boots): boot once more, and say so.
@@ -314,6 +315,7 @@ pub fn run(root: &Path, kernel: &str, mode: &str, timeout: u64) -> Result<()> {
                 let again = boot(root, &stage, image, m, &exes, timeout)?;
                 if again.problem.is_none() {
                     let flaky: Vec<&String> = failed.iter().filter(|t| again.tests.get(*t) == Some(&true)).collect();
+                    flaky_tests = flaky.iter().map(|t| t.to_string()).collect();
                     if !flaky.is_empty() {
                         println!(
                             "xtask: FLAKY (failed once, passed again): {}",
@@ -341,7 +343,14 @@ pub fn run(root: &Path, kernel: &str, mode: &str, timeout: u64) -> Result<()> {
             let others_ok = r.tests.values().all(|ok| *ok) && !r.tests.is_empty();
             failed |= !others_ok || r.problem.is_some();
             let passed = r.tests.values().filter(|ok| **ok).count();
-            rows.push((k.clone(), m.to_string(), cells, format!("{passed}/{}", r.tests.len()), r.secs, r.problem));
+            let problem = match (r.problem, flaky_tests.is_empty()) {
+                (Some(p), _) => Some(p),
+                (None, false) => {
+                    Some(format!("FLAKY (failed once, passed on a second boot): {}", flaky_tests.join(", ")))
+                }
+                (None, true) => None,
+            };
+            rows.push((k.clone(), m.to_string(), cells, format!("{passed}/{}", r.tests.len()), r.secs, problem));
         }
     }
     let mut header = format!("\n{:<7} {:<11}", "kernel", "mode");

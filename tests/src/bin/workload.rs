@@ -511,24 +511,45 @@ fn ct_fill(args: &[String]) {
 /// Closes that are aborts, not TIME_WAIT: the client sends a byte and shuts down its side
 /// (FIN_WAIT2 once acked), then the server closes without reading, which sends a reset
 /// (tcp_close with unread data): the client socket goes FIN_WAIT2 → CLOSE by tcp_reset.
+/// With `--linger`, the reset comes from this side instead: after shutdown (FIN_WAIT2) the
+/// client closes with SO_LINGER 0 (tcp_disconnect: CLOSE first, then the reset).
 fn resets(args: &[String]) {
     let addr: SocketAddr = req(args, "--addr");
     let count: u32 = req(args, "--count");
+    let linger = args.iter().any(|a| a == "--linger");
     let l = TcpListener::bind(addr).expect("bind");
     let mut clients = Vec::new();
+    let mut servers = Vec::new();
     for _ in 0..count {
         let mut c = TcpStream::connect(addr).expect("connect");
         let (s, _) = l.accept().expect("accept");
         c.write_all(b"x").expect("write");
         c.shutdown(std::net::Shutdown::Write).expect("shutdown");
         std::thread::sleep(Duration::from_millis(20));
-        drop(s);
-        clients.push(c);
+        if linger {
+            let lg = libc::linger { l_onoff: 1, l_linger: 0 };
+            // SAFETY: setsockopt on our own socket with a linger struct that outlives the call.
+            let r = unsafe {
+                libc::setsockopt(
+                    c.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_LINGER,
+                    &lg as *const libc::linger as *const libc::c_void,
+                    size_of::<libc::linger>() as u32,
+                )
+            };
+            assert_eq!(r, 0, "SO_LINGER");
+            drop(c);
+            servers.push(s);
+        } else {
+            drop(s);
+            clients.push(c);
+        }
     }
     std::thread::sleep(Duration::from_millis(200));
     println!(
         "{}",
-        json!({"pid": pid(), "time_wait_sockets": time_wait_sockets(), "states": socket_states(), "resets_sent": tcp_ext("TCPAbortOnClose")})
+        json!({"pid": pid(), "time_wait_sockets": time_wait_sockets(), "states": socket_states(), "resets_sent": tcp_ext("TCPAbortOnClose") + tcp_ext("TCPAbortOnData")})
     );
     hold(args);
 }
