@@ -197,7 +197,8 @@ fn boot(
     }
     script.push_str(&format!("echo \"kernel $(uname -r)\" > {r}\n", r = results.display()));
     for exe in exes.values() {
-        script.push_str(&format!("{} --test-threads=2 >> {} 2>&1\n", exe.display(), results.display()));
+        // --show-output: passing tests' output too, where a test says it SKIPPED.
+        script.push_str(&format!("{} --test-threads=2 --show-output >> {} 2>&1\n", exe.display(), results.display()));
     }
     script.push_str(&format!("echo VMTEST-DONE >> {}\n", results.display()));
     let script_path = dir.join("run.sh");
