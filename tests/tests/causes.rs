@@ -333,7 +333,18 @@ fn full_conntrack_table_is_named_and_charged_to_the_connecting_process() {
     assert_eq!(wl["syn_sent"], 5, "{wl}");
     let truth = wl["ct_drops"].as_u64().unwrap();
     assert!(truth >= 5, "{wl}");
-    assert_eq!(total(&lines, pid, "netfilter_drops"), truth, "{wl}");
+    // On a miss, say where the drops went (seen once in the VM: 2 of 10 on the workload).
+    let elsewhere: Vec<String> = lines
+        .iter()
+        .filter(|v| v["type"] == "sample" && v["netfilter_drops"].as_u64().unwrap_or(0) > 0 && v["pid"] != pid)
+        .map(|v| format!("{}[{}]: {}", v["comm"], v["pid"], v["netfilter_drops"]))
+        .collect();
+    assert_eq!(
+        total(&lines, pid, "netfilter_drops"),
+        truth,
+        "{wl}; drops charged elsewhere: {elsewhere:?}; skipped runs: {}",
+        skipped_runs(&lines, "nf_drop")
+    );
     let vs = activations(&lines, pid, "conntrack_full");
     assert_eq!(vs.len(), 1, "{vs:?}");
     let e = &vs[0]["evidence"];
