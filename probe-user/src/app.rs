@@ -178,10 +178,7 @@ type ListenPoll = (Vec<(u32, listeners::ListenerDelta, listeners::NsDelta)>, BTr
 
 /// Listeners and TcpExt counters of the calling thread's network namespace.
 fn read_listen_counters() -> (Result<Vec<netdiag::TcpSocket>>, BTreeMap<String, u64>) {
-    let ext = std::fs::read_to_string("/proc/thread-self/net/netstat")
-        .map(|t| crate::facts::parse_netstat(&t, "TcpExt"))
-        .unwrap_or_default();
-    (netdiag::listeners(), ext)
+    (netdiag::listeners(), crate::facts::read_tcp_ext())
 }
 
 struct State {

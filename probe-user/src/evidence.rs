@@ -62,7 +62,6 @@ impl Evidence for LiveEvidence<'_> {
     }
 
     fn tcp_mem(&mut self) -> crate::verdict::TcpMemFacts {
-        let f = crate::facts::read_system();
-        (f.tcp_mem, f.sockstat)
+        crate::facts::read_tcp_mem()
     }
 }

@@ -152,6 +152,12 @@ fn read_u64(path: &str) -> Option<u64> {
     read(path)?.trim().parse().ok()
 }
 
+/// TcpExt counters of the calling thread's network namespace (/proc/net is the main
+/// thread's namespace; this thread may have entered another).
+pub fn read_tcp_ext() -> BTreeMap<String, u64> {
+    read("/proc/thread-self/net/netstat").map(|s| parse_netstat(&s, "TcpExt")).unwrap_or_default()
+}
+
 /// Reads the facts of the calling thread's network namespace (see `netdiag::in_netns_of`).
 pub fn read_net() -> NetFacts {
     NetFacts {
@@ -163,8 +169,7 @@ pub fn read_net() -> NetFacts {
         tcp_syncookies: read_u64("/proc/sys/net/ipv4/tcp_syncookies").map(|v| v as u32),
         tcp_fin_timeout: read_u64("/proc/sys/net/ipv4/tcp_fin_timeout"),
         sockets: netdiag::tcp_sockets().unwrap_or_default(),
-        // /proc/net is the main thread's namespace; this thread may have entered another.
-        tcp_ext: read("/proc/thread-self/net/netstat").map(|s| parse_netstat(&s, "TcpExt")).unwrap_or_default(),
+        tcp_ext: read_tcp_ext(),
         conntrack: read("/proc/thread-self/net/stat/nf_conntrack").map(|st| Conntrack {
             count: read_u64("/proc/sys/net/netfilter/nf_conntrack_count"),
             max: read_u64("/proc/sys/net/netfilter/nf_conntrack_max"),
@@ -182,7 +187,19 @@ pub fn read_net_of(pid: Option<u32>) -> anyhow::Result<NetFacts> {
     Ok(f)
 }
 
+/// net.ipv4.tcp_mem (low, pressure, high; pages) and the TCP line of /proc/net/sockstat.
+pub type TcpMem = (Option<(u64, u64, u64)>, BTreeMap<String, u64>);
+
+/// Machine-wide TCP memory, without the rest of `read_system`.
+pub fn read_tcp_mem() -> TcpMem {
+    (
+        read("/proc/sys/net/ipv4/tcp_mem").and_then(|s| parse_triple(&s)),
+        read("/proc/net/sockstat").map(|s| parse_sockstat(&s)).unwrap_or_default(),
+    )
+}
+
 pub fn read_system() -> SystemFacts {
+    let (tcp_mem, sockstat) = read_tcp_mem();
     let mut tw_recycle_configs = Vec::new();
     let mut files = vec!["/etc/sysctl.conf".to_string()];
     for dir in ["/etc/sysctl.d", "/run/sysctl.d", "/usr/lib/sysctl.d"] {
@@ -206,8 +223,8 @@ pub fn read_system() -> SystemFacts {
         nr_open: read_u64("/proc/sys/fs/nr_open"),
         conntrack: read_u64("/proc/sys/net/netfilter/nf_conntrack_count")
             .zip(read_u64("/proc/sys/net/netfilter/nf_conntrack_max")),
-        tcp_mem: read("/proc/sys/net/ipv4/tcp_mem").and_then(|s| parse_triple(&s)),
-        sockstat: read("/proc/net/sockstat").map(|s| parse_sockstat(&s)).unwrap_or_default(),
+        tcp_mem,
+        sockstat,
         tw_recycle_configs,
     }
 }

@@ -134,8 +134,7 @@ pub trait Evidence {
     fn tcp_mem(&mut self) -> TcpMemFacts;
 }
 
-/// net.ipv4.tcp_mem (low, pressure, high; pages) and /proc/net/sockstat's TCP line.
-pub type TcpMemFacts = (Option<(u64, u64, u64)>, BTreeMap<String, u64>);
+pub use crate::facts::TcpMem as TcpMemFacts;
 
 struct Active {
     verdict: Verdict,

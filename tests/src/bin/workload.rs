@@ -80,6 +80,16 @@ fn hold(args: &[String]) {
     }
 }
 
+/// Runs this workload again as a separate process with `args` and waits for its "ready"
+/// line (a server that must not be the process whose counts are checked).
+fn spawn_ready(args: &[&str]) -> std::process::Child {
+    let exe = std::env::current_exe().expect("own path");
+    let mut child = Command::new(exe).args(args).stdout(Stdio::piped()).spawn().expect("spawn helper process");
+    let mut ready = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("helper stdout")).read_line(&mut ready).ok();
+    child
+}
+
 /// Server side of the TIME_WAIT scenario: for each connection, read to EOF (the client
 /// closed first), then close: the client's socket goes to TIME_WAIT, this one does not.
 /// Runs until killed.
@@ -124,14 +134,7 @@ fn tw(args: &[String]) {
     // answered with a reset that would otherwise end a TIME_WAIT early (tcp_timewait_state_process),
     // and the namespace's TIME_WAIT count must stay the ground truth.
     std::fs::write("/proc/sys/net/ipv4/tcp_rfc1337", "1").expect("setting tcp_rfc1337 in the test namespace");
-    let exe = std::env::current_exe().expect("own path");
-    let mut server = Command::new(exe)
-        .args(["tw-server", "--listen", &addr.to_string()])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn server");
-    let mut ready = String::new();
-    std::io::BufReader::new(server.stdout.take().expect("server stdout")).read_line(&mut ready).ok();
+    let mut server = spawn_ready(&["tw-server", "--listen", &addr.to_string()]);
     let start = std::time::Instant::now();
     let mut ok = 0;
     let mut errors = Errors::new();
@@ -281,22 +284,8 @@ fn backlog(args: &[String]) {
     let clients: u32 = req(args, "--clients");
     let wait_ms: u64 = req(args, "--wait-ms");
     let backlog: i32 = req(args, "--backlog");
-    let exe = std::env::current_exe().expect("own path");
-    let mut server = Command::new(exe)
-        .args(["listen-only", "--listen", &addr.to_string(), "--backlog", &backlog.to_string()])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn listener");
-    let mut ready = String::new();
-    std::io::BufReader::new(server.stdout.take().expect("listener stdout")).read_line(&mut ready).ok();
-    let mut socks = Vec::new();
-    for _ in 0..clients {
-        let fd = tcp_socket(libc::AF_INET).expect("socket");
-        // SAFETY: fcntl on our own fd.
-        unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
-        let _ = sys_addr(&fd, addr, true); // EINPROGRESS
-        socks.push(fd);
-    }
+    let mut server = spawn_ready(&["listen-only", "--listen", &addr.to_string(), "--backlog", &backlog.to_string()]);
+    let socks: Vec<OwnedFd> = (0..clients).map(|_| nonblocking_connect(SocketAddr::V4(addr), None)).collect();
     std::thread::sleep(Duration::from_millis(wait_ms));
     let established = socket_states().get("01").copied().unwrap_or(0) / 2;
     drop(socks);
@@ -346,14 +335,7 @@ fn syn_flood(args: &[String]) {
     let from: std::net::Ipv4Addr = req(args, "--from");
     let syns: u16 = req(args, "--syns");
     let backlog: i32 = req(args, "--backlog");
-    let exe = std::env::current_exe().expect("own path");
-    let mut server = Command::new(exe)
-        .args(["listen-only", "--listen", &addr.to_string(), "--backlog", &backlog.to_string()])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn listener");
-    let mut ready = String::new();
-    std::io::BufReader::new(server.stdout.take().expect("listener stdout")).read_line(&mut ready).ok();
+    let mut server = spawn_ready(&["listen-only", "--listen", &addr.to_string(), "--backlog", &backlog.to_string()]);
     // SAFETY: plain socket(2); owned right away.
     let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
     assert!(raw >= 0, "raw socket: {}", std::io::Error::last_os_error());
@@ -486,15 +468,7 @@ fn ct_fill(args: &[String]) {
             Err(e) => *errors.entry(errno_name(&e)).or_default() += 1,
         }
     }
-    let SocketAddr::V4(v4) = addr else { panic!("IPv4 only") };
-    let mut pending = Vec::new();
-    for _ in 0..extra {
-        let fd = tcp_socket(libc::AF_INET).expect("socket");
-        // SAFETY: fcntl on our own fd.
-        unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
-        let _ = sys_addr(&fd, v4, true);
-        pending.push(fd);
-    }
+    let pending: Vec<OwnedFd> = (0..extra).map(|_| nonblocking_connect(addr, None)).collect();
     std::thread::sleep(Duration::from_millis(wait_ms));
     let still_pending = socket_states().get("02").copied().unwrap_or(0);
     drop(pending);
