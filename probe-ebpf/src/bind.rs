@@ -63,21 +63,22 @@ pub fn result(ret: i64, c: &BindCall) {
     let err = (-ret) as u16;
     let (tgid, tid) = current();
     let comm = current_comm();
+    // Event before count (see `count::bump`).
+    if err == EADDRINUSE || err == EADDRNOTAVAIL {
+        if let Some(mut e) = new_event(event::kind::BIND_ERROR, tgid, tid, err, &comm) {
+            // SAFETY: new_event wrote a whole Event into the reserved entry.
+            let ev = unsafe { e.assume_init_mut() };
+            ev.family = c.family;
+            ev.sport = c.port;
+            ev.saddr = c.addr;
+            ev.netns = c.netns;
+            e.submit(0);
+        }
+    }
     bump(tgid, kind::BIND_ERROR, err, &comm);
     // inet_csk_get_port() with port 0 found no port it may bind exclusively
     // (inet_csk_find_open_port), and __inet_bind() reports that as EADDRINUSE.
     if err == EADDRINUSE && c.port == 0 {
         bump(tgid, kind::BIND_PORT_EXHAUSTED, 0, &comm);
-    }
-    if err != EADDRINUSE && err != EADDRNOTAVAIL {
-        return;
-    }
-    if let Some(mut e) = new_event(event::kind::BIND_ERROR, tgid, tid, err, &comm) {
-        let ev = unsafe { e.assume_init_mut() };
-        ev.family = c.family;
-        ev.sport = c.port;
-        ev.saddr = c.addr;
-        ev.netns = c.netns;
-        e.submit(0);
     }
 }

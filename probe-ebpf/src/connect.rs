@@ -118,9 +118,13 @@ pub fn exit(ret: i64) {
         }
         return;
     }
-    bump(tgid, kind::CONNECT_ERROR, err, &comm);
+    // Events before counts (see `count::bump`).
     let port_failure = err == EADDRNOTAVAIL && inf.closed_in_connect == 1;
     if port_failure && role_on(role::PORT_VIA_SET_STATE) {
+        if let Some(mut e) = new_event(event::kind::PORT_ASSIGN_FAILURE, tgid, tid, err, &comm) {
+            fill_from_inflight(&mut e, &inf);
+            e.submit(0);
+        }
         bump(tgid, kind::PORT_ASSIGN_FAILURE, 0, &comm);
         bump_dest(&DestKey {
             tgid,
@@ -131,10 +135,6 @@ pub fn exit(ret: i64) {
             _pad: 0,
             daddr: inf.daddr,
         });
-        if let Some(mut e) = new_event(event::kind::PORT_ASSIGN_FAILURE, tgid, tid, err, &comm) {
-            fill_from_inflight(&mut e, &inf);
-            e.submit(0);
-        }
     } else if !(err == EADDRNOTAVAIL && inf.port_event_sent == 1) {
         if let Some(mut e) = new_event(event::kind::CONNECT_ERROR, tgid, tid, err, &comm) {
             fill_from_inflight(&mut e, &inf);
@@ -146,6 +146,7 @@ pub fn exit(ret: i64) {
             e.submit(0);
         }
     }
+    bump(tgid, kind::CONNECT_ERROR, err, &comm);
     // A failed connect leaves the socket in CLOSE (no later transition removes the owner).
     if sk_state(sk) as i32 == tcp_state::CLOSE {
         let _ = OWNERS.remove(sk);
@@ -170,13 +171,15 @@ fn fill_from_inflight(e: &mut RingBufEntry<Event>, inf: &Inflight) {
 #[inline(always)]
 fn async_failed(sk: u64, tgid: u32, err: u16, comm: &[u8; COMM_LEN]) {
     let err = if err == 0 { ECANCELED } else { err };
-    bump(tgid, kind::CONNECT_ASYNC_ERROR, err, comm);
+    // Event before count (see `count::bump`).
     if let Some(mut e) = new_event(event::kind::CONNECT_ERROR, tgid, 0, err, comm) {
+        // SAFETY: new_event wrote a whole Event into the reserved entry.
         let ev = unsafe { e.assume_init_mut() };
         ev.flags = event::flag::ASYNC;
         fill_endpoints(ev, sk);
         e.submit(0);
     }
+    bump(tgid, kind::CONNECT_ASYNC_ERROR, err, comm);
 }
 
 /// SYN_SENT → ESTABLISHED or CLOSE. Runs in whatever context the kernel is in (often

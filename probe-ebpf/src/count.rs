@@ -45,6 +45,12 @@ fn increment<K>(map: &PerCpuHashMap<K, u64>, key: &K) -> bool {
 }
 
 /// Adds one to the counter (tgid, kind, aux) on this CPU.
+///
+/// A failure's event is submitted *before* its count: user space reads the counters, then
+/// drains the ring buffer, so every failure in the counts it read already has its event in
+/// the ring (or counted as dropped). The other order leaves a window (wide on PREEMPT_RT,
+/// where a BPF program can be preempted between the two) in which a count arrives without
+/// the addresses, limit and time its event carries.
 #[inline(always)]
 pub fn bump(tgid: u32, kind: u16, aux: u16, comm: &[u8; COMM_LEN]) {
     if increment(&COUNTS, &CountKey { tgid, kind, aux }) {

@@ -14,11 +14,13 @@ pub fn failed(errno: i64, limit: u64, syscall_nr: i32) {
     let comm = current_comm();
     let (count_kind, event_kind) =
         if errno == EMFILE { (kind::EMFILE, event::kind::EMFILE) } else { (kind::ENFILE, event::kind::ENFILE) };
-    bump(tgid, count_kind, 0, &comm);
+    // Event before count (see `count::bump`).
     if let Some(mut e) = new_event(event_kind, tgid, tid, errno as u16, &comm) {
+        // SAFETY: new_event wrote a whole Event into the reserved entry.
         let ev = unsafe { e.assume_init_mut() };
         ev.limit = limit;
         ev.syscall_nr = syscall_nr;
         e.submit(0);
     }
+    bump(tgid, count_kind, 0, &comm);
 }

@@ -248,17 +248,20 @@ pub(crate) fn port_failed(sk: u64) {
     }
     let (tgid, tid) = current();
     let comm = current_comm();
-    bump(tgid, kind::PORT_ASSIGN_FAILURE, 0, &comm);
-    bump_dest(&dest_of_sock(tgid, kind::PORT_ASSIGN_FAILURE, sk));
     // Tell connect::exit the event is out, so it does not send a second one.
     if let Some(p) = INFLIGHT.get_ptr_mut(tid) {
+        // SAFETY: a pointer into this thread's INFLIGHT entry, written only by this thread.
         unsafe { (*p).port_event_sent = 1 };
     }
+    // Event before count (see `count::bump`).
     if let Some(mut e) = new_event(event::kind::PORT_ASSIGN_FAILURE, tgid, tid, 99, &comm) {
+        // SAFETY: new_event wrote a whole Event into the reserved entry.
         let ev = unsafe { e.assume_init_mut() };
         fill_endpoints(ev, sk);
         e.submit(0);
     }
+    bump(tgid, kind::PORT_ASSIGN_FAILURE, 0, &comm);
+    bump_dest(&dest_of_sock(tgid, kind::PORT_ASSIGN_FAILURE, sk));
 }
 
 /// -EADDRNOTAVAIL (include/uapi/asm-generic/errno.h).

@@ -204,6 +204,10 @@ struct State {
     match_cache: BTreeMap<u32, bool>,
     /// Addresses refused with EADDRNOTAVAIL this interval, per process (from events).
     unavailable_addrs: BTreeMap<u32, BTreeSet<String>>,
+    /// Event facts of the previous interval whose failures were not in its counts yet (see
+    /// `carry_over`).
+    carried_first_seen: BTreeMap<(u32, Cause), SystemTime>,
+    carried_addrs: BTreeMap<u32, BTreeSet<String>>,
     /// Listener drop counters of the previous poll.
     listen_tracker: listeners::Tracker,
     /// Namespaces polled for listener drops, each with a process to enter it through.
@@ -329,9 +333,10 @@ impl State {
         procinfo::comm(pid).or_else(|| probe.kernel_comm(pid)).unwrap_or_else(|| "?".into())
     }
 
-    /// Reads the counters and builds the samples of the interval that just ended, and the
-    /// verdicts it brings.
-    fn interval(&mut self, probe: &mut Probe) -> Result<(Vec<Sample>, Vec<Verdict>)> {
+    /// Reads the counters at the end of an interval. Drain the ring buffer *after* this and
+    /// before `interval`: the kernel submits a failure's event before it counts the failure,
+    /// so every failure in these counts then has its event (addresses, time, limit) in hand.
+    fn read_counters(&self, probe: &Probe) -> Result<Counters> {
         // Processes already gone *before* this read: the read holds their final counts, so
         // their counters can be dropped after it (checking after the read could drop
         // increments made between the read and the exit).
@@ -342,8 +347,13 @@ impl State {
             .chain(self.prev_dest.keys().map(|k| k.tgid))
             .filter(|&t| t != UNATTRIBUTED && !procinfo::exists(t))
             .collect();
-        let cur = probe.snapshot()?;
-        let cur_dest = probe.dest_snapshot()?;
+        Ok(Counters { gone_before, cur: probe.snapshot()?, cur_dest: probe.dest_snapshot()? })
+    }
+
+    /// Builds the samples of the interval that just ended from counters read by
+    /// `read_counters` (and the events drained since), and the verdicts it brings.
+    fn interval(&mut self, probe: &mut Probe, counters: Counters) -> Result<(Vec<Sample>, Vec<Verdict>)> {
+        let Counters { gone_before, cur, cur_dest } = counters;
         let now = Instant::now();
         let interval_s = now.duration_since(self.last).as_secs_f64();
         self.last = now;
@@ -398,8 +408,17 @@ impl State {
                 _ => {}
             }
         }
-        window.first_seen = std::mem::take(&mut self.first_seen);
-        window.unavailable_addrs = std::mem::take(&mut self.unavailable_addrs);
+        let fresh_first_seen = std::mem::take(&mut self.first_seen);
+        let fresh_addrs = std::mem::take(&mut self.unavailable_addrs);
+        window.first_seen = std::mem::take(&mut self.carried_first_seen);
+        for (k, t) in &fresh_first_seen {
+            let e = window.first_seen.entry(*k).or_insert(*t);
+            *e = (*e).min(*t);
+        }
+        window.unavailable_addrs = std::mem::take(&mut self.carried_addrs);
+        for (pid, a) in &fresh_addrs {
+            window.unavailable_addrs.entry(*pid).or_default().extend(a.iter().cloned());
+        }
         self.printed.clear();
         let mut evidence = LiveEvidence {
             probe,
@@ -408,6 +427,11 @@ impl State {
             file_nr_cache: self.early_file_nr.take(),
         };
         let verdicts = self.engine.tick(&window, &mut evidence);
+        // An event drained after the counters were read may belong to a failure counted in
+        // the next read: its facts wait one interval for it, then go.
+        let engine = &self.engine;
+        self.carried_first_seen = carry_over(fresh_first_seen, |(pid, cause)| engine.failed_last_tick(*pid, *cause));
+        self.carried_addrs = carry_over(fresh_addrs, |pid| engine.failed_last_tick(*pid, Cause::AddressUnavailable));
 
         // Counters of exited processes have been reported for the last time: drop them so the
         // map does not fill up. (TIME_WAIT of their orphaned sockets recreates entries later.)
@@ -473,6 +497,8 @@ pub async fn watch(args: WatchArgs) -> Result<()> {
         engine: Engine::new(args.interval),
         first_seen: BTreeMap::new(),
         unavailable_addrs: BTreeMap::new(),
+        carried_first_seen: BTreeMap::new(),
+        carried_addrs: BTreeMap::new(),
         listen_tracker: listeners::Tracker::default(),
         listen_netns: BTreeMap::new(),
         listener_owner: BTreeMap::new(),
@@ -508,7 +534,9 @@ pub async fn watch(args: WatchArgs) -> Result<()> {
                 guard.clear_ready();
             }
             _ = tick.tick() => {
-                let (samples, verdicts) = st.interval(&mut probe)?;
+                let counters = st.read_counters(&probe)?;
+                drain(ring.get_mut(), offset, &mut st, &probe, &mut out)?;
+                let (samples, verdicts) = st.interval(&mut probe, counters)?;
                 out.samples(&samples)?;
                 out.verdicts(&verdicts)?;
                 if st.refresh_status(&probe)? {
@@ -520,9 +548,10 @@ pub async fn watch(args: WatchArgs) -> Result<()> {
             _ = sleep_until_deadline => break,
         }
     }
-    // The last, partial interval: events first, then the counts that include them.
+    // The last, partial interval.
+    let counters = st.read_counters(&probe)?;
     drain(ring.get_mut(), offset, &mut st, &probe, &mut out)?;
-    let (samples, verdicts) = st.interval(&mut probe)?;
+    let (samples, verdicts) = st.interval(&mut probe, counters)?;
     out.samples(&samples)?;
     out.verdicts(&verdicts)?;
     if st.refresh_status(&probe)? {
@@ -537,6 +566,20 @@ pub async fn watch(args: WatchArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Counters read at the end of an interval.
+struct Counters {
+    /// Processes that had exited before the read (their counts in it are final).
+    gone_before: BTreeSet<u32>,
+    cur: Snapshot,
+    cur_dest: BTreeMap<DestKey, u64>,
+}
+
+/// The entries of `fresh` (facts from this interval's events) that no failure of this
+/// interval used: they are kept for the next interval only.
+fn carry_over<K: Ord, V>(fresh: BTreeMap<K, V>, used: impl Fn(&K) -> bool) -> BTreeMap<K, V> {
+    fresh.into_iter().filter(|(k, _)| !used(k)).collect()
 }
 
 fn drain<W: Write>(
@@ -615,6 +658,13 @@ fn drain<W: Write>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_facts_not_used_wait_one_interval() {
+        let fresh: BTreeMap<u32, &str> = [(1, "used"), (2, "early")].into();
+        let carried = carry_over(fresh, |pid| *pid == 1);
+        assert_eq!(carried, [(2, "early")].into());
+    }
 
     #[test]
     fn filter_matches_pid_or_comm() {

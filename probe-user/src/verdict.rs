@@ -156,6 +156,8 @@ pub struct Engine {
     tw_history: BTreeMap<(u32, Dest), VecDeque<TwSample>>,
     /// Refused conntrack entries per namespace when first looked at.
     ct_refused: BTreeMap<u32, u64>,
+    /// (cause, pid) that had failures in the last tick.
+    failed: std::collections::BTreeSet<(Cause, u32)>,
 }
 
 /// 6823 → "6,823".
@@ -292,7 +294,13 @@ impl Engine {
             quiet: (interval * 3).max(Duration::from_secs(5)),
             tw_history: BTreeMap::new(),
             ct_refused: BTreeMap::new(),
+            failed: Default::default(),
         }
+    }
+
+    /// Whether `pid` had failures of `cause` in the last interval fed to `tick`.
+    pub fn failed_last_tick(&self, pid: u32, cause: Cause) -> bool {
+        self.failed.contains(&(cause, pid))
     }
 
     /// Whether a verdict of `cause` is active for `pid` (any destination).
@@ -429,6 +437,7 @@ impl Engine {
                 resolved.push(key.clone());
             }
         }
+        self.failed = seen.iter().map(|(c, p, _)| (*c, *p)).collect();
         for key in resolved {
             if let Some(a) = self.active.remove(&key) {
                 let mut v = a.verdict;
@@ -1340,6 +1349,22 @@ mod tests {
         let fm = out.iter().find(|v| v.cause == Cause::FileMax).unwrap();
         assert_eq!(fm.evidence["file_nr"], 99_990);
         assert_eq!(fm.evidence["file_max"], 100_000);
+    }
+
+    #[test]
+    fn failed_last_tick_names_the_failures_of_that_interval_only() {
+        let mut e = Engine::new(Duration::from_secs(1));
+        let mut fake = Fake { net: Err(String::new()), calls: 0 };
+        let mut w = window(0);
+        w.counts.insert(42, Counts { emfile: 1, ..Default::default() });
+        e.tick(&w, &mut fake);
+        assert!(e.failed_last_tick(42, Cause::FdLimit));
+        assert!(!e.failed_last_tick(42, Cause::FileMax));
+        assert!(!e.failed_last_tick(43, Cause::FdLimit));
+        // Still active (quiet period), but no failure in this interval.
+        e.tick(&window(1), &mut fake);
+        assert!(e.is_active(42, Cause::FdLimit));
+        assert!(!e.failed_last_tick(42, Cause::FdLimit));
     }
 
     #[test]

@@ -29,7 +29,9 @@ enum Task {
     /// Boots Debian's stock kernels under QEMU (virtme-ng, software emulation) and runs the
     /// integration suite inside with the release binaries built here, per attach mode.
     VmTest {
-        /// 6.1, 6.12 or all.
+        /// 6.1, 6.12, 6.12-rt or all. The newest Debian package of each is used (printed);
+        /// CONNTRACE_VM_KERNEL_6_12=linux-image-6.12.111+deb12-amd64-unsigned (and _6_1,
+        /// _6_12_RT) picks an exact one.
         #[arg(long, default_value = "all")]
         kernel: String,
         /// auto, fexit, kprobe, tracepoint or all.
@@ -38,6 +40,12 @@ enum Task {
         /// Watchdog per boot, seconds.
         #[arg(long, default_value_t = 900)]
         timeout: u64,
+        /// Run only this integration test (exact name).
+        #[arg(long)]
+        only: Option<String>,
+        /// Run the tests this many times in each boot (to measure how often a test fails).
+        #[arg(long, default_value_t = 1)]
+        repeat: u32,
     },
     /// Overhead on a loopback connection-churn loop: alternating runs without and with
     /// `conntrace watch`, medians and ratio, plus per-program cost from the kernel's BPF stats.
@@ -370,7 +378,9 @@ fn main() -> Result<()> {
         Task::Test => test(),
         Task::Lint => lint(),
         Task::Bench { pairs, seconds } => bench(pairs, seconds),
-        Task::VmTest { kernel, mode, timeout } => vmtest::run(&root(), &kernel, &mode, timeout),
+        Task::VmTest { kernel, mode, timeout, only, repeat } => {
+            vmtest::run(&root(), &vmtest::Options { kernel, mode, timeout, only, repeat })
+        }
     }
 }
 

@@ -15,7 +15,6 @@ use anyhow::{bail, Context as _, Result};
 use crate::{is_root, output, run as run_cmd};
 
 const MODES: [&str; 4] = ["auto", "fexit", "kprobe", "tracepoint"];
-const KERNELS: [&str; 2] = ["6.1", "6.12"];
 
 /// Which signal each integration test proves (tests not listed prove the CLI).
 fn signals_of(test: &str) -> &'static [&'static str] {
@@ -71,48 +70,132 @@ fn ensure_host() -> Result<()> {
     Ok(())
 }
 
-fn find_vmlinuz(prefix: &str) -> Option<PathBuf> {
-    let mut found: Vec<PathBuf> = std::fs::read_dir("/boot")
-        .ok()?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&format!("vmlinuz-{prefix}"))))
-        .collect();
-    found.sort();
-    found.pop()
+/// A Debian kernel flavour the matrix boots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flavour {
+    /// `-amd64`: the kernel most hosts run.
+    Generic,
+    /// `-rt-amd64`: PREEMPT_RT (industrial and low-latency hosts).
+    Rt,
 }
 
-/// The kernel image for `version`, installing Debian's package when missing.
-fn ensure_kernel(version: &str) -> Result<PathBuf> {
-    let prefix = format!("{version}.");
-    if let Some(p) = find_vmlinuz(&prefix) {
-        return Ok(p);
-    }
-    let pkg = match version {
-        // bookworm's default kernel is 6.1.
-        "6.1" => "linux-image-amd64".to_string(),
-        _ => {
+/// One row group of the matrix: a kernel series in one flavour.
+#[derive(Debug, Clone, Copy)]
+struct KernelSpec {
+    /// What `--kernel` and the table call it.
+    name: &'static str,
+    /// Debian's version prefix (`6.1` matches `6.1.0-57`, `6.12` matches `6.12.117+deb12`).
+    series: &'static str,
+    flavour: Flavour,
+    /// The modes this kernel runs in under `--mode all` (the RT row is one auto boot: its
+    /// hooks are the generic kernel's, and emulating it costs more).
+    modes: &'static [&'static str],
+}
+
+const KERNELS: [KernelSpec; 3] = [
+    KernelSpec { name: "6.1", series: "6.1", flavour: Flavour::Generic, modes: &MODES },
+    KernelSpec { name: "6.12", series: "6.12", flavour: Flavour::Generic, modes: &MODES },
+    KernelSpec { name: "6.12-rt", series: "6.12", flavour: Flavour::Rt, modes: &["auto"] },
+];
+
+/// The kernel release (what `uname -r` and `/boot/vmlinuz-*` say) of a Debian kernel image
+/// package name, when it is `spec`'s series and flavour: `linux-image-6.12.117+deb12-amd64`
+/// and its `-unsigned` twin give `6.12.117+deb12-amd64`; `-rt-`, `-cloud-`, `-dbg` and
+/// meta-packages give None for the generic flavour.
+fn release_of(pkg: &str, spec: &KernelSpec) -> Option<String> {
+    let rest = pkg.strip_prefix("linux-image-")?;
+    let release = rest.strip_suffix("-unsigned").unwrap_or(rest);
+    release_matches(release, spec).then(|| release.to_string())
+}
+
+/// True when a kernel release (`6.1.0-57-amd64`, `6.12.117+deb12-rt-amd64`) is `spec`'s
+/// series and flavour.
+fn release_matches(release: &str, spec: &KernelSpec) -> bool {
+    let suffix = match spec.flavour {
+        Flavour::Generic => "-amd64",
+        Flavour::Rt => "-rt-amd64",
+    };
+    let Some(version) = release.strip_suffix(suffix) else { return false };
+    // Every '-'-separated part of the version is numeric-led (`6.1.0`, `57`, `6.12.117+deb12`):
+    // that rules out flavours (`rt`, `cloud`) left in front of the generic suffix.
+    let numeric = version.split('-').all(|part| part.starts_with(|c: char| c.is_ascii_digit()));
+    let in_series = version.strip_prefix(spec.series).is_some_and(|r| r.starts_with('.'));
+    numeric && in_series
+}
+
+/// Orders kernel versions by their numbers (`6.12.99` before `6.12.117`), not as strings.
+fn version_key(release: &str) -> Vec<u64> {
+    release.split(|c: char| !c.is_ascii_digit()).filter(|s| !s.is_empty()).filter_map(|s| s.parse().ok()).collect()
+}
+
+/// The newest release among `candidates` that is `spec`'s series and flavour.
+fn newest<'a>(candidates: impl Iterator<Item = &'a str>, spec: &KernelSpec) -> Option<String> {
+    candidates.filter(|r| release_matches(r, spec)).max_by_key(|r| version_key(r)).map(str::to_string)
+}
+
+/// The environment variable that names an exact package for `spec`
+/// (`CONNTRACE_VM_KERNEL_6_12=linux-image-6.12.111+deb12-amd64-unsigned`).
+fn override_var(spec: &KernelSpec) -> String {
+    format!("CONNTRACE_VM_KERNEL_{}", spec.name.replace(['.', '-'], "_").to_uppercase())
+}
+
+/// The kernel image for `spec`: the package named by its override variable, else the newest
+/// Debian package of its series and flavour (installed when missing), else the newest such
+/// image already in /boot when the archive cannot be asked.
+fn ensure_kernel(spec: &KernelSpec) -> Result<PathBuf> {
+    let var = override_var(spec);
+    let chosen = match std::env::var(&var) {
+        Ok(pkg) => {
+            let release = pkg
+                .strip_prefix("linux-image-")
+                .map(|r| r.strip_suffix("-unsigned").unwrap_or(r).to_string())
+                .with_context(|| {
+                    format!("{var}={pkg}: expected a package name like linux-image-6.12.117+deb12-amd64")
+                })?;
+            Some((pkg, release))
+        }
+        Err(_) => {
             let _ = output(Command::new("apt-get").args(["update", "-q"]));
             let list = output(Command::new("apt-cache").args([
                 "search",
                 "--names-only",
-                &format!("^linux-image-{version}\\."),
+                &format!("^linux-image-{}\\.", spec.series.replace('.', "\\.")),
             ]))
             .unwrap_or_default();
-            // The generic flavour (cloud lacks the 9p/virtiofs modules virtme-ng needs).
-            let mut names: Vec<&str> = list
-                .lines()
-                .filter_map(|l| l.split_whitespace().next())
-                .filter(|n| {
-                    n.ends_with("-amd64-unsigned")
-                        || (n.ends_with("-amd64") && !n.contains("cloud") && !n.contains("rt"))
-                })
-                .collect();
-            names.sort();
-            names.pop().with_context(|| format!("no Debian package for kernel {version}"))?.to_string()
+            let pkgs: Vec<&str> = list.lines().filter_map(|l| l.split_whitespace().next()).collect();
+            let releases: Vec<String> = pkgs.iter().filter_map(|p| release_of(p, spec)).collect();
+            newest(releases.iter().map(String::as_str), spec).map(|release| {
+                // Prefer the unsigned image (no shim dependencies); either boots the same way.
+                let unsigned = format!("linux-image-{release}-unsigned");
+                let pkg = if pkgs.contains(&unsigned.as_str()) { unsigned } else { format!("linux-image-{release}") };
+                (pkg, release)
+            })
         }
     };
-    run_cmd(Command::new("apt-get").args(["install", "-y", "-q", &pkg]))?;
-    find_vmlinuz(&prefix).with_context(|| format!("{pkg} installed no /boot/vmlinuz-{prefix}*"))
+    let Some((pkg, release)) = chosen else {
+        let installed: Vec<String> = std::fs::read_dir("/boot")
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix("vmlinuz-").map(str::to_string))
+            .collect();
+        let release = newest(installed.iter().map(String::as_str), spec)
+            .with_context(|| format!("no Debian package for kernel {} (apt-cache search found none)", spec.name))?;
+        println!("xtask: kernel {}: no package list; using the installed {release}", spec.name);
+        return Ok(PathBuf::from(format!("/boot/vmlinuz-{release}")));
+    };
+    let image = PathBuf::from(format!("/boot/vmlinuz-{release}"));
+    println!(
+        "xtask: kernel {}: {pkg}{} (set {var} to choose another package)",
+        spec.name,
+        if image.exists() { ", installed" } else { "" }
+    );
+    if !image.exists() {
+        run_cmd(Command::new("apt-get").args(["install", "-y", "-q", &pkg]))?;
+    }
+    if !image.exists() {
+        bail!("{pkg} installed no {}", image.display());
+    }
+    Ok(image)
 }
 
 /// Release builds of conntrace and the test executables (name → path), copied to a stage
@@ -159,10 +242,8 @@ fn build(root: &Path) -> Result<(PathBuf, BTreeMap<String, PathBuf>)> {
 
 struct BootResult {
     secs: f64,
-    /// The guest's test output.
-    results: PathBuf,
-    /// test name → passed
-    tests: BTreeMap<String, bool>,
+    /// test name → (runs passed, runs failed)
+    tests: BTreeMap<String, (u32, u32)>,
     /// Tests that skipped themselves (the mode lacks what they need).
     skipped: std::collections::BTreeSet<String>,
     problem: Option<String>,
@@ -174,8 +255,9 @@ fn boot(
     vmlinuz: &Path,
     mode: &str,
     exes: &BTreeMap<String, PathBuf>,
-    timeout: u64,
+    opts: &Options,
 ) -> Result<BootResult> {
+    let timeout = opts.timeout;
     let kernel = vmlinuz.file_name().and_then(|n| n.to_str()).unwrap_or("kernel").trim_start_matches("vmlinuz-");
     // One directory per boot, so a second attempt keeps the first one's output.
     static BOOTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -196,10 +278,17 @@ fn boot(
         script.push_str(&format!("export CONNTRACE_ATTACH_MODE={mode}\n"));
     }
     script.push_str(&format!("echo \"kernel $(uname -r)\" > {r}\n", r = results.display()));
+    let filter = opts.only.as_deref().map(|t| format!(" --exact {t}")).unwrap_or_default();
+    script.push_str(&format!("for run in $(seq {}); do\n", opts.repeat.max(1)));
     for exe in exes.values() {
         // --show-output: passing tests' output too, where a test says it SKIPPED.
-        script.push_str(&format!("{} --test-threads=2 --show-output >> {} 2>&1\n", exe.display(), results.display()));
+        script.push_str(&format!(
+            "{} --test-threads=2 --show-output{filter} >> {} 2>&1\n",
+            exe.display(),
+            results.display()
+        ));
     }
+    script.push_str("done\n");
     script.push_str(&format!("echo VMTEST-DONE >> {}\n", results.display()));
     let script_path = dir.join("run.sh");
     std::fs::write(&script_path, script)?;
@@ -211,7 +300,9 @@ fn boot(
         .arg(timeout.to_string())
         .args(["vng", "--run"])
         .arg(vmlinuz)
-        .args(["--disable-kvm", "--rwdir"])
+        // --verbose: the kernel's console too, so a panic or a hung-task report is in
+        // console.log beside the results.
+        .args(["--verbose", "--disable-kvm", "--rwdir"])
         .arg(root)
         .arg("--rwdir")
         .arg(&dir)
@@ -222,6 +313,9 @@ fn boot(
         .output()
         .context("running vng")?;
     let secs = start.elapsed().as_secs_f64();
+    let console_text =
+        String::from_utf8_lossy(&console.stdout).into_owned() + &String::from_utf8_lossy(&console.stderr);
+    let _ = std::fs::write(dir.join("console.log"), &console_text);
     let text = std::fs::read_to_string(&results).unwrap_or_default();
     let mut tests = BTreeMap::new();
     let mut skipped = std::collections::BTreeSet::new();
@@ -234,17 +328,22 @@ fn boot(
         }
         if let Some(rest) = line.strip_prefix("test ") {
             if let Some((name, outcome)) = rest.split_once(" ... ") {
-                tests.insert(name.trim().to_string(), outcome.trim_end().ends_with("ok"));
+                let e = tests.entry(name.trim().to_string()).or_insert((0, 0));
+                if outcome.trim_end().ends_with("ok") {
+                    e.0 += 1;
+                } else {
+                    e.1 += 1;
+                }
             }
         }
     }
     let problem = if console.status.code() == Some(124) {
         Some(format!("watchdog: no result within {timeout} s"))
     } else if !text.contains("VMTEST-DONE") {
-        let con = String::from_utf8_lossy(&console.stdout).into_owned() + &String::from_utf8_lossy(&console.stderr);
-        let tail: Vec<&str> = con.lines().rev().take(15).collect();
+        let tail: Vec<&str> = console_text.lines().rev().take(25).collect();
         Some(format!(
-            "the guest did not finish (boot failure or kernel panic); console tail:\n{}",
+            "the guest did not finish (boot failure or kernel panic); {} ends:\n{}",
+            dir.join("console.log").display(),
             tail.into_iter().rev().collect::<Vec<_>>().join("\n")
         ))
     } else {
@@ -259,123 +358,202 @@ fn boot(
             }
         }
     }
-    Ok(BootResult { secs, results, tests, skipped, problem })
+    if !tests.values().all(|(_, failed)| *failed == 0) {
+        println!("    [{kernel} {mode}] guest output: {}", results.display());
+    }
+    Ok(BootResult { secs, tests, skipped, problem })
 }
 
-pub fn run(root: &Path, kernel: &str, mode: &str, timeout: u64) -> Result<()> {
-    let kernels: Vec<&str> = if kernel == "all" { KERNELS.to_vec() } else { vec![kernel] };
-    let modes: Vec<&str> = if mode == "all" { MODES.to_vec() } else { vec![mode] };
-    for k in &kernels {
-        if !KERNELS.contains(k) {
-            bail!("--kernel must be one of 6.1, 6.12, all");
-        }
-    }
-    for m in &modes {
-        if !MODES.contains(m) {
-            bail!("--mode must be one of auto, fexit, kprobe, tracepoint, all");
-        }
+/// What `cargo xtask vm-test` was asked for.
+pub struct Options {
+    pub kernel: String,
+    pub mode: String,
+    /// Watchdog per boot, seconds.
+    pub timeout: u64,
+    /// Run only this test (exact name), e.g. to chase a failure.
+    pub only: Option<String>,
+    /// Run the tests this many times in each boot.
+    pub repeat: u32,
+}
+
+/// The signal columns of the table, in the order `status` lists them.
+const SIGNALS: [&str; 10] = [
+    "port_assign",
+    "time_wait",
+    "tw_overflow",
+    "fd_alloc",
+    "connect",
+    "bind",
+    "tcp_mem",
+    "netfilter_drop",
+    "accept_queue",
+    "syn_queue",
+];
+
+struct Row {
+    kernel: String,
+    mode: String,
+    cells: Vec<&'static str>,
+    passed: u32,
+    runs: u32,
+    secs: f64,
+    notes: Vec<String>,
+}
+
+pub fn run(root: &Path, opts: &Options) -> Result<()> {
+    let kernels: Vec<KernelSpec> = if opts.kernel == "all" {
+        KERNELS.to_vec()
+    } else {
+        let names: Vec<&str> = KERNELS.iter().map(|k| k.name).collect();
+        vec![*KERNELS
+            .iter()
+            .find(|k| k.name == opts.kernel)
+            .with_context(|| format!("--kernel must be one of {}, all", names.join(", ")))?]
+    };
+    if opts.mode != "all" && !MODES.contains(&opts.mode.as_str()) {
+        bail!("--mode must be one of auto, fexit, kprobe, tracepoint, all");
     }
     ensure_host()?;
-    let images: Vec<(String, PathBuf)> =
-        kernels.iter().map(|k| Ok((k.to_string(), ensure_kernel(k)?))).collect::<Result<_>>()?;
+    let images: Vec<(KernelSpec, PathBuf)> =
+        kernels.iter().map(|k| Ok((*k, ensure_kernel(k)?))).collect::<Result<_>>()?;
     let (stage, exes) = build(root)?;
 
-    let signals = [
-        "port_assign",
-        "time_wait",
-        "tw_overflow",
-        "fd_alloc",
-        "connect",
-        "bind",
-        "tcp_mem",
-        "netfilter_drop",
-        "accept_queue",
-        "syn_queue",
-    ];
     let mut rows = Vec::new();
-    let mut failed = false;
     for (k, image) in &images {
-        for m in &modes {
+        let modes: Vec<&str> = if opts.mode == "all" { k.modes.to_vec() } else { vec![opts.mode.as_str()] };
+        for m in modes {
             println!("xtask: booting {} in mode {m}", image.display());
-            let mut r = boot(root, &stage, image, m, &exes, timeout)?;
-            let mut flaky_tests: Vec<String> = Vec::new();
+            let mut r = boot(root, &stage, image, m, &exes, opts)?;
+            let mut notes = Vec::new();
             if let Some(p) = &r.problem {
                 // The guest did not finish (virtme-ng failed to start it, or the emulated guest
-                // died mid-run, seen once in 16 boots): boot once more, and say so.
-                println!("xtask: that boot did not finish ({}), retrying once", p.lines().next().unwrap_or(""));
-                r = boot(root, &stage, image, m, &exes, timeout)?;
-            } else if r.tests.values().any(|ok| !ok) {
-                // Emulation is ~10x slower and its timing uneven: a test that fails once is
-                // run again (the whole boot) and reported as flaky; failing twice is a failure.
-                let failed: Vec<String> = r.tests.iter().filter(|(_, ok)| !**ok).map(|(t, _)| t.clone()).collect();
-                println!(
-                    "xtask: {} failed in {}, booting again to tell a flake from a failure",
-                    failed.join(", "),
-                    r.results.display()
-                );
-                let again = boot(root, &stage, image, m, &exes, timeout)?;
-                if again.problem.is_none() {
-                    let flaky: Vec<&String> = failed.iter().filter(|t| again.tests.get(*t) == Some(&true)).collect();
-                    flaky_tests = flaky.iter().map(|t| t.to_string()).collect();
-                    if !flaky.is_empty() {
-                        println!(
-                            "xtask: FLAKY (failed once, passed again): {}",
-                            flaky.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
-                        );
-                    }
-                    r = again;
-                }
+                // died mid-run): boot once more, and say so in the table. Tests that ran and
+                // failed are never retried: a failure is a failure.
+                let first = p.lines().next().unwrap_or("").to_string();
+                println!("xtask: that boot did not finish ({first}), retrying once");
+                notes.push(format!("RETRIED: the first boot did not finish ({first})"));
+                r = boot(root, &stage, image, m, &exes, opts)?;
             }
-            let mut cells = Vec::new();
-            for sig in signals {
-                let relevant: Vec<(&String, bool)> =
-                    r.tests.iter().filter(|(t, _)| signals_of(t).contains(&sig)).map(|(t, ok)| (t, *ok)).collect();
-                let pass = r.problem.is_none() && !relevant.is_empty() && relevant.iter().all(|(_, ok)| *ok);
-                failed |= !pass;
-                let all_skipped = pass && relevant.iter().all(|(t, _)| r.skipped.contains(*t));
-                cells.push(if all_skipped {
-                    "n/a"
-                } else if pass {
-                    "pass"
-                } else {
-                    "FAIL"
-                });
-            }
-            let others_ok = r.tests.values().all(|ok| *ok) && !r.tests.is_empty();
-            failed |= !others_ok || r.problem.is_some();
-            let passed = r.tests.values().filter(|ok| **ok).count();
-            let problem = match (r.problem, flaky_tests.is_empty()) {
-                (Some(p), _) => Some(p),
-                (None, false) => {
-                    Some(format!("FLAKY (failed once, passed on a second boot): {}", flaky_tests.join(", ")))
-                }
-                (None, true) => None,
-            };
-            rows.push((k.clone(), m.to_string(), cells, format!("{passed}/{}", r.tests.len()), r.secs, problem));
+            rows.push(row(k.name, m, r, notes));
         }
     }
-    let mut header = format!("\n{:<7} {:<11}", "kernel", "mode");
-    for sig in signals {
-        header.push_str(&format!(" {sig:<12}"));
+    print_table(&rows);
+    let runs: u32 = rows.iter().map(|r| r.runs).sum();
+    let passed: u32 = rows.iter().map(|r| r.passed).sum();
+    println!("vm-test: {passed} passed, {} failed", runs - passed);
+    let retried = rows.iter().filter(|r| r.notes.iter().any(|n| n.starts_with("RETRIED"))).count();
+    if retried > 0 {
+        println!("vm-test: {retried} boot(s) retried because the guest did not finish");
     }
-    println!("{header} {:>7} {:>8}", "tests", "boot+run");
-    for (k, m, cells, tests, secs, problem) in &rows {
-        let mut line = format!("{k:<7} {m:<11}");
-        for c in cells {
-            line.push_str(&format!(" {c:<12}"));
-        }
-        println!("{line} {tests:>7} {secs:>7.0}s");
-        if let Some(p) = problem {
-            println!("        {p}");
-        }
-    }
-    let total: usize =
-        rows.iter().map(|r| r.3.split('/').nth(1).and_then(|n| n.parse::<usize>().ok()).unwrap_or(0)).sum();
-    let passed: usize =
-        rows.iter().map(|r| r.3.split('/').next().and_then(|n| n.parse::<usize>().ok()).unwrap_or(0)).sum();
-    println!("vm-test: {passed} passed, {} failed", total - passed);
-    if failed {
+    if rows.iter().any(|r| {
+        r.cells.contains(&"FAIL")
+            || r.passed != r.runs
+            || r.runs == 0
+            || r.notes.iter().any(|n| !n.starts_with("RETRIED"))
+    }) {
         bail!("kernel matrix failed");
     }
     Ok(())
+}
+
+/// One table row from a boot's results.
+fn row(kernel: &str, mode: &str, r: BootResult, mut notes: Vec<String>) -> Row {
+    let mut cells = Vec::new();
+    for sig in SIGNALS {
+        let relevant: Vec<(&String, &(u32, u32))> =
+            r.tests.iter().filter(|(t, _)| signals_of(t).contains(&sig)).collect();
+        let pass = r.problem.is_none() && !relevant.is_empty() && relevant.iter().all(|(_, (_, f))| *f == 0);
+        let all_skipped = pass && relevant.iter().all(|(t, _)| r.skipped.contains(*t));
+        cells.push(if relevant.is_empty() && r.problem.is_none() {
+            "-"
+        } else if all_skipped {
+            "n/a"
+        } else if pass {
+            "pass"
+        } else {
+            "FAIL"
+        });
+    }
+    let failed: Vec<String> =
+        r.tests.iter().filter(|(_, (_, f))| *f > 0).map(|(t, (p, f))| format!("{t} ({f} of {})", p + f)).collect();
+    if !failed.is_empty() {
+        notes.push(format!("FAILED: {}", failed.join(", ")));
+    }
+    if let Some(p) = r.problem {
+        notes.push(p);
+    }
+    Row {
+        kernel: kernel.to_string(),
+        mode: mode.to_string(),
+        cells,
+        passed: r.tests.values().map(|(p, _)| p).sum(),
+        runs: r.tests.values().map(|(p, f)| p + f).sum(),
+        secs: r.secs,
+        notes,
+    }
+}
+
+fn print_table(rows: &[Row]) {
+    let mut header = format!("\n{:<8} {:<11}", "kernel", "mode");
+    for sig in SIGNALS {
+        header.push_str(&format!(" {sig:<12}"));
+    }
+    println!("{header} {:>7} {:>8}", "tests", "boot+run");
+    for r in rows {
+        let mut line = format!("{:<8} {:<11}", r.kernel, r.mode);
+        for c in &r.cells {
+            line.push_str(&format!(" {c:<12}"));
+        }
+        println!("{line} {:>7} {:>7.0}s", format!("{}/{}", r.passed, r.runs), r.secs);
+        for n in &r.notes {
+            println!("         {n}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GENERIC_612: KernelSpec = KERNELS[1];
+    const RT_612: KernelSpec = KERNELS[2];
+    const GENERIC_61: KernelSpec = KERNELS[0];
+
+    #[test]
+    fn picks_the_flavour_asked_for() {
+        let pkgs = [
+            "linux-image-6.12.117+deb12-amd64",
+            "linux-image-6.12.117+deb12-amd64-unsigned",
+            "linux-image-6.12.117+deb12-amd64-dbg",
+            "linux-image-6.12.117+deb12-rt-amd64-unsigned",
+            "linux-image-6.12.117+deb12-cloud-amd64-unsigned",
+            "linux-image-6.12.99+deb12-amd64-unsigned",
+            "linux-image-6.1.0-57-amd64",
+            "linux-image-6.1.0-57-rt-amd64",
+            "linux-image-6.1.0-57-cloud-amd64",
+            "linux-image-amd64",
+            "linux-image-6.120.1-amd64",
+        ];
+        let generic: Vec<String> = pkgs.iter().filter_map(|p| release_of(p, &GENERIC_612)).collect();
+        assert_eq!(generic, ["6.12.117+deb12-amd64", "6.12.117+deb12-amd64", "6.12.99+deb12-amd64"]);
+        let rt: Vec<String> = pkgs.iter().filter_map(|p| release_of(p, &RT_612)).collect();
+        assert_eq!(rt, ["6.12.117+deb12-rt-amd64"]);
+        let old: Vec<String> = pkgs.iter().filter_map(|p| release_of(p, &GENERIC_61)).collect();
+        assert_eq!(old, ["6.1.0-57-amd64"]);
+    }
+
+    #[test]
+    fn orders_by_version_not_by_string() {
+        let r = ["6.12.99+deb12-amd64", "6.12.117+deb12-amd64", "6.12.117+deb12-rt-amd64", "6.12.100+deb12-amd64"];
+        assert_eq!(newest(r.iter().copied(), &GENERIC_612).as_deref(), Some("6.12.117+deb12-amd64"));
+        let r = ["6.1.0-9-amd64", "6.1.0-57-amd64", "6.1.0-10-amd64"];
+        assert_eq!(newest(r.iter().copied(), &GENERIC_61).as_deref(), Some("6.1.0-57-amd64"));
+        assert_eq!(newest(["6.12.117+deb12-amd64"].into_iter(), &RT_612), None);
+    }
+
+    #[test]
+    fn override_variables_are_shell_names() {
+        assert_eq!(override_var(&GENERIC_612), "CONNTRACE_VM_KERNEL_6_12");
+        assert_eq!(override_var(&RT_612), "CONNTRACE_VM_KERNEL_6_12_RT");
+    }
 }
