@@ -209,6 +209,9 @@ fn pid_filter_shows_only_that_process() {
         assert_eq!(wl["errors"]["EADDRNOTAVAIL"], 3, "{wl}");
     }
     assert_eq!(report(&String::from_utf8_lossy(&out_a.stdout))["pid"], pid_a);
+    // The hooks first: a count of 0 then says whether the hook was missing or missed.
+    assert_signal_exact(&lines, "connect", &NETWORK_MODES);
+    assert_signal_exact(&lines, "port_assign", &NETWORK_MODES);
     assert_eq!(total(&lines, pid_a, "connect_attempts"), 5);
     assert_eq!(total(&lines, pid_a, "port_assign_failures"), 3);
     for v in &lines {

@@ -46,6 +46,11 @@ enum Task {
         /// Run the tests this many times in each boot (to measure how often a test fails).
         #[arg(long, default_value_t = 1)]
         repeat: u32,
+        /// QEMU's multi-threaded TCG: faster, but its vCPUs can run stale copies of kernel
+        /// code patched by another vCPU (attaching BPF trampolines does that), which panics
+        /// the guest now and then.
+        #[arg(long)]
+        multi_threaded_tcg: bool,
     },
     /// Overhead on a loopback connection-churn loop: alternating runs without and with
     /// `conntrace watch`, medians and ratio, plus per-program cost from the kernel's BPF stats.
@@ -378,8 +383,8 @@ fn main() -> Result<()> {
         Task::Test => test(),
         Task::Lint => lint(),
         Task::Bench { pairs, seconds } => bench(pairs, seconds),
-        Task::VmTest { kernel, mode, timeout, only, repeat } => {
-            vmtest::run(&root(), &vmtest::Options { kernel, mode, timeout, only, repeat })
+        Task::VmTest { kernel, mode, timeout, only, repeat, multi_threaded_tcg } => {
+            vmtest::run(&root(), &vmtest::Options { kernel, mode, timeout, only, repeat, multi_threaded_tcg })
         }
     }
 }

@@ -247,6 +247,9 @@ struct BootResult {
     /// Tests that skipped themselves (the mode lacks what they need).
     skipped: std::collections::BTreeSet<String>,
     problem: Option<String>,
+    /// The guest never reached the test script (virtme-ng or the boot failed): the only case
+    /// that is booted again.
+    never_ran: bool,
 }
 
 fn boot(
@@ -302,7 +305,9 @@ fn boot(
         .arg(vmlinuz)
         // --verbose: the kernel's console too, so a panic or a hung-task report is in
         // console.log beside the results.
-        .args(["--verbose", "--disable-kvm", "--rwdir"])
+        .args(["--verbose", "--disable-kvm"])
+        .args(tcg_opts(opts.multi_threaded_tcg))
+        .arg("--rwdir")
         .arg(root)
         .arg("--rwdir")
         .arg(&dir)
@@ -337,12 +342,15 @@ fn boot(
             }
         }
     }
+    // The script's first line; without it the guest never got as far as the tests.
+    let never_ran = !text.starts_with("kernel ");
     let problem = if console.status.code() == Some(124) {
         Some(format!("watchdog: no result within {timeout} s"))
     } else if !text.contains("VMTEST-DONE") {
         let tail: Vec<&str> = console_text.lines().rev().take(25).collect();
         Some(format!(
-            "the guest did not finish (boot failure or kernel panic); {} ends:\n{}",
+            "the guest {} (boot failure or kernel panic); {} ends:\n{}",
+            if never_ran { "never ran the tests" } else { "died during the tests" },
             dir.join("console.log").display(),
             tail.into_iter().rev().collect::<Vec<_>>().join("\n")
         ))
@@ -361,7 +369,21 @@ fn boot(
     if !tests.values().all(|(_, failed)| *failed == 0) {
         println!("    [{kernel} {mode}] guest output: {}", results.display());
     }
-    Ok(BootResult { secs, tests, skipped, problem })
+    Ok(BootResult { secs, tests, skipped, problem, never_ran })
+}
+
+/// QEMU options for the emulator. Multi-threaded TCG (QEMU's default, one host thread per
+/// vCPU) can run a stale translation of kernel code that another vCPU just patched: seen as
+/// "Oops: int3" at `alloc_fd+0x1` and a panic when a BPF trampoline was attached while a
+/// process called socket() (text_poke_bp had already replaced the int3 by the call). Real CPUs
+/// cannot do that (text_poke_bp serialises every CPU), so it is the emulator's; single-threaded
+/// TCG runs the vCPUs in turn on one host thread and never sees stale code.
+fn tcg_opts(multi_threaded: bool) -> Vec<String> {
+    if multi_threaded {
+        Vec::new()
+    } else {
+        vec!["--qemu-opts=-accel tcg,thread=single".to_string()]
+    }
 }
 
 /// What `cargo xtask vm-test` was asked for.
@@ -374,6 +396,8 @@ pub struct Options {
     pub only: Option<String>,
     /// Run the tests this many times in each boot.
     pub repeat: u32,
+    /// QEMU's multi-threaded TCG (faster, but see `tcg_opts`).
+    pub multi_threaded_tcg: bool,
 }
 
 /// The signal columns of the table, in the order `status` lists them.
@@ -425,13 +449,14 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
             println!("xtask: booting {} in mode {m}", image.display());
             let mut r = boot(root, &stage, image, m, &exes, opts)?;
             let mut notes = Vec::new();
-            if let Some(p) = &r.problem {
-                // The guest did not finish (virtme-ng failed to start it, or the emulated guest
-                // died mid-run): boot once more, and say so in the table. Tests that ran and
-                // failed are never retried: a failure is a failure.
+            if let (Some(p), true) = (&r.problem, r.never_ran) {
+                // The guest never reached the tests (virtme-ng failed to start it, or the
+                // emulated boot hung): boot once more, and say so in the table. A guest that
+                // died during the tests, and tests that failed, are never retried: a failure
+                // is a failure.
                 let first = p.lines().next().unwrap_or("").to_string();
-                println!("xtask: that boot did not finish ({first}), retrying once");
-                notes.push(format!("RETRIED: the first boot did not finish ({first})"));
+                println!("xtask: that guest never ran the tests ({first}), booting it once more");
+                notes.push(format!("RETRIED: the first boot never ran the tests ({first})"));
                 r = boot(root, &stage, image, m, &exes, opts)?;
             }
             rows.push(row(k.name, m, r, notes));
