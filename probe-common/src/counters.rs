@@ -81,6 +81,11 @@ pub mod kind {
     /// CLOSE (tcp_disconnect, tcp_close with unread data, FIN_WAIT aborts). User space takes
     /// it back.
     pub const TW_RETRACTED: u16 = 17;
+    /// connect() failed with EADDRNOTAVAIL and no port search failed in it: the address
+    /// cannot be used (not local, no route for its family), not port exhaustion. Also counted
+    /// as CONNECT_ERROR. Counted apart, in the same program run, so that user space never
+    /// has to subtract port failures from connect errors counted at other moments.
+    pub const CONNECT_ADDR_UNAVAILABLE: u16 = 18;
 }
 
 #[cfg(feature = "user")]

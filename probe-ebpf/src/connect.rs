@@ -147,6 +147,12 @@ pub fn exit(ret: i64) {
         }
     }
     bump(tgid, kind::CONNECT_ERROR, err, &comm);
+    // inet_hash_connect's failure was seen (fexit/kretprobe set port_event_sent) or the
+    // socket went SYN_SENT→CLOSE inside connect() (tcp_v4_connect/tcp_v6_connect undoing a
+    // failed port search): anything else with EADDRNOTAVAIL is the address itself.
+    if err == EADDRNOTAVAIL && inf.closed_in_connect == 0 && inf.port_event_sent == 0 {
+        bump(tgid, kind::CONNECT_ADDR_UNAVAILABLE, 0, &comm);
+    }
     // A failed connect leaves the socket in CLOSE (no later transition removes the owner).
     if sk_state(sk) as i32 == tcp_state::CLOSE {
         let _ = OWNERS.remove(sk);

@@ -48,7 +48,8 @@ fn increment<K>(map: &PerCpuHashMap<K, u64>, key: &K) -> bool {
 ///
 /// A failure's event is submitted *before* its count: user space reads the counters, then
 /// drains the ring buffer, so every failure in the counts it read already has its event in
-/// the ring (or counted as dropped). The other order leaves a window (wide on PREEMPT_RT,
+/// the ring, unless the rate limit suppressed it (reported with the process's next event) or
+/// the ring was full (counted as dropped). The other order leaves a window (wide on PREEMPT_RT,
 /// where a BPF program can be preempted between the two) in which a count arrives without
 /// the addresses, limit and time its event carries.
 #[inline(always)]

@@ -208,6 +208,8 @@ struct State {
     /// `carry_over`).
     carried_first_seen: BTreeMap<(u32, Cause), SystemTime>,
     carried_addrs: BTreeMap<u32, BTreeSet<String>>,
+    /// Which of `early_*` were carried in from the last interval (they are not carried again).
+    carried_evidence: CarriedEvidence,
     /// Listener drop counters of the previous poll.
     listen_tracker: listeners::Tracker,
     /// Namespaces polled for listener drops, each with a process to enter it through.
@@ -420,6 +422,12 @@ impl State {
             window.unavailable_addrs.entry(*pid).or_default().extend(a.iter().cloned());
         }
         self.printed.clear();
+        // Taken at this interval's events (not carried in from the last one: those go now).
+        let fresh_net: BTreeSet<u32> =
+            self.early_net.keys().filter(|ns| !self.carried_evidence.net.contains(ns)).copied().collect();
+        let fresh_nofile: BTreeSet<u32> =
+            self.early_nofile.keys().filter(|pid| !self.carried_evidence.nofile.contains(pid)).copied().collect();
+        let fresh_file_nr = self.early_file_nr.is_some() && !self.carried_evidence.file_nr;
         let mut evidence = LiveEvidence {
             probe,
             net_cache: std::mem::take(&mut self.early_net),
@@ -427,6 +435,28 @@ impl State {
             file_nr_cache: self.early_file_nr.take(),
         };
         let verdicts = self.engine.tick(&window, &mut evidence);
+        // Evidence taken when this interval's events arrived, for failures not in these
+        // counts yet (drained after the counters were read): kept for the next interval.
+        let used_ns: BTreeSet<u32> = window.port_failures.keys().map(|(_, d)| d.netns).collect();
+        let early_net: BTreeMap<u32, _> = std::mem::take(&mut evidence.net_cache)
+            .into_iter()
+            .filter(|(ns, _)| fresh_net.contains(ns) && !used_ns.contains(ns))
+            .collect();
+        let early_nofile: BTreeMap<u32, Nofile> = std::mem::take(&mut evidence.nofile_cache)
+            .into_iter()
+            .filter(|(pid, _)| fresh_nofile.contains(pid) && !self.engine.failed_last_tick(*pid, Cause::FdLimit))
+            .collect();
+        let file_max_failed = window.counts.values().any(|c| c.enfile > 0);
+        let early_file_nr = if fresh_file_nr && !file_max_failed { evidence.file_nr_cache.take() } else { None };
+        drop(evidence);
+        self.carried_evidence = CarriedEvidence {
+            net: early_net.keys().copied().collect(),
+            nofile: early_nofile.keys().copied().collect(),
+            file_nr: early_file_nr.is_some(),
+        };
+        self.early_net = early_net;
+        self.early_nofile = early_nofile;
+        self.early_file_nr = early_file_nr;
         // An event drained after the counters were read may belong to a failure counted in
         // the next read: its facts wait one interval for it, then go.
         let engine = &self.engine;
@@ -499,6 +529,7 @@ pub async fn watch(args: WatchArgs) -> Result<()> {
         unavailable_addrs: BTreeMap::new(),
         carried_first_seen: BTreeMap::new(),
         carried_addrs: BTreeMap::new(),
+        carried_evidence: CarriedEvidence::default(),
         listen_tracker: listeners::Tracker::default(),
         listen_netns: BTreeMap::new(),
         listener_owner: BTreeMap::new(),
@@ -566,6 +597,14 @@ pub async fn watch(args: WatchArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Evidence kept from one interval for the next (see `State::interval`).
+#[derive(Default)]
+struct CarriedEvidence {
+    net: BTreeSet<u32>,
+    nofile: BTreeSet<u32>,
+    file_nr: bool,
 }
 
 /// Counters read at the end of an interval.

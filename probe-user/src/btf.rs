@@ -49,7 +49,8 @@ struct Type {
     params: usize,
     members: Vec<Member>,
     /// ENUM/ENUM64: (name offset, value).
-    enumerators: Vec<(u32, i64)>,
+    /// (name, value): i128 holds every signed and unsigned 32- and 64-bit value.
+    enumerators: Vec<(u32, i128)>,
 }
 
 /// Where a member sits and how big it is.
@@ -154,15 +155,20 @@ impl Btf {
                 KIND_ENUM => {
                     for i in 0..vlen {
                         let e = p + i * 8;
-                        t.enumerators.push((u32_at(tb, e)?, u32_at(tb, e + 4)? as i32 as i64));
+                        // kind_flag marks a signed enum (BTF since Linux 6.0); without it the
+                        // values are unsigned, so 2^31 and above stay positive.
+                        let raw = u32_at(tb, e + 4)?;
+                        let v = if kind_flag { raw as i32 as i128 } else { raw as i128 };
+                        t.enumerators.push((u32_at(tb, e)?, v));
                     }
                     p += vlen * 8;
                 }
                 KIND_ENUM64 => {
                     for i in 0..vlen {
                         let e = p + i * 12;
-                        let v = u32_at(tb, e + 4)? as u64 | (u32_at(tb, e + 8)? as u64) << 32;
-                        t.enumerators.push((u32_at(tb, e)?, v as i64));
+                        let raw = u32_at(tb, e + 4)? as u64 | (u32_at(tb, e + 8)? as u64) << 32;
+                        let v = if kind_flag { raw as i64 as i128 } else { raw as i128 };
+                        t.enumerators.push((u32_at(tb, e)?, v));
                     }
                     p += vlen * 12;
                 }
@@ -193,17 +199,24 @@ impl Btf {
         None
     }
 
-    fn size_of(&self, id: u32) -> u32 {
-        match self.resolve(id) {
-            Some(t) => match t.kind {
-                KIND_PTR => 8,
-                KIND_ARRAY => {
-                    let (elem, n) = t.array.unwrap_or((0, 0));
-                    self.size_of(elem) * n
-                }
-                _ => t.size_or_type,
-            },
-            None => 0,
+    /// Size in bytes; None when it does not fit in u32 or the type nests arrays deeper than
+    /// any kernel does (a corrupt or cyclic type).
+    fn size_of(&self, id: u32) -> Option<u32> {
+        self.size_of_at(id, 0)
+    }
+
+    fn size_of_at(&self, id: u32, depth: u32) -> Option<u32> {
+        if depth > 8 {
+            return None;
+        }
+        let t = self.resolve(id)?;
+        match t.kind {
+            KIND_PTR => Some(8),
+            KIND_ARRAY => {
+                let (elem, n) = t.array?;
+                self.size_of_at(elem, depth + 1)?.checked_mul(n)
+            }
+            _ => Some(t.size_or_type),
         }
     }
 
@@ -222,7 +235,8 @@ impl Btf {
             if name == member {
                 return Some(Field {
                     offset: m.bit_offset / 8,
-                    size: if m.bitfield_size > 0 { 0 } else { self.size_of(m.type_id) },
+                    // 0: a bitfield, or a size that cannot be known (corrupt type).
+                    size: if m.bitfield_size > 0 { 0 } else { self.size_of(m.type_id).unwrap_or(0) },
                     bitfield: m.bitfield_size > 0 || m.bit_offset % 8 != 0,
                 });
             }
@@ -230,7 +244,7 @@ impl Btf {
                 if let Some(inner) = self.resolve(m.type_id) {
                     if inner.kind == KIND_STRUCT || inner.kind == KIND_UNION {
                         if let Some(f) = self.find_member(inner, member, depth + 1) {
-                            return Some(Field { offset: f.offset + m.bit_offset / 8, ..f });
+                            return Some(Field { offset: f.offset.checked_add(m.bit_offset / 8)?, ..f });
                         }
                     }
                 }
@@ -246,7 +260,7 @@ impl Btf {
         let parts: Vec<&str> = path.split('.').collect();
         for (i, part) in parts.iter().enumerate() {
             let f = self.find_member(t, part, 0).with_context(|| format!("{struct_name}.{path}: no member {part}"))?;
-            total += f.offset;
+            total = f.offset.checked_add(total).with_context(|| format!("{struct_name}.{path}: offset overflows"))?;
             if i + 1 == parts.len() {
                 return Ok(Field { offset: total, ..f });
             }
@@ -283,12 +297,13 @@ impl Btf {
     }
 
     /// Value of enumerator `name` (e.g. `SKB_DROP_REASON_NETFILTER_DROP`, whose number
-    /// changes between kernels as reasons are added).
+    /// changes between kernels as reasons are added). None also for a value outside i64.
     pub fn enum_value(&self, name: &str) -> Option<i64> {
         self.types
             .iter()
             .filter(|t| t.kind == KIND_ENUM || t.kind == KIND_ENUM64)
             .find_map(|t| t.enumerators.iter().find(|(n, _)| self.name(*n) == name).map(|(_, v)| *v))
+            .and_then(|v| i64::try_from(v).ok())
     }
 
     /// Number of parameters of kernel function `name` (FUNC → FUNC_PROTO).
@@ -327,6 +342,38 @@ mod tests {
 
     fn info(kind: u32, vlen: u32, kind_flag: bool) -> u32 {
         (kind << 24) | vlen | if kind_flag { 1 << 31 } else { 0 }
+    }
+
+    #[test]
+    fn enum_values_keep_their_sign() {
+        let names = ["e", "BIG", "NEG", "e64", "HUGE"];
+        let (_, o) = blob(&names, &[]);
+        let types = [
+            // 1: unsigned enum e { BIG = 0x8000_0000 }
+            o[0],
+            info(KIND_ENUM, 1, false),
+            4,
+            o[1],
+            0x8000_0000,
+            // 2: signed enum { NEG = -1 } (kind_flag)
+            0,
+            info(KIND_ENUM, 1, true),
+            4,
+            o[2],
+            u32::MAX,
+            // 3: unsigned enum64 e64 { HUGE = 2^63 }: does not fit in i64
+            o[3],
+            info(KIND_ENUM64, 1, false),
+            8,
+            o[4],
+            0,
+            0x8000_0000,
+        ];
+        let (b, _) = blob(&names, &types);
+        let btf = Btf::parse(&b).unwrap();
+        assert_eq!(btf.enum_value("BIG"), Some(0x8000_0000));
+        assert_eq!(btf.enum_value("NEG"), Some(-1));
+        assert_eq!(btf.enum_value("HUGE"), None);
     }
 
     #[test]

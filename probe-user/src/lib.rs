@@ -14,6 +14,8 @@ pub mod model;
 pub mod netdiag;
 pub mod offsets;
 pub mod output;
+#[cfg(test)]
+mod parsers_never_panic;
 pub mod probe;
 pub mod procinfo;
 pub mod status;

@@ -28,6 +28,9 @@ pub struct Counts {
     pub connect_async_ok: u64,
     pub connect_async_errors: u64,
     pub port_assign_failures: u64,
+    /// Of `connect_errors`' EADDRNOTAVAIL, those that were not a port search failing (the
+    /// address cannot be used). Not in the JSON sample (diagnosis only).
+    pub connect_addr_unavailable: u64,
     pub time_wait_created: u64,
     pub emfile: u64,
     pub enfile: u64,
@@ -75,6 +78,7 @@ impl Counts {
                 self.connect_async_errors += n;
             }
             kind::PORT_ASSIGN_FAILURE => self.port_assign_failures += n,
+            kind::CONNECT_ADDR_UNAVAILABLE => self.connect_addr_unavailable += n,
             kind::TIME_WAIT => self.time_wait_created += n,
             kind::EMFILE => self.emfile += n,
             kind::ENFILE => self.enfile += n,

@@ -130,7 +130,8 @@ fn skmeminfo_drops(mut attrs: &[u8]) -> Option<u32> {
         }
         if ty == INET_DIAG_SKMEMINFO {
             let at = 4 + SK_MEMINFO_DROPS * 4;
-            let v = attrs.get(at..at + 4)?;
+            // Within this attribute only: a short one has no drop counter.
+            let v = attrs[..len].get(at..at + 4)?;
             return Some(u32::from_ne_bytes([v[0], v[1], v[2], v[3]]));
         }
         attrs = attrs.get((len + 3) & !3..).unwrap_or(&[]);
@@ -150,8 +151,11 @@ pub fn parse_messages(buf: &[u8], out: &mut Vec<TcpSocket>) -> Result<bool> {
         match ty {
             NLMSG_DONE => return Ok(true),
             NLMSG_ERROR => {
-                let errno = i32::from_ne_bytes(buf[off + 16..off + 20].try_into()?);
-                bail!("sock_diag: {}", io::Error::from_raw_os_error(-errno));
+                // struct nlmsgerr: the negative errno right after the header.
+                let raw = buf.get(off + NLMSG_HDRLEN..off + len).and_then(|p| p.get(..4));
+                let Some(raw) = raw else { bail!("malformed netlink error message ({len} bytes)") };
+                let errno = i32::from_ne_bytes([raw[0], raw[1], raw[2], raw[3]]);
+                bail!("sock_diag: {}", io::Error::from_raw_os_error(errno.checked_neg().unwrap_or(errno)));
             }
             SOCK_DIAG_BY_FAMILY => out.extend(parse_msg(&buf[off + NLMSG_HDRLEN..off + len])),
             _ => {}

@@ -392,7 +392,7 @@ impl Engine {
             // local, or connect() refused before any port was looked for.
             let addr_errors = |m: &BTreeMap<String, u64>| m.get("EADDRNOTAVAIL").copied().unwrap_or(0);
             let bind_n = addr_errors(&c.bind_errors);
-            let connect_n = addr_errors(&c.connect_errors).saturating_sub(c.port_assign_failures);
+            let connect_n = c.connect_addr_unavailable;
             if bind_n + connect_n > 0 {
                 let since = since(Cause::AddressUnavailable);
                 let addrs = w.unavailable_addrs.get(&pid).cloned().unwrap_or_default();
@@ -907,7 +907,11 @@ pub fn address_unavailable(
         (b, c) => format!("{} binds and {} connects", thousands(b), thousands(c)),
     };
     let which = if addrs.is_empty() {
-        String::new()
+        // Every counted failure sends its event first; none here means the events were
+        // suppressed by --events-per-sec or the ring buffer was full.
+        let why = "not captured: their events were rate-limited (--events-per-sec) or dropped";
+        v.evidence.insert("addresses_missing".into(), json!(why));
+        format!(" (addresses {why})")
     } else {
         format!(" ({})", addrs.iter().cloned().collect::<Vec<_>>().join(", "))
     };
@@ -1259,7 +1263,7 @@ mod tests {
         let mut fake = Fake { net: Ok(net(0, 0, 0)), calls: 0 };
         let mut w = window(0);
         // 4 connect EADDRNOTAVAIL, 3 of them port-search failures; 2 binds to a foreign address.
-        let mut c = Counts { port_assign_failures: 3, ..Default::default() };
+        let mut c = Counts { port_assign_failures: 3, connect_addr_unavailable: 1, ..Default::default() };
         c.connect_errors.insert("EADDRNOTAVAIL".into(), 4);
         c.bind_errors.insert("EADDRNOTAVAIL".into(), 2);
         w.counts.insert(4, c);
@@ -1275,6 +1279,13 @@ mod tests {
         let mut w = window(0);
         let mut c = Counts { port_assign_failures: 3, ..Default::default() };
         c.connect_errors.insert("EADDRNOTAVAIL".into(), 3);
+        w.counts.insert(4, c);
+        assert!(e.tick(&w, &mut fake).iter().all(|v| v.cause != Cause::AddressUnavailable));
+        // The counters read between a port failure and its connect error (they are counted at
+        // different moments): the error alone in the next interval is still no such verdict.
+        let mut w = window(1);
+        let mut c = Counts::default();
+        c.connect_errors.insert("EADDRNOTAVAIL".into(), 1);
         w.counts.insert(4, c);
         assert!(e.tick(&w, &mut fake).iter().all(|v| v.cause != Cause::AddressUnavailable));
     }

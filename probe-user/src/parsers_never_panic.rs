@@ -1,0 +1,120 @@
+//! Property tests: every parser of kernel or /proc input returns an error (or nothing) on
+//! arbitrary bytes, never panics. The kernel is not an adversary, but a newer kernel, a
+//! truncated read or a foreign file must not take conntrace down.
+
+use proptest::prelude::*;
+
+use crate::{btf::Btf, facts, netdiag, procinfo, tpformat};
+
+/// A BTF header (magic, version, flags, hdr_len 24) over a random type and string section, so
+/// the type walker runs instead of failing at the magic.
+fn btf_blob(types: &[u8], strings: &[u8]) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend_from_slice(&0xeb9f_u16.to_le_bytes());
+    b.extend_from_slice(&[1, 0]);
+    for v in [24u32, 0, types.len() as u32, types.len() as u32, strings.len() as u32] {
+        b.extend_from_slice(&v.to_le_bytes());
+    }
+    b.extend_from_slice(types);
+    b.extend_from_slice(strings);
+    b
+}
+
+/// Names in the string section of generated BTF: "" at 0, "s" at 1, "a" at 3, "b" at 5.
+const BTF_STRINGS: &[u8] = b"\0s\0a\0b\0";
+
+/// One well-formed BTF type record of a kind the reader walks (int, ptr, array, struct,
+/// union, enum, typedef, enum64) whose ids, offsets, sizes and counts are arbitrary: cycles,
+/// huge arrays and offsets that overflow when added up all come out.
+fn btf_type() -> impl Strategy<Value = Vec<u8>> {
+    let kind = prop_oneof![Just(1u32), Just(2), Just(3), Just(4), Just(5), Just(6), Just(8), Just(19)];
+    let name = prop_oneof![Just(0u32), Just(1), Just(3), Just(5)];
+    let id = prop_oneof![0u32..8, any::<u32>()];
+    let member = (prop_oneof![Just(0u32), Just(3), Just(5)], id.clone(), any::<u32>());
+    (kind, name, any::<bool>(), id, proptest::collection::vec(member, 0..3), (0u32..8, any::<u32>())).prop_map(
+        |(kind, name, kflag, size_or_type, members, (elem, nelems))| {
+            let vlen = match kind {
+                4 | 5 | 6 | 19 => members.len() as u32,
+                _ => 0,
+            };
+            let mut words = vec![name, (kflag as u32) << 31 | kind << 24 | vlen, size_or_type];
+            match kind {
+                1 => words.push(32),
+                3 => words.extend([elem, 1, nelems]),
+                4 | 5 => members.iter().for_each(|(n, t, off)| words.extend([*n, *t, *off])),
+                6 => members.iter().for_each(|(n, _, v)| words.extend([*n, *v])),
+                19 => members.iter().for_each(|(n, lo, hi)| words.extend([*n, *lo, *hi])),
+                _ => {}
+            }
+            words.iter().flat_map(|w| w.to_le_bytes()).collect()
+        },
+    )
+}
+
+/// A netlink message: a type conntrace handles, or any, over a short or long payload.
+fn netlink_message() -> impl Strategy<Value = Vec<u8>> {
+    let ty = prop_oneof![Just(2u16), Just(3), Just(20), any::<u16>()];
+    let payload =
+        prop_oneof![proptest::collection::vec(any::<u8>(), 0..8), proptest::collection::vec(any::<u8>(), 0..200)];
+    (ty, payload, 0u32..3).prop_map(|(ty, payload, extra)| {
+        // The header's length covers the payload, or claims a little more than is there.
+        let len = 16 + payload.len() as u32 + extra;
+        let mut buf = Vec::new();
+        buf.extend_from_slice(&len.to_ne_bytes());
+        buf.extend_from_slice(&ty.to_ne_bytes());
+        buf.extend_from_slice(&[0; 10]);
+        buf.extend_from_slice(&payload);
+        buf
+    })
+}
+
+proptest! {
+    #[test]
+    fn btf_of_random_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let _ = Btf::parse(&bytes);
+    }
+
+    #[test]
+    fn btf_of_random_types(types in proptest::collection::vec(btf_type(), 1..8)) {
+        let blob = btf_blob(&types.concat(), BTF_STRINGS);
+        if let Ok(btf) = Btf::parse(&blob) {
+            for name in ["s", "a", "b"] {
+                let _ = btf.field(name, "a");
+                let _ = btf.field(name, "a.b");
+                let _ = btf.field(name, "b.a.b");
+                let _ = btf.enum_value(name);
+                let _ = btf.function_arity(name);
+            }
+        }
+    }
+
+    #[test]
+    fn netlink_of_random_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let mut out = Vec::new();
+        let _ = netdiag::parse_messages(&bytes, &mut out);
+        let _ = netdiag::parse_msg(&bytes);
+    }
+
+    #[test]
+    fn netlink_messages_with_random_payloads(msgs in proptest::collection::vec(netlink_message(), 1..4)) {
+        let mut out = Vec::new();
+        let _ = netdiag::parse_messages(&msgs.concat(), &mut out);
+    }
+
+    #[test]
+    fn text_parsers_of_random_text(s in "\\PC{0,200}", lines in proptest::collection::vec("[a-zA-Z_:0-9 \\t;]{0,40}", 0..8)) {
+        let joined = lines.join("\n");
+        for t in [s.as_str(), joined.as_str()] {
+            let _ = tpformat::parse(t);
+            let _ = procinfo::parse_nofile(t);
+            let _ = procinfo::parse_cap_eff(t);
+            let _ = facts::parse_ct_stat(t);
+            let _ = facts::parse_port_range(t);
+            let _ = facts::parse_reserved(t);
+            let _ = facts::parse_file_nr(t);
+            let _ = facts::parse_netstat(t, "TcpExt:");
+            let _ = facts::parse_sockstat(t);
+            let _ = facts::parse_triple(t);
+        }
+    }
+}
