@@ -9,6 +9,8 @@ pub mod cli;
 pub mod errno;
 pub mod evidence;
 pub mod facts;
+#[cfg(test)]
+mod golden;
 pub mod listeners;
 pub mod model;
 pub mod netdiag;
