@@ -8,6 +8,7 @@
 pub mod config;
 pub mod counters;
 pub mod event;
+pub mod signal;
 pub mod sock;
 
 /// Length of `task_struct::comm` (TASK_COMM_LEN in include/linux/sched.h).

@@ -26,7 +26,7 @@ use crate::{
     netdiag, output,
     probe::{self, Probe},
     procinfo,
-    status::{Mode, Status},
+    status::{Mode, Signal, Status},
     verdict::{self, Cause, Engine, Nofile, Verdict, Window},
 };
 
@@ -275,8 +275,7 @@ impl State {
     /// In the set_state fallback, tw-bucket overflows are inferred: correct them per
     /// namespace with the namespace's exact TcpExt TCPTimeWaitOverflow growth.
     fn reconcile_tw(&self, deltas: &mut BTreeMap<u32, Counts>, by_ns: &BTreeMap<u32, listeners::NsDelta>) {
-        let inferred =
-            self.status.signals.iter().any(|(n, s)| *n == "tw_overflow" && !s.exact && s.mode != Mode::Unavailable);
+        let inferred = self.status.signal(Signal::TwOverflow).is_some_and(|s| !s.exact && s.mode != Mode::Unavailable);
         if !inferred {
             return;
         }

@@ -16,7 +16,7 @@ use crate::{
     model::{Counts, EventRecord, Sample},
     netdiag::{self, TcpSocket},
     output,
-    status::{Losses, Mode, SignalStatus, Status},
+    status::{Losses, Mode, Signal, SignalStatus, Status},
     verdict::{self, Dest, Engine, Evidence, Nofile, TcpMemFacts, Verdict, Window},
 };
 
@@ -185,17 +185,20 @@ fn status_record() {
     let s = Status {
         kernel: "6.12.117+deb12-amd64".into(),
         signals: vec![
-            ("port_assign", sig(Mode::Fexit, true, &["fexit/inet_hash_connect", "fexit/inet6_hash_connect"], None)),
             (
-                "time_wait",
+                Signal::PortAssign,
+                sig(Mode::Fexit, true, &["fexit/inet_hash_connect", "fexit/inet6_hash_connect"], None),
+            ),
+            (
+                Signal::TimeWait,
                 sig(Mode::TpBtf, true, &["tp_btf/inet_sock_set_state"], Some("fexit: refused by this kernel (EPERM)")),
             ),
-            ("tw_overflow", sig(Mode::TpBtf, false, &["tp_btf/inet_sock_set_state"], None)),
-            ("fd_alloc", sig(Mode::RawTracepoint, true, &["raw_tracepoint/sys_exit"], None)),
-            ("connect", sig(Mode::Tracepoint, true, &["tracepoint/syscalls/sys_enter_connect"], None)),
-            ("bind", sig(Mode::Kprobe, false, &["kprobe/inet_bind"], None)),
-            ("tcp_mem", sig(Mode::Unavailable, false, &[], Some("tp_btf: hook not present in this kernel"))),
-            ("accept_queue", sig(Mode::SockDiag, true, &[], None)),
+            (Signal::TwOverflow, sig(Mode::TpBtf, false, &["tp_btf/inet_sock_set_state"], None)),
+            (Signal::FdAlloc, sig(Mode::RawTracepoint, true, &["raw_tracepoint/sys_exit"], None)),
+            (Signal::Connect, sig(Mode::Tracepoint, true, &["tracepoint/syscalls/sys_enter_connect"], None)),
+            (Signal::Bind, sig(Mode::Kprobe, false, &["kprobe/inet_bind"], None)),
+            (Signal::TcpMem, sig(Mode::Unavailable, false, &[], Some("tp_btf: hook not present in this kernel"))),
+            (Signal::AcceptQueue, sig(Mode::SockDiag, true, &[], None)),
         ],
         losses: Losses {
             dropped_events: 3,

@@ -18,7 +18,7 @@ pub fn status_json(ts: SystemTime, s: &Status) -> Value {
     let mut signals = Map::new();
     for (name, sig) in &s.signals {
         signals.insert(
-            (*name).to_string(),
+            name.name().to_string(),
             json!({"mode": sig.mode.as_str(), "exact": sig.exact, "hooks": sig.hooks, "note": sig.note}),
         );
     }
@@ -133,7 +133,7 @@ pub fn status_text(s: &Status) -> String {
     let mut out = format!("conntrace: kernel {}\n", s.kernel);
     for (name, sig) in &s.signals {
         let exact = if sig.exact { "exact" } else { "approximate" };
-        let _ = write!(out, "  {name:<12} {:<15}", sig.mode.as_str());
+        let _ = write!(out, "  {:<12} {:<15}", name.name(), sig.mode.as_str());
         if sig.mode != crate::status::Mode::Unavailable {
             let _ = write!(out, " {exact:<11} {}", sig.hooks.join(", "));
         }
@@ -257,7 +257,7 @@ mod tests {
     use super::*;
     use crate::{
         model::Counts,
-        status::{Losses, Mode, SignalStatus},
+        status::{Losses, Mode, Signal, SignalStatus},
     };
 
     fn ts() -> SystemTime {
@@ -300,7 +300,7 @@ mod tests {
             kernel: "6.18.0".into(),
             signals: vec![
                 (
-                    "port_assign",
+                    Signal::PortAssign,
                     SignalStatus {
                         mode: Mode::TpBtf,
                         exact: true,
@@ -308,7 +308,7 @@ mod tests {
                         note: None,
                     },
                 ),
-                ("fd_alloc", SignalStatus::unavailable("no hook")),
+                (Signal::FdAlloc, SignalStatus::unavailable("no hook")),
             ],
             losses: Losses { dropped_events: 3, ..Default::default() },
             watched: vec![(7, false)],

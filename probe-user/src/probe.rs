@@ -19,7 +19,7 @@ use crate::{
     cli::AttachMode,
     model::Snapshot,
     offsets, procinfo,
-    status::{Losses, Mode, ProgramStats, SignalStatus, Status},
+    status::{Losses, Mode, ProgramStats, Signal, SignalStatus, Status},
     tpformat,
 };
 
@@ -637,14 +637,14 @@ impl Probe {
             .finish(mode);
 
         let signals = vec![
-            ("port_assign", port),
-            ("time_wait", tw),
-            ("tw_overflow", tw_overflow),
-            ("fd_alloc", fd),
-            ("connect", connect),
-            ("bind", bind),
-            ("tcp_mem", tcp_mem),
-            ("netfilter_drop", nf_drop),
+            (Signal::PortAssign, port),
+            (Signal::TimeWait, tw),
+            (Signal::TwOverflow, tw_overflow),
+            (Signal::FdAlloc, fd),
+            (Signal::Connect, connect),
+            (Signal::Bind, bind),
+            (Signal::TcpMem, tcp_mem),
+            (Signal::NetfilterDrop, nf_drop),
         ];
         if signals.iter().all(|(_, s)| s.mode == Mode::Unavailable) {
             let first = signals[0].1.note.clone().unwrap_or_default();
@@ -662,8 +662,9 @@ impl Probe {
             )),
         }
         };
-        signals.push(("accept_queue", polled("per-listener drop counter and ListenOverflows")));
-        signals.push(("syn_queue", polled("per-listener drop counter, TCPReqQFullDrop and TCPReqQFullDoCookies")));
+        signals.push((Signal::AcceptQueue, polled("per-listener drop counter and ListenOverflows")));
+        signals.push((Signal::SynQueue, polled("per-listener drop counter, TCPReqQFullDrop and TCPReqQFullDoCookies")));
+        debug_assert!(signals.iter().map(|(s, _)| *s).eq(Signal::ALL), "status must list every signal in order");
         let Loader { mut ebpf, roles, .. } = l;
         {
             let mut r: Array<_, u32> = Array::try_from(ebpf.map_mut("ROLES").context("ROLES map")?)?;

@@ -43,9 +43,7 @@ impl SignalStatus {
     }
 }
 
-/// Signals in the order they are reported.
-pub const SIGNALS: [&str; 9] =
-    ["port_assign", "time_wait", "tw_overflow", "fd_alloc", "connect", "bind", "tcp_mem", "accept_queue", "syn_queue"];
+pub use probe_common::signal::Signal;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Losses {
@@ -62,8 +60,8 @@ pub struct Losses {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Status {
     pub kernel: String,
-    /// (signal name, status), in [`SIGNALS`] order.
-    pub signals: Vec<(&'static str, SignalStatus)>,
+    /// Every signal with its status, in [`Signal::ALL`] order.
+    pub signals: Vec<(Signal, SignalStatus)>,
     pub losses: Losses,
     /// Watched pids and whether each is still alive.
     pub watched: Vec<(u32, bool)>,
@@ -72,8 +70,8 @@ pub struct Status {
 }
 
 impl Status {
-    pub fn signal(&self, name: &str) -> Option<&SignalStatus> {
-        self.signals.iter().find(|(n, _)| *n == name).map(|(_, s)| s)
+    pub fn signal(&self, signal: Signal) -> Option<&SignalStatus> {
+        self.signals.iter().find(|(n, _)| *n == signal).map(|(_, s)| s)
     }
 }
 
@@ -83,4 +81,20 @@ pub struct ProgramStats {
     pub name: String,
     pub run_count: u64,
     pub run_time_ns: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_signal_has_one_name() {
+        let names: std::collections::BTreeSet<&str> = Signal::ALL.iter().map(|s| s.name()).collect();
+        assert_eq!(names.len(), Signal::ALL.len());
+        for s in Signal::ALL {
+            assert_eq!(Signal::from_name(s.name()), Some(s));
+        }
+        assert_eq!(Signal::from_name("netfilter_drop"), Some(Signal::NetfilterDrop));
+        assert_eq!(Signal::from_name("nope"), None);
+    }
 }

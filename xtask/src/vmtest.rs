@@ -12,33 +12,32 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
+use probe_common::signal::Signal;
+
 use crate::{is_root, output, run as run_cmd};
 
 const MODES: [&str; 4] = ["auto", "fexit", "kprobe", "tracepoint"];
 
-/// Which signal each integration test proves (tests not listed prove the CLI).
-fn signals_of(test: &str) -> &'static [&'static str] {
+/// Which signals each integration test proves (tests not listed prove the CLI).
+fn signals_of(test: &str) -> &'static [Signal] {
+    use Signal::*;
     match test {
-        "ephemeral_port_exhaustion_is_counted_exactly" => &["port_assign", "connect"],
-        "ephemeral_port_exhaustion_over_ipv6" | "pid_filter_shows_only_that_process" => &["port_assign"],
+        "ephemeral_port_exhaustion_is_counted_exactly" => &[PortAssign, Connect],
+        "ephemeral_port_exhaustion_over_ipv6" | "pid_filter_shows_only_that_process" => &[PortAssign],
         "ephemeral_ports_verdict_when_established_connections_hold_the_ports"
-        | "ephemeral_ports_verdict_when_time_wait_holds_the_ports" => &["port_assign"],
+        | "ephemeral_ports_verdict_when_time_wait_holds_the_ports" => &[PortAssign],
         "time_wait_is_charged_to_the_client_that_closed_first"
-        | "time_wait_pressure_is_predicted_before_the_ports_run_out" => &["time_wait"],
-        "emfile_is_counted_with_the_limit_in_force" | "fd_limit_verdict_with_evidence_then_resolution" => &["fd_alloc"],
-        "enfile_is_counted_with_file_max_lowered" => &["fd_alloc"],
-        "non_blocking_connect_outcomes_are_counted_when_they_happen" => &["connect"],
-        "tw_bucket_overflow_is_charged_to_the_client" => &["time_wait", "tw_overflow"],
-        "resets_after_close_are_not_time_wait" => &["time_wait"],
-        "full_accept_queue_is_charged_to_the_listener_owner" => &["accept_queue"],
-        "exhausted_tcp_memory_is_named_with_tcp_mem" => &["tcp_mem"],
-        "full_conntrack_table_is_named_and_charged_to_the_connecting_process" => &["netfilter_drop"],
-        "full_syn_queue_without_syncookies_drops_syns" | "full_syn_queue_with_syncookies_is_still_named" => {
-            &["syn_queue"]
-        }
-        "bind_before_connect_hoards_ports_across_destinations" | "non_local_address_is_not_port_exhaustion" => {
-            &["bind"]
-        }
+        | "time_wait_pressure_is_predicted_before_the_ports_run_out" => &[TimeWait],
+        "emfile_is_counted_with_the_limit_in_force" | "fd_limit_verdict_with_evidence_then_resolution" => &[FdAlloc],
+        "enfile_is_counted_with_file_max_lowered" => &[FdAlloc],
+        "non_blocking_connect_outcomes_are_counted_when_they_happen" => &[Connect],
+        "tw_bucket_overflow_is_charged_to_the_client" => &[TimeWait, TwOverflow],
+        "resets_after_close_are_not_time_wait" => &[TimeWait],
+        "full_accept_queue_is_charged_to_the_listener_owner" => &[AcceptQueue],
+        "exhausted_tcp_memory_is_named_with_tcp_mem" => &[TcpMem],
+        "full_conntrack_table_is_named_and_charged_to_the_connecting_process" => &[NetfilterDrop],
+        "full_syn_queue_without_syncookies_drops_syns" | "full_syn_queue_with_syncookies_is_still_named" => &[SynQueue],
+        "bind_before_connect_hoards_ports_across_destinations" | "non_local_address_is_not_port_exhaustion" => &[Bind],
         _ => &[],
     }
 }
@@ -400,20 +399,6 @@ pub struct Options {
     pub multi_threaded_tcg: bool,
 }
 
-/// The signal columns of the table, in the order `status` lists them.
-const SIGNALS: [&str; 10] = [
-    "port_assign",
-    "time_wait",
-    "tw_overflow",
-    "fd_alloc",
-    "connect",
-    "bind",
-    "tcp_mem",
-    "netfilter_drop",
-    "accept_queue",
-    "syn_queue",
-];
-
 struct Row {
     kernel: String,
     mode: String,
@@ -484,7 +469,7 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
 /// One table row from a boot's results.
 fn row(kernel: &str, mode: &str, r: BootResult, mut notes: Vec<String>) -> Row {
     let mut cells = Vec::new();
-    for sig in SIGNALS {
+    for sig in Signal::ALL {
         let relevant: Vec<(&String, &(u32, u32))> =
             r.tests.iter().filter(|(t, _)| signals_of(t).contains(&sig)).collect();
         let pass = r.problem.is_none() && !relevant.is_empty() && relevant.iter().all(|(_, (_, f))| *f == 0);
@@ -520,8 +505,8 @@ fn row(kernel: &str, mode: &str, r: BootResult, mut notes: Vec<String>) -> Row {
 
 fn print_table(rows: &[Row]) {
     let mut header = format!("\n{:<8} {:<11}", "kernel", "mode");
-    for sig in SIGNALS {
-        header.push_str(&format!(" {sig:<12}"));
+    for sig in Signal::ALL {
+        header.push_str(&format!(" {:<12}", sig.name()));
     }
     println!("{header} {:>7} {:>8}", "tests", "boot+run");
     for r in rows {
