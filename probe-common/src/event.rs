@@ -3,13 +3,12 @@
 
 use crate::COMM_LEN;
 
+/// The failures that send an event: numbered as their counters ([`crate::counters::kind`]),
+/// so a failure has one number on both paths. A connect error event may also carry
+/// `CONNECT_ASYNC_ERROR`'s outcome: it is sent as `CONNECT_ERROR` with [`flag::ASYNC`].
+/// For `BIND_ERROR`, `sport` is the requested port (0 = any) and `saddr` the requested address.
 pub mod kind {
-    pub const PORT_ASSIGN_FAILURE: u16 = 1;
-    pub const EMFILE: u16 = 2;
-    pub const ENFILE: u16 = 3;
-    pub const CONNECT_ERROR: u16 = 4;
-    /// bind() failed: `sport` is the requested port (0 = any), `saddr` the requested address.
-    pub const BIND_ERROR: u16 = 5;
+    pub use crate::counters::kind::{BIND_ERROR, CONNECT_ERROR, EMFILE, ENFILE, PORT_ASSIGN_FAILURE};
 }
 
 /// `Event::flags` bits.
