@@ -1,6 +1,7 @@
 //! `conntrace check`: audits a machine (or one process) against every connection limit,
 //! before anything fails, without eBPF. Pure rules over [`facts`](crate::facts); the fixes
-//! say what is true where common advice is wrong (KERNEL-NOTES.md).
+//! say what is true where common advice is wrong (tcp_tw_recycle is gone since Linux 4.12,
+//! tcp_tw_reuse helps outbound connections only, a listen() backlog is capped by somaxconn).
 
 use std::{collections::BTreeMap, net::IpAddr};
 

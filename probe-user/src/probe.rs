@@ -1,6 +1,6 @@
 //! Loading the kernel programs and choosing, per signal, the best hook the running kernel
-//! accepts: fentry/fexit, then tp_btf, then classic/raw tracepoints. Kprobes come last in the
-//! design and are not implemented yet.
+//! accepts: fentry/fexit, then tp_btf, then classic/raw tracepoints, then kprobes (last:
+//! approximate, see `KRETPROBE_NOTE`).
 
 use std::{collections::BTreeMap, os::fd::AsFd, path::Path};
 
