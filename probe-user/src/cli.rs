@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
+
+pub use crate::domain::status::AttachMode;
 
 #[derive(Parser, Debug)]
 #[command(name = "conntrace", version, about = "Explains why a Linux server stops accepting or opening connections")]
@@ -28,18 +30,6 @@ pub struct CheckArgs {
     /// Print one JSON document instead of text.
     #[arg(long)]
     pub json: bool,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum AttachMode {
-    /// Best hook the kernel allows, per signal (fexit, then tracepoints, then kprobes).
-    Auto,
-    /// Only fentry/fexit (fails a signal rather than falling back).
-    Fexit,
-    /// Only the tracepoint fallbacks (tp_btf, classic and raw tracepoints).
-    Tracepoint,
-    /// Only kprobes/kretprobes (asynchronous connect outcomes still use inet_sock_set_state).
-    Kprobe,
 }
 
 #[derive(clap::Args, Debug, Clone)]

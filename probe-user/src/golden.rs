@@ -10,14 +10,14 @@ use std::{
 };
 
 use crate::{
-    check::{self, ProcFds},
-    facts::{Conntrack, NetFacts, SystemFacts},
-    listeners::ListenerDelta,
-    model::{Counts, EventRecord, Sample},
-    netdiag::{self, TcpSocket},
-    output,
-    status::{Losses, Mode, Signal, SignalStatus, Status},
-    verdict::{self, Dest, Engine, Evidence, Nofile, TcpMemFacts, Verdict, Window},
+    diagnosis::check::{self, ProcFds},
+    diagnosis::verdict::{self, Engine, Evidence, Nofile, TcpMemFacts, Verdict, Window},
+    domain::model::{Counts, EventRecord, Sample},
+    domain::net::{self as netdiag, TcpSocket},
+    domain::net::{Conntrack, NetFacts, SystemFacts},
+    domain::status::{Losses, Mode, Signal, SignalStatus, Status},
+    domain::{listen::ListenerDelta, net::Dest},
+    render::output,
 };
 
 fn at(s: u64) -> SystemTime {

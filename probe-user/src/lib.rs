@@ -1,25 +1,23 @@
-//! conntrace's user-space side: loader and attach strategy (`probe`), aggregation (`model`),
-//! output (`output`), and the `watch` loop (`app`). Pure logic lives in modules that need no
-//! kernel: `btf`, `tpformat`, `model`, `output`, `procinfo` parsing, `cli`.
+//! conntrace's user-space side, one pipeline in layers (each imports only the ones above it
+//! in this list):
+//!
+//! - `domain`: pure data (signals, counts, events, sockets, limits);
+//! - `system`: readers of /proc, sysctls and sock_diag;
+//! - `kernel`: BTF, tracefs formats, the loader and its attach ladder;
+//! - `diagnosis`: the verdict engine and the `check` rules;
+//! - `render`: NDJSON and text;
+//! - `commands` (`watch`, `check`) and `cli`: wire a source to diagnosis and the sinks.
 
-pub mod app;
-pub mod btf;
-pub mod check;
 pub mod cli;
-pub mod errno;
-pub mod evidence;
-pub mod facts;
+pub mod commands;
+pub mod diagnosis;
+pub mod domain;
 #[cfg(test)]
 mod golden;
-pub mod listeners;
-pub mod model;
-pub mod netdiag;
-pub mod offsets;
-pub mod output;
+pub mod kernel;
+#[cfg(test)]
+mod layers;
 #[cfg(test)]
 mod parsers_never_panic;
-pub mod probe;
-pub mod procinfo;
-pub mod status;
-pub mod tpformat;
-pub mod verdict;
+pub mod render;
+pub mod system;

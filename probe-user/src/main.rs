@@ -13,8 +13,8 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Watch(args) => runtime.block_on(probe_user::app::watch(args)).map(|()| 0),
-        Command::Check(args) => probe_user::app::check(args),
+        Command::Watch(args) => runtime.block_on(probe_user::commands::watch::watch(args)).map(|()| 0),
+        Command::Check(args) => probe_user::commands::check::check(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

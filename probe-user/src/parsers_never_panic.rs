@@ -4,7 +4,7 @@
 
 use proptest::prelude::*;
 
-use crate::{btf::Btf, facts, netdiag, procinfo, tpformat};
+use crate::{kernel::btf::Btf, kernel::tpformat, system::facts, system::netdiag, system::procinfo};
 
 /// A BTF header (magic, version, flags, hdr_len 24) over a random type and string section, so
 /// the type walker runs instead of failing at the magic.

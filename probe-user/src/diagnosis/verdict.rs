@@ -4,19 +4,20 @@
 
 use std::{
     collections::{BTreeMap, VecDeque},
-    net::IpAddr,
     time::{Duration, SystemTime},
 };
 
 use serde_json::{json, Map, Value};
 
+pub use crate::domain::net::Dest;
 use crate::{
-    check::tw_reuse_applies,
-    facts::{reserved_strings, usable_ports, NetFacts},
-    listeners::{ListenerDelta, NsDelta},
-    model::{endpoint, Counts},
-    netdiag,
-    output::rfc3339,
+    diagnosis::check::tw_reuse_applies,
+    domain::{
+        listen::{ListenerDelta, NsDelta},
+        model::Counts,
+        net::{self, reserved_strings, usable_ports, NetFacts},
+        time::rfc3339,
+    },
 };
 
 /// TIME_WAIT lasts TCP_TIMEWAIT_LEN = 60 s (include/net/tcp.h).
@@ -58,20 +59,6 @@ impl Cause {
     /// holds the listener's address then).
     pub fn is_listener(self) -> bool {
         matches!(self, Cause::AcceptQueue | Cause::SynQueue)
-    }
-}
-
-/// A destination in a network namespace.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Dest {
-    pub netns: u32,
-    pub addr: IpAddr,
-    pub port: u16,
-}
-
-impl Dest {
-    pub fn endpoint(&self) -> String {
-        endpoint(&self.addr.to_string(), self.port)
     }
 }
 
@@ -134,7 +121,7 @@ pub trait Evidence {
     fn tcp_mem(&mut self) -> TcpMemFacts;
 }
 
-pub use crate::facts::TcpMem as TcpMemFacts;
+pub use crate::domain::net::TcpMem as TcpMemFacts;
 
 struct Active {
     verdict: Verdict,
@@ -206,13 +193,13 @@ impl PortUse {
             if s.dst != dest.addr || s.dport != dest.port || s.sport < range.0 || s.sport > range.1 {
                 continue;
             }
-            if s.state == netdiag::LISTEN {
+            if s.state == net::LISTEN {
                 continue;
             }
-            *u.states.entry(netdiag::state_name(s.state)).or_default() += 1;
+            *u.states.entry(net::state_name(s.state)).or_default() += 1;
             match s.state {
-                netdiag::ESTABLISHED => u.established += 1,
-                netdiag::TIME_WAIT => u.time_wait += 1,
+                net::ESTABLISHED => u.established += 1,
+                net::TIME_WAIT => u.time_wait += 1,
                 4 | 5 | 11 => {
                     u.closing += 1;
                     u.other += 1;
@@ -701,13 +688,13 @@ fn listen_queue(
 }
 
 /// The namespace's conntrack table is at its limit now.
-fn conntrack_at_limit(ct: &crate::facts::Conntrack) -> bool {
+fn conntrack_at_limit(ct: &crate::domain::net::Conntrack) -> bool {
     matches!((ct.count, ct.max), (Some(c), Some(m)) if m > 0 && c >= m)
 }
 
 /// Entries __nf_conntrack_alloc refused since boot: the `drop` statistic less the clashes,
 /// which count in `insert_failed` as well.
-fn conntrack_refused(ct: &crate::facts::Conntrack) -> u64 {
+fn conntrack_refused(ct: &crate::domain::net::Conntrack) -> u64 {
     let get = |k: &str| ct.stats.get(k).copied().unwrap_or(0);
     get("drop").saturating_sub(get("insert_failed"))
 }
@@ -717,7 +704,7 @@ fn conntrack_verdict(
     comm: String,
     since: SystemTime,
     n: u64,
-    ct: &crate::facts::Conntrack,
+    ct: &crate::domain::net::Conntrack,
     netns: Option<u32>,
 ) -> Verdict {
     let mut v = base(Cause::ConntrackFull, pid, comm.clone(), since, n);
@@ -802,7 +789,7 @@ pub fn tw_buckets(pid: u32, comm: String, since: SystemTime, n: u64, net: Result
     net_error(&mut v, &net);
     let f = net.as_ref().ok();
     let max = f.and_then(|f| f.tcp_max_tw_buckets);
-    let tw = f.map(|f| f.sockets.iter().filter(|s| s.state == netdiag::TIME_WAIT).count() as u64);
+    let tw = f.map(|f| f.sockets.iter().filter(|s| s.state == net::TIME_WAIT).count() as u64);
     let overflows = f.and_then(|f| f.tcp_ext.get("TCPTimeWaitOverflow").copied());
     v.evidence.insert("tcp_max_tw_buckets".into(), json!(max));
     v.evidence.insert("time_wait".into(), json!(tw));
@@ -839,7 +826,7 @@ impl RangeUse {
         let range = f.port_range?;
         let mut states = BTreeMap::new();
         for s in f.sockets.iter().filter(|s| s.sport >= range.0 && s.sport <= range.1) {
-            *states.entry(netdiag::state_name(s.state)).or_default() += 1;
+            *states.entry(net::state_name(s.state)).or_default() += 1;
         }
         Some(RangeUse { range, usable: usable_ports(range, &f.reserved), states })
     }
@@ -1069,10 +1056,10 @@ pub fn to_text(v: &Verdict) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
+    use std::net::{IpAddr, Ipv4Addr};
 
     use super::*;
-    use crate::netdiag::TcpSocket;
+    use crate::domain::net::TcpSocket;
 
     struct Fake {
         net: Result<NetFacts, String>,
@@ -1120,8 +1107,8 @@ mod tests {
             inode: 0,
             drops: None,
         };
-        let mut sockets: Vec<_> = (0..established).map(|i| mk(netdiag::ESTABLISHED, 40000 + i)).collect();
-        sockets.extend((0..time_wait).map(|i| mk(netdiag::TIME_WAIT, 40000 + established + i)));
+        let mut sockets: Vec<_> = (0..established).map(|i| mk(net::ESTABLISHED, 40000 + i)).collect();
+        sockets.extend((0..time_wait).map(|i| mk(net::TIME_WAIT, 40000 + established + i)));
         NetFacts {
             port_range: Some((40000, 40049)),
             tcp_tw_reuse: Some(tw_reuse),
@@ -1220,7 +1207,7 @@ mod tests {
     #[test]
     fn netfilter_drops_are_conntrack_full_only_when_the_table_is() {
         let mut n = net(0, 0, 0);
-        n.conntrack = Some(crate::facts::Conntrack {
+        n.conntrack = Some(crate::domain::net::Conntrack {
             count: Some(16),
             max: Some(16),
             stats: [("drop".to_string(), 20), ("insert_failed".to_string(), 0)].into(),
@@ -1235,7 +1222,7 @@ mod tests {
         assert!(out[0].summary.contains("16 of 16 entries"), "{}", out[0].summary);
         assert!(out[0].fix[0].contains("nf_conntrack_max (now 16"));
         // Room in the table and no refused entries: a rule dropped them, no verdict.
-        n.conntrack = Some(crate::facts::Conntrack { count: Some(3), max: Some(16), stats: BTreeMap::new() });
+        n.conntrack = Some(crate::domain::net::Conntrack { count: Some(3), max: Some(16), stats: BTreeMap::new() });
         let mut e = Engine::new(Duration::from_secs(1));
         let mut fake = Fake { net: Ok(n), calls: 0 };
         assert!(e.tick(&w, &mut fake).is_empty());

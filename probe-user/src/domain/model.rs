@@ -12,7 +12,7 @@ use probe_common::{
     event::{self, Event},
 };
 
-use crate::errno;
+use crate::domain::errno;
 
 /// All counters, summed over CPUs, as read at one instant.
 pub type Snapshot = BTreeMap<CountKey, u64>;
@@ -143,7 +143,7 @@ pub fn diff(prev: &Snapshot, cur: &Snapshot) -> BTreeMap<u32, Counts> {
 pub fn diff_dest(
     prev: &BTreeMap<DestKey, u64>,
     cur: &BTreeMap<DestKey, u64>,
-) -> Vec<(DestKey, crate::verdict::Dest, u64)> {
+) -> Vec<(DestKey, crate::domain::net::Dest, u64)> {
     cur.iter()
         .filter_map(|(k, &now)| {
             let d = delta(prev.get(k).copied().unwrap_or(0), now);
@@ -152,7 +152,7 @@ pub fn diff_dest(
                 libc::AF_INET6 => IpAddr::V6(Ipv6Addr::from(k.daddr)),
                 _ => return None,
             };
-            (d > 0).then_some((*k, crate::verdict::Dest { netns: k.netns, addr, port: k.dport }, d))
+            (d > 0).then_some((*k, crate::domain::net::Dest { netns: k.netns, addr, port: k.dport }, d))
         })
         .collect()
 }
@@ -192,15 +192,6 @@ fn addr(family: u16, raw: &[u8; 16]) -> Option<String> {
     }
 }
 
-/// "ip:port", with brackets for IPv6.
-pub fn endpoint(ip: &str, port: u16) -> String {
-    if ip.contains(':') {
-        format!("[{ip}]:{port}")
-    } else {
-        format!("{ip}:{port}")
-    }
-}
-
 /// Converts a kernel event; `boot_offset` maps CLOCK_MONOTONIC (bpf_ktime_get_ns) to wall
 /// time.
 pub fn decode(ev: &Event, boot_offset: Duration) -> EventRecord {
@@ -237,6 +228,7 @@ pub fn decode(ev: &Event, boot_offset: Duration) -> EventRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::net::endpoint;
 
     fn key(tgid: u32, kind: u16, aux: u16) -> CountKey {
         CountKey { tgid, kind, aux }

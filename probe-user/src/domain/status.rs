@@ -45,6 +45,19 @@ impl SignalStatus {
 
 pub use probe_common::signal::Signal;
 
+/// Which hook families `watch --attach-mode` allows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AttachMode {
+    /// Best hook the kernel allows, per signal (fexit, then tracepoints, then kprobes).
+    Auto,
+    /// Only fentry/fexit (fails a signal rather than falling back).
+    Fexit,
+    /// Only the tracepoint fallbacks (tp_btf, classic and raw tracepoints).
+    Tracepoint,
+    /// Only kprobes/kretprobes (asynchronous connect outcomes still use inet_sock_set_state).
+    Kprobe,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Losses {
     pub dropped_events: u64,

@@ -4,11 +4,11 @@
 use std::collections::BTreeMap;
 
 use crate::{
-    facts::NetFacts,
-    netdiag,
-    probe::Probe,
-    procinfo,
-    verdict::{Evidence, Nofile},
+    diagnosis::verdict::{Evidence, Nofile},
+    domain::net::NetFacts,
+    kernel::probe::Probe,
+    system::netdiag,
+    system::procinfo,
 };
 
 /// Evidence from the running system: procfs, and sock_diag inside the failing process's
@@ -31,7 +31,7 @@ pub fn nofile_now(pid: u32) -> Nofile {
 pub fn net_now(pid: u32, netns: u32) -> Result<NetFacts, String> {
     let via = if netdiag::netns_inode(pid) == Some(netns) { Some(pid) } else { netdiag::process_in_netns(netns) };
     match via {
-        Some(p) => crate::facts::read_net_of(Some(p)).map_err(|e| format!("{e:#}")),
+        Some(p) => crate::system::facts::read_net_of(Some(p)).map_err(|e| format!("{e:#}")),
         None => Err(format!("network namespace {netns} is gone (no process left in it)")),
     }
 }
@@ -46,7 +46,7 @@ impl Evidence for LiveEvidence<'_> {
     }
 
     fn file_nr(&mut self) -> Option<(u64, u64)> {
-        *self.file_nr_cache.get_or_insert_with(|| crate::facts::read_system().file_nr)
+        *self.file_nr_cache.get_or_insert_with(|| crate::system::facts::read_system().file_nr)
     }
 
     fn net(&mut self, pid: u32, netns: u32) -> Result<NetFacts, String> {
@@ -61,7 +61,7 @@ impl Evidence for LiveEvidence<'_> {
         netdiag::netns_inode(pid)
     }
 
-    fn tcp_mem(&mut self) -> crate::verdict::TcpMemFacts {
-        crate::facts::read_tcp_mem()
+    fn tcp_mem(&mut self) -> crate::diagnosis::verdict::TcpMemFacts {
+        crate::system::facts::read_tcp_mem()
     }
 }

@@ -6,13 +6,11 @@ use std::{fmt::Write as _, time::SystemTime};
 use serde_json::{json, Map, Value};
 
 use crate::{
-    model::{endpoint, EventRecord, Sample},
-    status::{ProgramStats, Status},
+    domain::model::{EventRecord, Sample},
+    domain::net::endpoint,
+    domain::status::{ProgramStats, Status},
+    domain::time::rfc3339,
 };
-
-pub fn rfc3339(ts: SystemTime) -> String {
-    humantime::format_rfc3339_millis(ts).to_string()
-}
 
 pub fn status_json(ts: SystemTime, s: &Status) -> Value {
     let mut signals = Map::new();
@@ -134,7 +132,7 @@ pub fn status_text(s: &Status) -> String {
     for (name, sig) in &s.signals {
         let exact = if sig.exact { "exact" } else { "approximate" };
         let _ = write!(out, "  {:<12} {:<15}", name.name(), sig.mode.as_str());
-        if sig.mode != crate::status::Mode::Unavailable {
+        if sig.mode != crate::domain::status::Mode::Unavailable {
             let _ = write!(out, " {exact:<11} {}", sig.hooks.join(", "));
         }
         if let Some(n) = &sig.note {
@@ -256,8 +254,8 @@ mod tests {
 
     use super::*;
     use crate::{
-        model::Counts,
-        status::{Losses, Mode, Signal, SignalStatus},
+        domain::model::Counts,
+        domain::status::{Losses, Mode, Signal, SignalStatus},
     };
 
     fn ts() -> SystemTime {

@@ -19,15 +19,16 @@ use tokio::{
 
 use crate::{
     cli::WatchArgs,
-    evidence::{net_now, nofile_now, LiveEvidence},
-    facts::NetFacts,
-    listeners,
-    model::{self, endpoint, Counts, EventRecord, Sample, Snapshot},
-    netdiag, output,
-    probe::{self, Probe},
-    procinfo,
-    status::{Mode, Signal, Status},
-    verdict::{self, Cause, Engine, Nofile, Verdict, Window},
+    commands::evidence::{net_now, nofile_now, LiveEvidence},
+    diagnosis::verdict::{self, Cause, Engine, Nofile, Verdict, Window},
+    domain::model::{self, Counts, EventRecord, Sample, Snapshot},
+    domain::net::{endpoint, NetFacts},
+    domain::status::{Mode, Signal, Status},
+    kernel::probe::{self, Probe},
+    render::output,
+    system::listeners,
+    system::netdiag,
+    system::procinfo,
 };
 
 /// Which processes the user asked about.
@@ -117,53 +118,6 @@ fn boot_offset() -> Duration {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().saturating_sub(mono)
 }
 
-/// One process's fds against its RLIMIT_NOFILE, from /proc.
-pub fn proc_fds(pid: u32) -> Option<crate::check::ProcFds> {
-    let (soft, hard, open) = nofile_now(pid);
-    Some(crate::check::ProcFds {
-        pid,
-        comm: procinfo::comm(pid).unwrap_or_else(|| "?".into()),
-        open: open?,
-        soft,
-        hard,
-    })
-}
-
-/// `conntrace check`: returns the exit code (0 nothing fails, 1 an item fails, 2 bad input).
-pub fn check(args: crate::cli::CheckArgs) -> Result<u8> {
-    if let Some(pid) = args.pid {
-        if !procinfo::exists(pid) {
-            eprintln!("conntrace: no process with pid {pid}: check the pid (ps -p {pid}) and try again");
-            return Ok(2);
-        }
-    }
-    let procs: Vec<_> = match args.pid {
-        Some(pid) => proc_fds(pid).into_iter().collect(),
-        None => {
-            // The three processes closest to their limit.
-            let mut all: Vec<_> = std::fs::read_dir("/proc")?
-                .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-                .filter_map(proc_fds)
-                .collect();
-            all.sort_by(|a, b| {
-                let r = |p: &crate::check::ProcFds| p.open as f64 / p.soft.unwrap_or(u64::MAX).max(1) as f64;
-                r(b).total_cmp(&r(a))
-            });
-            all.truncate(3);
-            all
-        }
-    };
-    let net = crate::facts::read_net_of(args.pid)?;
-    let sys = crate::facts::read_system();
-    let items = crate::check::run(&sys, &net, &procs);
-    if args.json {
-        println!("{}", crate::check::to_json(&items));
-    } else {
-        print!("{}", crate::check::to_text(&items));
-    }
-    Ok(crate::check::exit_code(&items))
-}
-
 pub fn check_privileges() -> Result<()> {
     let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "conntrace".into());
     if let Some(msg) = procinfo::privilege_problem(procinfo::effective_caps(), &exe) {
@@ -178,7 +132,7 @@ type ListenPoll = (Vec<(u32, listeners::ListenerDelta, listeners::NsDelta)>, BTr
 
 /// Listeners and TcpExt counters of the calling thread's network namespace.
 fn read_listen_counters() -> (Result<Vec<netdiag::TcpSocket>>, BTreeMap<String, u64>) {
-    (netdiag::listeners(), crate::facts::read_tcp_ext())
+    (netdiag::listeners(), crate::system::facts::read_tcp_ext())
 }
 
 struct State {
@@ -678,7 +632,7 @@ fn drain<W: Write>(
                         st.early_nofile.entry(rec.pid).or_insert_with(|| nofile_now(rec.pid));
                     }
                     (Cause::FileMax, _) => {
-                        st.early_file_nr.get_or_insert_with(|| crate::facts::read_system().file_nr);
+                        st.early_file_nr.get_or_insert_with(|| crate::system::facts::read_system().file_nr);
                     }
                     _ => {}
                 }

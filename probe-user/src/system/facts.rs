@@ -1,40 +1,14 @@
 //! What the kernel says about connection limits, read from /proc and sock_diag. Parsing is
 //! split from reading so the rules (verdict, check) can be tested on fixtures.
 
-use std::{collections::BTreeMap, fs, net::IpAddr};
+use std::{collections::BTreeMap, fs};
 
-use crate::netdiag::{self, TcpSocket};
+use crate::{
+    domain::net::{NetFacts, SystemFacts, TcpMem},
+    system::netdiag,
+};
 
-/// Limits and sockets of one network namespace.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct NetFacts {
-    /// net.ipv4.ip_local_port_range (also governs IPv6).
-    pub port_range: Option<(u16, u16)>,
-    /// net.ipv4.ip_local_reserved_ports, as ranges.
-    pub reserved: Vec<(u16, u16)>,
-    pub tcp_tw_reuse: Option<u32>,
-    pub tcp_max_tw_buckets: Option<u64>,
-    pub somaxconn: Option<u64>,
-    /// net.ipv4.tcp_syncookies: 0 off, 1 when the SYN queue overflows, 2 always.
-    pub tcp_syncookies: Option<u32>,
-    pub tcp_fin_timeout: Option<u64>,
-    pub sockets: Vec<TcpSocket>,
-    /// The namespace's TcpExt counters (/proc/net/netstat), e.g. TCPTimeWaitOverflow.
-    pub tcp_ext: BTreeMap<String, u64>,
-    /// Connection tracking in this namespace, when nf_conntrack is loaded: entries now
-    /// (nf_conntrack_count), the limit (nf_conntrack_max, machine-wide) and the summed per-CPU
-    /// statistics of /proc/net/stat/nf_conntrack (`drop`, `early_drop`, `insert_failed`, …).
-    pub conntrack: Option<Conntrack>,
-    /// Inode of the namespace the facts were read in.
-    pub netns: Option<u32>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Conntrack {
-    pub count: Option<u64>,
-    pub max: Option<u64>,
-    pub stats: BTreeMap<String, u64>,
-}
+pub use crate::domain::net::{reserved_strings, usable_ports, Conntrack};
 
 /// /proc/net/stat/nf_conntrack: a header of names, then one line of hex values per CPU;
 /// returns the per-name sums (`entries` is a global gauge repeated on every line: kept once).
@@ -54,21 +28,6 @@ pub fn parse_ct_stat(s: &str) -> BTreeMap<String, u64> {
         }
     }
     sums
-}
-
-/// Machine-wide limits.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct SystemFacts {
-    /// fs.file-nr: allocated file handles and fs.file-max.
-    pub file_nr: Option<(u64, u64)>,
-    pub nr_open: Option<u64>,
-    pub conntrack: Option<(u64, u64)>,
-    /// net.ipv4.tcp_mem (low, pressure, high), pages.
-    pub tcp_mem: Option<(u64, u64, u64)>,
-    /// /proc/net/sockstat TCP line: inuse, orphan, tw, alloc, mem (pages).
-    pub sockstat: BTreeMap<String, u64>,
-    /// Config files that still set net.ipv4.tcp_tw_recycle (removed in Linux 4.12).
-    pub tw_recycle_configs: Vec<String>,
 }
 
 pub fn parse_port_range(s: &str) -> Option<(u16, u16)> {
@@ -121,29 +80,6 @@ pub fn parse_triple(s: &str) -> Option<(u64, u64, u64)> {
     (v.len() == 3).then(|| (v[0], v[1], v[2]))
 }
 
-/// Reserved port ranges as sysctl writes them: "1000-1010", "2000".
-pub fn reserved_strings(reserved: &[(u16, u16)]) -> Vec<String> {
-    reserved.iter().map(|(a, b)| if a == b { a.to_string() } else { format!("{a}-{b}") }).collect()
-}
-
-/// Ports of the range usable by connect(): range size minus reserved ports inside it.
-pub fn usable_ports(range: (u16, u16), reserved: &[(u16, u16)]) -> u64 {
-    let (lo, hi) = range;
-    let size = (hi as u64).saturating_sub(lo as u64) + 1;
-    let taken: u64 = reserved
-        .iter()
-        .map(|&(a, b)| {
-            let (a, b) = (a.max(lo) as u64, b.min(hi) as u64);
-            if b >= a {
-                b - a + 1
-            } else {
-                0
-            }
-        })
-        .sum();
-    size.saturating_sub(taken)
-}
-
 fn read(path: &str) -> Option<String> {
     fs::read_to_string(path).ok()
 }
@@ -187,9 +123,6 @@ pub fn read_net_of(pid: Option<u32>) -> anyhow::Result<NetFacts> {
     Ok(f)
 }
 
-/// net.ipv4.tcp_mem (low, pressure, high; pages) and the TCP line of /proc/net/sockstat.
-pub type TcpMem = (Option<(u64, u64, u64)>, BTreeMap<String, u64>);
-
 /// Machine-wide TCP memory, without the rest of `read_system`.
 pub fn read_tcp_mem() -> TcpMem {
     (
@@ -227,17 +160,6 @@ pub fn read_system() -> SystemFacts {
         sockstat,
         tw_recycle_configs,
     }
-}
-
-/// Sockets toward `dst:dport` whose local port lies in the ephemeral range, by state name.
-pub fn sockets_toward(facts: &NetFacts, dst: IpAddr, dport: u16) -> BTreeMap<&'static str, u64> {
-    let mut by_state = BTreeMap::new();
-    for s in &facts.sockets {
-        if s.dst == dst && s.dport == dport && s.state != netdiag::LISTEN {
-            *by_state.entry(netdiag::state_name(s.state)).or_default() += 1;
-        }
-    }
-    by_state
 }
 
 #[cfg(test)]

@@ -16,11 +16,12 @@ use probe_common::{
 };
 
 use crate::{
-    cli::AttachMode,
-    model::Snapshot,
-    offsets, procinfo,
-    status::{Losses, Mode, ProgramStats, Signal, SignalStatus, Status},
-    tpformat,
+    domain::model::Snapshot,
+    domain::status::AttachMode,
+    domain::status::{Losses, Mode, ProgramStats, Signal, SignalStatus, Status},
+    kernel::offsets,
+    kernel::tpformat,
+    system::procinfo,
 };
 
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/conntrace-probe"));
@@ -70,7 +71,7 @@ struct Loader<'a> {
     ebpf: Ebpf,
     btf: Option<&'a Btf>,
     /// The same BTF through conntrace's own reader (function parameter counts).
-    types: Option<&'a crate::btf::Btf>,
+    types: Option<&'a crate::kernel::btf::Btf>,
     /// Hook families to pretend the kernel refuses (`CONNTRACE_SKIP_HOOKS`), so tests can
     /// prove every fallback level on a kernel that would take the preferred one.
     skip: Vec<String>,
@@ -569,7 +570,7 @@ impl Probe {
         let kernel = procinfo::kernel_release();
         // BTF feeds both the typed hooks (aya) and the offsets (our reader).
         let aya_btf = Btf::from_sys_fs().ok();
-        let our_btf = crate::btf::Btf::from_sys_fs().ok();
+        let our_btf = crate::kernel::btf::Btf::from_sys_fs().ok();
         let resolved = offsets::resolve(our_btf.as_ref(), events_per_sec);
         let c = resolved.config;
 
@@ -724,7 +725,7 @@ impl Probe {
     /// The comm recorded in the kernel when the process's first counter was created.
     pub fn kernel_comm(&self, tgid: u32) -> Option<String> {
         let map: aya::maps::HashMap<_, u32, [u8; 16]> = aya::maps::HashMap::try_from(self.ebpf.map("COMMS")?).ok()?;
-        map.get(&tgid, 0).ok().map(|c| crate::model::comm_str(&c))
+        map.get(&tgid, 0).ok().map(|c| crate::domain::model::comm_str(&c))
     }
 
     pub fn losses(&self) -> Result<Losses> {

@@ -2,7 +2,7 @@
 
 use probe_common::config::{Config, OFFSET_MISSING};
 
-use crate::btf::Btf;
+use crate::kernel::btf::Btf;
 
 /// The config, plus the fields that could not be resolved (reported in `status`).
 pub struct Resolved {

@@ -12,45 +12,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-/// TCP states as numbered in include/net/tcp_states.h.
-pub const ESTABLISHED: u8 = 1;
-pub const TIME_WAIT: u8 = 6;
-pub const LISTEN: u8 = 10;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TcpSocket {
-    pub state: u8,
-    pub src: IpAddr,
-    pub sport: u16,
-    pub dst: IpAddr,
-    pub dport: u16,
-    /// LISTEN: current accept-queue length; others: bytes not yet read.
-    pub rqueue: u32,
-    /// LISTEN: the backlog in force; others: bytes not yet acknowledged.
-    pub wqueue: u32,
-    pub inode: u32,
-    /// `sk_drops` (INET_DIAG_SKMEMINFO): for a listener, every SYN or final ACK it dropped
-    /// (tcp_listendrop: accept queue full, SYN queue full without cookies, ...).
-    pub drops: Option<u32>,
-}
-
-pub fn state_name(state: u8) -> &'static str {
-    match state {
-        1 => "ESTABLISHED",
-        2 => "SYN_SENT",
-        3 => "SYN_RECV",
-        4 => "FIN_WAIT1",
-        5 => "FIN_WAIT2",
-        6 => "TIME_WAIT",
-        7 => "CLOSE",
-        8 => "CLOSE_WAIT",
-        9 => "LAST_ACK",
-        10 => "LISTEN",
-        11 => "CLOSING",
-        12 => "NEW_SYN_RECV",
-        _ => "UNKNOWN",
-    }
-}
+pub use crate::domain::net::{state_name, TcpSocket, ESTABLISHED, LISTEN, TIME_WAIT};
 
 const NETLINK_SOCK_DIAG: i32 = 4;
 const SOCK_DIAG_BY_FAMILY: u16 = 20;

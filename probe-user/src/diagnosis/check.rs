@@ -1,17 +1,14 @@
 //! `conntrace check`: audits a machine (or one process) against every connection limit,
-//! before anything fails, without eBPF. Pure rules over [`facts`](crate::facts); the fixes
-//! say what is true where common advice is wrong (tcp_tw_recycle is gone since Linux 4.12,
-//! tcp_tw_reuse helps outbound connections only, a listen() backlog is capped by somaxconn).
+//! before anything fails, without eBPF. Pure rules over the limits in
+//! [`net`](crate::domain::net); the fixes say what is true where common advice is wrong
+//! (tcp_tw_recycle is gone since Linux 4.12, tcp_tw_reuse helps outbound connections only,
+//! a listen() backlog is capped by somaxconn).
 
 use std::{collections::BTreeMap, net::IpAddr};
 
 use serde_json::{json, Value};
 
-use crate::{
-    facts::{reserved_strings, usable_ports, NetFacts, SystemFacts},
-    model::endpoint,
-    netdiag,
-};
+use crate::domain::net::{self, endpoint, reserved_strings, usable_ports, NetFacts, SystemFacts};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Level {
@@ -114,10 +111,10 @@ pub fn busiest_destinations(net: &NetFacts, n: usize) -> Vec<DestStates> {
     };
     let mut by_dest: BTreeMap<(IpAddr, u16), BTreeMap<&'static str, u64>> = BTreeMap::new();
     for s in &net.sockets {
-        if s.state == netdiag::LISTEN || s.sport < lo || s.sport > hi {
+        if s.state == net::LISTEN || s.sport < lo || s.sport > hi {
             continue;
         }
-        *by_dest.entry((s.dst, s.dport)).or_default().entry(netdiag::state_name(s.state)).or_default() += 1;
+        *by_dest.entry((s.dst, s.dport)).or_default().entry(net::state_name(s.state)).or_default() += 1;
     }
     let mut v: Vec<_> = by_dest.into_iter().collect();
     v.sort_by_key(|(_, states)| std::cmp::Reverse(states.values().sum::<u64>()));
@@ -240,7 +237,7 @@ pub fn run(sys: &SystemFacts, net: &NetFacts, procs: &[ProcFds]) -> Vec<Item> {
         ));
     }
 
-    let time_wait = net.sockets.iter().filter(|s| s.state == netdiag::TIME_WAIT).count() as u64;
+    let time_wait = net.sockets.iter().filter(|s| s.state == net::TIME_WAIT).count() as u64;
     if let Some(max) = net.tcp_max_tw_buckets {
         let level = Level::of(pct(time_wait, max), 0.8, 1.0);
         items.push(item(
@@ -278,7 +275,7 @@ pub fn run(sys: &SystemFacts, net: &NetFacts, procs: &[ProcFds]) -> Vec<Item> {
             (level != Level::Ok).then_some("sysctl -w net.ipv4.tcp_syncookies=1"),
         ));
     }
-    for l in net.sockets.iter().filter(|s| s.state == netdiag::LISTEN) {
+    for l in net.sockets.iter().filter(|s| s.state == net::LISTEN) {
         let level = Level::of(pct(l.rqueue as u64, (l.wqueue as u64).max(1)), 0.8, 1.0);
         let fill = if l.wqueue == 0 && l.rqueue == 0 { Level::Ok } else { level };
         items.push(item(
@@ -378,7 +375,7 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
-    use crate::netdiag::TcpSocket;
+    use crate::domain::net::TcpSocket;
 
     fn sock(state: u8, sport: u16, dst: [u8; 4], dport: u16) -> TcpSocket {
         TcpSocket {
@@ -396,10 +393,10 @@ mod tests {
 
     fn net() -> NetFacts {
         let mut sockets: Vec<TcpSocket> =
-            (0..45).map(|i| sock(netdiag::TIME_WAIT, 40000 + i, [127, 0, 0, 2], 9000)).collect();
-        sockets.extend((45..48).map(|i| sock(netdiag::ESTABLISHED, 40000 + i, [127, 0, 0, 2], 9000)));
-        sockets.push(sock(netdiag::ESTABLISHED, 40049, [10, 0, 0, 1], 443));
-        let mut l = sock(netdiag::LISTEN, 8080, [0, 0, 0, 0], 0);
+            (0..45).map(|i| sock(net::TIME_WAIT, 40000 + i, [127, 0, 0, 2], 9000)).collect();
+        sockets.extend((45..48).map(|i| sock(net::ESTABLISHED, 40000 + i, [127, 0, 0, 2], 9000)));
+        sockets.push(sock(net::ESTABLISHED, 40049, [10, 0, 0, 1], 443));
+        let mut l = sock(net::LISTEN, 8080, [0, 0, 0, 0], 0);
         l.rqueue = 129;
         l.wqueue = 128;
         sockets.push(l);

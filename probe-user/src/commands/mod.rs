@@ -1,0 +1,6 @@
+//! The commands: each wires a source to diagnosis and sinks (`watch`: the live kernel probe;
+//! `check`: one read of the machine's limits).
+
+pub mod check;
+pub mod evidence;
+pub mod watch;

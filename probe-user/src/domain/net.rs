@@ -1,0 +1,139 @@
+//! Sockets, destinations and the limits of a network namespace or of the machine: what the
+//! readers in `system` fill in and the rules in `diagnosis` judge. Plain data, no I/O.
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+/// TCP states as numbered in include/net/tcp_states.h.
+pub const ESTABLISHED: u8 = 1;
+pub const TIME_WAIT: u8 = 6;
+pub const LISTEN: u8 = 10;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcpSocket {
+    pub state: u8,
+    pub src: IpAddr,
+    pub sport: u16,
+    pub dst: IpAddr,
+    pub dport: u16,
+    /// LISTEN: current accept-queue length; others: bytes not yet read.
+    pub rqueue: u32,
+    /// LISTEN: the backlog in force; others: bytes not yet acknowledged.
+    pub wqueue: u32,
+    pub inode: u32,
+    /// `sk_drops` (INET_DIAG_SKMEMINFO): for a listener, every SYN or final ACK it dropped
+    /// (tcp_listendrop: accept queue full, SYN queue full without cookies, ...).
+    pub drops: Option<u32>,
+}
+
+pub fn state_name(state: u8) -> &'static str {
+    match state {
+        1 => "ESTABLISHED",
+        2 => "SYN_SENT",
+        3 => "SYN_RECV",
+        4 => "FIN_WAIT1",
+        5 => "FIN_WAIT2",
+        6 => "TIME_WAIT",
+        7 => "CLOSE",
+        8 => "CLOSE_WAIT",
+        9 => "LAST_ACK",
+        10 => "LISTEN",
+        11 => "CLOSING",
+        12 => "NEW_SYN_RECV",
+        _ => "UNKNOWN",
+    }
+}
+
+/// Limits and sockets of one network namespace.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NetFacts {
+    /// net.ipv4.ip_local_port_range (also governs IPv6).
+    pub port_range: Option<(u16, u16)>,
+    /// net.ipv4.ip_local_reserved_ports, as ranges.
+    pub reserved: Vec<(u16, u16)>,
+    pub tcp_tw_reuse: Option<u32>,
+    pub tcp_max_tw_buckets: Option<u64>,
+    pub somaxconn: Option<u64>,
+    /// net.ipv4.tcp_syncookies: 0 off, 1 when the SYN queue overflows, 2 always.
+    pub tcp_syncookies: Option<u32>,
+    pub tcp_fin_timeout: Option<u64>,
+    pub sockets: Vec<TcpSocket>,
+    /// The namespace's TcpExt counters (/proc/net/netstat), e.g. TCPTimeWaitOverflow.
+    pub tcp_ext: BTreeMap<String, u64>,
+    /// Connection tracking in this namespace, when nf_conntrack is loaded: entries now
+    /// (nf_conntrack_count), the limit (nf_conntrack_max, machine-wide) and the summed per-CPU
+    /// statistics of /proc/net/stat/nf_conntrack (`drop`, `early_drop`, `insert_failed`, …).
+    pub conntrack: Option<Conntrack>,
+    /// Inode of the namespace the facts were read in.
+    pub netns: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Conntrack {
+    pub count: Option<u64>,
+    pub max: Option<u64>,
+    pub stats: BTreeMap<String, u64>,
+}
+
+/// Machine-wide limits.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SystemFacts {
+    /// fs.file-nr: allocated file handles and fs.file-max.
+    pub file_nr: Option<(u64, u64)>,
+    pub nr_open: Option<u64>,
+    pub conntrack: Option<(u64, u64)>,
+    /// net.ipv4.tcp_mem (low, pressure, high), pages.
+    pub tcp_mem: Option<(u64, u64, u64)>,
+    /// /proc/net/sockstat TCP line: inuse, orphan, tw, alloc, mem (pages).
+    pub sockstat: BTreeMap<String, u64>,
+    /// Config files that still set net.ipv4.tcp_tw_recycle (removed in Linux 4.12).
+    pub tw_recycle_configs: Vec<String>,
+}
+
+/// net.ipv4.tcp_mem (low, pressure, high; pages) and the TCP line of /proc/net/sockstat.
+pub type TcpMem = (Option<(u64, u64, u64)>, BTreeMap<String, u64>);
+
+/// Reserved port ranges as sysctl writes them: "1000-1010", "2000".
+pub fn reserved_strings(reserved: &[(u16, u16)]) -> Vec<String> {
+    reserved.iter().map(|(a, b)| if a == b { a.to_string() } else { format!("{a}-{b}") }).collect()
+}
+
+/// Ports of the range usable by connect(): range size minus reserved ports inside it.
+pub fn usable_ports(range: (u16, u16), reserved: &[(u16, u16)]) -> u64 {
+    let (lo, hi) = range;
+    let size = (hi as u64).saturating_sub(lo as u64) + 1;
+    let taken: u64 = reserved
+        .iter()
+        .map(|&(a, b)| {
+            let (a, b) = (a.max(lo) as u64, b.min(hi) as u64);
+            if b >= a {
+                b - a + 1
+            } else {
+                0
+            }
+        })
+        .sum();
+    size.saturating_sub(taken)
+}
+
+/// A destination in a network namespace.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Dest {
+    pub netns: u32,
+    pub addr: IpAddr,
+    pub port: u16,
+}
+
+impl Dest {
+    pub fn endpoint(&self) -> String {
+        endpoint(&self.addr.to_string(), self.port)
+    }
+}
+
+/// "ip:port", with brackets for IPv6.
+pub fn endpoint(ip: &str, port: u16) -> String {
+    if ip.contains(':') {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
+    }
+}

@@ -1,0 +1,3 @@
+//! Sinks that print: the NDJSON contract and the text table (`output`).
+
+pub mod output;

@@ -1,0 +1,8 @@
+//! Readers of the live machine into domain types: /proc and sysctls (`facts`, `procinfo`),
+//! sock_diag and network namespaces (`netdiag`), listen counters between polls
+//! (`listeners`). Parsing is split from reading so it is tested on fixtures.
+
+pub mod facts;
+pub mod listeners;
+pub mod netdiag;
+pub mod procinfo;
