@@ -145,11 +145,11 @@ fn render(verdicts: &[Verdict]) -> String {
     let mut out = String::new();
     for v in verdicts {
         // `ts` is when the line was written (the wall clock); the rest is fixed.
-        let mut j = verdict::to_json(v);
+        let mut j = crate::render::verdict::to_json(v);
         j["ts"] = "<now>".into();
         out.push_str(&j.to_string());
         out.push('\n');
-        out.push_str(&verdict::to_text(v));
+        out.push_str(&crate::render::verdict::to_text(v));
         out.push_str("\n\n");
     }
     out

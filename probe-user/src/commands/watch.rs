@@ -20,7 +20,7 @@ use tokio::{
 use crate::{
     cli::WatchArgs,
     commands::evidence::{net_now, nofile_now, LiveEvidence},
-    diagnosis::verdict::{self, Cause, Engine, Nofile, Verdict, Window},
+    diagnosis::verdict::{Cause, Engine, Nofile, Verdict, Window},
     domain::model::{self, Counts, EventRecord, Sample, Snapshot},
     domain::net::{endpoint, NetFacts},
     domain::status::{Mode, Signal, Status},
@@ -87,9 +87,9 @@ impl<W: Write> Output<W> {
     fn verdicts(&mut self, verdicts: &[Verdict]) -> Result<()> {
         for v in verdicts {
             if self.json {
-                self.line(&verdict::to_json(v).to_string())?;
+                self.line(&crate::render::verdict::to_json(v).to_string())?;
             } else {
-                self.line(&verdict::to_text(v))?;
+                self.line(&crate::render::verdict::to_text(v))?;
             }
         }
         Ok(())

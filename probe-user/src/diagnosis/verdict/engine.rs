@@ -1,0 +1,319 @@
+//! The verdict engine: turns each interval's counts into verdicts, keeps them active while
+//! failures go on, resolves them after a quiet period, and predicts TIME_WAIT exhaustion.
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    time::{Duration, SystemTime},
+};
+
+use serde_json::json;
+
+use super::*;
+use crate::diagnosis::check::tw_reuse_applies;
+
+pub(super) struct Active {
+    verdict: Verdict,
+    last_failure: SystemTime,
+    last_emit: SystemTime,
+    emitted_failures: u64,
+}
+
+pub(super) type Key = (Cause, u32, Option<Dest>);
+
+/// TIME_WAITs created in one interval: (end of the interval, count, its length in seconds).
+pub(super) type TwSample = (SystemTime, u64, f64);
+
+pub struct Engine {
+    active: BTreeMap<Key, Active>,
+    /// Failures must stop this long before a verdict resolves.
+    quiet: Duration,
+    /// Recent TIME_WAIT creations per (process, destination): (time, count, interval).
+    tw_history: BTreeMap<(u32, Dest), VecDeque<TwSample>>,
+    /// Refused conntrack entries per namespace when first looked at.
+    ct_refused: BTreeMap<u32, u64>,
+    /// (cause, pid) that had failures in the last tick.
+    failed: std::collections::BTreeSet<(Cause, u32)>,
+}
+
+impl Engine {
+    pub fn new(interval: Duration) -> Engine {
+        Engine {
+            active: BTreeMap::new(),
+            quiet: (interval * 3).max(Duration::from_secs(5)),
+            tw_history: BTreeMap::new(),
+            ct_refused: BTreeMap::new(),
+            failed: Default::default(),
+        }
+    }
+
+    /// Whether `pid` had failures of `cause` in the last interval fed to `tick`.
+    pub fn failed_last_tick(&self, pid: u32, cause: Cause) -> bool {
+        self.failed.contains(&(cause, pid))
+    }
+
+    /// Whether a verdict of `cause` is active for `pid` (any destination).
+    pub fn is_active(&self, pid: u32, cause: Cause) -> bool {
+        self.active.keys().any(|(c, p, _)| *c == cause && *p == pid)
+    }
+
+    pub fn active(&self) -> impl Iterator<Item = &Verdict> {
+        self.active.values().map(|a| &a.verdict)
+    }
+
+    /// Feeds one interval; returns the verdicts to report now (new, updated, resolved).
+    pub fn tick(&mut self, w: &Window, ev: &mut dyn Evidence) -> Vec<Verdict> {
+        let now = w.now.unwrap_or_else(SystemTime::now);
+        let start = now - Duration::from_secs_f64(w.interval_s.max(0.0));
+        let mut out = Vec::new();
+        let mut seen: Vec<Key> = Vec::new();
+
+        for (&pid, c) in &w.counts {
+            if c.emfile > 0 {
+                let since = w.first_seen.get(&(pid, Cause::FdLimit)).copied().unwrap_or(start);
+                self.failure((Cause::FdLimit, pid, None), c.emfile, now, since, &mut seen, || {
+                    let comm = ev.comm(pid);
+                    let (soft, hard, open) = ev.nofile(pid);
+                    fd_limit(pid, comm, since, c.emfile, soft, hard, open)
+                });
+            }
+            if c.enfile > 0 {
+                let since = w.first_seen.get(&(pid, Cause::FileMax)).copied().unwrap_or(start);
+                self.failure((Cause::FileMax, pid, None), c.enfile, now, since, &mut seen, || {
+                    let comm = ev.comm(pid);
+                    file_max(pid, comm, since, c.enfile, ev.file_nr())
+                });
+            }
+        }
+        for (&pid, c) in &w.counts {
+            let since = |cause| w.first_seen.get(&(pid, cause)).copied().unwrap_or(start);
+            if c.tw_overflows > 0 {
+                let since = since(Cause::TwBuckets);
+                self.failure((Cause::TwBuckets, pid, None), c.tw_overflows, now, since, &mut seen, || {
+                    let comm = ev.comm(pid);
+                    tw_buckets(pid, comm, since, c.tw_overflows, own_net(ev, pid))
+                });
+            }
+            if c.bind_failures > 0 {
+                let since = since(Cause::BindHoarding);
+                self.failure((Cause::BindHoarding, pid, None), c.bind_failures, now, since, &mut seen, || {
+                    let comm = ev.comm(pid);
+                    bind_hoarding(pid, comm, since, c.bind_failures, c.bound_connects, own_net(ev, pid))
+                });
+            }
+            let mem = c.tcp_mem_send_refused + c.tcp_mem_recv_refused;
+            if mem > 0 {
+                let since = since(Cause::TcpMem);
+                self.failure((Cause::TcpMem, pid, None), mem, now, since, &mut seen, || {
+                    let comm = ev.comm(pid);
+                    let (limits, sockstat) = ev.tcp_mem();
+                    tcp_mem(pid, comm, since, c, limits, &sockstat, own_net(ev, pid))
+                });
+            }
+            // Netfilter drops are a plateau cause only when conntrack could not track the
+            // packet (table full); a rule dropping them is policy, left to the counters.
+            if c.netfilter_drops > 0 {
+                let key = (Cause::ConntrackFull, pid, None);
+                let active = self.active.contains_key(&key);
+                let ct = if active {
+                    None
+                } else {
+                    let facts = own_net(ev, pid).ok().and_then(|f| Some((f.conntrack.clone()?, f.netns)));
+                    facts.filter(|(ct, ns)| {
+                        // The statistics count since boot: only their growth since conntrace
+                        // first looked at this namespace says anything about now.
+                        let refused = conntrack_refused(ct);
+                        let first = *self.ct_refused.entry(ns.unwrap_or(0)).or_insert(refused);
+                        conntrack_at_limit(ct) || refused > first
+                    })
+                };
+                if active || ct.is_some() {
+                    let since = since(Cause::ConntrackFull);
+                    let n = c.netfilter_drops;
+                    self.failure(key, n, now, since, &mut seen, || {
+                        let comm = ev.comm(pid);
+                        let (ct, netns) = ct.unwrap_or_default();
+                        conntrack_verdict(pid, comm, since, n, &ct, netns)
+                    });
+                }
+            }
+            // EADDRNOTAVAIL that is not a port search failing: bind() to an address that is not
+            // local, or connect() refused before any port was looked for.
+            let addr_errors = |m: &BTreeMap<String, u64>| m.get("EADDRNOTAVAIL").copied().unwrap_or(0);
+            let bind_n = addr_errors(&c.bind_errors);
+            let connect_n = c.connect_addr_unavailable;
+            if bind_n + connect_n > 0 {
+                let since = since(Cause::AddressUnavailable);
+                let addrs = w.unavailable_addrs.get(&pid).cloned().unwrap_or_default();
+                self.failure((Cause::AddressUnavailable, pid, None), bind_n + connect_n, now, since, &mut seen, || {
+                    let comm = ev.comm(pid);
+                    address_unavailable(pid, comm, since, bind_n, connect_n, &addrs)
+                });
+            }
+        }
+        for (pid, l, ns) in &w.listener_drops {
+            let pid = *pid;
+            let cause = listen_cause(l, ns);
+            let dest = Dest { netns: l.netns, addr: l.addr, port: l.port };
+            let since = w.first_seen.get(&(pid, cause)).copied().unwrap_or(start);
+            self.failure((cause, pid, Some(dest)), l.drops + l.cookies, now, since, &mut seen, || {
+                let comm = ev.comm(pid);
+                listen_queue(cause, pid, comm, since, l, ns, ev.net(pid, l.netns))
+            });
+        }
+        for ((pid, dest), &n) in &w.port_failures {
+            let since = w.first_seen.get(&(*pid, Cause::EphemeralPorts)).copied().unwrap_or(start);
+            self.failure((Cause::EphemeralPorts, *pid, Some(dest.clone())), n, now, since, &mut seen, || {
+                let comm = ev.comm(*pid);
+                ephemeral_ports(*pid, comm, since, n, dest, ev.net(*pid, dest.netns))
+            });
+        }
+        self.time_wait_pressure(w, now, ev, &mut seen);
+
+        // Updates of verdicts still active, and resolutions.
+        let mut resolved = Vec::new();
+        for (key, a) in self.active.iter_mut() {
+            let fresh = a.verdict.failures != a.emitted_failures || a.last_emit == a.verdict.since;
+            if seen.contains(key) {
+                if a.last_emit == SystemTime::UNIX_EPOCH
+                    || (fresh && now.duration_since(a.last_emit).unwrap_or_default() >= Duration::from_secs(10))
+                {
+                    a.last_emit = now;
+                    a.emitted_failures = a.verdict.failures;
+                    out.push(a.verdict.clone());
+                }
+            } else if now.duration_since(a.last_failure).unwrap_or_default() >= self.quiet {
+                resolved.push(key.clone());
+            }
+        }
+        self.failed = seen.iter().map(|(c, p, _)| (*c, *p)).collect();
+        for key in resolved {
+            if let Some(a) = self.active.remove(&key) {
+                let mut v = a.verdict;
+                v.state = "resolved";
+                v.duration_s = Some(a.last_failure.duration_since(v.since).unwrap_or_default().as_secs_f64());
+                out.push(v);
+            }
+        }
+        out
+    }
+
+    /// Records `n` failures for `key`; builds the verdict (and its evidence) the first time.
+    fn failure(
+        &mut self,
+        key: Key,
+        n: u64,
+        now: SystemTime,
+        _since: SystemTime,
+        seen: &mut Vec<Key>,
+        build: impl FnOnce() -> Verdict,
+    ) {
+        match self.active.get_mut(&key) {
+            Some(a) => {
+                a.verdict.failures += n;
+                a.last_failure = now;
+                refresh_summary(&mut a.verdict);
+            }
+            None => {
+                let verdict = build();
+                self.active.insert(
+                    key.clone(),
+                    Active { verdict, last_failure: now, last_emit: SystemTime::UNIX_EPOCH, emitted_failures: 0 },
+                );
+            }
+        }
+        seen.push(key);
+    }
+
+    fn time_wait_pressure(&mut self, w: &Window, now: SystemTime, ev: &mut dyn Evidence, seen: &mut Vec<Key>) {
+        // Per process and destination: namespace inode numbers are reused as soon as a
+        // namespace dies, so a destination alone could mix two unrelated namespaces' churn.
+        for ((pid, dest), &n) in &w.time_waits {
+            self.tw_history.entry((*pid, dest.clone())).or_default().push_back((now, n, w.interval_s));
+        }
+        // Keep ~10 s of history; forget quiet ones.
+        let horizon = Duration::from_secs(10);
+        self.tw_history.retain(|_, h| {
+            while h.front().is_some_and(|(t, _, _)| now.duration_since(*t).unwrap_or_default() > horizon) {
+                h.pop_front();
+            }
+            !h.is_empty()
+        });
+        let active: Vec<(u32, Dest)> = w.time_waits.keys().cloned().collect();
+        for (pid, dest) in active {
+            let Some(h) = self.tw_history.get(&(pid, dest.clone())) else { continue };
+            let total: u64 = h.iter().map(|(_, n, _)| n).sum();
+            let span: f64 = h.iter().map(|(_, _, s)| s).sum::<f64>().max(0.001);
+            let rate = total as f64 / span;
+            // A prediction is about a process still churning; an exited one's namespace may
+            // even be gone, its inode number taken by another.
+            if !ev.alive(pid) {
+                continue;
+            }
+            let Ok(net) = ev.net(pid, dest.netns) else { continue };
+            let Some(u) = PortUse::of(&net, &dest) else { continue };
+            // TIME_WAIT ports toward this destination stay taken for 60 s: at this rate the
+            // range fills when rate × 60 exceeds it, unless connect() may reuse them.
+            if tw_reuse_applies(net.tcp_tw_reuse, dest.addr) || rate * TIME_WAIT_S < u.usable as f64 {
+                continue;
+            }
+            let left = u.usable.saturating_sub(u.in_use()) as f64 / rate;
+            let key = (Cause::TimeWaitPressure, pid, Some(dest.clone()));
+            let mut evidence = u.evidence(&net, &dest);
+            evidence.insert("rate_per_s".into(), json!((rate * 10.0).round() / 10.0));
+            evidence.insert("seconds_left".into(), json!(left.round() as u64));
+            evidence.insert("predicted_time_wait".into(), json!((rate * TIME_WAIT_S).round() as u64));
+            let comm = ev.comm(pid);
+            let summary = format!(
+                "{comm}[{pid}] is creating {:.0} TIME_WAIT sockets/s toward {}: at 60 s each that needs {} ports but {}-{} has {} ({} in use now); ports run out in about {:.0} s",
+                rate,
+                dest.endpoint(),
+                thousands((rate * TIME_WAIT_S) as u64),
+                u.range.0,
+                u.range.1,
+                thousands(u.usable),
+                thousands(u.in_use()),
+                left
+            );
+            let mut fix = vec![format!(
+                "reuse connections to {} (keepalive, pooling): each short connection keeps its port in TIME_WAIT for 60 s",
+                dest.endpoint()
+            )];
+            fix.push(format!(
+                "sysctl -w net.ipv4.tcp_tw_reuse=1 lets outbound connect() reuse TIME_WAIT ports toward {} (needs TCP timestamps)",
+                dest.endpoint()
+            ));
+            fix.push(format!("widen net.ipv4.ip_local_port_range (now {}-{})", u.range.0, u.range.1));
+            fix.push(
+                "the side that closes first keeps the TIME_WAIT: let the server close first where the protocol allows"
+                    .into(),
+            );
+            match self.active.get_mut(&key) {
+                Some(a) => {
+                    a.last_failure = now;
+                    a.verdict.summary = summary;
+                    a.verdict.evidence = evidence;
+                }
+                None => {
+                    let verdict = Verdict {
+                        state: "active",
+                        cause: Cause::TimeWaitPressure,
+                        pid,
+                        comm,
+                        since: now,
+                        failures: 0,
+                        destination: Some(dest.clone()),
+                        summary,
+                        evidence,
+                        fix,
+                        duration_s: None,
+                    };
+                    self.active.insert(
+                        key.clone(),
+                        Active { verdict, last_failure: now, last_emit: SystemTime::UNIX_EPOCH, emitted_failures: 0 },
+                    );
+                }
+            }
+            seen.push(key);
+        }
+    }
+}

@@ -1,0 +1,58 @@
+//! File descriptors: RLIMIT_NOFILE (EMFILE) and fs.file-max (ENFILE).
+
+use std::time::SystemTime;
+
+use serde_json::json;
+
+use super::*;
+
+pub fn fd_limit(
+    pid: u32,
+    comm: String,
+    since: SystemTime,
+    n: u64,
+    soft: Option<u64>,
+    hard: Option<u64>,
+    open: Option<u64>,
+) -> Verdict {
+    let mut v = base(Cause::FdLimit, pid, comm.clone(), since, n);
+    v.evidence.insert("nofile_soft".into(), json!(soft));
+    v.evidence.insert("nofile_hard".into(), json!(hard));
+    v.evidence.insert("open_fds".into(), json!(open));
+    let of = |x: Option<u64>| x.map(thousands).unwrap_or_else(|| "?".into());
+    v.summary = format!(
+        "{comm}[{pid}] hit its open-file limit: {} of {} file descriptors open (RLIMIT_NOFILE, hard limit {}); {} calls failed with EMFILE since {}",
+        of(open),
+        of(soft),
+        of(hard),
+        thousands(n),
+        clock(since)
+    );
+    let hard_s = hard.map(|h| h.to_string()).unwrap_or_else(|| "unlimited".into());
+    if soft.is_some() && soft == hard {
+        v.fix.push(format!(
+            "the hard limit ({hard_s}) is reached too: raise both (LimitNOFILE=N in the systemd unit, or prlimit --pid {pid} --nofile=N:N as root); fs.nr_open caps N"
+        ));
+    } else {
+        v.fix.push(format!(
+            "raise the soft limit up to the hard limit ({hard_s}): LimitNOFILE= in the systemd unit, `ulimit -n` before start, or now: prlimit --pid {pid} --nofile={hard_s}:{hard_s}"
+        ));
+    }
+    v.fix.push(format!("if the open count only grows, it is an fd leak: see what is open in /proc/{pid}/fd"));
+    v
+}
+
+pub fn file_max(pid: u32, comm: String, since: SystemTime, n: u64, file_nr: Option<(u64, u64)>) -> Verdict {
+    let mut v = base(Cause::FileMax, pid, comm.clone(), since, n);
+    v.evidence.insert("file_nr".into(), json!(file_nr.map(|f| f.0)));
+    v.evidence.insert("file_max".into(), json!(file_nr.map(|f| f.1)));
+    let (nr, max) = file_nr.map(|(a, b)| (thousands(a), thousands(b))).unwrap_or(("?".into(), "?".into()));
+    v.summary = format!(
+        "the system-wide file table is full: {nr} of {max} file handles in use (fs.file-nr, fs.file-max); {comm}[{pid}] got ENFILE {} times since {}",
+        thousands(n),
+        clock(since)
+    );
+    v.fix.push("raise fs.file-max: sysctl -w fs.file-max=N, and persist it in /etc/sysctl.d".into());
+    v.fix.push("find the process holding the most files (conntrace check lists those closest to their limit)".into());
+    v
+}

@@ -1,0 +1,97 @@
+//! Listen queues: SYNs and ACKs a listener dropped because its accept or SYN queue was full.
+
+use std::time::SystemTime;
+
+use serde_json::json;
+
+use super::*;
+use crate::domain::listen::{ListenerDelta, NsDelta};
+
+/// Why a listener dropped: the SYN queue when only the namespace's request-queue counters
+/// grew, the accept queue otherwise (ListenOverflows, or the queue is full right now).
+pub(super) fn listen_cause(l: &ListenerDelta, ns: &NsDelta) -> Cause {
+    let get = |k: &str| ns.get(k).copied().unwrap_or(0);
+    let syn = l.cookies > 0 || get("TCPReqQFullDrop") > 0;
+    if syn && get("ListenOverflows") == 0 && !l.accept_queue_full() {
+        Cause::SynQueue
+    } else {
+        Cause::AcceptQueue
+    }
+}
+
+pub(super) fn listen_queue(
+    cause: Cause,
+    pid: u32,
+    comm: String,
+    since: SystemTime,
+    l: &ListenerDelta,
+    ns: &NsDelta,
+    net: Result<NetFacts, String>,
+) -> Verdict {
+    let mut v = base(cause, pid, comm.clone(), since, l.drops + l.cookies);
+    let listener = Dest { netns: l.netns, addr: l.addr, port: l.port };
+    v.destination = Some(listener.clone());
+    net_error(&mut v, &net);
+    let f = net.as_ref().ok();
+    let somaxconn = f.and_then(|f| f.somaxconn);
+    v.evidence.insert("listener".into(), json!(listener.endpoint()));
+    v.evidence.insert("backlog".into(), json!(l.backlog));
+    v.evidence.insert("queue_len".into(), json!(l.queue_len));
+    v.evidence.insert("drops".into(), json!(l.drops));
+    v.evidence.insert("syn_recv".into(), json!(l.syn_recv));
+    v.evidence.insert("syncookies".into(), json!(l.cookies));
+    v.evidence.insert("somaxconn".into(), json!(somaxconn));
+    v.evidence.insert("netns".into(), json!(l.netns));
+    v.evidence.insert("netns_counters".into(), json!(ns));
+    let of = |x: Option<u64>| x.map(thousands).unwrap_or_else(|| "?".into());
+    let ep = listener.endpoint();
+    if cause == Cause::AcceptQueue {
+        v.summary = format!(
+            "{comm}[{pid}] is not accepting fast enough on {ep}: accept queue {}/{} (backlog = min(listen() backlog, net.core.somaxconn {})); {} SYNs/ACKs dropped since {}",
+            l.queue_len,
+            l.backlog,
+            of(somaxconn),
+            thousands(l.drops),
+            clock(since)
+        );
+        v.fix.push(format!(
+            "accept faster on {ep}: more accepting threads/workers, or drain the queue in a loop on each readiness event"
+        ));
+        v.fix.push(format!(
+            "raise the listen() backlog (now {}) and net.core.somaxconn (now {}): the smaller of the two is used",
+            l.backlog,
+            of(somaxconn)
+        ));
+        v.fix.push(
+            "clients do not get an error: their SYNs are retransmitted after 1, 3, 7… s, seen as slow connects".into(),
+        );
+    } else {
+        let what = match (l.drops, l.cookies) {
+            (d, 0) => format!("{} SYNs dropped", thousands(d)),
+            (0, c) => format!("{} SYNs answered with syncookies", thousands(c)),
+            (d, c) => format!("{} SYNs dropped and {} answered with syncookies", thousands(d), thousands(c)),
+        };
+        v.summary = format!(
+            "the SYN queue of {ep} ({comm}[{pid}]) is full: {} handshakes pending, backlog {}; {what} since {}",
+            l.syn_recv,
+            l.backlog,
+            clock(since)
+        );
+        if l.drops > 0 {
+            v.fix.push(
+                "net.ipv4.tcp_syncookies=1 answers SYNs beyond the queue with cookies instead of dropping them".into(),
+            );
+        } else {
+            v.fix.push(
+                "syncookies keep connections working but lose TCP options (window scaling, SACK) unless timestamps carry them"
+                    .into(),
+            );
+        }
+        v.fix.push(format!(
+            "raise the listen() backlog (now {}), net.core.somaxconn and net.ipv4.tcp_max_syn_backlog",
+            l.backlog
+        ));
+        v.fix.push("if the SYNs never complete (spoofed sources), it is a SYN flood: filter it upstream".into());
+    }
+    v
+}

@@ -1,0 +1,104 @@
+//! Kernel memory tables: the conntrack table and TCP memory (tcp_mem).
+
+use std::{collections::BTreeMap, time::SystemTime};
+
+use serde_json::json;
+
+use super::*;
+
+/// The namespace's conntrack table is at its limit now.
+pub(super) fn conntrack_at_limit(ct: &crate::domain::net::Conntrack) -> bool {
+    matches!((ct.count, ct.max), (Some(c), Some(m)) if m > 0 && c >= m)
+}
+
+/// Entries __nf_conntrack_alloc refused since boot: the `drop` statistic less the clashes,
+/// which count in `insert_failed` as well.
+pub(super) fn conntrack_refused(ct: &crate::domain::net::Conntrack) -> u64 {
+    let get = |k: &str| ct.stats.get(k).copied().unwrap_or(0);
+    get("drop").saturating_sub(get("insert_failed"))
+}
+
+pub(super) fn conntrack_verdict(
+    pid: u32,
+    comm: String,
+    since: SystemTime,
+    n: u64,
+    ct: &crate::domain::net::Conntrack,
+    netns: Option<u32>,
+) -> Verdict {
+    let mut v = base(Cause::ConntrackFull, pid, comm.clone(), since, n);
+    let stat = |k: &str| ct.stats.get(k).copied().unwrap_or(0);
+    v.evidence.insert("count".into(), json!(ct.count));
+    v.evidence.insert("max".into(), json!(ct.max));
+    v.evidence.insert("drop".into(), json!(stat("drop")));
+    v.evidence.insert("early_drop".into(), json!(stat("early_drop")));
+    v.evidence.insert("insert_failed".into(), json!(stat("insert_failed")));
+    v.evidence.insert("netns".into(), json!(netns));
+    let of = |x: Option<u64>| x.map(thousands).unwrap_or_else(|| "?".into());
+    v.summary = format!(
+        "the conntrack table is full (\"nf_conntrack: table full, dropping packet\"): {} of {} entries in {comm}[{pid}]'s namespace; {} of its packets dropped since {}",
+        of(ct.count),
+        of(ct.max),
+        thousands(n),
+        clock(since)
+    );
+    v.fix.push(format!(
+        "raise net.netfilter.nf_conntrack_max (now {}; about 300 bytes per entry) and net.netfilter.nf_conntrack_buckets with it",
+        of(ct.max)
+    ));
+    v.fix.push("shorten how long closed connections stay tracked: net.netfilter.nf_conntrack_tcp_timeout_time_wait (120 s by default)".into());
+    v.fix.push(
+        "exempt traffic that needs no tracking (e.g. a busy local port) with a `notrack` rule in the raw table".into(),
+    );
+    v
+}
+
+pub fn tcp_mem(
+    pid: u32,
+    comm: String,
+    since: SystemTime,
+    c: &Counts,
+    limits: Option<(u64, u64, u64)>,
+    sockstat: &BTreeMap<String, u64>,
+    net: Result<NetFacts, String>,
+) -> Verdict {
+    let n = c.tcp_mem_send_refused + c.tcp_mem_recv_refused;
+    let mut v = base(Cause::TcpMem, pid, comm.clone(), since, n);
+    net_error(&mut v, &net);
+    v.evidence.insert("tcp_mem".into(), json!(limits.map(|(a, b, c)| [a, b, c])));
+    v.evidence.insert("mem_pages".into(), json!(sockstat.get("mem")));
+    v.evidence.insert("orphans".into(), json!(sockstat.get("orphan")));
+    v.evidence.insert("send_refused".into(), json!(c.tcp_mem_send_refused));
+    v.evidence.insert("recv_refused".into(), json!(c.tcp_mem_recv_refused));
+    if let Ok(f) = &net {
+        let ext: BTreeMap<&str, u64> =
+            ["TCPMemoryPressures", "TCPAbortOnMemory", "TCPRcvQDrop", "PruneCalled", "TCPOrphanOverflow"]
+                .iter()
+                .filter_map(|k| Some((*k, *f.tcp_ext.get(*k)?)))
+                .collect();
+        v.evidence.insert("netns_counters".into(), json!(ext));
+    }
+    let pages = |p: u64| format!("{} pages ({} MiB)", thousands(p), p * 4096 / (1 << 20));
+    let (limit_text, high) = match limits {
+        Some((lo, pr, hi)) => (format!("tcp_mem is {lo} {pr} {hi} pages"), Some(hi)),
+        None => ("tcp_mem unknown".into(), None),
+    };
+    let used = sockstat.get("mem").map(|m| pages(*m)).unwrap_or_else(|| "?".into());
+    v.summary = format!(
+        "TCP memory is exhausted machine-wide: {used} in use, {limit_text}; {} buffer allocations of {comm}[{pid}] were refused ({} for sending, {} for receiving) since {}",
+        thousands(n),
+        thousands(c.tcp_mem_send_refused),
+        thousands(c.tcp_mem_recv_refused),
+        clock(since)
+    );
+    v.fix.push(format!(
+        "find the sockets holding the memory: `ss -tmn` (large Recv-Q: a reader that does not read; large Send-Q: a slow peer){}",
+        high.map(|h| format!("; the limit is {}", pages(h))).unwrap_or_default()
+    ));
+    v.fix.push(
+        "if the memory is legitimately needed, raise net.ipv4.tcp_mem (pages, all three values) within what RAM allows"
+            .into(),
+    );
+    v.fix.push("lower net.ipv4.tcp_rmem/tcp_wmem maxima if many connections each buffer megabytes".into());
+    v
+}

@@ -1,0 +1,182 @@
+//! Root-cause verdicts: which limit a process ran into, the numbers that prove it, and the
+//! fix. Pure rules over interval counts plus evidence supplied through [`Evidence`] (procfs
+//! and sock_diag in production, fixtures in tests). The engine (`engine`) keeps verdicts
+//! active and resolves them; each cause family has its own file.
+
+use std::{collections::BTreeMap, time::SystemTime};
+
+use serde_json::{json, Map, Value};
+
+pub use crate::domain::net::Dest;
+pub use crate::domain::time::thousands;
+use crate::domain::{
+    listen::{ListenerDelta, NsDelta},
+    model::Counts,
+    net::NetFacts,
+    time::rfc3339,
+};
+
+mod engine;
+mod fds;
+mod listen;
+mod memory;
+mod ports;
+#[cfg(test)]
+mod tests;
+mod time_wait;
+
+pub use engine::*;
+pub use fds::*;
+use listen::*;
+pub use memory::*;
+pub use ports::*;
+pub use time_wait::*;
+
+/// TIME_WAIT lasts TCP_TIMEWAIT_LEN = 60 s (include/net/tcp.h).
+const TIME_WAIT_S: f64 = 60.0;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Cause {
+    FdLimit,
+    FileMax,
+    EphemeralPorts,
+    TimeWaitPressure,
+    TwBuckets,
+    BindHoarding,
+    AddressUnavailable,
+    AcceptQueue,
+    SynQueue,
+    TcpMem,
+    ConntrackFull,
+}
+
+impl Cause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::FdLimit => "fd_limit",
+            Cause::FileMax => "file_max",
+            Cause::EphemeralPorts => "ephemeral_ports",
+            Cause::TimeWaitPressure => "time_wait_pressure",
+            Cause::TwBuckets => "tw_buckets",
+            Cause::BindHoarding => "bind_hoarding",
+            Cause::AddressUnavailable => "address_unavailable",
+            Cause::AcceptQueue => "accept_queue",
+            Cause::SynQueue => "syn_queue",
+            Cause::TcpMem => "tcp_mem",
+            Cause::ConntrackFull => "conntrack_full",
+        }
+    }
+
+    /// Causes whose verdict is about one of the process's listeners (`Verdict::destination`
+    /// holds the listener's address then).
+    pub fn is_listener(self) -> bool {
+        matches!(self, Cause::AcceptQueue | Cause::SynQueue)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Verdict {
+    /// "active" or "resolved".
+    pub state: &'static str,
+    pub cause: Cause,
+    pub pid: u32,
+    pub comm: String,
+    pub since: SystemTime,
+    pub failures: u64,
+    pub destination: Option<Dest>,
+    pub summary: String,
+    pub evidence: Map<String, Value>,
+    pub fix: Vec<String>,
+    /// How long it lasted, for resolved verdicts.
+    pub duration_s: Option<f64>,
+}
+
+/// What one interval brought.
+#[derive(Debug, Default, Clone)]
+pub struct Window {
+    pub now: Option<SystemTime>,
+    pub interval_s: f64,
+    /// Per process.
+    pub counts: BTreeMap<u32, Counts>,
+    /// Port-assignment failures per (process, destination).
+    pub port_failures: BTreeMap<(u32, Dest), u64>,
+    /// TIME_WAIT of connected sockets per (process, destination).
+    pub time_waits: BTreeMap<(u32, Dest), u64>,
+    /// First failure event seen per (process, cause), for `since`.
+    pub first_seen: BTreeMap<(u32, Cause), SystemTime>,
+    /// Addresses a process asked for that bind() refused with EADDRNOTAVAIL (from events).
+    pub unavailable_addrs: BTreeMap<u32, std::collections::BTreeSet<String>>,
+    /// Listeners that dropped SYNs/ACKs this interval: (owner pid, the listener, its
+    /// namespace's TcpExt growth).
+    pub listener_drops: Vec<(u32, ListenerDelta, NsDelta)>,
+}
+
+/// RLIMIT_NOFILE (soft, hard) and the open fd count of a process.
+pub type Nofile = (Option<u64>, Option<u64>, Option<u64>);
+
+/// Where evidence comes from.
+pub trait Evidence {
+    fn comm(&mut self, pid: u32) -> String;
+    /// (soft, hard) RLIMIT_NOFILE and open fds.
+    fn nofile(&mut self, pid: u32) -> Nofile;
+    /// (allocated, fs.file-max).
+    fn file_nr(&mut self) -> Option<(u64, u64)>;
+    /// Facts of namespace `netns`, entered through `pid` or, if it has exited, any process
+    /// still in that namespace. Err says why not (e.g. the namespace is gone).
+    fn net(&mut self, pid: u32, netns: u32) -> Result<NetFacts, String>;
+    /// Whether the process still runs.
+    fn alive(&mut self, pid: u32) -> bool;
+    /// Network namespace inode of a running process.
+    fn netns(&mut self, pid: u32) -> Option<u32>;
+    /// net.ipv4.tcp_mem (low, pressure, high, in pages) and the TCP line of
+    /// /proc/net/sockstat (`mem` = pages in use, `orphan`, …): both machine-wide.
+    fn tcp_mem(&mut self) -> TcpMemFacts;
+}
+
+pub use crate::domain::net::TcpMem as TcpMemFacts;
+
+fn clock(t: SystemTime) -> String {
+    // HH:MM:SS (UTC) out of the RFC 3339 stamp.
+    rfc3339(t).get(11..19).unwrap_or("?").to_string()
+}
+
+/// Keeps the failure count in the summary current.
+fn refresh_summary(v: &mut Verdict) {
+    if let Some(i) = v.summary.rfind("; ") {
+        if let Some(rest) = v.summary[i + 2..].split_once(' ') {
+            if rest.0.chars().all(|c| c.is_ascii_digit() || c == ',') {
+                v.summary = format!("{}; {} {}", &v.summary[..i], thousands(v.failures), rest.1);
+            }
+        }
+    }
+}
+
+fn base(cause: Cause, pid: u32, comm: String, since: SystemTime, failures: u64) -> Verdict {
+    Verdict {
+        state: "active",
+        cause,
+        pid,
+        comm,
+        since,
+        failures,
+        destination: None,
+        summary: String::new(),
+        evidence: Map::new(),
+        fix: Vec::new(),
+        duration_s: None,
+    }
+}
+
+/// Facts of the namespace `pid` runs in.
+fn own_net(ev: &mut dyn Evidence, pid: u32) -> Result<NetFacts, String> {
+    match ev.netns(pid) {
+        Some(ns) => ev.net(pid, ns),
+        None => Err(format!("process {pid} has exited: its namespace cannot be inspected")),
+    }
+}
+
+fn net_error(v: &mut Verdict, net: &Result<NetFacts, String>) {
+    if let Err(e) = net {
+        v.evidence.insert("error".into(), json!(e));
+    }
+}

@@ -1,0 +1,265 @@
+//! Ephemeral ports: port searches that failed, ports hoarded by bind-before-connect, and
+//! source addresses that are not configured (EADDRNOTAVAIL that is not exhaustion).
+
+use std::{collections::BTreeMap, time::SystemTime};
+
+use serde_json::{json, Map, Value};
+
+use super::*;
+use crate::{
+    diagnosis::check::tw_reuse_applies,
+    domain::net::{self, reserved_strings, usable_ports},
+};
+
+/// Ports toward `dest` by state (local port in the ephemeral range).
+pub(super) struct PortUse {
+    pub(super) range: (u16, u16),
+    pub(super) usable: u64,
+    pub(super) established: u64,
+    pub(super) time_wait: u64,
+    pub(super) other: u64,
+    /// FIN_WAIT1/FIN_WAIT2/CLOSING: this side closed first, TIME_WAIT follows.
+    pub(super) closing: u64,
+    pub(super) states: BTreeMap<&'static str, u64>,
+}
+
+impl PortUse {
+    pub(super) fn of(net: &NetFacts, dest: &Dest) -> Option<PortUse> {
+        let range = net.port_range?;
+        let mut u = PortUse {
+            range,
+            usable: usable_ports(range, &net.reserved),
+            established: 0,
+            time_wait: 0,
+            other: 0,
+            closing: 0,
+            states: BTreeMap::new(),
+        };
+        for s in &net.sockets {
+            if s.dst != dest.addr || s.dport != dest.port || s.sport < range.0 || s.sport > range.1 {
+                continue;
+            }
+            if s.state == net::LISTEN {
+                continue;
+            }
+            *u.states.entry(net::state_name(s.state)).or_default() += 1;
+            match s.state {
+                net::ESTABLISHED => u.established += 1,
+                net::TIME_WAIT => u.time_wait += 1,
+                4 | 5 | 11 => {
+                    u.closing += 1;
+                    u.other += 1;
+                }
+                _ => u.other += 1,
+            }
+        }
+        Some(u)
+    }
+
+    pub(super) fn in_use(&self) -> u64 {
+        self.established + self.time_wait + self.other
+    }
+
+    /// "2 ESTABLISHED, 48 TIME_WAIT" plus any other state present.
+    pub(super) fn states_text(&self) -> String {
+        let mut parts = vec![
+            format!("{} ESTABLISHED", thousands(self.established)),
+            format!("{} TIME_WAIT", thousands(self.time_wait)),
+        ];
+        for (name, n) in &self.states {
+            if *name != "ESTABLISHED" && *name != "TIME_WAIT" {
+                parts.push(format!("{} {name}", thousands(*n)));
+            }
+        }
+        parts.join(", ")
+    }
+
+    pub(super) fn evidence(&self, net: &NetFacts, dest: &Dest) -> Map<String, Value> {
+        let mut e = Map::new();
+        e.insert("range".into(), json!(format!("{}-{}", self.range.0, self.range.1)));
+        e.insert("range_size".into(), json!(self.range.1 as u64 - self.range.0 as u64 + 1));
+        e.insert("reserved".into(), json!(reserved_strings(&net.reserved)));
+        e.insert("usable".into(), json!(self.usable));
+        e.insert("established".into(), json!(self.established));
+        e.insert("time_wait".into(), json!(self.time_wait));
+        e.insert("other".into(), json!(self.other));
+        e.insert("states".into(), json!(self.states));
+        e.insert("tcp_tw_reuse".into(), json!(net.tcp_tw_reuse));
+        e.insert("tcp_tw_reuse_applies".into(), json!(tw_reuse_applies(net.tcp_tw_reuse, dest.addr)));
+        e.insert("netns".into(), json!(dest.netns));
+        e
+    }
+}
+
+pub(super) fn port_fixes(u: &PortUse, net: &NetFacts, dest: &Dest) -> Vec<String> {
+    let d = dest.endpoint();
+    let mut fix = vec![format!(
+        "keep connections to {d} alive and reuse them (HTTP keepalive, a connection pool) instead of one connection per request"
+    )];
+    if u.closing > u.time_wait {
+        fix.push(format!(
+            "most ports are in FIN_WAIT: this side closed first and {d} has not closed its side yet; each then spends 60 s in TIME_WAIT"
+        ));
+    }
+    if (u.time_wait + u.closing) * 2 >= u.in_use() && u.time_wait + u.closing > 0 {
+        if tw_reuse_applies(net.tcp_tw_reuse, dest.addr) {
+            fix.push(format!(
+                "tcp_tw_reuse={} already lets connect() reuse TIME_WAIT ports toward {d}, but only 1 s after their last segment and with TCP timestamps: the connection rate is above what reuse can absorb",
+                net.tcp_tw_reuse.unwrap_or(0)
+            ));
+        } else {
+            fix.push(format!(
+                "closing connections hold most ports: sysctl -w net.ipv4.tcp_tw_reuse=1 lets outbound connect() reuse them toward {d} (needs TCP timestamps; tcp_tw_recycle is gone since Linux 4.12)"
+            ));
+        }
+    } else if u.established * 2 >= u.in_use() && u.established > 0 {
+        fix.push(format!("open connections hold most ports: close idle ones or cap the pool size toward {d}"));
+    }
+    fix.push(format!("widen net.ipv4.ip_local_port_range (now {}-{}, e.g. 10240 65535)", u.range.0, u.range.1));
+    fix.push("add source addresses or spread over more destination addresses/ports: the limit is per (source IP, destination IP, destination port)".into());
+    fix
+}
+
+/// Sockets of a namespace whose local port is in the ephemeral range.
+pub(super) struct RangeUse {
+    pub(super) range: (u16, u16),
+    pub(super) usable: u64,
+    pub(super) states: BTreeMap<&'static str, u64>,
+}
+
+impl RangeUse {
+    pub(super) fn of(f: &NetFacts) -> Option<RangeUse> {
+        let range = f.port_range?;
+        let mut states = BTreeMap::new();
+        for s in f.sockets.iter().filter(|s| s.sport >= range.0 && s.sport <= range.1) {
+            *states.entry(net::state_name(s.state)).or_default() += 1;
+        }
+        Some(RangeUse { range, usable: usable_ports(range, &f.reserved), states })
+    }
+}
+
+pub fn bind_hoarding(
+    pid: u32,
+    comm: String,
+    since: SystemTime,
+    n: u64,
+    bound_connects: u64,
+    net: Result<NetFacts, String>,
+) -> Verdict {
+    let mut v = base(Cause::BindHoarding, pid, comm.clone(), since, n);
+    net_error(&mut v, &net);
+    v.evidence.insert("bound_connects".into(), json!(bound_connects));
+    let usage = net.as_ref().ok().and_then(RangeUse::of);
+    let range_text = match &usage {
+        Some(RangeUse { range, usable, states }) => {
+            let in_use: u64 = states.values().sum();
+            v.evidence.insert("range".into(), json!(format!("{}-{}", range.0, range.1)));
+            v.evidence.insert("usable".into(), json!(usable));
+            v.evidence.insert("in_use".into(), json!(in_use));
+            v.evidence.insert("states".into(), json!(states));
+            format!(": {} of {} ports in {}-{} are taken", thousands(in_use), thousands(*usable), range.0, range.1)
+        }
+        None => String::new(),
+    };
+    let bound = if bound_connects > 0 {
+        format!(" ({} of its connects this interval used a port bound beforehand)", thousands(bound_connects))
+    } else {
+        String::new()
+    };
+    v.summary = format!(
+        "{comm}[{pid}] cannot bind an ephemeral port{range_text}; bind-before-connect makes each port exclusive for every destination{bound}; {} binds to port 0 failed with EADDRINUSE since {}",
+        thousands(n),
+        clock(since)
+    );
+    v.fix.push(
+        "set IP_BIND_ADDRESS_NO_PORT on the socket before bind(): the port is then chosen at connect() and shared across destinations (Linux 4.2+)".into(),
+    );
+    v.fix.push("or do not bind() before connect() unless a source address must be chosen".into());
+    v.fix.push("IP_LOCAL_PORT_RANGE (Linux 6.3+) gives a socket its own port range".into());
+    if let Some(RangeUse { range, .. }) = usage {
+        v.fix.push(format!("widen net.ipv4.ip_local_port_range (now {}-{})", range.0, range.1));
+    }
+    v
+}
+
+pub fn address_unavailable(
+    pid: u32,
+    comm: String,
+    since: SystemTime,
+    bind_n: u64,
+    connect_n: u64,
+    addrs: &std::collections::BTreeSet<String>,
+) -> Verdict {
+    let mut v = base(Cause::AddressUnavailable, pid, comm.clone(), since, bind_n + connect_n);
+    v.evidence.insert("bind_eaddrnotavail".into(), json!(bind_n));
+    v.evidence.insert("connect_eaddrnotavail".into(), json!(connect_n));
+    v.evidence.insert("addresses".into(), json!(addrs));
+    let what = match (bind_n, connect_n) {
+        (b, 0) => format!("{} binds", thousands(b)),
+        (0, c) => format!("{} connects", thousands(c)),
+        (b, c) => format!("{} binds and {} connects", thousands(b), thousands(c)),
+    };
+    let which = if addrs.is_empty() {
+        // Every counted failure sends its event first; none here means the events were
+        // suppressed by --events-per-sec or the ring buffer was full.
+        let why = "not captured: their events were rate-limited (--events-per-sec) or dropped";
+        v.evidence.insert("addresses_missing".into(), json!(why));
+        format!(" (addresses {why})")
+    } else {
+        format!(" ({})", addrs.iter().cloned().collect::<Vec<_>>().join(", "))
+    };
+    v.summary = format!(
+        "{comm}[{pid}] asks for a source address that is not configured here{which}: not port exhaustion; {} failed with EADDRNOTAVAIL since {}",
+        what,
+        clock(since)
+    );
+    v.fix.push("check the configured bind/source address against `ip addr` in the process's network namespace".into());
+    v.fix.push(
+        "if the address comes up later (VIP, DHCP), set IP_FREEBIND on the socket or net.ipv4.ip_nonlocal_bind=1"
+            .into(),
+    );
+    v
+}
+
+pub fn ephemeral_ports(
+    pid: u32,
+    comm: String,
+    since: SystemTime,
+    n: u64,
+    dest: &Dest,
+    net: Result<NetFacts, String>,
+) -> Verdict {
+    let mut v = base(Cause::EphemeralPorts, pid, comm.clone(), since, n);
+    v.destination = Some(dest.clone());
+    let d = dest.endpoint();
+    let usage = net.as_ref().ok().and_then(|f| PortUse::of(f, dest).map(|u| (u, f)));
+    match usage {
+        Some((u, f)) => {
+            v.evidence = u.evidence(f, dest);
+            v.summary = format!(
+                "{comm}[{pid}] cannot get an ephemeral port toward {d}: {} of {} ports in {}-{} are in use ({}); {} connects failed since {}",
+                thousands(u.in_use()),
+                thousands(u.usable),
+                u.range.0,
+                u.range.1,
+                u.states_text(),
+                thousands(n),
+                clock(since)
+            );
+            v.fix = port_fixes(&u, f, dest);
+        }
+        None => {
+            let why = net.err().unwrap_or_else(|| "no port range".into());
+            v.evidence.insert("netns".into(), json!(dest.netns));
+            v.evidence.insert("error".into(), json!(why));
+            v.summary = format!(
+                "{comm}[{pid}] cannot get an ephemeral port toward {d} ({why}); {} connects failed since {}",
+                thousands(n),
+                clock(since)
+            );
+            v.fix.push(format!("keep connections to {d} alive and reuse them instead of one per request"));
+            v.fix.push("widen net.ipv4.ip_local_port_range".into());
+        }
+    }
+    v
+}
