@@ -35,6 +35,23 @@ pub struct Engine {
     failed: std::collections::BTreeSet<(Cause, u32)>,
 }
 
+/// One interval being diagnosed: its window, its end and start, and the (cause, process,
+/// destination) keys that failed in it.
+struct Tick<'a> {
+    w: &'a Window,
+    now: SystemTime,
+    start: SystemTime,
+    seen: Vec<Key>,
+}
+
+impl Tick<'_> {
+    /// When `pid`'s failures of `cause` began: its first event this interval, else the
+    /// interval's start.
+    fn since(&self, pid: u32, cause: Cause) -> SystemTime {
+        self.w.first_seen.get(&(pid, cause)).copied().unwrap_or(self.start)
+    }
+}
+
 impl Engine {
     pub fn new(interval: Duration) -> Engine {
         Engine {
@@ -64,112 +81,138 @@ impl Engine {
     pub fn tick(&mut self, w: &Window, ev: &mut dyn Evidence) -> Vec<Verdict> {
         let now = w.now.unwrap_or_else(SystemTime::now);
         let start = now - Duration::from_secs_f64(w.interval_s.max(0.0));
-        let mut out = Vec::new();
-        let mut seen: Vec<Key> = Vec::new();
+        let mut t = Tick { w, now, start, seen: Vec::new() };
+        for (&pid, c) in &w.counts {
+            self.fd_failures(&mut t, ev, pid, c);
+            self.namespace_failures(&mut t, ev, pid, c);
+            self.conntrack_failures(&mut t, ev, pid, c);
+            self.address_failures(&mut t, ev, pid, c);
+        }
+        self.listener_failures(&mut t, ev);
+        self.port_failures(&mut t, ev);
+        self.time_wait_pressure(w, now, ev, &mut t.seen);
+        self.report(now, &t.seen)
+    }
 
-        for (&pid, c) in &w.counts {
-            if c.emfile > 0 {
-                let since = w.first_seen.get(&(pid, Cause::FdLimit)).copied().unwrap_or(start);
-                self.failure((Cause::FdLimit, pid, None), c.emfile, now, since, &mut seen, || {
-                    let comm = ev.comm(pid);
-                    let (soft, hard, open) = ev.nofile(pid);
-                    fd_limit(pid, comm, since, c.emfile, soft, hard, open)
-                });
-            }
-            if c.enfile > 0 {
-                let since = w.first_seen.get(&(pid, Cause::FileMax)).copied().unwrap_or(start);
-                self.failure((Cause::FileMax, pid, None), c.enfile, now, since, &mut seen, || {
-                    let comm = ev.comm(pid);
-                    file_max(pid, comm, since, c.enfile, ev.file_nr())
-                });
-            }
+    fn fd_failures(&mut self, t: &mut Tick, ev: &mut dyn Evidence, pid: u32, c: &Counts) {
+        if c.emfile > 0 {
+            let since = t.since(pid, Cause::FdLimit);
+            self.failure((Cause::FdLimit, pid, None), c.emfile, t.now, since, &mut t.seen, || {
+                let comm = ev.comm(pid);
+                let (soft, hard, open) = ev.nofile(pid);
+                fd_limit(pid, comm, since, c.emfile, soft, hard, open)
+            });
         }
-        for (&pid, c) in &w.counts {
-            let since = |cause| w.first_seen.get(&(pid, cause)).copied().unwrap_or(start);
-            if c.tw_overflows > 0 {
-                let since = since(Cause::TwBuckets);
-                self.failure((Cause::TwBuckets, pid, None), c.tw_overflows, now, since, &mut seen, || {
-                    let comm = ev.comm(pid);
-                    tw_buckets(pid, comm, since, c.tw_overflows, own_net(ev, pid))
-                });
-            }
-            if c.bind_failures > 0 {
-                let since = since(Cause::BindHoarding);
-                self.failure((Cause::BindHoarding, pid, None), c.bind_failures, now, since, &mut seen, || {
-                    let comm = ev.comm(pid);
-                    bind_hoarding(pid, comm, since, c.bind_failures, c.bound_connects, own_net(ev, pid))
-                });
-            }
-            let mem = c.tcp_mem_send_refused + c.tcp_mem_recv_refused;
-            if mem > 0 {
-                let since = since(Cause::TcpMem);
-                self.failure((Cause::TcpMem, pid, None), mem, now, since, &mut seen, || {
-                    let comm = ev.comm(pid);
-                    let (limits, sockstat) = ev.tcp_mem();
-                    tcp_mem(pid, comm, since, c, limits, &sockstat, own_net(ev, pid))
-                });
-            }
-            // Netfilter drops are a plateau cause only when conntrack could not track the
-            // packet (table full); a rule dropping them is policy, left to the counters.
-            if c.netfilter_drops > 0 {
-                let key = (Cause::ConntrackFull, pid, None);
-                let active = self.active.contains_key(&key);
-                let ct = if active {
-                    None
-                } else {
-                    let facts = own_net(ev, pid).ok().and_then(|f| Some((f.conntrack.clone()?, f.netns)));
-                    facts.filter(|(ct, ns)| {
-                        // The statistics count since boot: only their growth since conntrace
-                        // first looked at this namespace says anything about now.
-                        let refused = conntrack_refused(ct);
-                        let first = *self.ct_refused.entry(ns.unwrap_or(0)).or_insert(refused);
-                        conntrack_at_limit(ct) || refused > first
-                    })
-                };
-                if active || ct.is_some() {
-                    let since = since(Cause::ConntrackFull);
-                    let n = c.netfilter_drops;
-                    self.failure(key, n, now, since, &mut seen, || {
-                        let comm = ev.comm(pid);
-                        let (ct, netns) = ct.unwrap_or_default();
-                        conntrack_verdict(pid, comm, since, n, &ct, netns)
-                    });
-                }
-            }
-            // EADDRNOTAVAIL that is not a port search failing: bind() to an address that is not
-            // local, or connect() refused before any port was looked for.
-            let addr_errors = |m: &BTreeMap<String, u64>| m.get("EADDRNOTAVAIL").copied().unwrap_or(0);
-            let bind_n = addr_errors(&c.bind_errors);
-            let connect_n = c.connect_addr_unavailable;
-            if bind_n + connect_n > 0 {
-                let since = since(Cause::AddressUnavailable);
-                let addrs = w.unavailable_addrs.get(&pid).cloned().unwrap_or_default();
-                self.failure((Cause::AddressUnavailable, pid, None), bind_n + connect_n, now, since, &mut seen, || {
-                    let comm = ev.comm(pid);
-                    address_unavailable(pid, comm, since, bind_n, connect_n, &addrs)
-                });
-            }
+        if c.enfile > 0 {
+            let since = t.since(pid, Cause::FileMax);
+            self.failure((Cause::FileMax, pid, None), c.enfile, t.now, since, &mut t.seen, || {
+                let comm = ev.comm(pid);
+                file_max(pid, comm, since, c.enfile, ev.file_nr())
+            });
         }
-        for (pid, l, ns) in &w.listener_drops {
+    }
+
+    /// Limits of the process's network namespace or of the machine: the tw table, the
+    /// ephemeral range for bind(0), TCP memory.
+    fn namespace_failures(&mut self, t: &mut Tick, ev: &mut dyn Evidence, pid: u32, c: &Counts) {
+        if c.tw_overflows > 0 {
+            let since = t.since(pid, Cause::TwBuckets);
+            self.failure((Cause::TwBuckets, pid, None), c.tw_overflows, t.now, since, &mut t.seen, || {
+                let comm = ev.comm(pid);
+                tw_buckets(pid, comm, since, c.tw_overflows, own_net(ev, pid))
+            });
+        }
+        if c.bind_failures > 0 {
+            let since = t.since(pid, Cause::BindHoarding);
+            self.failure((Cause::BindHoarding, pid, None), c.bind_failures, t.now, since, &mut t.seen, || {
+                let comm = ev.comm(pid);
+                bind_hoarding(pid, comm, since, c.bind_failures, c.bound_connects, own_net(ev, pid))
+            });
+        }
+        let mem = c.tcp_mem_send_refused + c.tcp_mem_recv_refused;
+        if mem > 0 {
+            let since = t.since(pid, Cause::TcpMem);
+            self.failure((Cause::TcpMem, pid, None), mem, t.now, since, &mut t.seen, || {
+                let comm = ev.comm(pid);
+                let (limits, sockstat) = ev.tcp_mem();
+                tcp_mem(pid, comm, since, c, limits, &sockstat, own_net(ev, pid))
+            });
+        }
+    }
+
+    /// Netfilter drops are a plateau cause only when conntrack could not track the packet
+    /// (table full); a rule dropping them is policy, left to the counters.
+    fn conntrack_failures(&mut self, t: &mut Tick, ev: &mut dyn Evidence, pid: u32, c: &Counts) {
+        if c.netfilter_drops == 0 {
+            return;
+        }
+        let key = (Cause::ConntrackFull, pid, None);
+        let active = self.active.contains_key(&key);
+        let ct = if active {
+            None
+        } else {
+            let facts = own_net(ev, pid).ok().and_then(|f| Some((f.conntrack.clone()?, f.netns)));
+            facts.filter(|(ct, ns)| {
+                // The statistics count since boot: only their growth since conntrace first
+                // looked at this namespace says anything about now.
+                let refused = conntrack_refused(ct);
+                let first = *self.ct_refused.entry(ns.unwrap_or(0)).or_insert(refused);
+                conntrack_at_limit(ct) || refused > first
+            })
+        };
+        if active || ct.is_some() {
+            let since = t.since(pid, Cause::ConntrackFull);
+            let n = c.netfilter_drops;
+            self.failure(key, n, t.now, since, &mut t.seen, || {
+                let comm = ev.comm(pid);
+                let (ct, netns) = ct.unwrap_or_default();
+                conntrack_verdict(pid, comm, since, n, &ct, netns)
+            });
+        }
+    }
+
+    /// EADDRNOTAVAIL that is not a port search failing: bind() to an address that is not
+    /// local, or connect() refused before any port was looked for.
+    fn address_failures(&mut self, t: &mut Tick, ev: &mut dyn Evidence, pid: u32, c: &Counts) {
+        let bind_n = c.bind_errors.get("EADDRNOTAVAIL").copied().unwrap_or(0);
+        let connect_n = c.connect_addr_unavailable;
+        if bind_n + connect_n > 0 {
+            let since = t.since(pid, Cause::AddressUnavailable);
+            let addrs = t.w.unavailable_addrs.get(&pid).cloned().unwrap_or_default();
+            self.failure((Cause::AddressUnavailable, pid, None), bind_n + connect_n, t.now, since, &mut t.seen, || {
+                let comm = ev.comm(pid);
+                address_unavailable(pid, comm, since, bind_n, connect_n, &addrs)
+            });
+        }
+    }
+
+    fn listener_failures(&mut self, t: &mut Tick, ev: &mut dyn Evidence) {
+        for (pid, l, ns) in &t.w.listener_drops {
             let pid = *pid;
             let cause = listen_cause(l, ns);
             let dest = Dest { netns: l.netns, addr: l.addr, port: l.port };
-            let since = w.first_seen.get(&(pid, cause)).copied().unwrap_or(start);
-            self.failure((cause, pid, Some(dest)), l.drops + l.cookies, now, since, &mut seen, || {
+            let since = t.since(pid, cause);
+            self.failure((cause, pid, Some(dest)), l.drops + l.cookies, t.now, since, &mut t.seen, || {
                 let comm = ev.comm(pid);
                 listen_queue(cause, pid, comm, since, l, ns, ev.net(pid, l.netns))
             });
         }
-        for ((pid, dest), &n) in &w.port_failures {
-            let since = w.first_seen.get(&(*pid, Cause::EphemeralPorts)).copied().unwrap_or(start);
-            self.failure((Cause::EphemeralPorts, *pid, Some(dest.clone())), n, now, since, &mut seen, || {
+    }
+
+    fn port_failures(&mut self, t: &mut Tick, ev: &mut dyn Evidence) {
+        for ((pid, dest), &n) in &t.w.port_failures {
+            let since = t.since(*pid, Cause::EphemeralPorts);
+            self.failure((Cause::EphemeralPorts, *pid, Some(dest.clone())), n, t.now, since, &mut t.seen, || {
                 let comm = ev.comm(*pid);
                 ephemeral_ports(*pid, comm, since, n, dest, ev.net(*pid, dest.netns))
             });
         }
-        self.time_wait_pressure(w, now, ev, &mut seen);
+    }
 
-        // Updates of verdicts still active, and resolutions.
+    /// The verdicts to print now: new ones, updates of active ones (at most every 10 s, when
+    /// their count changed), and resolutions after the quiet period.
+    fn report(&mut self, now: SystemTime, seen: &[Key]) -> Vec<Verdict> {
+        let mut out = Vec::new();
         let mut resolved = Vec::new();
         for (key, a) in self.active.iter_mut() {
             let fresh = a.verdict.failures != a.emitted_failures || a.last_emit == a.verdict.since;
