@@ -2,5 +2,6 @@
 //! `check`: one read of the machine's limits).
 
 pub mod check;
+pub mod event_facts;
 pub mod evidence;
 pub mod watch;

@@ -19,10 +19,13 @@ use tokio::{
 
 use crate::{
     cli::WatchArgs,
-    commands::evidence::{net_now, nofile_now, LiveEvidence},
-    diagnosis::verdict::{Cause, Engine, Nofile, Verdict, Window},
+    commands::{
+        event_facts::{EarlyEvidence, EventFacts},
+        evidence::{net_now, nofile_now, LiveEvidence},
+    },
+    diagnosis::verdict::{Cause, Engine, Verdict, Window},
     domain::model::{self, Counts, EventRecord, Sample, Snapshot},
-    domain::net::{endpoint, NetFacts},
+    domain::net::endpoint,
     domain::status::{Mode, Signal, Status},
     kernel::probe::{self, Probe},
     render::output,
@@ -140,13 +143,9 @@ struct State {
     prev: Snapshot,
     prev_dest: BTreeMap<DestKey, u64>,
     engine: Engine,
-    /// First failure event of this interval per (process, cause): a verdict's `since`.
-    first_seen: BTreeMap<(u32, Cause), SystemTime>,
-    /// Evidence taken when a failure event arrived (the moment of failure), by namespace and
-    /// by process; used by the verdicts of the interval, then dropped.
-    early_net: BTreeMap<u32, Result<NetFacts, String>>,
-    early_nofile: BTreeMap<u32, Nofile>,
-    early_file_nr: Option<Option<(u64, u64)>>,
+    /// What failure events told (first failure times, refused addresses, evidence taken at
+    /// the moment of failure) until the interval that counts them is diagnosed.
+    facts: EventFacts,
     /// Event lines printed this interval in text mode, per (pid, kind, destination).
     printed: BTreeSet<(u32, &'static str, Option<String>, Option<u16>)>,
     last: Instant,
@@ -156,14 +155,6 @@ struct State {
     event_limits: BTreeMap<u32, u64>,
     /// Filter decisions per pid, so events do not read /proc each time.
     match_cache: BTreeMap<u32, bool>,
-    /// Addresses refused with EADDRNOTAVAIL this interval, per process (from events).
-    unavailable_addrs: BTreeMap<u32, BTreeSet<String>>,
-    /// Event facts of the previous interval whose failures were not in its counts yet (see
-    /// `carry_over`).
-    carried_first_seen: BTreeMap<(u32, Cause), SystemTime>,
-    carried_addrs: BTreeMap<u32, BTreeSet<String>>,
-    /// Which of `early_*` were carried in from the last interval (they are not carried again).
-    carried_evidence: CarriedEvidence,
     /// Listener drop counters of the previous poll.
     listen_tracker: listeners::Tracker,
     /// Namespaces polled for listener drops, each with a process to enter it through.
@@ -363,58 +354,18 @@ impl State {
                 _ => {}
             }
         }
-        let fresh_first_seen = std::mem::take(&mut self.first_seen);
-        let fresh_addrs = std::mem::take(&mut self.unavailable_addrs);
-        window.first_seen = std::mem::take(&mut self.carried_first_seen);
-        for (k, t) in &fresh_first_seen {
-            let e = window.first_seen.entry(*k).or_insert(*t);
-            *e = (*e).min(*t);
-        }
-        window.unavailable_addrs = std::mem::take(&mut self.carried_addrs);
-        for (pid, a) in &fresh_addrs {
-            window.unavailable_addrs.entry(*pid).or_default().extend(a.iter().cloned());
-        }
         self.printed.clear();
-        // Taken at this interval's events (not carried in from the last one: those go now).
-        let fresh_net: BTreeSet<u32> =
-            self.early_net.keys().filter(|ns| !self.carried_evidence.net.contains(ns)).copied().collect();
-        let fresh_nofile: BTreeSet<u32> =
-            self.early_nofile.keys().filter(|pid| !self.carried_evidence.nofile.contains(pid)).copied().collect();
-        let fresh_file_nr = self.early_file_nr.is_some() && !self.carried_evidence.file_nr;
-        let mut evidence = LiveEvidence {
-            probe,
-            net_cache: std::mem::take(&mut self.early_net),
-            nofile_cache: std::mem::take(&mut self.early_nofile),
-            file_nr_cache: self.early_file_nr.take(),
-        };
+        let (fresh, cache) = self.facts.fill(&mut window);
+        let mut evidence =
+            LiveEvidence { probe, net_cache: cache.net, nofile_cache: cache.nofile, file_nr_cache: cache.file_nr };
         let verdicts = self.engine.tick(&window, &mut evidence);
-        // Evidence taken when this interval's events arrived, for failures not in these
-        // counts yet (drained after the counters were read): kept for the next interval.
-        let used_ns: BTreeSet<u32> = window.port_failures.keys().map(|(_, d)| d.netns).collect();
-        let early_net: BTreeMap<u32, _> = std::mem::take(&mut evidence.net_cache)
-            .into_iter()
-            .filter(|(ns, _)| fresh_net.contains(ns) && !used_ns.contains(ns))
-            .collect();
-        let early_nofile: BTreeMap<u32, Nofile> = std::mem::take(&mut evidence.nofile_cache)
-            .into_iter()
-            .filter(|(pid, _)| fresh_nofile.contains(pid) && !self.engine.failed_last_tick(*pid, Cause::FdLimit))
-            .collect();
-        let file_max_failed = window.counts.values().any(|c| c.enfile > 0);
-        let early_file_nr = if fresh_file_nr && !file_max_failed { evidence.file_nr_cache.take() } else { None };
-        drop(evidence);
-        self.carried_evidence = CarriedEvidence {
-            net: early_net.keys().copied().collect(),
-            nofile: early_nofile.keys().copied().collect(),
-            file_nr: early_file_nr.is_some(),
+        let cache = EarlyEvidence {
+            net: std::mem::take(&mut evidence.net_cache),
+            nofile: std::mem::take(&mut evidence.nofile_cache),
+            file_nr: evidence.file_nr_cache.take(),
         };
-        self.early_net = early_net;
-        self.early_nofile = early_nofile;
-        self.early_file_nr = early_file_nr;
-        // An event drained after the counters were read may belong to a failure counted in
-        // the next read: its facts wait one interval for it, then go.
-        let engine = &self.engine;
-        self.carried_first_seen = carry_over(fresh_first_seen, |(pid, cause)| engine.failed_last_tick(*pid, *cause));
-        self.carried_addrs = carry_over(fresh_addrs, |pid| engine.failed_last_tick(*pid, Cause::AddressUnavailable));
+        drop(evidence);
+        self.facts.settle(&self.engine, &window, fresh, cache);
 
         // Counters of exited processes have been reported for the last time: drop them so the
         // map does not fill up. (TIME_WAIT of their orphaned sockets recreates entries later.)
@@ -478,17 +429,10 @@ pub async fn watch(args: WatchArgs) -> Result<()> {
         status: probe.status.clone(),
         prev_dest: probe.dest_snapshot()?,
         engine: Engine::new(args.interval),
-        first_seen: BTreeMap::new(),
-        unavailable_addrs: BTreeMap::new(),
-        carried_first_seen: BTreeMap::new(),
-        carried_addrs: BTreeMap::new(),
-        carried_evidence: CarriedEvidence::default(),
+        facts: EventFacts::default(),
         listen_tracker: listeners::Tracker::default(),
         listen_netns: BTreeMap::new(),
         listener_owner: BTreeMap::new(),
-        early_net: BTreeMap::new(),
-        early_nofile: BTreeMap::new(),
-        early_file_nr: None,
         printed: BTreeSet::new(),
         event_limits: BTreeMap::new(),
         match_cache: BTreeMap::new(),
@@ -552,26 +496,12 @@ pub async fn watch(args: WatchArgs) -> Result<()> {
     Ok(())
 }
 
-/// Evidence kept from one interval for the next (see `State::interval`).
-#[derive(Default)]
-struct CarriedEvidence {
-    net: BTreeSet<u32>,
-    nofile: BTreeSet<u32>,
-    file_nr: bool,
-}
-
 /// Counters read at the end of an interval.
 struct Counters {
     /// Processes that had exited before the read (their counts in it are final).
     gone_before: BTreeSet<u32>,
     cur: Snapshot,
     cur_dest: BTreeMap<DestKey, u64>,
-}
-
-/// The entries of `fresh` (facts from this interval's events) that no failure of this
-/// interval used: they are kept for the next interval only.
-fn carry_over<K: Ord, V>(fresh: BTreeMap<K, V>, used: impl Fn(&K) -> bool) -> BTreeMap<K, V> {
-    fresh.into_iter().filter(|(k, _)| !used(k)).collect()
 }
 
 fn drain<W: Write>(
@@ -613,26 +543,23 @@ fn drain<W: Write>(
         };
         if cause == Some(Cause::AddressUnavailable) {
             if let (Some(a), Some(p)) = (&rec.saddr, rec.sport) {
-                st.unavailable_addrs.entry(rec.pid).or_default().insert(endpoint(a, p));
+                st.facts.unavailable_addr(rec.pid, endpoint(a, p));
             }
         }
         if let Some(cause) = cause {
             // The first failure of a process and cause this interval: take the evidence now,
             // while the state that caused it is still there.
-            let key = (rec.pid, cause);
-            let first = !st.first_seen.contains_key(&key);
-            let since = st.first_seen.entry(key).or_insert(rec.ts);
-            *since = (*since).min(rec.ts);
+            let first = st.facts.failure(rec.pid, cause, rec.ts);
             if first && !st.engine.is_active(rec.pid, cause) {
                 match (cause, rec.netns) {
                     (Cause::EphemeralPorts, Some(ns)) => {
-                        st.early_net.entry(ns).or_insert_with(|| net_now(rec.pid, ns));
+                        st.facts.early.net.entry(ns).or_insert_with(|| net_now(rec.pid, ns));
                     }
                     (Cause::FdLimit, _) => {
-                        st.early_nofile.entry(rec.pid).or_insert_with(|| nofile_now(rec.pid));
+                        st.facts.early.nofile.entry(rec.pid).or_insert_with(|| nofile_now(rec.pid));
                     }
                     (Cause::FileMax, _) => {
-                        st.early_file_nr.get_or_insert_with(|| crate::system::facts::read_system().file_nr);
+                        st.facts.early.file_nr.get_or_insert_with(|| crate::system::facts::read_system().file_nr);
                     }
                     _ => {}
                 }
@@ -650,13 +577,6 @@ fn drain<W: Write>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn event_facts_not_used_wait_one_interval() {
-        let fresh: BTreeMap<u32, &str> = [(1, "used"), (2, "early")].into();
-        let carried = carry_over(fresh, |pid| *pid == 1);
-        assert_eq!(carried, [(2, "early")].into());
-    }
 
     #[test]
     fn filter_matches_pid_or_comm() {
