@@ -134,7 +134,17 @@ pub fn tw_reuse_applies(tw_reuse: Option<u32>, dst: IpAddr) -> bool {
 
 pub fn run(sys: &SystemFacts, net: &NetFacts, procs: &[ProcFds]) -> Vec<Item> {
     let mut items = nofile_items(procs, sys.nr_open);
+    items.extend(file_items(sys));
+    items.extend(port_items(net));
+    items.extend(time_wait_items(sys, net));
+    items.extend(listen_items(net));
+    items.extend(table_items(sys, net));
+    items
+}
 
+/// The machine's file table (fs.file-max) and the ceiling of RLIMIT_NOFILE (fs.nr_open).
+fn file_items(sys: &SystemFacts) -> Vec<Item> {
+    let mut items = Vec::new();
     if let Some((nr, max)) = sys.file_nr {
         let level = Level::of(pct(nr, max), 0.8, 0.95);
         items.push(item(
@@ -158,7 +168,12 @@ pub fn run(sys: &SystemFacts, net: &NetFacts, procs: &[ProcFds]) -> Vec<Item> {
             None,
         ));
     }
+    items
+}
 
+/// The ephemeral port range and the destinations using the most of it.
+fn port_items(net: &NetFacts) -> Vec<Item> {
+    let mut items = Vec::new();
     let usable = net.port_range.map(|r| usable_ports(r, &net.reserved));
     if let (Some((lo, hi)), Some(usable)) = (net.port_range, usable) {
         let level = if usable < 1024 { Level::Warn } else { Level::Ok };
@@ -200,7 +215,12 @@ pub fn run(sys: &SystemFacts, net: &NetFacts, procs: &[ProcFds]) -> Vec<Item> {
             ));
         }
     }
+    items
+}
 
+/// TIME_WAIT: reuse, the long-gone recycle, the bucket limit.
+fn time_wait_items(sys: &SystemFacts, net: &NetFacts) -> Vec<Item> {
+    let mut items = Vec::new();
     if let Some(r) = net.tcp_tw_reuse {
         let meaning = match r {
             0 => "off",
@@ -249,7 +269,12 @@ pub fn run(sys: &SystemFacts, net: &NetFacts, procs: &[ProcFds]) -> Vec<Item> {
             (level != Level::Ok).then_some("reuse connections; raise net.ipv4.tcp_max_tw_buckets if memory allows"),
         ));
     }
+    items
+}
 
+/// Listen queues: somaxconn, syncookies, and every listener's accept queue now.
+fn listen_items(net: &NetFacts) -> Vec<Item> {
+    let mut items = Vec::new();
     if let Some(m) = net.somaxconn {
         items.push(item(
             "somaxconn",
@@ -294,7 +319,12 @@ pub fn run(sys: &SystemFacts, net: &NetFacts, procs: &[ProcFds]) -> Vec<Item> {
             ),
         ));
     }
+    items
+}
 
+/// Kernel tables and timers: conntrack entries, TCP memory, FIN_WAIT2 orphans.
+fn table_items(sys: &SystemFacts, net: &NetFacts) -> Vec<Item> {
+    let mut items = Vec::new();
     if let Some((count, max)) = sys.conntrack {
         let level = Level::of(pct(count, max), 0.8, 0.95);
         items.push(item(
