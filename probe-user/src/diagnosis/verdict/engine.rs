@@ -6,8 +6,6 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use serde_json::json;
-
 use super::*;
 use crate::diagnosis::check::tw_reuse_applies;
 
@@ -90,7 +88,7 @@ impl Engine {
         }
         self.listener_failures(&mut t, ev);
         self.port_failures(&mut t, ev);
-        self.time_wait_pressure(w, now, ev, &mut t.seen);
+        self.predict_time_wait(w, now, ev, &mut t.seen);
         self.report(now, &t.seen)
     }
 
@@ -267,7 +265,7 @@ impl Engine {
         seen.push(key);
     }
 
-    fn time_wait_pressure(&mut self, w: &Window, now: SystemTime, ev: &mut dyn Evidence, seen: &mut Vec<Key>) {
+    fn predict_time_wait(&mut self, w: &Window, now: SystemTime, ev: &mut dyn Evidence, seen: &mut Vec<Key>) {
         // Per process and destination: namespace inode numbers are reused as soon as a
         // namespace dies, so a destination alone could mix two unrelated namespaces' churn.
         for ((pid, dest), &n) in &w.time_waits {
@@ -299,57 +297,15 @@ impl Engine {
             if tw_reuse_applies(net.tcp_tw_reuse, dest.addr) || rate * TIME_WAIT_S < u.usable as f64 {
                 continue;
             }
-            let left = u.usable.saturating_sub(u.in_use()) as f64 / rate;
             let key = (Cause::TimeWaitPressure, pid, Some(dest.clone()));
-            let mut evidence = u.evidence(&net, &dest);
-            evidence.insert("rate_per_s".into(), json!((rate * 10.0).round() / 10.0));
-            evidence.insert("seconds_left".into(), json!(left.round() as u64));
-            evidence.insert("predicted_time_wait".into(), json!((rate * TIME_WAIT_S).round() as u64));
-            let comm = ev.comm(pid);
-            let summary = format!(
-                "{comm}[{pid}] is creating {:.0} TIME_WAIT sockets/s toward {}: at 60 s each that needs {} ports but {}-{} has {} ({} in use now); ports run out in about {:.0} s",
-                rate,
-                dest.endpoint(),
-                thousands((rate * TIME_WAIT_S) as u64),
-                u.range.0,
-                u.range.1,
-                thousands(u.usable),
-                thousands(u.in_use()),
-                left
-            );
-            let mut fix = vec![format!(
-                "reuse connections to {} (keepalive, pooling): each short connection keeps its port in TIME_WAIT for 60 s",
-                dest.endpoint()
-            )];
-            fix.push(format!(
-                "sysctl -w net.ipv4.tcp_tw_reuse=1 lets outbound connect() reuse TIME_WAIT ports toward {} (needs TCP timestamps)",
-                dest.endpoint()
-            ));
-            fix.push(format!("widen net.ipv4.ip_local_port_range (now {}-{})", u.range.0, u.range.1));
-            fix.push(
-                "the side that closes first keeps the TIME_WAIT: let the server close first where the protocol allows"
-                    .into(),
-            );
+            let verdict = time_wait_pressure(pid, ev.comm(pid), now, &dest, rate, &u, &net);
             match self.active.get_mut(&key) {
                 Some(a) => {
                     a.last_failure = now;
-                    a.verdict.summary = summary;
-                    a.verdict.evidence = evidence;
+                    a.verdict.summary = verdict.summary;
+                    a.verdict.evidence = verdict.evidence;
                 }
                 None => {
-                    let verdict = Verdict {
-                        state: "active",
-                        cause: Cause::TimeWaitPressure,
-                        pid,
-                        comm,
-                        since: now,
-                        failures: 0,
-                        destination: Some(dest.clone()),
-                        summary,
-                        evidence,
-                        fix,
-                        duration_s: None,
-                    };
                     self.active.insert(
                         key.clone(),
                         Active { verdict, last_failure: now, last_emit: SystemTime::UNIX_EPOCH, emitted_failures: 0 },

@@ -1,4 +1,5 @@
-//! TIME_WAIT: the namespace's tw table full (tcp_max_tw_buckets).
+//! TIME_WAIT: the namespace's tw table full (tcp_max_tw_buckets), and the prediction that
+//! TIME_WAIT churn toward one destination will exhaust its ports.
 
 use std::time::SystemTime;
 
@@ -35,4 +36,58 @@ pub fn tw_buckets(pid: u32, comm: String, since: SystemTime, n: u64, net: Result
     );
     v.fix.push("skipping TIME_WAIT is not a fix: late segments of an old connection can then land in a new one on the same ports".into());
     v
+}
+
+/// The prediction for `pid` creating `rate` TIME_WAIT sockets a second toward `dest`, whose
+/// ports `u` counts in `net`: the range runs out before the first ones expire.
+pub(super) fn time_wait_pressure(
+    pid: u32,
+    comm: String,
+    now: SystemTime,
+    dest: &Dest,
+    rate: f64,
+    u: &PortUse,
+    net: &NetFacts,
+) -> Verdict {
+    let left = u.usable.saturating_sub(u.in_use()) as f64 / rate;
+    let mut evidence = u.evidence(net, dest);
+    evidence.insert("rate_per_s".into(), json!((rate * 10.0).round() / 10.0));
+    evidence.insert("seconds_left".into(), json!(left.round() as u64));
+    evidence.insert("predicted_time_wait".into(), json!((rate * TIME_WAIT_S).round() as u64));
+    let summary = format!(
+        "{comm}[{pid}] is creating {:.0} TIME_WAIT sockets/s toward {}: at 60 s each that needs {} ports but {}-{} has {} ({} in use now); ports run out in about {:.0} s",
+        rate,
+        dest.endpoint(),
+        thousands((rate * TIME_WAIT_S) as u64),
+        u.range.0,
+        u.range.1,
+        thousands(u.usable),
+        thousands(u.in_use()),
+        left
+    );
+    let mut fix = vec![format!(
+        "reuse connections to {} (keepalive, pooling): each short connection keeps its port in TIME_WAIT for 60 s",
+        dest.endpoint()
+    )];
+    fix.push(format!(
+        "sysctl -w net.ipv4.tcp_tw_reuse=1 lets outbound connect() reuse TIME_WAIT ports toward {} (needs TCP timestamps)",
+        dest.endpoint()
+    ));
+    fix.push(format!("widen net.ipv4.ip_local_port_range (now {}-{})", u.range.0, u.range.1));
+    fix.push(
+        "the side that closes first keeps the TIME_WAIT: let the server close first where the protocol allows".into(),
+    );
+    Verdict {
+        state: "active",
+        cause: Cause::TimeWaitPressure,
+        pid,
+        comm,
+        since: now,
+        failures: 0,
+        destination: Some(dest.clone()),
+        summary,
+        evidence,
+        fix,
+        duration_s: None,
+    }
 }
