@@ -112,73 +112,73 @@ impl Btf {
         }];
         let mut p = 0usize;
         while p < tb.len() {
-            let name_off = u32_at(tb, p)?;
-            let info = u32_at(tb, p + 4)?;
-            let size_or_type = u32_at(tb, p + 8)?;
-            p += 12;
-            let vlen = (info & 0xffff) as usize;
-            let kind = (info >> 24) & 0x1f;
-            let kind_flag = info >> 31 == 1;
-            let params = if kind == KIND_FUNC_PROTO { vlen } else { 0 };
-            let mut t = Type {
-                name_off,
-                kind,
-                size_or_type,
-                array: None,
-                params,
-                members: Vec::new(),
-                enumerators: Vec::new(),
-            };
-            match kind {
-                KIND_INT | KIND_VAR | KIND_DECL_TAG => p += 4,
-                KIND_PTR | KIND_FWD | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_FUNC
-                | KIND_FLOAT | KIND_TYPE_TAG => {}
-                KIND_ARRAY => {
-                    t.array = Some((u32_at(tb, p)?, u32_at(tb, p + 8)?));
-                    p += 12;
-                }
-                KIND_STRUCT | KIND_UNION => {
-                    for i in 0..vlen {
-                        let m = p + i * 12;
-                        let raw = u32_at(tb, m + 8)?;
-                        let (bit_offset, bitfield_size) =
-                            if kind_flag { (raw & 0x00ff_ffff, raw >> 24) } else { (raw, 0) };
-                        t.members.push(Member {
-                            name_off: u32_at(tb, m)?,
-                            type_id: u32_at(tb, m + 4)?,
-                            bit_offset,
-                            bitfield_size,
-                        });
-                    }
-                    p += vlen * 12;
-                }
-                KIND_ENUM => {
-                    for i in 0..vlen {
-                        let e = p + i * 8;
-                        // kind_flag marks a signed enum (BTF since Linux 6.0); without it the
-                        // values are unsigned, so 2^31 and above stay positive.
-                        let raw = u32_at(tb, e + 4)?;
-                        let v = if kind_flag { raw as i32 as i128 } else { raw as i128 };
-                        t.enumerators.push((u32_at(tb, e)?, v));
-                    }
-                    p += vlen * 8;
-                }
-                KIND_ENUM64 => {
-                    for i in 0..vlen {
-                        let e = p + i * 12;
-                        let raw = u32_at(tb, e + 4)? as u64 | (u32_at(tb, e + 8)? as u64) << 32;
-                        let v = if kind_flag { raw as i64 as i128 } else { raw as i128 };
-                        t.enumerators.push((u32_at(tb, e)?, v));
-                    }
-                    p += vlen * 12;
-                }
-                KIND_FUNC_PROTO => p += vlen * 8,
-                KIND_DATASEC => p += vlen * 12,
-                other => bail!("unknown BTF kind {other} (newer kernel than this reader knows)"),
-            }
+            let (t, next) = Self::parse_type(tb, p)?;
             types.push(t);
+            p = next;
         }
         Ok(Btf { types, strings })
+    }
+
+    /// One type record at offset `p` of the type section: the type and the offset of the
+    /// next record.
+    fn parse_type(tb: &[u8], mut p: usize) -> Result<(Type, usize)> {
+        let name_off = u32_at(tb, p)?;
+        let info = u32_at(tb, p + 4)?;
+        let size_or_type = u32_at(tb, p + 8)?;
+        p += 12;
+        let vlen = (info & 0xffff) as usize;
+        let kind = (info >> 24) & 0x1f;
+        let kind_flag = info >> 31 == 1;
+        let params = if kind == KIND_FUNC_PROTO { vlen } else { 0 };
+        let mut t =
+            Type { name_off, kind, size_or_type, array: None, params, members: Vec::new(), enumerators: Vec::new() };
+        match kind {
+            KIND_INT | KIND_VAR | KIND_DECL_TAG => p += 4,
+            KIND_PTR | KIND_FWD | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_FUNC
+            | KIND_FLOAT | KIND_TYPE_TAG => {}
+            KIND_ARRAY => {
+                t.array = Some((u32_at(tb, p)?, u32_at(tb, p + 8)?));
+                p += 12;
+            }
+            KIND_STRUCT | KIND_UNION => {
+                for i in 0..vlen {
+                    let m = p + i * 12;
+                    let raw = u32_at(tb, m + 8)?;
+                    let (bit_offset, bitfield_size) = if kind_flag { (raw & 0x00ff_ffff, raw >> 24) } else { (raw, 0) };
+                    t.members.push(Member {
+                        name_off: u32_at(tb, m)?,
+                        type_id: u32_at(tb, m + 4)?,
+                        bit_offset,
+                        bitfield_size,
+                    });
+                }
+                p += vlen * 12;
+            }
+            KIND_ENUM => {
+                for i in 0..vlen {
+                    let e = p + i * 8;
+                    // kind_flag marks a signed enum (BTF since Linux 6.0); without it the
+                    // values are unsigned, so 2^31 and above stay positive.
+                    let raw = u32_at(tb, e + 4)?;
+                    let v = if kind_flag { raw as i32 as i128 } else { raw as i128 };
+                    t.enumerators.push((u32_at(tb, e)?, v));
+                }
+                p += vlen * 8;
+            }
+            KIND_ENUM64 => {
+                for i in 0..vlen {
+                    let e = p + i * 12;
+                    let raw = u32_at(tb, e + 4)? as u64 | (u32_at(tb, e + 8)? as u64) << 32;
+                    let v = if kind_flag { raw as i64 as i128 } else { raw as i128 };
+                    t.enumerators.push((u32_at(tb, e)?, v));
+                }
+                p += vlen * 12;
+            }
+            KIND_FUNC_PROTO => p += vlen * 8,
+            KIND_DATASEC => p += vlen * 12,
+            other => bail!("unknown BTF kind {other} (newer kernel than this reader knows)"),
+        }
+        Ok((t, p))
     }
 
     fn name(&self, off: u32) -> &str {
