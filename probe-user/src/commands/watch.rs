@@ -164,6 +164,29 @@ struct State {
 }
 
 impl State {
+    /// The state before the first interval: counter baselines, listen counter baselines of
+    /// every namespace that exists now, and the status.
+    fn new(args: &WatchArgs, probe: &Probe) -> Result<State> {
+        let mut st = State {
+            filter: Filter { pids: args.pids.iter().copied().collect(), comms: args.comms.clone() },
+            prev: probe.snapshot()?,
+            last: Instant::now(),
+            status: probe.status.clone(),
+            prev_dest: probe.dest_snapshot()?,
+            engine: Engine::new(args.interval),
+            facts: EventFacts::default(),
+            listen_tracker: listeners::Tracker::default(),
+            listen_netns: BTreeMap::new(),
+            listener_owner: BTreeMap::new(),
+            printed: BTreeSet::new(),
+            event_limits: BTreeMap::new(),
+            match_cache: BTreeMap::new(),
+        };
+        st.baseline_listeners();
+        st.refresh_status(probe)?;
+        Ok(st)
+    }
+
     /// Reads the listeners of every namespace conntrace watches (its own, and those of the
     /// processes it has seen) and returns the listeners that dropped since the last read,
     /// with their owner.
@@ -303,7 +326,34 @@ impl State {
         let now = Instant::now();
         let interval_s = now.duration_since(self.last).as_secs_f64();
         self.last = now;
-        let mut deltas = model::diff(&self.prev, &cur);
+        let (samples, mut window) = self.window(probe, &cur, &cur_dest, interval_s);
+        self.printed.clear();
+        let (fresh, cache) = self.facts.fill(&mut window);
+        let mut evidence =
+            LiveEvidence { probe, net_cache: cache.net, nofile_cache: cache.nofile, file_nr_cache: cache.file_nr };
+        let verdicts = self.engine.tick(&window, &mut evidence);
+        let cache = EarlyEvidence {
+            net: std::mem::take(&mut evidence.net_cache),
+            nofile: std::mem::take(&mut evidence.nofile_cache),
+            file_nr: evidence.file_nr_cache.take(),
+        };
+        drop(evidence);
+        self.facts.settle(&self.engine, &window, fresh, cache);
+
+        self.forget_dead(probe, &gone_before, cur, cur_dest)?;
+        Ok((samples, verdicts))
+    }
+
+    /// The samples to print and the window to diagnose: counter growth since the last read,
+    /// the listeners that dropped, per-destination failures and TIME_WAITs.
+    fn window(
+        &mut self,
+        probe: &Probe,
+        cur: &Snapshot,
+        cur_dest: &BTreeMap<DestKey, u64>,
+        interval_s: f64,
+    ) -> (Vec<Sample>, Window) {
+        let mut deltas = model::diff(&self.prev, cur);
         for pid in &self.filter.pids {
             if procinfo::exists(*pid) {
                 deltas.entry(*pid).or_default();
@@ -344,7 +394,7 @@ impl State {
                 open_fds: if alive { procinfo::open_fds(pid) } else { None },
             });
         }
-        for (key, dest, n) in model::diff_dest(&self.prev_dest, &cur_dest) {
+        for (key, dest, n) in model::diff_dest(&self.prev_dest, cur_dest) {
             if key.tgid == UNATTRIBUTED || !window.counts.contains_key(&key.tgid) {
                 continue;
             }
@@ -354,19 +404,18 @@ impl State {
                 _ => {}
             }
         }
-        self.printed.clear();
-        let (fresh, cache) = self.facts.fill(&mut window);
-        let mut evidence =
-            LiveEvidence { probe, net_cache: cache.net, nofile_cache: cache.nofile, file_nr_cache: cache.file_nr };
-        let verdicts = self.engine.tick(&window, &mut evidence);
-        let cache = EarlyEvidence {
-            net: std::mem::take(&mut evidence.net_cache),
-            nofile: std::mem::take(&mut evidence.nofile_cache),
-            file_nr: evidence.file_nr_cache.take(),
-        };
-        drop(evidence);
-        self.facts.settle(&self.engine, &window, fresh, cache);
+        (samples, window)
+    }
 
+    /// Drops the counters of processes that had exited before the read (reported for the
+    /// last time now) and keeps the rest as the next baseline.
+    fn forget_dead(
+        &mut self,
+        probe: &mut Probe,
+        gone_before: &BTreeSet<u32>,
+        cur: Snapshot,
+        cur_dest: BTreeMap<DestKey, u64>,
+    ) -> Result<()> {
         // Counters of exited processes have been reported for the last time: drop them so the
         // map does not fill up. (TIME_WAIT of their orphaned sockets recreates entries later.)
         let dead: Vec<_> = cur.keys().filter(|k| gone_before.contains(&k.tgid)).copied().collect();
@@ -383,7 +432,7 @@ impl State {
         }
         self.prev = cur;
         self.prev_dest = cur_dest;
-        Ok((samples, verdicts))
+        Ok(())
     }
 
     /// Refreshes losses and watched pids; true when the status changed.
@@ -421,24 +470,7 @@ pub async fn watch(args: WatchArgs) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("registering the ring buffer: {e}"))?;
     let offset = boot_offset();
 
-    let filter = Filter { pids: args.pids.iter().copied().collect(), comms: args.comms.clone() };
-    let mut st = State {
-        filter,
-        prev: probe.snapshot()?,
-        last: Instant::now(),
-        status: probe.status.clone(),
-        prev_dest: probe.dest_snapshot()?,
-        engine: Engine::new(args.interval),
-        facts: EventFacts::default(),
-        listen_tracker: listeners::Tracker::default(),
-        listen_netns: BTreeMap::new(),
-        listener_owner: BTreeMap::new(),
-        printed: BTreeSet::new(),
-        event_limits: BTreeMap::new(),
-        match_cache: BTreeMap::new(),
-    };
-    st.baseline_listeners();
-    st.refresh_status(&probe)?;
+    let mut st = State::new(&args, &probe)?;
     let mut out = Output { json: args.json, w: std::io::stdout().lock() };
     out.status(&st.status)?;
 
@@ -461,30 +493,14 @@ pub async fn watch(args: WatchArgs) -> Result<()> {
                 drain(guard.get_inner_mut(), offset, &mut st, &probe, &mut out)?;
                 guard.clear_ready();
             }
-            _ = tick.tick() => {
-                let counters = st.read_counters(&probe)?;
-                drain(ring.get_mut(), offset, &mut st, &probe, &mut out)?;
-                let (samples, verdicts) = st.interval(&mut probe, counters)?;
-                out.samples(&samples)?;
-                out.verdicts(&verdicts)?;
-                if st.refresh_status(&probe)? {
-                    out.status(&st.status)?;
-                }
-            }
+            _ = tick.tick() => end_interval(&mut st, &mut probe, ring.get_mut(), offset, &mut out)?,
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
             _ = sleep_until_deadline => break,
         }
     }
     // The last, partial interval.
-    let counters = st.read_counters(&probe)?;
-    drain(ring.get_mut(), offset, &mut st, &probe, &mut out)?;
-    let (samples, verdicts) = st.interval(&mut probe, counters)?;
-    out.samples(&samples)?;
-    out.verdicts(&verdicts)?;
-    if st.refresh_status(&probe)? {
-        out.status(&st.status)?;
-    }
+    end_interval(&mut st, &mut probe, ring.get_mut(), offset, &mut out)?;
     if args.bpf_stats {
         let stats = probe.program_stats();
         if out.json {
@@ -492,6 +508,26 @@ pub async fn watch(args: WatchArgs) -> Result<()> {
         } else {
             out.line(output::bpf_stats_text(&stats).trim_end())?;
         }
+    }
+    Ok(())
+}
+
+/// The end of an interval: the counters first, then the events (every failure counted in
+/// them has its event in the ring by then), then diagnosis and output.
+fn end_interval<W: Write>(
+    st: &mut State,
+    probe: &mut Probe,
+    ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
+    offset: Duration,
+    out: &mut Output<W>,
+) -> Result<()> {
+    let counters = st.read_counters(probe)?;
+    drain(ring, offset, st, probe, out)?;
+    let (samples, verdicts) = st.interval(probe, counters)?;
+    out.samples(&samples)?;
+    out.verdicts(&verdicts)?;
+    if st.refresh_status(probe)? {
+        out.status(&st.status)?;
     }
     Ok(())
 }
