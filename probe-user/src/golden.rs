@@ -73,7 +73,7 @@ impl Evidence for Fake {
         format!("app{pid}")
     }
     fn nofile(&mut self, _pid: u32) -> Nofile {
-        (Some(1024), Some(4096), Some(1024))
+        Nofile { soft: Some(1024), hard: Some(4096), open: Some(1024) }
     }
     fn file_nr(&mut self) -> Option<(u64, u64)> {
         Some((99_990, 100_000))

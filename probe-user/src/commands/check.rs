@@ -7,12 +7,13 @@ use crate::{
     cli::CheckArgs,
     commands::evidence::nofile_now,
     diagnosis::check::{self, ProcFds},
+    domain::net::Nofile,
     system::{facts, procinfo},
 };
 
 /// One process's fds against its RLIMIT_NOFILE, from /proc.
 pub fn proc_fds(pid: u32) -> Option<ProcFds> {
-    let (soft, hard, open) = nofile_now(pid);
+    let Nofile { soft, hard, open } = nofile_now(pid);
     Some(ProcFds { pid, comm: procinfo::comm(pid).unwrap_or_else(|| "?".into()), open: open?, soft, hard })
 }
 

@@ -131,7 +131,7 @@ mod tests {
             "app".into()
         }
         fn nofile(&mut self, _pid: u32) -> Nofile {
-            (Some(64), Some(64), Some(64))
+            Nofile { soft: Some(64), hard: Some(64), open: Some(64) }
         }
         fn file_nr(&mut self) -> Option<(u64, u64)> {
             None
@@ -171,7 +171,7 @@ mod tests {
         // The event came in after the counters were read: no EMFILE in this interval's counts.
         assert!(f.failure(7, Cause::FdLimit, at(0)));
         assert!(!f.failure(7, Cause::FdLimit, at(1)));
-        f.early.nofile.insert(7, (Some(64), Some(64), Some(64)));
+        f.early.nofile.insert(7, Nofile { soft: Some(64), hard: Some(64), open: Some(64) });
         f.unavailable_addr(8, "192.0.2.1:80".into());
         let w = step(&mut f, &mut e, &[], 1);
         assert!(w.first_seen.contains_key(&(7, Cause::FdLimit)));
@@ -196,7 +196,7 @@ mod tests {
         let mut f = EventFacts::default();
         let mut e = Engine::new(Duration::from_secs(5));
         f.failure(7, Cause::FdLimit, at(0));
-        f.early.nofile.insert(7, (Some(64), Some(64), Some(64)));
+        f.early.nofile.insert(7, Nofile { soft: Some(64), hard: Some(64), open: Some(64) });
         step(&mut f, &mut e, &[(7, Counts { emfile: 3, ..Default::default() })], 1);
         let w = step(&mut f, &mut e, &[], 2);
         assert!(w.first_seen.is_empty());

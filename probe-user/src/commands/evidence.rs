@@ -24,7 +24,7 @@ pub struct LiveEvidence<'a> {
 pub fn nofile_now(pid: u32) -> Nofile {
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok();
     let (soft, hard) = limits.as_deref().and_then(procinfo::parse_nofile).unwrap_or((None, None));
-    (soft, hard, procinfo::open_fds(pid))
+    Nofile { soft, hard, open: procinfo::open_fds(pid) }
 }
 
 /// Facts of namespace `netns`, entered through `pid` or any process still in it.

@@ -137,3 +137,11 @@ pub fn endpoint(ip: &str, port: u16) -> String {
         format!("{ip}:{port}")
     }
 }
+
+/// A process's RLIMIT_NOFILE and open file descriptors (None: not readable, or unlimited).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Nofile {
+    pub soft: Option<u64>,
+    pub hard: Option<u64>,
+    pub open: Option<u64>,
+}

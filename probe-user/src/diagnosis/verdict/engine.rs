@@ -97,7 +97,7 @@ impl Engine {
             let since = t.since(pid, Cause::FdLimit);
             self.failure((Cause::FdLimit, pid, None), c.emfile, t.now, since, &mut t.seen, || {
                 let comm = ev.comm(pid);
-                let (soft, hard, open) = ev.nofile(pid);
+                let Nofile { soft, hard, open } = ev.nofile(pid);
                 fd_limit(pid, comm, since, c.emfile, soft, hard, open)
             });
         }

@@ -111,8 +111,7 @@ pub struct Window {
     pub listener_drops: Vec<(u32, ListenerDelta, NsDelta)>,
 }
 
-/// RLIMIT_NOFILE (soft, hard) and the open fd count of a process.
-pub type Nofile = (Option<u64>, Option<u64>, Option<u64>);
+pub use crate::domain::net::Nofile;
 
 /// Where evidence comes from.
 pub trait Evidence {
