@@ -146,7 +146,7 @@ mod tests {
             None
         }
         fn tcp_mem(&mut self) -> crate::diagnosis::verdict::TcpMemFacts {
-            (None, BTreeMap::new())
+            Default::default()
         }
     }
 

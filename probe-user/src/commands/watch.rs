@@ -131,7 +131,11 @@ pub fn check_privileges() -> Result<()> {
 
 /// One poll of the watched namespaces: listeners that dropped (with their owner and their
 /// namespace's counter growth), and each namespace's counter growth.
-type ListenPoll = (Vec<(u32, listeners::ListenerDelta, listeners::NsDelta)>, BTreeMap<u32, listeners::NsDelta>);
+struct ListenPoll {
+    /// (owner pid, the listener, its namespace's counter growth).
+    dropped: Vec<(u32, listeners::ListenerDelta, listeners::NsDelta)>,
+    by_ns: BTreeMap<u32, listeners::NsDelta>,
+}
 
 /// Listeners and TcpExt counters of the calling thread's network namespace.
 fn read_listen_counters() -> (Result<Vec<netdiag::TcpSocket>>, BTreeMap<String, u64>) {
@@ -237,7 +241,7 @@ impl State {
             self.listen_tracker.forget(ns);
             self.listener_owner.retain(|k, _| k.0 != ns);
         }
-        (out, by_ns)
+        ListenPoll { dropped: out, by_ns }
     }
 
     /// In the set_state fallback, tw-bucket overflows are inferred: correct them per
@@ -361,7 +365,7 @@ impl State {
         }
         let mut window = Window { now: Some(SystemTime::now()), interval_s, ..Default::default() };
         let seen: Vec<u32> = deltas.keys().copied().collect();
-        let (listener_drops, by_ns) = self.poll_listeners(seen.into_iter());
+        let ListenPoll { dropped: listener_drops, by_ns } = self.poll_listeners(seen.into_iter());
         self.reconcile_tw(&mut deltas, &by_ns);
         for (owner, l, ns) in listener_drops {
             if !self.filter.is_all() && !self.filter.matches(owner, &self.comm_of(probe, owner)) {

@@ -89,8 +89,14 @@ pub struct SystemFacts {
     pub tw_recycle_configs: Vec<String>,
 }
 
-/// net.ipv4.tcp_mem (low, pressure, high; pages) and the TCP line of /proc/net/sockstat.
-pub type TcpMem = (Option<(u64, u64, u64)>, BTreeMap<String, u64>);
+/// Machine-wide TCP memory.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TcpMem {
+    /// net.ipv4.tcp_mem: (low, pressure, high), in pages.
+    pub limits: Option<(u64, u64, u64)>,
+    /// The TCP line of /proc/net/sockstat (`mem` = pages in use, `orphan`, `tw`, …).
+    pub sockstat: BTreeMap<String, u64>,
+}
 
 /// Reserved port ranges as sysctl writes them: "1000-1010", "2000".
 pub fn reserved_strings(reserved: &[(u16, u16)]) -> Vec<String> {

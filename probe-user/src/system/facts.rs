@@ -125,14 +125,14 @@ pub fn read_net_of(pid: Option<u32>) -> anyhow::Result<NetFacts> {
 
 /// Machine-wide TCP memory, without the rest of `read_system`.
 pub fn read_tcp_mem() -> TcpMem {
-    (
-        read("/proc/sys/net/ipv4/tcp_mem").and_then(|s| parse_triple(&s)),
-        read("/proc/net/sockstat").map(|s| parse_sockstat(&s)).unwrap_or_default(),
-    )
+    TcpMem {
+        limits: read("/proc/sys/net/ipv4/tcp_mem").and_then(|s| parse_triple(&s)),
+        sockstat: read("/proc/net/sockstat").map(|s| parse_sockstat(&s)).unwrap_or_default(),
+    }
 }
 
 pub fn read_system() -> SystemFacts {
-    let (tcp_mem, sockstat) = read_tcp_mem();
+    let TcpMem { limits: tcp_mem, sockstat } = read_tcp_mem();
     let mut tw_recycle_configs = Vec::new();
     let mut files = vec!["/etc/sysctl.conf".to_string()];
     for dir in ["/etc/sysctl.d", "/run/sysctl.d", "/usr/lib/sysctl.d"] {

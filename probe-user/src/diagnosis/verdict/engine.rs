@@ -132,7 +132,7 @@ impl Engine {
             let since = t.since(pid, Cause::TcpMem);
             self.failure((Cause::TcpMem, pid, None), mem, t.now, since, &mut t.seen, || {
                 let comm = ev.comm(pid);
-                let (limits, sockstat) = ev.tcp_mem();
+                let TcpMemFacts { limits, sockstat } = ev.tcp_mem();
                 tcp_mem(pid, comm, since, c, limits, &sockstat, own_net(ev, pid))
             });
         }

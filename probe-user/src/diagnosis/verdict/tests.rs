@@ -34,7 +34,7 @@ impl Evidence for Fake {
         Some(7)
     }
     fn tcp_mem(&mut self) -> TcpMemFacts {
-        (Some((8, 16, 24)), [("mem".to_string(), 30), ("orphan".to_string(), 0)].into())
+        TcpMemFacts { limits: Some((8, 16, 24)), sockstat: [("mem".to_string(), 30), ("orphan".to_string(), 0)].into() }
     }
 }
 
