@@ -1,7 +1,10 @@
 //! The kernel side: the running kernel's BTF (`btf`, `offsets`), tracefs record formats
-//! (`tpformat`), and the loader with its per-signal attach ladder (`probe`).
+//! (`tpformat`), the per-signal attach ladders as data (`hooks`) walked by one function
+//! (`ladder`), and the loader (`probe`).
 
 pub mod btf;
+pub mod hooks;
+pub mod ladder;
 pub mod offsets;
 pub mod probe;
 pub mod tpformat;

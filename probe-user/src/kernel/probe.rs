@@ -7,14 +7,18 @@ use std::{collections::BTreeMap, os::fd::AsFd, path::Path};
 use anyhow::{anyhow, bail, Context as _, Result};
 use aya::{
     maps::{Array, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{BtfTracePoint, FEntry, FExit, KProbe, RawTracePoint, TracePoint},
+    programs::{BtfTracePoint, FEntry, FExit, KProbe, ProgramError, RawTracePoint, TracePoint},
     Btf, Ebpf, EbpfLoader,
 };
 use probe_common::{
-    config::{arity, role, stat, OFFSET_MISSING},
+    config::{role, stat, OFFSET_MISSING},
     counters::{CountKey, DestKey},
 };
 
+use super::{
+    hooks::{self, Kernel},
+    ladder::{self, Allowed, Attacher, Hook, Rung},
+};
 use crate::{
     domain::model::Snapshot,
     domain::status::AttachMode,
@@ -32,16 +36,35 @@ pub struct Probe {
     pub status: Status,
 }
 
-/// Short reason for a failed load/attach, for `status` notes.
+/// Short reason for a failed load/attach, for `status` notes: classified by the errno of the
+/// failing syscall (aya's `ProgramError`/`SyscallError` carry it), or by BTF not knowing the
+/// function; otherwise aya's own message.
 fn reason(e: &anyhow::Error) -> String {
-    let full = format!("{e:#}");
-    if full.contains("Operation not permitted") || full.contains("os error 1)") {
-        return "refused by this kernel (EPERM)".into();
+    for cause in e.chain() {
+        let errno = if let Some(ProgramError::LoadError { io_error, .. }) = cause.downcast_ref::<ProgramError>() {
+            io_error.raw_os_error()
+        } else if let Some(ProgramError::SyscallError(se)) = cause.downcast_ref::<ProgramError>() {
+            se.io_error.raw_os_error()
+        } else if let Some(se) = cause.downcast_ref::<aya::sys::SyscallError>() {
+            se.io_error.raw_os_error()
+        } else if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            io.raw_os_error()
+        } else if let Some(ProgramError::Btf(aya::BtfError::UnknownBtfTypeName { .. })) =
+            cause.downcast_ref::<ProgramError>()
+        {
+            return "hook not present in this kernel".into();
+        } else {
+            None
+        };
+        match errno {
+            // The kernel refused (lockdown, no trampolines on this architecture or config).
+            Some(libc::EPERM) => return "refused by this kernel (EPERM)".into(),
+            // No such function, tracepoint or PMU.
+            Some(libc::ENOENT) => return "hook not present in this kernel".into(),
+            _ => {}
+        }
     }
-    if full.contains("No such file or directory") || full.contains("not found") {
-        return "hook not present in this kernel".into();
-    }
-    full.chars().take(160).collect()
+    format!("{e:#}").chars().take(160).collect()
 }
 
 /// Makes sure tracefs is reachable for classic tracepoints (a fresh machine has it unmounted).
@@ -75,8 +98,6 @@ struct Loader<'a> {
     /// Hook families to pretend the kernel refuses (`CONNTRACE_SKIP_HOOKS`), so tests can
     /// prove every fallback level on a kernel that would take the preferred one.
     skip: Vec<String>,
-    /// `ROLES` switches to turn on once everything is attached.
-    roles: Vec<u32>,
 }
 
 impl Loader<'_> {
@@ -148,23 +169,6 @@ impl Loader<'_> {
         Ok(format!("{kind}/{func}"))
     }
 
-    /// Several kprobes, all or none (the ones attached are unloaded on failure).
-    fn kprobes(&mut self, progs: &[(&str, &str)]) -> Result<Vec<String>> {
-        let mut hooks = Vec::new();
-        for (prog, func) in progs {
-            match self.kprobe(prog, func) {
-                Ok(h) => hooks.push(h),
-                Err(e) => {
-                    for (p, _) in progs {
-                        self.unload(p);
-                    }
-                    return Err(e);
-                }
-            }
-        }
-        Ok(hooks)
-    }
-
     fn raw_tp(&mut self, prog: &str, tp: &str) -> Result<String> {
         self.skipped("raw_tracepoint")?;
         let p: &mut RawTracePoint = self.ebpf.program_mut(prog).context("program missing")?.try_into()?;
@@ -173,396 +177,82 @@ impl Loader<'_> {
         Ok(format!("raw_tracepoint/{tp}"))
     }
 
+    /// A classic tracepoint program on `points`, once its record layout matches this kernel's.
+    fn tracepoint_checked(
+        &mut self,
+        prog: &str,
+        points: &[(&str, &str)],
+        layout: &[(&str, usize, usize)],
+    ) -> Result<Vec<String>> {
+        if !layout.is_empty() {
+            let (cat, name) = points.first().context("a tracepoint without points")?;
+            let format = tracefs_format(cat, name).with_context(|| format!("tracepoint {cat}/{name} not found"))?;
+            tpformat::check(&format, layout).map_err(anyhow::Error::msg)?;
+        }
+        self.tracepoint(prog, points)
+    }
+}
+
+impl Attacher for Loader<'_> {
+    fn attach(&mut self, hook: &Hook) -> Result<Vec<String>, String> {
+        let one = |r: Result<String>| r.map(|h| vec![h]);
+        let r = match hook {
+            Hook::Fexit { prog, func, arity } => one(self.fexit(prog, func, *arity)),
+            Hook::Fentry { prog, func } => one(self.fentry(prog, func)),
+            Hook::TpBtf { prog, tp } => one(self.tp_btf(prog, tp)),
+            Hook::Tracepoint { prog, points, layout } => self.tracepoint_checked(prog, points, layout),
+            Hook::RawTp { prog, tp } => one(self.raw_tp(prog, tp)),
+            Hook::Kprobe { prog, func } => one(self.kprobe(prog, func)),
+            Hook::FirstOf(alternatives) => {
+                let mut why = Vec::new();
+                for alt in alternatives {
+                    match self.attach(alt) {
+                        Ok(h) => return Ok(h),
+                        Err(e) => why.push(format!("{}: {e}", family_name(alt))),
+                    }
+                }
+                return Err(why.join("; "));
+            }
+        };
+        r.map_err(|e| reason(&e))
+    }
+
     /// Detaches and unloads a program after a partial attach.
-    fn unload(&mut self, prog: &str) {
+    fn detach(&mut self, prog: &'static str) {
         if let Some(p) = self.ebpf.program_mut(prog) {
             let _ = match p {
                 aya::programs::Program::FExit(p) => p.unload(),
                 aya::programs::Program::FEntry(p) => p.unload(),
                 aya::programs::Program::KProbe(p) => p.unload(),
+                aya::programs::Program::TracePoint(p) => p.unload(),
+                aya::programs::Program::RawTracePoint(p) => p.unload(),
+                aya::programs::Program::BtfTracePoint(p) => p.unload(),
                 _ => Ok(()),
             };
         }
     }
 }
 
+fn family_name(h: &Hook) -> &'static str {
+    match h {
+        Hook::Fexit { .. } | Hook::Fentry { .. } => "fexit",
+        Hook::TpBtf { .. } => "tp_btf",
+        Hook::Tracepoint { .. } => "tracepoint",
+        Hook::RawTp { .. } => "raw_tracepoint",
+        Hook::Kprobe { .. } => "kprobe",
+        Hook::FirstOf(_) => "any",
+    }
+}
+
+/// Climbs one signal's ladder; the roles its rung needs are added to `roles`.
+fn climb(l: &mut Loader, rungs: Vec<Rung>, allowed: Allowed, mode: AttachMode, roles: &mut Vec<u32>) -> SignalStatus {
+    let c = ladder::climb(l, &rungs, allowed, mode);
+    roles.extend(c.roles);
+    c.status
+}
+
 fn has(fields: &[u32]) -> bool {
     fields.iter().all(|&f| f != OFFSET_MISSING)
-}
-
-const KRETPROBE_NOTE: &str = "approximate: a kprobe that fires while another BPF kprobe runs on the same CPU is \
-     skipped by the kernel, and a kretprobe is missed when more calls are in flight than its instances";
-
-/// Which hook families the attach mode allows on this kernel.
-struct Allowed {
-    fexit: bool,
-    tp: bool,
-    kprobe: bool,
-}
-
-/// One signal's way through its candidate hooks: the first that attached, and why the ones
-/// before it did not.
-#[derive(Default)]
-struct Attempt {
-    status: Option<SignalStatus>,
-    why: Vec<String>,
-}
-
-impl Attempt {
-    fn attached(&mut self, mode: Mode, hooks: Vec<String>, note: &str) {
-        let note = (!note.is_empty()).then(|| note.to_string());
-        // kprobe programs share one per-CPU recursion guard (bpf_prog_active): a probe firing
-        // while another of them runs on that CPU (softirq on top of a task) is skipped.
-        let exact = mode != Mode::Kprobe;
-        self.status = Some(SignalStatus { mode, exact, hooks, note });
-    }
-
-    fn failed(&mut self, what: &str, e: impl std::fmt::Display) {
-        self.why.push(format!("{what}: {e}"));
-    }
-
-    fn done(&self) -> bool {
-        self.status.is_some()
-    }
-
-    /// The hook in use (with why the preferred ones were not used), or unavailable.
-    fn finish(self, mode: AttachMode) -> SignalStatus {
-        match self.status {
-            Some(s) => fell_back(s, &self.why),
-            None => SignalStatus::unavailable(why(&self.why, mode)),
-        }
-    }
-}
-
-impl Loader<'_> {
-    /// inet_sock_set_state: asynchronous connect outcomes in every mode, and the fallback for
-    /// port failures and TIME_WAIT. Returns its mode and hook.
-    fn set_state(&mut self, a: &Allowed, why: &mut Vec<String>) -> Option<(Mode, String)> {
-        if !(a.fexit || a.tp || a.kprobe) {
-            return None;
-        }
-        match self.tp_btf("set_state_btf", "inet_sock_set_state") {
-            Ok(h) => return Some((Mode::TpBtf, h)),
-            Err(e) => why.push(format!("tp_btf: {}", reason(&e))),
-        }
-        // The classic tracepoint's record layout is checked against this kernel's format file.
-        let layout = tracefs_format("sock", "inet_sock_set_state")
-            .ok_or_else(|| "tracepoint sock/inet_sock_set_state not found".to_string())
-            .and_then(|f| tpformat::check(&f, &[("skaddr", 8, 8), ("oldstate", 16, 4), ("newstate", 20, 4)]));
-        if let Err(e) = layout {
-            why.push(format!("tracepoint: {e}"));
-            return None;
-        }
-        match self.tracepoint("set_state_tp", &[("sock", "inet_sock_set_state")]) {
-            Ok(mut h) => Some((Mode::Tracepoint, h.remove(0))),
-            Err(e) => {
-                why.push(format!("tracepoint: {}", reason(&e)));
-                None
-            }
-        }
-    }
-
-    fn connect(&mut self, a: &Allowed, fd_walk_ok: bool) -> Attempt {
-        let mut at = Attempt::default();
-        if a.fexit {
-            let r = self.fentry("connect_fentry", "inet_stream_connect").and_then(|h| {
-                Ok([h, self.fexit("connect_fexit", "inet_stream_connect", Some(arity::INET_STREAM_CONNECT))?])
-            });
-            match r {
-                Ok(hooks) => at.attached(Mode::Fexit, hooks.into(), "TCP connects by any path (syscall or io_uring)"),
-                Err(e) => {
-                    self.unload("connect_fentry");
-                    at.failed("fexit", reason(&e));
-                }
-            }
-        }
-        if !at.done() && a.tp {
-            if !fd_walk_ok {
-                at.failed("tracepoint", "kernel BTF lacks the fd→socket offsets");
-                return at;
-            }
-            let r = self.tracepoint("connect_enter_tp", &[("syscalls", "sys_enter_connect")]).and_then(|mut h| {
-                h.extend(self.tracepoint("connect_exit_tp", &[("syscalls", "sys_exit_connect")])?);
-                Ok(h)
-            });
-            match r {
-                Ok(hooks) => {
-                    at.attached(Mode::Tracepoint, hooks, "connect(2) system calls; io_uring connects are not seen")
-                }
-                Err(e) => at.failed("tracepoint", reason(&e)),
-            }
-        }
-        if !at.done() && a.kprobe {
-            match self
-                .kprobes(&[("connect_kprobe", "inet_stream_connect"), ("connect_kretprobe", "inet_stream_connect")])
-            {
-                Ok(hooks) => at.attached(Mode::Kprobe, hooks, KRETPROBE_NOTE),
-                Err(e) => at.failed("kprobe", reason(&e)),
-            }
-        }
-        at
-    }
-
-    /// Hooks that record the owner of accepted sockets (TIME_WAIT attribution).
-    fn accept_owner(&mut self, a: &Allowed, fd_walk_ok: bool) -> Vec<String> {
-        if a.fexit {
-            if let Ok(h) = self.fexit("accept_fexit", "inet_accept", None) {
-                return vec![h];
-            }
-        }
-        if a.tp && fd_walk_ok {
-            let points = [("syscalls", "sys_exit_accept4"), ("syscalls", "sys_exit_accept")];
-            if let Ok(h) = self.tracepoint("accept_exit_tp", &points) {
-                return h;
-            }
-        }
-        if a.kprobe {
-            if let Ok(h) = self.kprobes(&[("accept_kprobe", "inet_accept"), ("accept_kretprobe", "inet_accept")]) {
-                return h;
-            }
-        }
-        Vec::new()
-    }
-
-    fn port_assign(&mut self, a: &Allowed, set_state: Option<&(Mode, String)>, connect: &SignalStatus) -> Attempt {
-        let mut at = Attempt::default();
-        if a.fexit {
-            match self.fexit("port_fexit_v4", "inet_hash_connect", Some(arity::INET_HASH_CONNECT)) {
-                Ok(h) => {
-                    let mut hooks = vec![h];
-                    let mut note = String::new();
-                    match self.fexit("port_fexit_v6", "inet6_hash_connect", Some(arity::INET6_HASH_CONNECT)) {
-                        Ok(h6) => hooks.push(h6),
-                        Err(e) => note = format!("IPv6 not watched: {}", reason(&e)),
-                    }
-                    at.attached(Mode::Fexit, hooks, &note);
-                }
-                Err(e) => at.failed("fexit", reason(&e)),
-            }
-        }
-        if !at.done() && a.tp {
-            match set_state {
-                Some((m, h)) if connect.mode != Mode::Unavailable => {
-                    self.roles.push(role::PORT_VIA_SET_STATE);
-                    let mut hooks = vec![h.clone()];
-                    hooks.extend(connect.hooks.iter().filter(|x| *x != h).cloned());
-                    at.attached(
-                        *m,
-                        hooks,
-                        "SYN_SENT→CLOSE inside connect() that returns EADDRNOTAVAIL (tcp_v4_connect failure path)",
-                    );
-                }
-                _ => at.failed("fallback", "needs inet_sock_set_state and the connect hooks"),
-            }
-        }
-        if !at.done() && a.kprobe {
-            match self.kprobes(&[("port_kprobe_v4", "inet_hash_connect"), ("port_kretprobe_v4", "inet_hash_connect")]) {
-                Ok(mut hooks) => {
-                    let mut note = KRETPROBE_NOTE.to_string();
-                    match self.kprobes(&[
-                        ("port_kprobe_v6", "inet6_hash_connect"),
-                        ("port_kretprobe_v6", "inet6_hash_connect"),
-                    ]) {
-                        Ok(h6) => hooks.extend(h6),
-                        Err(e) => note = format!("{note}; IPv6 not watched: {}", reason(&e)),
-                    }
-                    at.attached(Mode::Kprobe, hooks, &note);
-                }
-                Err(e) => at.failed("kprobe", reason(&e)),
-            }
-        }
-        at
-    }
-
-    /// The hook that tells aborts from TIME_WAIT in the set_state fallback: tcp:tcp_send_reset.
-    fn send_reset(&mut self) -> Result<String, String> {
-        match self.tp_btf("send_reset_btf", "tcp_send_reset") {
-            Ok(h) => return Ok(h),
-            Err(e) => {
-                let layout = tracefs_format("tcp", "tcp_send_reset")
-                    .ok_or_else(|| "tracepoint tcp/tcp_send_reset not found".to_string())
-                    .and_then(|f| tpformat::check(&f, &[("skaddr", 16, 8)]));
-                if let Err(e2) = layout {
-                    return Err(format!("tp_btf: {}; tracepoint: {e2}", reason(&e)));
-                }
-            }
-        }
-        self.tracepoint("send_reset_tp", &[("tcp", "tcp_send_reset")])
-            .map(|mut h| h.remove(0))
-            .map_err(|e| format!("tracepoint: {}", reason(&e)))
-    }
-
-    /// TIME_WAIT creation and tw-bucket overflow (one hook serves both).
-    fn time_wait(&mut self, a: &Allowed, set_state: Option<&(Mode, String)>, err_ok: bool) -> Attempt {
-        let mut at = Attempt::default();
-        if a.fexit {
-            match self.fexit("tw_fexit", "inet_twsk_alloc", Some(arity::INET_TWSK_ALLOC)) {
-                Ok(h) => at.attached(Mode::Fexit, vec![h], ""),
-                Err(e) => at.failed("fexit", reason(&e)),
-            }
-        }
-        if !at.done() && a.tp {
-            match set_state {
-                Some((m, h)) if err_ok => match self.send_reset() {
-                    Ok(rst) => {
-                        self.roles.push(role::TW_VIA_SET_STATE);
-                        at.attached(
-                            *m,
-                            vec![h.clone(), rst],
-                            "FIN_WAIT2/CLOSING→CLOSE without sk_err and without a reset sent (tcp_time_wait → tcp_done)",
-                        );
-                    }
-                    Err(e) => at.failed("fallback", e),
-                },
-                _ => at.failed("fallback", "needs inet_sock_set_state and sock.sk_err in BTF"),
-            }
-        }
-        if !at.done() && a.kprobe {
-            match self.kprobes(&[("tw_kprobe", "inet_twsk_alloc"), ("tw_kretprobe", "inet_twsk_alloc")]) {
-                Ok(hooks) => at.attached(Mode::Kprobe, hooks, KRETPROBE_NOTE),
-                Err(e) => at.failed("kprobe", reason(&e)),
-            }
-        }
-        at
-    }
-
-    /// TCP memory refusals. The tracepoint is the preferred hook here: it fires only when
-    /// __sk_mem_raise_allocated() refuses, where an fexit or kprobe on that function would run
-    /// on every buffer charge.
-    fn tcp_mem(&mut self, a: &Allowed) -> Attempt {
-        let mut at = Attempt::default();
-        if !a.tp {
-            at.failed("tracepoint", "only hooked by tracepoint (sock:sock_exceed_buf_limit), not allowed in this mode");
-            return at;
-        }
-        match self.tp_btf("mem_refused_btf", "sock_exceed_buf_limit") {
-            Ok(h) => at.attached(
-                Mode::TpBtf,
-                vec![h],
-                "buffer allocations refused over net.ipv4.tcp_mem, charged to the socket's owner",
-            ),
-            Err(e) => at.failed("tp_btf", reason(&e)),
-        }
-        at
-    }
-
-    /// Packets of TCP sockets dropped by netfilter (kfree_skb's drop reason; 5.17+).
-    fn netfilter_drop(&mut self, a: &Allowed, offsets: bool) -> Attempt {
-        let mut at = Attempt::default();
-        if !a.tp {
-            at.failed("tracepoint", "only hooked by tracepoint (skb:kfree_skb), not allowed in this mode");
-        } else if !offsets {
-            at.failed("tp_btf", "kernel BTF lacks sk_buff.sk or SKB_DROP_REASON_NETFILTER_DROP");
-        } else {
-            match self.tp_btf("nf_drop_btf", "kfree_skb") {
-                Ok(h) => at.attached(
-                    Mode::TpBtf,
-                    vec![h],
-                    "packets of TCP sockets dropped by netfilter (NF_DROP), charged to the socket's owner",
-                ),
-                Err(e) => at.failed("tp_btf", reason(&e)),
-            }
-        }
-        at
-    }
-
-    /// Failed bind() calls on TCP sockets.
-    fn bind(&mut self, a: &Allowed, fd_walk_ok: bool) -> Attempt {
-        let mut at = Attempt::default();
-        if a.fexit {
-            match self.fexit("bind_fexit_v4", "inet_bind", Some(arity::INET_BIND)) {
-                Ok(h) => {
-                    let mut hooks = vec![h];
-                    let mut note = String::new();
-                    match self.fexit("bind_fexit_v6", "inet6_bind", Some(arity::INET_BIND)) {
-                        Ok(h6) => hooks.push(h6),
-                        Err(e) => note = format!("IPv6 not watched: {}", reason(&e)),
-                    }
-                    at.attached(Mode::Fexit, hooks, &note);
-                }
-                Err(e) => at.failed("fexit", reason(&e)),
-            }
-        }
-        if !at.done() && a.tp {
-            if !fd_walk_ok {
-                at.failed("tracepoint", "kernel BTF lacks the fd→socket offsets");
-            } else {
-                let layout = tracefs_format("syscalls", "sys_enter_bind")
-                    .ok_or_else(|| "tracepoint syscalls/sys_enter_bind not found".to_string())
-                    .and_then(|f| tpformat::check(&f, &[("fd", 16, 8), ("umyaddr", 24, 8)]));
-                let r = layout.map_err(anyhow::Error::msg).and_then(|_| {
-                    let mut h = self.tracepoint("bind_enter_tp", &[("syscalls", "sys_enter_bind")])?;
-                    h.extend(self.tracepoint("bind_exit_tp", &[("syscalls", "sys_exit_bind")])?);
-                    Ok(h)
-                });
-                match r {
-                    Ok(hooks) => at.attached(Mode::Tracepoint, hooks, "bind(2) system calls"),
-                    Err(e) => {
-                        self.unload("bind_enter_tp");
-                        at.failed("tracepoint", reason(&e))
-                    }
-                }
-            }
-        }
-        if !at.done() && a.kprobe {
-            match self.kprobes(&[("bind_kprobe_v4", "inet_bind"), ("bind_kretprobe_v4", "inet_bind")]) {
-                Ok(mut hooks) => {
-                    let mut note = KRETPROBE_NOTE.to_string();
-                    match self.kprobes(&[("bind_kprobe_v6", "inet6_bind"), ("bind_kretprobe_v6", "inet6_bind")]) {
-                        Ok(h6) => hooks.extend(h6),
-                        Err(e) => note = format!("{note}; IPv6 not watched: {}", reason(&e)),
-                    }
-                    at.attached(Mode::Kprobe, hooks, &note);
-                }
-                Err(e) => at.failed("kprobe", reason(&e)),
-            }
-        }
-        at
-    }
-
-    fn fd_alloc(&mut self, a: &Allowed) -> Attempt {
-        let mut at = Attempt::default();
-        if a.fexit {
-            let r = self.fexit("fd_fexit_alloc_fd", "alloc_fd", Some(arity::ALLOC_FD)).and_then(|h| {
-                Ok([h, self.fexit("fd_fexit_alloc_file", "alloc_empty_file", Some(arity::ALLOC_EMPTY_FILE))?])
-            });
-            match r {
-                Ok(hooks) => at.attached(
-                    Mode::Fexit,
-                    hooks.into(),
-                    "every fd/file allocation failure, including kernel-internal ones",
-                ),
-                Err(e) => {
-                    self.unload("fd_fexit_alloc_fd");
-                    at.failed("fexit", reason(&e));
-                }
-            }
-        }
-        if !at.done() && a.tp {
-            match self.raw_tp("fd_sys_exit", "sys_exit") {
-                Ok(h) => {
-                    self.roles.push(role::FD_VIA_SYS_EXIT);
-                    at.attached(
-                        Mode::RawTracepoint,
-                        vec![h],
-                        "system calls that returned EMFILE/ENFILE, i.e. what applications saw",
-                    );
-                }
-                Err(e) => at.failed("raw_tracepoint", reason(&e)),
-            }
-        }
-        if !at.done() && a.kprobe {
-            match self.kprobes(&[
-                ("fd_kprobe_alloc_fd", "alloc_fd"),
-                ("fd_kretprobe_alloc_fd", "alloc_fd"),
-                ("fd_kretprobe_alloc_file", "alloc_empty_file"),
-            ]) {
-                Ok(hooks) => at.attached(Mode::Kprobe, hooks, KRETPROBE_NOTE),
-                Err(e) => at.failed("kprobe", reason(&e)),
-            }
-        }
-        at
-    }
 }
 
 impl Probe {
@@ -582,40 +272,58 @@ impl Probe {
         let skip = std::env::var("CONNTRACE_SKIP_HOOKS")
             .map(|v| v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
             .unwrap_or_default();
-        let mut l = Loader { ebpf, btf: aya_btf.as_ref(), types: our_btf.as_ref(), skip, roles: Vec::new() };
+        let mut l = Loader { ebpf, btf: aya_btf.as_ref(), types: our_btf.as_ref(), skip };
 
         // Without the socket offsets no network hook can tell TCP sockets apart.
         let sock_ok = has(&[c.sk_family, c.socket_sk, c.socket_type]);
         let fd_walk_ok = sock_ok && has(&[c.task_files, c.files_fdt, c.fdt_fd, c.fdt_max_fds, c.file_private_data]);
         let allowed = Allowed {
             fexit: matches!(mode, AttachMode::Auto | AttachMode::Fexit) && aya_btf.is_some(),
-            tp: matches!(mode, AttachMode::Auto | AttachMode::Tracepoint),
+            tracepoint: matches!(mode, AttachMode::Auto | AttachMode::Tracepoint),
             kprobe: matches!(mode, AttachMode::Auto | AttachMode::Kprobe),
         };
-        let net =
-            Allowed { fexit: allowed.fexit && sock_ok, tp: allowed.tp && sock_ok, kprobe: allowed.kprobe && sock_ok };
+        let net = Allowed {
+            fexit: allowed.fexit && sock_ok,
+            tracepoint: allowed.tracepoint && sock_ok,
+            kprobe: allowed.kprobe && sock_ok,
+        };
+        let mut roles = Vec::new();
 
-        let mut set_state_why = Vec::new();
-        if !sock_ok {
-            set_state_why.push("kernel BTF lacks struct sock/socket offsets".to_string());
-        }
-        let set_state = l.set_state(&net, &mut set_state_why);
+        // inet_sock_set_state serves asynchronous connect outcomes in every mode (whatever the
+        // family the mode forces), and the port and TIME_WAIT fallbacks.
+        let any_net = Allowed { fexit: false, tracepoint: net.fexit || net.tracepoint || net.kprobe, kprobe: false };
+        let set_state_status = if sock_ok {
+            climb(&mut l, hooks::set_state(), any_net, mode, &mut roles)
+        } else {
+            SignalStatus::unavailable("kernel BTF lacks struct sock/socket offsets")
+        };
+        let set_state = (set_state_status.mode != Mode::Unavailable)
+            .then(|| (set_state_status.mode, set_state_status.hooks[0].clone()));
+        let mut k = Kernel {
+            fd_walk: fd_walk_ok,
+            sk_err: c.sk_err != OFFSET_MISSING,
+            netfilter_drop: c.skb_sk != OFFSET_MISSING && c.drop_reason_netfilter != OFFSET_MISSING,
+            set_state: set_state.as_ref(),
+            connect: None,
+        };
 
-        let mut connect = l.connect(&net, fd_walk_ok).finish(mode);
+        let mut connect = climb(&mut l, hooks::connect(&k), net, mode, &mut roles);
         if connect.mode != Mode::Unavailable {
-            l.roles.push(role::CONNECT);
+            roles.push(role::CONNECT);
             match &set_state {
                 Some((_, h)) => connect.hooks.push(h.clone()),
                 None => {
                     connect.exact = false;
-                    connect.note =
-                        Some(format!("outcomes of non-blocking connects are not seen ({})", set_state_why.join("; ")));
+                    let why = set_state_status.note.clone().unwrap_or_default();
+                    connect.note = Some(format!("outcomes of non-blocking connects are not seen ({why})"));
                 }
             }
         }
-        let owner_hooks = l.accept_owner(&net, fd_walk_ok);
-        let port = l.port_assign(&net, set_state.as_ref(), &connect).finish(mode);
-        let mut tw = l.time_wait(&net, set_state.as_ref(), c.sk_err != OFFSET_MISSING).finish(mode);
+        k.connect = Some(&connect);
+        let owner = climb(&mut l, hooks::accept_owner(&k), net, mode, &mut roles);
+        let owner_hooks = if owner.mode == Mode::Unavailable { Vec::new() } else { owner.hooks };
+        let port = climb(&mut l, hooks::port_assign(&k), net, mode, &mut roles);
+        let mut tw = climb(&mut l, hooks::time_wait(&k), net, mode, &mut roles);
         if tw.mode != Mode::Unavailable {
             let connected = match connect.hooks.first() {
                 Some(h) => format!("owners from {h}"),
@@ -630,12 +338,10 @@ impl Probe {
             tw.hooks.extend(owner_hooks);
         }
         let tw_overflow = tw_overflow_status(&tw, c.net_tw_refcount != OFFSET_MISSING);
-        let fd = l.fd_alloc(&allowed).finish(mode);
-        let bind = l.bind(&net, fd_walk_ok).finish(mode);
-        let tcp_mem = l.tcp_mem(&net).finish(mode);
-        let nf_drop = l
-            .netfilter_drop(&net, c.skb_sk != OFFSET_MISSING && c.drop_reason_netfilter != OFFSET_MISSING)
-            .finish(mode);
+        let fd = climb(&mut l, hooks::fd_alloc(), allowed, mode, &mut roles);
+        let bind = climb(&mut l, hooks::bind(&k), net, mode, &mut roles);
+        let tcp_mem = climb(&mut l, hooks::tcp_mem(), net, mode, &mut roles);
+        let nf_drop = climb(&mut l, hooks::netfilter_drop(&k), net, mode, &mut roles);
 
         let signals = vec![
             (Signal::PortAssign, port),
@@ -666,7 +372,7 @@ impl Probe {
         signals.push((Signal::AcceptQueue, polled("per-listener drop counter and ListenOverflows")));
         signals.push((Signal::SynQueue, polled("per-listener drop counter, TCPReqQFullDrop and TCPReqQFullDoCookies")));
         debug_assert!(signals.iter().map(|(s, _)| *s).eq(Signal::ALL), "status must list every signal in order");
-        let Loader { mut ebpf, roles, .. } = l;
+        let Loader { mut ebpf, .. } = l;
         {
             let mut r: Array<_, u32> = Array::try_from(ebpf.map_mut("ROLES").context("ROLES map")?)?;
             for idx in roles {
@@ -819,25 +525,4 @@ fn recursion_misses(fd: std::os::fd::BorrowedFd<'_>, id: u32) -> Option<u64> {
     let got_id = u32::from_ne_bytes(info[ID..ID + 4].try_into().ok()?);
     (got_id == id)
         .then(|| u64::from_ne_bytes(info[RECURSION_MISSES..RECURSION_MISSES + 8].try_into().unwrap_or([0; 8])))
-}
-
-fn fell_back(mut s: SignalStatus, reasons: &[String]) -> SignalStatus {
-    if !reasons.is_empty() && s.mode != Mode::Unavailable {
-        let why = format!("not {}", reasons.join("; "));
-        s.note = Some(match s.note.take() {
-            Some(n) => format!("{n}; {why}"),
-            None => why,
-        });
-    }
-    s
-}
-
-fn why(reasons: &[String], mode: AttachMode) -> String {
-    let forced = match mode {
-        AttachMode::Auto => "",
-        AttachMode::Fexit => "attach mode fexit: no fallback allowed; ",
-        AttachMode::Tracepoint => "attach mode tracepoint: fexit not tried; ",
-        AttachMode::Kprobe => "attach mode kprobe: no fallback allowed; ",
-    };
-    format!("{forced}{}", if reasons.is_empty() { "no usable hook".to_string() } else { reasons.join("; ") })
 }

@@ -1,0 +1,273 @@
+//! Every signal's ladder: which kernel programs hook it, in order of preference (fentry/fexit,
+//! then tracepoints, then kprobes), and what each rung needs from this kernel. Walked by
+//! [`ladder::climb`](super::ladder::climb).
+
+use probe_common::config::{arity, role};
+
+use super::ladder::{Family, Hook, Rung};
+use crate::domain::status::{Mode, SignalStatus};
+
+pub const KRETPROBE_NOTE: &str = "approximate: a kprobe that fires while another BPF kprobe runs on the same CPU is \
+     skipped by the kernel, and a kretprobe is missed when more calls are in flight than its instances";
+
+const NO_FD_WALK: &str = "kernel BTF lacks the fd→socket offsets";
+
+/// What the running kernel offers that some rungs depend on.
+pub struct Kernel<'a> {
+    /// BTF has the offsets to walk from an fd to its socket (syscall tracepoints need them).
+    pub fd_walk: bool,
+    /// BTF has `sock.sk_err` (tells a reset from a TIME_WAIT in the set_state fallback).
+    pub sk_err: bool,
+    /// BTF has `sk_buff.sk` and SKB_DROP_REASON_NETFILTER_DROP.
+    pub netfilter_drop: bool,
+    /// inet_sock_set_state as attached: its mode and hook.
+    pub set_state: Option<&'a (Mode, String)>,
+    /// connect's status, once its ladder was climbed.
+    pub connect: Option<&'a SignalStatus>,
+}
+
+fn fexit(prog: &'static str, func: &'static str, arity: usize) -> Hook {
+    Hook::Fexit { prog, func, arity: Some(arity) }
+}
+
+fn kprobe(prog: &'static str, func: &'static str) -> Hook {
+    Hook::Kprobe { prog, func }
+}
+
+fn kprobe_rung(hooks: Vec<Hook>) -> Rung {
+    Rung::new(Mode::Kprobe, Family::Kprobe, "kprobe", hooks, KRETPROBE_NOTE)
+}
+
+/// inet_sock_set_state: asynchronous connect outcomes in every mode, and the fallback for
+/// port failures and TIME_WAIT.
+pub fn set_state() -> Vec<Rung> {
+    vec![
+        Rung::new(
+            Mode::TpBtf,
+            Family::Tracepoint,
+            "tp_btf",
+            vec![Hook::TpBtf { prog: "set_state_btf", tp: "inet_sock_set_state" }],
+            "",
+        ),
+        Rung::new(
+            Mode::Tracepoint,
+            Family::Tracepoint,
+            "tracepoint",
+            vec![Hook::Tracepoint {
+                prog: "set_state_tp",
+                points: &[("sock", "inet_sock_set_state")],
+                layout: &[("skaddr", 8, 8), ("oldstate", 16, 4), ("newstate", 20, 4)],
+            }],
+            "",
+        ),
+    ]
+}
+
+pub fn connect(k: &Kernel) -> Vec<Rung> {
+    vec![
+        Rung::new(
+            Mode::Fexit,
+            Family::Fexit,
+            "fexit",
+            vec![
+                Hook::Fentry { prog: "connect_fentry", func: "inet_stream_connect" },
+                fexit("connect_fexit", "inet_stream_connect", arity::INET_STREAM_CONNECT),
+            ],
+            "TCP connects by any path (syscall or io_uring)",
+        ),
+        Rung::new(
+            Mode::Tracepoint,
+            Family::Tracepoint,
+            "tracepoint",
+            vec![
+                Hook::Tracepoint {
+                    prog: "connect_enter_tp",
+                    points: &[("syscalls", "sys_enter_connect")],
+                    layout: &[],
+                },
+                Hook::Tracepoint { prog: "connect_exit_tp", points: &[("syscalls", "sys_exit_connect")], layout: &[] },
+            ],
+            "connect(2) system calls; io_uring connects are not seen",
+        )
+        .blocked_unless(k.fd_walk, NO_FD_WALK),
+        kprobe_rung(vec![
+            kprobe("connect_kprobe", "inet_stream_connect"),
+            kprobe("connect_kretprobe", "inet_stream_connect"),
+        ]),
+    ]
+}
+
+/// The owner of accepted sockets (TIME_WAIT attribution); not a signal of its own.
+pub fn accept_owner(k: &Kernel) -> Vec<Rung> {
+    vec![
+        Rung::new(
+            Mode::Fexit,
+            Family::Fexit,
+            "fexit",
+            vec![Hook::Fexit { prog: "accept_fexit", func: "inet_accept", arity: None }],
+            "",
+        ),
+        Rung::new(
+            Mode::Tracepoint,
+            Family::Tracepoint,
+            "tracepoint",
+            vec![Hook::Tracepoint {
+                prog: "accept_exit_tp",
+                points: &[("syscalls", "sys_exit_accept4"), ("syscalls", "sys_exit_accept")],
+                layout: &[],
+            }],
+            "",
+        )
+        .blocked_unless(k.fd_walk, NO_FD_WALK),
+        kprobe_rung(vec![kprobe("accept_kprobe", "inet_accept"), kprobe("accept_kretprobe", "inet_accept")]),
+    ]
+}
+
+/// The hooks a set_state fallback rung builds on, and its mode.
+fn via_set_state(k: &Kernel) -> (Mode, Vec<String>) {
+    match k.set_state {
+        Some((m, h)) => (*m, vec![h.clone()]),
+        None => (Mode::TpBtf, Vec::new()),
+    }
+}
+
+pub fn port_assign(k: &Kernel) -> Vec<Rung> {
+    let (mode, mut shared) = via_set_state(k);
+    let connect_ok = k.connect.is_some_and(|c| c.mode != Mode::Unavailable);
+    shared.extend(k.connect.map(|c| c.hooks.clone()).unwrap_or_default());
+    vec![
+        Rung::new(
+            Mode::Fexit,
+            Family::Fexit,
+            "fexit",
+            vec![fexit("port_fexit_v4", "inet_hash_connect", arity::INET_HASH_CONNECT)],
+            "",
+        )
+        .optional(vec![fexit("port_fexit_v6", "inet6_hash_connect", arity::INET6_HASH_CONNECT)]),
+        Rung::new(
+            mode,
+            Family::Tracepoint,
+            "fallback",
+            Vec::new(),
+            "SYN_SENT→CLOSE inside connect() that returns EADDRNOTAVAIL (tcp_v4_connect failure path)",
+        )
+        .shared(shared)
+        .role(role::PORT_VIA_SET_STATE)
+        .blocked_unless(k.set_state.is_some() && connect_ok, "needs inet_sock_set_state and the connect hooks"),
+        kprobe_rung(vec![
+            kprobe("port_kprobe_v4", "inet_hash_connect"),
+            kprobe("port_kretprobe_v4", "inet_hash_connect"),
+        ])
+        .optional(vec![
+            kprobe("port_kprobe_v6", "inet6_hash_connect"),
+            kprobe("port_kretprobe_v6", "inet6_hash_connect"),
+        ]),
+    ]
+}
+
+/// TIME_WAIT creation and tw-bucket overflow (one hook serves both).
+pub fn time_wait(k: &Kernel) -> Vec<Rung> {
+    let (mode, shared) = via_set_state(k);
+    // Tells aborts from TIME_WAIT in the set_state fallback.
+    let send_reset = Hook::FirstOf(vec![
+        Hook::TpBtf { prog: "send_reset_btf", tp: "tcp_send_reset" },
+        Hook::Tracepoint { prog: "send_reset_tp", points: &[("tcp", "tcp_send_reset")], layout: &[("skaddr", 16, 8)] },
+    ]);
+    vec![
+        Rung::new(
+            Mode::Fexit,
+            Family::Fexit,
+            "fexit",
+            vec![fexit("tw_fexit", "inet_twsk_alloc", arity::INET_TWSK_ALLOC)],
+            "",
+        ),
+        Rung::new(
+            mode,
+            Family::Tracepoint,
+            "fallback",
+            vec![send_reset],
+            "FIN_WAIT2/CLOSING→CLOSE without sk_err and without a reset sent (tcp_time_wait → tcp_done)",
+        )
+        .shared(shared)
+        .role(role::TW_VIA_SET_STATE)
+        .blocked_unless(k.set_state.is_some() && k.sk_err, "needs inet_sock_set_state and sock.sk_err in BTF"),
+        kprobe_rung(vec![kprobe("tw_kprobe", "inet_twsk_alloc"), kprobe("tw_kretprobe", "inet_twsk_alloc")]),
+    ]
+}
+
+pub fn fd_alloc() -> Vec<Rung> {
+    vec![
+        Rung::new(
+            Mode::Fexit,
+            Family::Fexit,
+            "fexit",
+            vec![
+                fexit("fd_fexit_alloc_fd", "alloc_fd", arity::ALLOC_FD),
+                fexit("fd_fexit_alloc_file", "alloc_empty_file", arity::ALLOC_EMPTY_FILE),
+            ],
+            "every fd/file allocation failure, including kernel-internal ones",
+        ),
+        Rung::new(
+            Mode::RawTracepoint,
+            Family::Tracepoint,
+            "raw_tracepoint",
+            vec![Hook::RawTp { prog: "fd_sys_exit", tp: "sys_exit" }],
+            "system calls that returned EMFILE/ENFILE, i.e. what applications saw",
+        )
+        .role(role::FD_VIA_SYS_EXIT),
+        kprobe_rung(vec![
+            kprobe("fd_kprobe_alloc_fd", "alloc_fd"),
+            kprobe("fd_kretprobe_alloc_fd", "alloc_fd"),
+            kprobe("fd_kretprobe_alloc_file", "alloc_empty_file"),
+        ]),
+    ]
+}
+
+/// Failed bind() calls on TCP sockets.
+pub fn bind(k: &Kernel) -> Vec<Rung> {
+    vec![
+        Rung::new(Mode::Fexit, Family::Fexit, "fexit", vec![fexit("bind_fexit_v4", "inet_bind", arity::INET_BIND)], "")
+            .optional(vec![fexit("bind_fexit_v6", "inet6_bind", arity::INET_BIND)]),
+        Rung::new(
+            Mode::Tracepoint,
+            Family::Tracepoint,
+            "tracepoint",
+            vec![
+                Hook::Tracepoint {
+                    prog: "bind_enter_tp",
+                    points: &[("syscalls", "sys_enter_bind")],
+                    layout: &[("fd", 16, 8), ("umyaddr", 24, 8)],
+                },
+                Hook::Tracepoint { prog: "bind_exit_tp", points: &[("syscalls", "sys_exit_bind")], layout: &[] },
+            ],
+            "bind(2) system calls",
+        )
+        .blocked_unless(k.fd_walk, NO_FD_WALK),
+        kprobe_rung(vec![kprobe("bind_kprobe_v4", "inet_bind"), kprobe("bind_kretprobe_v4", "inet_bind")])
+            .optional(vec![kprobe("bind_kprobe_v6", "inet6_bind"), kprobe("bind_kretprobe_v6", "inet6_bind")]),
+    ]
+}
+
+/// TCP memory refusals. Only the tracepoint: it fires when __sk_mem_raise_allocated()
+/// refuses, where an fexit or kprobe on that function would run on every buffer charge.
+pub fn tcp_mem() -> Vec<Rung> {
+    vec![Rung::new(
+        Mode::TpBtf,
+        Family::Tracepoint,
+        "tp_btf",
+        vec![Hook::TpBtf { prog: "mem_refused_btf", tp: "sock_exceed_buf_limit" }],
+        "buffer allocations refused over net.ipv4.tcp_mem, charged to the socket's owner",
+    )]
+}
+
+/// Packets of TCP sockets dropped by netfilter (kfree_skb's drop reason; 5.17+).
+pub fn netfilter_drop(k: &Kernel) -> Vec<Rung> {
+    vec![Rung::new(
+        Mode::TpBtf,
+        Family::Tracepoint,
+        "tp_btf",
+        vec![Hook::TpBtf { prog: "nf_drop_btf", tp: "kfree_skb" }],
+        "packets of TCP sockets dropped by netfilter (NF_DROP), charged to the socket's owner",
+    )
+    .blocked_unless(k.netfilter_drop, "kernel BTF lacks sk_buff.sk or SKB_DROP_REASON_NETFILTER_DROP")]
+}
