@@ -5,6 +5,7 @@
 pub mod btf;
 pub mod hooks;
 pub mod ladder;
+mod loader;
 pub mod offsets;
 pub mod probe;
 pub mod tpformat;
