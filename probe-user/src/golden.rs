@@ -334,6 +334,6 @@ fn check_records() {
     };
     let procs = [ProcFds { pid: 1234, comm: "nginx".into(), open: 1000, soft: Some(1024), hard: Some(4096) }];
     let items = check::run(&sys, &net(), &procs);
-    let out = format!("{}\n{}", check::to_json(&items), check::to_text(&items));
+    let out = format!("{}\n{}", crate::render::check::to_json(&items), crate::render::check::to_text(&items));
     insta::assert_snapshot!("check", out);
 }

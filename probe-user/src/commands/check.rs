@@ -45,9 +45,9 @@ pub fn check(args: CheckArgs) -> Result<u8> {
     let sys = facts::read_system();
     let items = check::run(&sys, &net, &procs);
     if args.json {
-        println!("{}", check::to_json(&items));
+        println!("{}", crate::render::check::to_json(&items));
     } else {
-        print!("{}", check::to_text(&items));
+        print!("{}", crate::render::check::to_text(&items));
     }
     Ok(check::exit_code(&items))
 }

@@ -4,4 +4,6 @@
 pub mod check;
 pub mod event_facts;
 pub mod evidence;
+pub mod filter;
+pub mod listen_poll;
 pub mod watch;

@@ -22,95 +22,19 @@ use crate::{
     commands::{
         event_facts::{EarlyEvidence, EventFacts},
         evidence::{net_now, nofile_now, LiveEvidence},
+        filter::Filter,
+        listen_poll::{ListenPoll, ListenPoller},
     },
     diagnosis::verdict::{Cause, Engine, Verdict, Window},
-    domain::model::{self, Counts, EventRecord, Sample, Snapshot},
+    domain::model::{self, Counts, Sample, Snapshot},
     domain::net::endpoint,
     domain::status::{Mode, Signal, Status},
     kernel::probe::{self, Probe},
-    render::output,
+    render::{output, printer::Printer},
     system::listeners,
     system::netdiag,
     system::procinfo,
 };
-
-/// Which processes the user asked about.
-#[derive(Debug, Default, Clone)]
-pub struct Filter {
-    pub pids: BTreeSet<u32>,
-    pub comms: Vec<String>,
-}
-
-impl Filter {
-    pub fn is_all(&self) -> bool {
-        self.pids.is_empty() && self.comms.is_empty()
-    }
-
-    /// `comm` is compared as the kernel stores it (15 characters at most).
-    pub fn matches(&self, pid: u32, comm: &str) -> bool {
-        if self.is_all() || self.pids.contains(&pid) {
-            return true;
-        }
-        self.comms.iter().any(|c| {
-            let c: String = c.chars().take(15).collect();
-            c == comm
-        })
-    }
-}
-
-struct Output<W: Write> {
-    json: bool,
-    w: W,
-}
-
-impl<W: Write> Output<W> {
-    fn line(&mut self, s: &str) -> Result<()> {
-        writeln!(self.w, "{s}")?;
-        self.w.flush()?;
-        Ok(())
-    }
-
-    fn status(&mut self, s: &Status) -> Result<()> {
-        if self.json {
-            self.line(&output::status_json(SystemTime::now(), s).to_string())
-        } else {
-            let t = output::status_text(s);
-            self.line(t.trim_end())
-        }
-    }
-
-    fn event(&mut self, e: &EventRecord) -> Result<()> {
-        if self.json {
-            self.line(&output::event_json(e).to_string())
-        } else {
-            self.line(&output::event_text(e))
-        }
-    }
-
-    fn verdicts(&mut self, verdicts: &[Verdict]) -> Result<()> {
-        for v in verdicts {
-            if self.json {
-                self.line(&crate::render::verdict::to_json(v).to_string())?;
-            } else {
-                self.line(&crate::render::verdict::to_text(v))?;
-            }
-        }
-        Ok(())
-    }
-
-    fn samples(&mut self, samples: &[Sample]) -> Result<()> {
-        let now = SystemTime::now();
-        if self.json {
-            for s in samples {
-                self.line(&output::sample_json(now, s).to_string())?;
-            }
-            Ok(())
-        } else {
-            let t = output::interval_text(now, samples);
-            self.line(t.trim_end())
-        }
-    }
-}
 
 /// CLOCK_REALTIME − CLOCK_MONOTONIC: turns bpf_ktime_get_ns() into wall time.
 fn boot_offset() -> Duration {
@@ -127,19 +51,6 @@ pub fn check_privileges() -> Result<()> {
         bail!(msg);
     }
     Ok(())
-}
-
-/// One poll of the watched namespaces: listeners that dropped (with their owner and their
-/// namespace's counter growth), and each namespace's counter growth.
-struct ListenPoll {
-    /// (owner pid, the listener, its namespace's counter growth).
-    dropped: Vec<(u32, listeners::ListenerDelta, listeners::NsDelta)>,
-    by_ns: BTreeMap<u32, listeners::NsDelta>,
-}
-
-/// Listeners and TcpExt counters of the calling thread's network namespace.
-fn read_listen_counters() -> (Result<Vec<netdiag::TcpSocket>>, BTreeMap<String, u64>) {
-    (netdiag::listeners(), crate::system::facts::read_tcp_ext())
 }
 
 struct State {
@@ -159,12 +70,8 @@ struct State {
     event_limits: BTreeMap<u32, u64>,
     /// Filter decisions per pid, so events do not read /proc each time.
     match_cache: BTreeMap<u32, bool>,
-    /// Listener drop counters of the previous poll.
-    listen_tracker: listeners::Tracker,
-    /// Namespaces polled for listener drops, each with a process to enter it through.
-    listen_netns: BTreeMap<u32, u32>,
-    /// Owner of each listener socket (namespace, inode), once looked up.
-    listener_owner: BTreeMap<(u32, u32), Option<u32>>,
+    /// Listen counters of every watched namespace (accept and SYN queue drops).
+    listen: ListenPoller,
 }
 
 impl State {
@@ -179,69 +86,14 @@ impl State {
             prev_dest: probe.dest_snapshot()?,
             engine: Engine::new(args.interval),
             facts: EventFacts::default(),
-            listen_tracker: listeners::Tracker::default(),
-            listen_netns: BTreeMap::new(),
-            listener_owner: BTreeMap::new(),
+            listen: ListenPoller::default(),
             printed: BTreeSet::new(),
             event_limits: BTreeMap::new(),
             match_cache: BTreeMap::new(),
         };
-        st.baseline_listeners();
+        st.listen.baseline();
         st.refresh_status(probe)?;
         Ok(st)
-    }
-
-    /// Reads the listeners of every namespace conntrace watches (its own, and those of the
-    /// processes it has seen) and returns the listeners that dropped since the last read,
-    /// with their owner.
-    fn poll_listeners(&mut self, pids: impl Iterator<Item = u32>) -> ListenPoll {
-        let own = netdiag::ns_link_inode("/proc/self/ns/net");
-        for pid in pids.chain(self.filter.pids.iter().copied()).chain(std::iter::once(std::process::id())) {
-            if pid == UNATTRIBUTED {
-                continue;
-            }
-            if let Some(ns) = netdiag::netns_inode(pid) {
-                self.listen_netns.insert(ns, pid);
-            }
-        }
-        let mut out = Vec::new();
-        let mut by_ns = BTreeMap::new();
-        let mut gone = Vec::new();
-        for (&ns, &via) in &self.listen_netns {
-            let enter = if Some(ns) == own { None } else { Some(via) };
-            // The process we entered through may have left; find another one in there.
-            let enter = match enter {
-                Some(p) if netdiag::netns_inode(p) != Some(ns) => match netdiag::process_in_netns(ns) {
-                    Some(p) => Some(p),
-                    None => {
-                        gone.push(ns);
-                        continue;
-                    }
-                },
-                e => e,
-            };
-            let read = netdiag::in_netns_of(enter, read_listen_counters);
-            let Ok((Ok(socks), ext)) = read else { continue };
-            let (deltas, ns_delta) = self.listen_tracker.update(ns, &socks, &ext);
-            by_ns.insert(ns, ns_delta.clone());
-            for l in deltas {
-                // Cached while the owner lives; looked up again otherwise (not found yet, or
-                // exited and the socket passed on).
-                let cached =
-                    self.listener_owner.get(&(ns, l.inode)).copied().flatten().filter(|p| procinfo::exists(*p));
-                let owner = cached.or_else(|| procinfo::socket_owner(l.inode));
-                self.listener_owner.insert((ns, l.inode), owner);
-                if let Some(pid) = owner {
-                    out.push((pid, l, ns_delta.clone()));
-                }
-            }
-        }
-        for ns in gone {
-            self.listen_netns.remove(&ns);
-            self.listen_tracker.forget(ns);
-            self.listener_owner.retain(|k, _| k.0 != ns);
-        }
-        ListenPoll { dropped: out, by_ns }
     }
 
     /// In the set_state fallback, tw-bucket overflows are inferred: correct them per
@@ -269,31 +121,6 @@ impl State {
                 if let Some(c) = deltas.get_mut(pid) {
                     c.time_wait_created = tw;
                     c.tw_overflows = ovf;
-                }
-            }
-        }
-    }
-
-    /// Baseline of the listen counters of every namespace that exists now, so that later
-    /// growth is exact and a namespace not seen here is known to be new.
-    fn baseline_listeners(&mut self) {
-        let own = netdiag::ns_link_inode("/proc/self/ns/net");
-        let mut by_ns: BTreeMap<u32, u32> = BTreeMap::new();
-        if let Ok(rd) = std::fs::read_dir("/proc") {
-            for pid in rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()) {
-                if let Some(ns) = netdiag::netns_inode(pid) {
-                    by_ns.entry(ns).or_insert(pid);
-                }
-            }
-        }
-        for (ns, pid) in by_ns {
-            let enter = if Some(ns) == own { None } else { Some(pid) };
-            if let Ok((Ok(socks), ext)) = netdiag::in_netns_of(enter, read_listen_counters) {
-                self.listen_tracker.baseline(ns, &socks, &ext);
-                // Namespaces with listeners are watched from now on; others join when one of
-                // their processes calls listen() or connect() (it then shows up in the counts).
-                if socks.iter().any(|s| s.state == netdiag::LISTEN) {
-                    self.listen_netns.insert(ns, pid);
                 }
             }
         }
@@ -365,7 +192,8 @@ impl State {
         }
         let mut window = Window { now: Some(SystemTime::now()), interval_s, ..Default::default() };
         let seen: Vec<u32> = deltas.keys().copied().collect();
-        let ListenPoll { dropped: listener_drops, by_ns } = self.poll_listeners(seen.into_iter());
+        let watched = seen.into_iter().chain(self.filter.pids.iter().copied());
+        let ListenPoll { dropped: listener_drops, by_ns } = self.listen.poll(watched);
         self.reconcile_tw(&mut deltas, &by_ns);
         for (owner, l, ns) in listener_drops {
             if !self.filter.is_all() && !self.filter.matches(owner, &self.comm_of(probe, owner)) {
@@ -475,7 +303,7 @@ pub async fn watch(args: WatchArgs) -> Result<()> {
     let offset = boot_offset();
 
     let mut st = State::new(&args, &probe)?;
-    let mut out = Output { json: args.json, w: std::io::stdout().lock() };
+    let mut out = Printer { json: args.json, w: std::io::stdout().lock() };
     out.status(&st.status)?;
 
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + args.interval, args.interval);
@@ -523,7 +351,7 @@ fn end_interval<W: Write>(
     probe: &mut Probe,
     ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
     offset: Duration,
-    out: &mut Output<W>,
+    out: &mut Printer<W>,
 ) -> Result<()> {
     let counters = st.read_counters(probe)?;
     drain(ring, offset, st, probe, out)?;
@@ -549,7 +377,7 @@ fn drain<W: Write>(
     offset: Duration,
     st: &mut State,
     probe: &Probe,
-    out: &mut Output<W>,
+    out: &mut Printer<W>,
 ) -> Result<()> {
     while let Some(item) = ring.next() {
         if item.len() < std::mem::size_of::<Event>() {
@@ -612,20 +440,4 @@ fn drain<W: Write>(
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn filter_matches_pid_or_comm() {
-        let all = Filter::default();
-        assert!(all.matches(5, "x"));
-        let f = Filter { pids: [5].into(), comms: vec!["nginx".into(), "a-very-long-process-name".into()] };
-        assert!(f.matches(5, "other"));
-        assert!(f.matches(6, "nginx"));
-        assert!(!f.matches(6, "nginx2"));
-        assert!(f.matches(7, "a-very-long-pro"));
-    }
 }

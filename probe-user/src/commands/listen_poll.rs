@@ -1,0 +1,112 @@
+//! Accept and SYN queue drops come from the kernel's own counters, polled each interval in
+//! every namespace conntrace watches (sock_diag listeners with their `sk_drops`, and the
+//! namespace's TcpExt), and are charged to the process holding the listener.
+
+use std::collections::BTreeMap;
+
+use anyhow::Result;
+use probe_common::counters::UNATTRIBUTED;
+
+use crate::system::{listeners, netdiag, procinfo};
+
+/// One poll of the watched namespaces: listeners that dropped (with their owner and their
+/// namespace's counter growth), and each namespace's counter growth.
+pub struct ListenPoll {
+    /// (owner pid, the listener, its namespace's counter growth).
+    pub dropped: Vec<(u32, listeners::ListenerDelta, listeners::NsDelta)>,
+    pub by_ns: BTreeMap<u32, listeners::NsDelta>,
+}
+
+/// Listeners and TcpExt counters of the calling thread's network namespace.
+fn read_listen_counters() -> (Result<Vec<netdiag::TcpSocket>>, BTreeMap<String, u64>) {
+    (netdiag::listeners(), crate::system::facts::read_tcp_ext())
+}
+
+#[derive(Default)]
+pub struct ListenPoller {
+    /// Listener drop counters of the previous poll.
+    tracker: listeners::Tracker,
+    /// Namespaces polled for listener drops, each with a process to enter it through.
+    netns: BTreeMap<u32, u32>,
+    /// Owner of each listener socket (namespace, inode), once looked up.
+    owner: BTreeMap<(u32, u32), Option<u32>>,
+}
+
+impl ListenPoller {
+    /// Baseline of the listen counters of every namespace that exists now, so that later
+    /// growth is exact and a namespace not seen here is known to be new.
+    pub fn baseline(&mut self) {
+        let own = netdiag::ns_link_inode("/proc/self/ns/net");
+        let mut by_ns: BTreeMap<u32, u32> = BTreeMap::new();
+        if let Ok(rd) = std::fs::read_dir("/proc") {
+            for pid in rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()) {
+                if let Some(ns) = netdiag::netns_inode(pid) {
+                    by_ns.entry(ns).or_insert(pid);
+                }
+            }
+        }
+        for (ns, pid) in by_ns {
+            let enter = if Some(ns) == own { None } else { Some(pid) };
+            if let Ok((Ok(socks), ext)) = netdiag::in_netns_of(enter, read_listen_counters) {
+                self.tracker.baseline(ns, &socks, &ext);
+                // Namespaces with listeners are watched from now on; others join when one of
+                // their processes calls listen() or connect() (it then shows up in the counts).
+                if socks.iter().any(|s| s.state == netdiag::LISTEN) {
+                    self.netns.insert(ns, pid);
+                }
+            }
+        }
+    }
+
+    /// Reads the listeners of every namespace conntrace watches (its own, and those of the
+    /// processes it has seen) and returns the listeners that dropped since the last read,
+    /// with their owner.
+    pub fn poll(&mut self, pids: impl Iterator<Item = u32>) -> ListenPoll {
+        let own = netdiag::ns_link_inode("/proc/self/ns/net");
+        for pid in pids.chain(std::iter::once(std::process::id())) {
+            if pid == UNATTRIBUTED {
+                continue;
+            }
+            if let Some(ns) = netdiag::netns_inode(pid) {
+                self.netns.insert(ns, pid);
+            }
+        }
+        let mut out = Vec::new();
+        let mut by_ns = BTreeMap::new();
+        let mut gone = Vec::new();
+        for (&ns, &via) in &self.netns {
+            let enter = if Some(ns) == own { None } else { Some(via) };
+            // The process we entered through may have left; find another one in there.
+            let enter = match enter {
+                Some(p) if netdiag::netns_inode(p) != Some(ns) => match netdiag::process_in_netns(ns) {
+                    Some(p) => Some(p),
+                    None => {
+                        gone.push(ns);
+                        continue;
+                    }
+                },
+                e => e,
+            };
+            let read = netdiag::in_netns_of(enter, read_listen_counters);
+            let Ok((Ok(socks), ext)) = read else { continue };
+            let (deltas, ns_delta) = self.tracker.update(ns, &socks, &ext);
+            by_ns.insert(ns, ns_delta.clone());
+            for l in deltas {
+                // Cached while the owner lives; looked up again otherwise (not found yet, or
+                // exited and the socket passed on).
+                let cached = self.owner.get(&(ns, l.inode)).copied().flatten().filter(|p| procinfo::exists(*p));
+                let owner = cached.or_else(|| procinfo::socket_owner(l.inode));
+                self.owner.insert((ns, l.inode), owner);
+                if let Some(pid) = owner {
+                    out.push((pid, l, ns_delta.clone()));
+                }
+            }
+        }
+        for ns in gone {
+            self.netns.remove(&ns);
+            self.tracker.forget(ns);
+            self.owner.retain(|k, _| k.0 != ns);
+        }
+        ListenPoll { dropped: out, by_ns }
+    }
+}
