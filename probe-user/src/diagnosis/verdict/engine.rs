@@ -252,7 +252,7 @@ impl Engine {
             Some(a) => {
                 a.verdict.failures += n;
                 a.last_failure = now;
-                refresh_summary(&mut a.verdict);
+                a.verdict.render_summary();
             }
             None => {
                 let verdict = build();
@@ -302,6 +302,7 @@ impl Engine {
             match self.active.get_mut(&key) {
                 Some(a) => {
                     a.last_failure = now;
+                    a.verdict.head = verdict.head;
                     a.verdict.summary = verdict.summary;
                     a.verdict.evidence = verdict.evidence;
                 }

@@ -20,13 +20,14 @@ pub fn fd_limit(
     v.evidence.insert("nofile_hard".into(), json!(hard));
     v.evidence.insert("open_fds".into(), json!(open));
     let of = |x: Option<u64>| x.map(thousands).unwrap_or_else(|| "?".into());
-    v.summary = format!(
-        "{comm}[{pid}] hit its open-file limit: {} of {} file descriptors open (RLIMIT_NOFILE, hard limit {}); {} calls failed with EMFILE since {}",
-        of(open),
-        of(soft),
-        of(hard),
-        thousands(n),
-        clock(since)
+    v.set_summary(
+        format!(
+            "{comm}[{pid}] hit its open-file limit: {} of {} file descriptors open (RLIMIT_NOFILE, hard limit {})",
+            of(open),
+            of(soft),
+            of(hard)
+        ),
+        "{n} calls failed with EMFILE".into(),
     );
     let hard_s = hard.map(|h| h.to_string()).unwrap_or_else(|| "unlimited".into());
     if soft.is_some() && soft == hard {
@@ -47,10 +48,9 @@ pub fn file_max(pid: u32, comm: String, since: SystemTime, n: u64, file_nr: Opti
     v.evidence.insert("file_nr".into(), json!(file_nr.map(|f| f.0)));
     v.evidence.insert("file_max".into(), json!(file_nr.map(|f| f.1)));
     let (nr, max) = file_nr.map(|(a, b)| (thousands(a), thousands(b))).unwrap_or(("?".into(), "?".into()));
-    v.summary = format!(
-        "the system-wide file table is full: {nr} of {max} file handles in use (fs.file-nr, fs.file-max); {comm}[{pid}] got ENFILE {} times since {}",
-        thousands(n),
-        clock(since)
+    v.set_summary(
+        format!("the system-wide file table is full: {nr} of {max} file handles in use (fs.file-nr, fs.file-max)"),
+        format!("{comm}[{pid}] got ENFILE {{n}} times"),
     );
     v.fix.push("raise fs.file-max: sysctl -w fs.file-max=N, and persist it in /etc/sysctl.d".into());
     v.fix.push("find the process holding the most files (conntrace check lists those closest to their limit)".into());

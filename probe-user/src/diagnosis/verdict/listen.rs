@@ -46,13 +46,14 @@ pub(super) fn listen_queue(
     let of = |x: Option<u64>| x.map(thousands).unwrap_or_else(|| "?".into());
     let ep = listener.endpoint();
     if cause == Cause::AcceptQueue {
-        v.summary = format!(
-            "{comm}[{pid}] is not accepting fast enough on {ep}: accept queue {}/{} (backlog = min(listen() backlog, net.core.somaxconn {})); {} SYNs/ACKs dropped since {}",
-            l.queue_len,
-            l.backlog,
-            of(somaxconn),
-            thousands(l.drops),
-            clock(since)
+        v.set_summary(
+            format!(
+                "{comm}[{pid}] is not accepting fast enough on {ep}: accept queue {}/{} (backlog = min(listen() backlog, net.core.somaxconn {}))",
+                l.queue_len,
+                l.backlog,
+                of(somaxconn)
+            ),
+            "{n} SYNs/ACKs dropped".into(),
         );
         v.fix.push(format!(
             "accept faster on {ep}: more accepting threads/workers, or drain the queue in a loop on each readiness event"
@@ -66,16 +67,18 @@ pub(super) fn listen_queue(
             "clients do not get an error: their SYNs are retransmitted after 1, 3, 7… s, seen as slow connects".into(),
         );
     } else {
+        // The split between drops and cookies is in the evidence; the tally counts both.
         let what = match (l.drops, l.cookies) {
-            (d, 0) => format!("{} SYNs dropped", thousands(d)),
-            (0, c) => format!("{} SYNs answered with syncookies", thousands(c)),
-            (d, c) => format!("{} SYNs dropped and {} answered with syncookies", thousands(d), thousands(c)),
+            (_, 0) => "{n} SYNs dropped",
+            (0, _) => "{n} SYNs answered with syncookies",
+            _ => "{n} SYNs dropped or answered with syncookies",
         };
-        v.summary = format!(
-            "the SYN queue of {ep} ({comm}[{pid}]) is full: {} handshakes pending, backlog {}; {what} since {}",
-            l.syn_recv,
-            l.backlog,
-            clock(since)
+        v.set_summary(
+            format!(
+                "the SYN queue of {ep} ({comm}[{pid}]) is full: {} handshakes pending, backlog {}",
+                l.syn_recv, l.backlog
+            ),
+            what.into(),
         );
         if l.drops > 0 {
             v.fix.push(

@@ -35,12 +35,13 @@ pub(super) fn conntrack_verdict(
     v.evidence.insert("insert_failed".into(), json!(stat("insert_failed")));
     v.evidence.insert("netns".into(), json!(netns));
     let of = |x: Option<u64>| x.map(thousands).unwrap_or_else(|| "?".into());
-    v.summary = format!(
-        "the conntrack table is full (\"nf_conntrack: table full, dropping packet\"): {} of {} entries in {comm}[{pid}]'s namespace; {} of its packets dropped since {}",
-        of(ct.count),
-        of(ct.max),
-        thousands(n),
-        clock(since)
+    v.set_summary(
+        format!(
+            "the conntrack table is full (\"nf_conntrack: table full, dropping packet\"): {} of {} entries in {comm}[{pid}]'s namespace",
+            of(ct.count),
+            of(ct.max)
+        ),
+        "{n} of its packets dropped".into(),
     );
     v.fix.push(format!(
         "raise net.netfilter.nf_conntrack_max (now {}; about 300 bytes per entry) and net.netfilter.nf_conntrack_buckets with it",
@@ -84,12 +85,10 @@ pub fn tcp_mem(
         None => ("tcp_mem unknown".into(), None),
     };
     let used = sockstat.get("mem").map(|m| pages(*m)).unwrap_or_else(|| "?".into());
-    v.summary = format!(
-        "TCP memory is exhausted machine-wide: {used} in use, {limit_text}; {} buffer allocations of {comm}[{pid}] were refused ({} for sending, {} for receiving) since {}",
-        thousands(n),
-        thousands(c.tcp_mem_send_refused),
-        thousands(c.tcp_mem_recv_refused),
-        clock(since)
+    // The send/receive split is in the evidence; the tally counts both.
+    v.set_summary(
+        format!("TCP memory is exhausted machine-wide: {used} in use, {limit_text}"),
+        format!("{{n}} buffer allocations of {comm}[{pid}] were refused"),
     );
     v.fix.push(format!(
         "find the sockets holding the memory: `ss -tmn` (large Recv-Q: a reader that does not read; large Send-Q: a slow peer){}",

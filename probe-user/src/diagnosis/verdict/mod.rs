@@ -84,7 +84,13 @@ pub struct Verdict {
     pub since: SystemTime,
     pub failures: u64,
     pub destination: Option<Dest>,
+    /// `head; tally since HH:MM:SS`, rendered by [`Verdict::set_summary`].
     pub summary: String,
+    /// The tally's template, `{n}` standing for `failures` (kept so later intervals update
+    /// the count without touching the rest of the sentence).
+    pub tally: String,
+    /// What the summary says before the tally.
+    pub head: String,
     pub evidence: Map<String, Value>,
     pub fix: Vec<String>,
     /// How long it lasted, for resolved verdicts.
@@ -139,14 +145,23 @@ fn clock(t: SystemTime) -> String {
     rfc3339(t).get(11..19).unwrap_or("?").to_string()
 }
 
-/// Keeps the failure count in the summary current.
-fn refresh_summary(v: &mut Verdict) {
-    if let Some(i) = v.summary.rfind("; ") {
-        if let Some(rest) = v.summary[i + 2..].split_once(' ') {
-            if rest.0.chars().all(|c| c.is_ascii_digit() || c == ',') {
-                v.summary = format!("{}; {} {}", &v.summary[..i], thousands(v.failures), rest.1);
-            }
-        }
+impl Verdict {
+    /// Sets the summary: `head` (the limit and its numbers), then `tally` with `{n}` for the
+    /// failure count, then since when.
+    pub fn set_summary(&mut self, head: String, tally: String) {
+        self.head = head;
+        self.tally = tally;
+        self.render_summary();
+    }
+
+    /// Renders the summary again with the current failure count.
+    pub fn render_summary(&mut self) {
+        let tally = self.tally.replace("{n}", &thousands(self.failures));
+        self.summary = if tally.is_empty() {
+            self.head.clone()
+        } else {
+            format!("{}; {tally} since {}", self.head, clock(self.since))
+        };
     }
 }
 
@@ -160,6 +175,8 @@ fn base(cause: Cause, pid: u32, comm: String, since: SystemTime, failures: u64) 
         failures,
         destination: None,
         summary: String::new(),
+        tally: String::new(),
+        head: String::new(),
         evidence: Map::new(),
         fix: Vec::new(),
         duration_s: None,

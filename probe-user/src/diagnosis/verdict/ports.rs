@@ -166,10 +166,11 @@ pub fn bind_hoarding(
     } else {
         String::new()
     };
-    v.summary = format!(
-        "{comm}[{pid}] cannot bind an ephemeral port{range_text}; bind-before-connect makes each port exclusive for every destination{bound}; {} binds to port 0 failed with EADDRINUSE since {}",
-        thousands(n),
-        clock(since)
+    v.set_summary(
+        format!(
+            "{comm}[{pid}] cannot bind an ephemeral port{range_text}; bind-before-connect makes each port exclusive for every destination{bound}"
+        ),
+        "{n} binds to port 0 failed with EADDRINUSE".into(),
     );
     v.fix.push(
         "set IP_BIND_ADDRESS_NO_PORT on the socket before bind(): the port is then chosen at connect() and shared across destinations (Linux 4.2+)".into(),
@@ -194,10 +195,11 @@ pub fn address_unavailable(
     v.evidence.insert("bind_eaddrnotavail".into(), json!(bind_n));
     v.evidence.insert("connect_eaddrnotavail".into(), json!(connect_n));
     v.evidence.insert("addresses".into(), json!(addrs));
+    // The split between binds and connects is in the evidence; the tally counts both.
     let what = match (bind_n, connect_n) {
-        (b, 0) => format!("{} binds", thousands(b)),
-        (0, c) => format!("{} connects", thousands(c)),
-        (b, c) => format!("{} binds and {} connects", thousands(b), thousands(c)),
+        (_, 0) => "{n} binds",
+        (0, _) => "{n} connects",
+        _ => "{n} binds and connects",
     };
     let which = if addrs.is_empty() {
         // Every counted failure sends its event first; none here means the events were
@@ -208,10 +210,9 @@ pub fn address_unavailable(
     } else {
         format!(" ({})", addrs.iter().cloned().collect::<Vec<_>>().join(", "))
     };
-    v.summary = format!(
-        "{comm}[{pid}] asks for a source address that is not configured here{which}: not port exhaustion; {} failed with EADDRNOTAVAIL since {}",
-        what,
-        clock(since)
+    v.set_summary(
+        format!("{comm}[{pid}] asks for a source address that is not configured here{which}: not port exhaustion"),
+        format!("{what} failed with EADDRNOTAVAIL"),
     );
     v.fix.push("check the configured bind/source address against `ip addr` in the process's network namespace".into());
     v.fix.push(
@@ -236,15 +237,16 @@ pub fn ephemeral_ports(
     match usage {
         Some((u, f)) => {
             v.evidence = u.evidence(f, dest);
-            v.summary = format!(
-                "{comm}[{pid}] cannot get an ephemeral port toward {d}: {} of {} ports in {}-{} are in use ({}); {} connects failed since {}",
-                thousands(u.in_use()),
-                thousands(u.usable),
-                u.range.0,
-                u.range.1,
-                u.states_text(),
-                thousands(n),
-                clock(since)
+            v.set_summary(
+                format!(
+                    "{comm}[{pid}] cannot get an ephemeral port toward {d}: {} of {} ports in {}-{} are in use ({})",
+                    thousands(u.in_use()),
+                    thousands(u.usable),
+                    u.range.0,
+                    u.range.1,
+                    u.states_text()
+                ),
+                "{n} connects failed".into(),
             );
             v.fix = port_fixes(&u, f, dest);
         }
@@ -252,10 +254,9 @@ pub fn ephemeral_ports(
             let why = net.err().unwrap_or_else(|| "no port range".into());
             v.evidence.insert("netns".into(), json!(dest.netns));
             v.evidence.insert("error".into(), json!(why));
-            v.summary = format!(
-                "{comm}[{pid}] cannot get an ephemeral port toward {d} ({why}); {} connects failed since {}",
-                thousands(n),
-                clock(since)
+            v.set_summary(
+                format!("{comm}[{pid}] cannot get an ephemeral port toward {d} ({why})"),
+                "{n} connects failed".into(),
             );
             v.fix.push(format!("keep connections to {d} alive and reuse them instead of one per request"));
             v.fix.push("widen net.ipv4.ip_local_port_range".into());

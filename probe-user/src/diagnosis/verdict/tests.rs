@@ -345,3 +345,19 @@ fn thousands_separators() {
     assert_eq!(thousands(6823), "6,823");
     assert_eq!(thousands(1234567), "1,234,567");
 }
+
+#[test]
+fn summaries_keep_their_count_current_and_nothing_else_changes() {
+    // Every cause's count is refreshed (file_max's sits mid-sentence; syn_queue's sums two).
+    let mut e = Engine::new(Duration::from_secs(5));
+    let mut fake = Fake { net: Err(String::new()), calls: 0 };
+    let mut w = window(0);
+    w.counts.insert(7, Counts { enfile: 3, ..Default::default() });
+    let first = e.tick(&w, &mut fake)[0].summary.clone();
+    assert!(first.contains("got ENFILE 3 times since"), "{first}");
+    let mut w = window(1);
+    w.counts.insert(7, Counts { enfile: 2, ..Default::default() });
+    e.tick(&w, &mut fake);
+    let now = e.active().next().unwrap().summary.clone();
+    assert_eq!(now, first.replace("got ENFILE 3 times", "got ENFILE 5 times"));
+}

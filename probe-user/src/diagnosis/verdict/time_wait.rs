@@ -20,12 +20,13 @@ pub fn tw_buckets(pid: u32, comm: String, since: SystemTime, n: u64, net: Result
     v.evidence.insert("netns_tw_overflows".into(), json!(overflows));
     v.evidence.insert("netns".into(), json!(f.and_then(|f| f.netns)));
     let of = |x: Option<u64>| x.map(thousands).unwrap_or_else(|| "?".into());
-    v.summary = format!(
-        "the TIME_WAIT table of {comm}[{pid}]'s namespace is full: {} TIME_WAIT sockets, net.ipv4.tcp_max_tw_buckets is {}; {} of its connections closed without TIME_WAIT since {}",
-        of(tw),
-        of(max),
-        thousands(n),
-        clock(since)
+    v.set_summary(
+        format!(
+            "the TIME_WAIT table of {comm}[{pid}]'s namespace is full: {} TIME_WAIT sockets, net.ipv4.tcp_max_tw_buckets is {}",
+            of(tw),
+            of(max)
+        ),
+        "{n} of its connections closed without TIME_WAIT".into(),
     );
     v.fix.push(format!(
         "raise net.ipv4.tcp_max_tw_buckets (now {}; a TIME_WAIT socket costs a few hundred bytes), e.g. sysctl -w net.ipv4.tcp_max_tw_buckets=262144",
@@ -85,6 +86,8 @@ pub(super) fn time_wait_pressure(
         since: now,
         failures: 0,
         destination: Some(dest.clone()),
+        head: summary.clone(),
+        tally: String::new(),
         summary,
         evidence,
         fix,
