@@ -5,7 +5,7 @@ use std::time::SystemTime;
 use serde_json::{json, Value};
 
 use crate::{
-    diagnosis::verdict::{Dest, Verdict},
+    diagnosis::verdict::{Dest, Verdict, VerdictState},
     domain::time::{rfc3339, thousands},
 };
 
@@ -13,7 +13,7 @@ pub fn to_json(v: &Verdict) -> Value {
     let mut j = json!({
         "type": "verdict",
         "ts": rfc3339(SystemTime::now()),
-        "state": v.state,
+        "state": v.state.as_str(),
         "cause": v.cause.as_str(),
         "pid": v.pid,
         "comm": v.comm,
@@ -35,7 +35,7 @@ pub fn to_json(v: &Verdict) -> Value {
 
 pub fn to_text(v: &Verdict) -> String {
     match v.state {
-        "resolved" => format!(
+        VerdictState::Resolved => format!(
             "<<< RESOLVED {}: {}[{}]{} after {:.1} s, {} failures",
             v.cause.as_str(),
             v.comm,
@@ -44,7 +44,7 @@ pub fn to_text(v: &Verdict) -> String {
             v.duration_s.unwrap_or(0.0),
             thousands(v.failures)
         ),
-        _ => {
+        VerdictState::Active => {
             let mut s = format!(">>> {}: {}", v.cause.as_str().to_uppercase(), v.summary);
             for f in &v.fix {
                 s.push_str(&format!("\n    fix: {f}"));

@@ -230,7 +230,7 @@ impl Engine {
         for key in resolved {
             if let Some(a) = self.active.remove(&key) {
                 let mut v = a.verdict;
-                v.state = "resolved";
+                v.state = VerdictState::Resolved;
                 v.duration_s = Some(a.last_failure.duration_since(v.since).unwrap_or_default().as_secs_f64());
                 out.push(v);
             }

@@ -74,10 +74,26 @@ impl Cause {
     }
 }
 
+/// A verdict is active while its failures go on (or its prediction holds), then resolved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VerdictState {
+    Active,
+    Resolved,
+}
+
+impl VerdictState {
+    /// The JSON contract's `state`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VerdictState::Active => "active",
+            VerdictState::Resolved => "resolved",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Verdict {
-    /// "active" or "resolved".
-    pub state: &'static str,
+    pub state: VerdictState,
     pub cause: Cause,
     pub pid: u32,
     pub comm: String,
@@ -167,7 +183,7 @@ impl Verdict {
 
 fn base(cause: Cause, pid: u32, comm: String, since: SystemTime, failures: u64) -> Verdict {
     Verdict {
-        state: "active",
+        state: VerdictState::Active,
         cause,
         pid,
         comm,

@@ -82,7 +82,7 @@ fn port_exhaustion_by_time_wait_names_tw_reuse() {
     let out = e.tick(&w, &mut fake);
     assert_eq!(out.len(), 1);
     let v = &out[0];
-    assert_eq!((v.state, v.cause, v.pid, v.failures), ("active", Cause::EphemeralPorts, 5688, 10));
+    assert_eq!((v.state, v.cause, v.pid, v.failures), (VerdictState::Active, Cause::EphemeralPorts, 5688, 10));
     assert_eq!(v.destination.as_ref().unwrap().endpoint(), "127.0.0.2:9000");
     assert!(v.summary.starts_with(
         "nginx[5688] cannot get an ephemeral port toward 127.0.0.2:9000: 50 of 50 ports in 40000-40049 are in use (2 ESTABLISHED, 48 TIME_WAIT); 10 connects failed"
@@ -107,7 +107,7 @@ fn port_exhaustion_by_time_wait_names_tw_reuse() {
     assert!(e.tick(&window(4), &mut fake).is_empty());
     let out = e.tick(&window(6), &mut fake);
     assert_eq!(out.len(), 1);
-    assert_eq!(out[0].state, "resolved");
+    assert_eq!(out[0].state, VerdictState::Resolved);
     assert_eq!(out[0].failures, 15);
     // From the start of the first failing interval (t-1 s) to the last failure (t+1 s).
     assert_eq!(out[0].duration_s, Some(2.0));

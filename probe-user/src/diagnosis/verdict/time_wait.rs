@@ -79,7 +79,7 @@ pub(super) fn time_wait_pressure(
         "the side that closes first keeps the TIME_WAIT: let the server close first where the protocol allows".into(),
     );
     Verdict {
-        state: "active",
+        state: VerdictState::Active,
         cause: Cause::TimeWaitPressure,
         pid,
         comm,
