@@ -4,14 +4,74 @@
 use crate::COMM_LEN;
 
 /// TCP states (include/net/tcp_states.h).
+/// TCP states as numbered in include/net/tcp_states.h: the one list both sides use.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TcpState {
+    Established = 1,
+    SynSent = 2,
+    SynRecv = 3,
+    FinWait1 = 4,
+    FinWait2 = 5,
+    TimeWait = 6,
+    Close = 7,
+    CloseWait = 8,
+    LastAck = 9,
+    Listen = 10,
+    Closing = 11,
+    /// A request socket (the SYN queue of a listener).
+    NewSynRecv = 12,
+}
+
+impl TcpState {
+    pub const ALL: [TcpState; 12] = [
+        TcpState::Established,
+        TcpState::SynSent,
+        TcpState::SynRecv,
+        TcpState::FinWait1,
+        TcpState::FinWait2,
+        TcpState::TimeWait,
+        TcpState::Close,
+        TcpState::CloseWait,
+        TcpState::LastAck,
+        TcpState::Listen,
+        TcpState::Closing,
+        TcpState::NewSynRecv,
+    ];
+
+    pub fn from_u8(v: u8) -> Option<TcpState> {
+        TcpState::ALL.into_iter().find(|s| *s as u8 == v)
+    }
+
+    /// The name `ss` and the kernel's tracepoints print.
+    pub const fn name(self) -> &'static str {
+        match self {
+            TcpState::Established => "ESTABLISHED",
+            TcpState::SynSent => "SYN_SENT",
+            TcpState::SynRecv => "SYN_RECV",
+            TcpState::FinWait1 => "FIN_WAIT1",
+            TcpState::FinWait2 => "FIN_WAIT2",
+            TcpState::TimeWait => "TIME_WAIT",
+            TcpState::Close => "CLOSE",
+            TcpState::CloseWait => "CLOSE_WAIT",
+            TcpState::LastAck => "LAST_ACK",
+            TcpState::Listen => "LISTEN",
+            TcpState::Closing => "CLOSING",
+            TcpState::NewSynRecv => "NEW_SYN_RECV",
+        }
+    }
+}
+
+/// The states the kernel programs compare against (inet_sock_set_state's `int` arguments).
 pub mod tcp_state {
-    pub const ESTABLISHED: i32 = 1;
-    pub const SYN_SENT: i32 = 2;
-    pub const FIN_WAIT1: i32 = 4;
-    pub const FIN_WAIT2: i32 = 5;
-    pub const CLOSE: i32 = 7;
-    pub const LISTEN: i32 = 10;
-    pub const CLOSING: i32 = 11;
+    use super::TcpState;
+    pub const ESTABLISHED: i32 = TcpState::Established as i32;
+    pub const SYN_SENT: i32 = TcpState::SynSent as i32;
+    pub const FIN_WAIT1: i32 = TcpState::FinWait1 as i32;
+    pub const FIN_WAIT2: i32 = TcpState::FinWait2 as i32;
+    pub const CLOSE: i32 = TcpState::Close as i32;
+    pub const LISTEN: i32 = TcpState::Listen as i32;
+    pub const CLOSING: i32 = TcpState::Closing as i32;
 }
 
 /// `SockOwner::phase`.

@@ -3,10 +3,14 @@
 
 use std::{collections::BTreeMap, net::IpAddr};
 
-/// TCP states as numbered in include/net/tcp_states.h.
-pub const ESTABLISHED: u8 = 1;
-pub const TIME_WAIT: u8 = 6;
-pub const LISTEN: u8 = 10;
+pub use probe_common::sock::TcpState;
+
+/// `TcpSocket::state` values conntrace compares against (sock_diag reports a `u8`).
+pub const ESTABLISHED: u8 = TcpState::Established as u8;
+pub const SYN_RECV: u8 = TcpState::SynRecv as u8;
+pub const TIME_WAIT: u8 = TcpState::TimeWait as u8;
+pub const LISTEN: u8 = TcpState::Listen as u8;
+pub const NEW_SYN_RECV: u8 = TcpState::NewSynRecv as u8;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TcpSocket {
@@ -26,21 +30,7 @@ pub struct TcpSocket {
 }
 
 pub fn state_name(state: u8) -> &'static str {
-    match state {
-        1 => "ESTABLISHED",
-        2 => "SYN_SENT",
-        3 => "SYN_RECV",
-        4 => "FIN_WAIT1",
-        5 => "FIN_WAIT2",
-        6 => "TIME_WAIT",
-        7 => "CLOSE",
-        8 => "CLOSE_WAIT",
-        9 => "LAST_ACK",
-        10 => "LISTEN",
-        11 => "CLOSING",
-        12 => "NEW_SYN_RECV",
-        _ => "UNKNOWN",
-    }
+    TcpState::from_u8(state).map(TcpState::name).unwrap_or("UNKNOWN")
 }
 
 /// Limits and sockets of one network namespace.

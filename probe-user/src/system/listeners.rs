@@ -11,7 +11,7 @@
 use std::{collections::BTreeMap, net::IpAddr};
 
 pub use crate::domain::listen::{ListenerDelta, NsDelta};
-use crate::domain::net::{TcpSocket, LISTEN};
+use crate::domain::net::{TcpSocket, LISTEN, NEW_SYN_RECV, SYN_RECV};
 
 /// TcpExt counters that say why listeners dropped.
 pub const NS_COUNTERS: [&str; 6] = [
@@ -82,7 +82,7 @@ impl Tracker {
         // Request sockets per local (address, port); a listener on the wildcard address owns
         // those of every address on its port (SO_REUSEPORT groups share them: a guess).
         let mut reqs: BTreeMap<(IpAddr, u16), u64> = BTreeMap::new();
-        for s in socks.iter().filter(|s| s.state == 3 || s.state == 12) {
+        for s in socks.iter().filter(|s| s.state == SYN_RECV || s.state == NEW_SYN_RECV) {
             *reqs.entry((s.src, s.sport)).or_default() += 1;
         }
         let syn_recv_of = |l: &TcpSocket| -> u64 {
@@ -222,7 +222,7 @@ mod tests {
         assert_eq!((d[0].drops, ns["ListenOverflows"]), (31, 31));
         t.baseline(7, &[], &ext(0));
         let mut syn = listener(443, 0, 0, 0, 0);
-        syn.state = 12;
+        syn.state = NEW_SYN_RECV;
         let (d, _) = t.update(7, &[listener(443, 2, 3, 0, 8), syn.clone()], &ext(3));
         assert_eq!((d[0].drops, d[0].syn_recv), (3, 1));
         assert!(!d[0].accept_queue_full());

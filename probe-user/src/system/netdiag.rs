@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-pub use crate::domain::net::{state_name, TcpSocket, ESTABLISHED, LISTEN, TIME_WAIT};
+pub use crate::domain::net::{state_name, TcpSocket, ESTABLISHED, LISTEN, NEW_SYN_RECV, SYN_RECV, TIME_WAIT};
 
 const NETLINK_SOCK_DIAG: i32 = 4;
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
@@ -33,7 +33,7 @@ const SK_MEMINFO_DROPS: usize = 8;
 /// Every state.
 const ALL_STATES: u32 = u32::MAX;
 /// LISTEN, and SYN_RECV / NEW_SYN_RECV for request sockets (the SYN queue).
-pub const LISTEN_STATES: u32 = (1 << LISTEN) | (1 << 3) | (1 << 12);
+pub const LISTEN_STATES: u32 = (1 << LISTEN) | (1 << SYN_RECV) | (1 << NEW_SYN_RECV);
 
 fn request(family: u8, seq: u32, states: u32, ext: u8) -> Vec<u8> {
     // struct inet_diag_req_v2: family, protocol, ext, pad, states, sockid (48 bytes).
