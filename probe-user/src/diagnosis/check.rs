@@ -4,11 +4,11 @@
 //! (tcp_tw_recycle is gone since Linux 4.12, tcp_tw_reuse helps outbound connections only,
 //! a listen() backlog is capped by somaxconn).
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::net::IpAddr;
 
 use serde_json::{json, Value};
 
-use crate::domain::net::{self, endpoint, reserved_strings, usable_ports, NetFacts, SystemFacts};
+use crate::domain::net::{self, endpoint, reserved_strings, usable_ports, EphemeralUse, NetFacts, SystemFacts};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Level {
@@ -101,27 +101,6 @@ fn nofile_items(procs: &[ProcFds], nr_open: Option<u64>) -> Vec<Item> {
         .collect()
 }
 
-/// A destination and its sockets by state name.
-pub type DestStates = ((IpAddr, u16), BTreeMap<&'static str, u64>);
-
-/// Destinations with the most sockets using an ephemeral local port, busiest first.
-pub fn busiest_destinations(net: &NetFacts, n: usize) -> Vec<DestStates> {
-    let Some((lo, hi)) = net.port_range else {
-        return Vec::new();
-    };
-    let mut by_dest: BTreeMap<(IpAddr, u16), BTreeMap<&'static str, u64>> = BTreeMap::new();
-    for s in &net.sockets {
-        if s.state == net::LISTEN || s.sport < lo || s.sport > hi {
-            continue;
-        }
-        *by_dest.entry((s.dst, s.dport)).or_default().entry(net::state_name(s.state)).or_default() += 1;
-    }
-    let mut v: Vec<_> = by_dest.into_iter().collect();
-    v.sort_by_key(|(_, states)| std::cmp::Reverse(states.values().sum::<u64>()));
-    v.truncate(n);
-    v
-}
-
 /// Whether tcp_tw_reuse lets connect() take over TIME_WAIT ports toward `dst` (2 = loopback
 /// only; it also needs TCP timestamps and >1 s since the last segment).
 pub fn tw_reuse_applies(tw_reuse: Option<u32>, dst: IpAddr) -> bool {
@@ -185,7 +164,7 @@ fn port_items(net: &NetFacts) -> Vec<Item> {
             format!("{usable} ephemeral ports usable per (source IP, destination IP, destination port); bind() before connect() makes them host-wide"),
             (level != Level::Ok).then_some("widen net.ipv4.ip_local_port_range (e.g. 10240 65535)"),
         ));
-        let busiest = busiest_destinations(net, 3);
+        let busiest = EphemeralUse::of(net).map(|u| u.busiest(3)).unwrap_or_default();
         if busiest.is_empty() {
             items.push(item(
                 "ephemeral_port_usage",

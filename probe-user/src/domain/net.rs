@@ -141,3 +141,65 @@ pub struct Nofile {
     pub hard: Option<u64>,
     pub open: Option<u64>,
 }
+
+/// Sockets by TCP state name.
+pub type StateCounts = BTreeMap<&'static str, u64>;
+
+/// Sockets of a namespace whose local port lies in its ephemeral range: the one count that
+/// port exhaustion (per destination), bind-before-connect hoarding (the whole range) and
+/// `check` all read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EphemeralUse {
+    /// net.ipv4.ip_local_port_range.
+    pub range: (u16, u16),
+    /// Ports of the range connect() may use (the range less ip_local_reserved_ports).
+    pub usable: u64,
+    /// Connected sockets by (destination address, destination port), then state name.
+    pub by_dest: BTreeMap<(IpAddr, u16), StateCounts>,
+    /// Listeners on a port of the range (a listen() on port 0 takes one).
+    pub listeners: u64,
+}
+
+impl EphemeralUse {
+    /// None when the namespace's port range is unknown.
+    pub fn of(net: &NetFacts) -> Option<EphemeralUse> {
+        let range = net.port_range?;
+        let mut u =
+            EphemeralUse { range, usable: usable_ports(range, &net.reserved), by_dest: BTreeMap::new(), listeners: 0 };
+        for s in net.sockets.iter().filter(|s| s.sport >= range.0 && s.sport <= range.1) {
+            if s.state == LISTEN {
+                u.listeners += 1;
+            } else {
+                *u.by_dest.entry((s.dst, s.dport)).or_default().entry(state_name(s.state)).or_default() += 1;
+            }
+        }
+        Some(u)
+    }
+
+    /// Sockets toward one destination, by state name.
+    pub fn toward(&self, addr: IpAddr, port: u16) -> BTreeMap<&'static str, u64> {
+        self.by_dest.get(&(addr, port)).cloned().unwrap_or_default()
+    }
+
+    /// Every socket holding a port of the range, by state name (listeners as LISTEN).
+    pub fn by_state(&self) -> BTreeMap<&'static str, u64> {
+        let mut all: BTreeMap<&'static str, u64> = BTreeMap::new();
+        for states in self.by_dest.values() {
+            for (s, n) in states {
+                *all.entry(s).or_default() += n;
+            }
+        }
+        if self.listeners > 0 {
+            *all.entry(TcpState::Listen.name()).or_default() += self.listeners;
+        }
+        all
+    }
+
+    /// The `n` destinations holding the most ports, busiest first.
+    pub fn busiest(&self, n: usize) -> Vec<((IpAddr, u16), StateCounts)> {
+        let mut v: Vec<_> = self.by_dest.iter().map(|(d, s)| (*d, s.clone())).collect();
+        v.sort_by_key(|(_, states)| std::cmp::Reverse(states.values().sum::<u64>()));
+        v.truncate(n);
+        v
+    }
+}

@@ -8,7 +8,7 @@ use serde_json::{json, Map, Value};
 use super::*;
 use crate::{
     diagnosis::check::tw_reuse_applies,
-    domain::net::{self, reserved_strings, usable_ports},
+    domain::net::{reserved_strings, EphemeralUse, TcpState},
 };
 
 /// Ports toward `dest` by state (local port in the ephemeral range).
@@ -25,35 +25,21 @@ pub(super) struct PortUse {
 
 impl PortUse {
     pub(super) fn of(net: &NetFacts, dest: &Dest) -> Option<PortUse> {
-        let range = net.port_range?;
-        let mut u = PortUse {
-            range,
-            usable: usable_ports(range, &net.reserved),
-            established: 0,
-            time_wait: 0,
-            other: 0,
-            closing: 0,
-            states: BTreeMap::new(),
-        };
-        for s in &net.sockets {
-            if s.dst != dest.addr || s.dport != dest.port || s.sport < range.0 || s.sport > range.1 {
-                continue;
-            }
-            if s.state == net::LISTEN {
-                continue;
-            }
-            *u.states.entry(net::state_name(s.state)).or_default() += 1;
-            match s.state {
-                net::ESTABLISHED => u.established += 1,
-                net::TIME_WAIT => u.time_wait += 1,
-                4 | 5 | 11 => {
-                    u.closing += 1;
-                    u.other += 1;
-                }
-                _ => u.other += 1,
-            }
-        }
-        Some(u)
+        let all = EphemeralUse::of(net)?;
+        let states = all.toward(dest.addr, dest.port);
+        let get = |s: TcpState| states.get(s.name()).copied().unwrap_or(0);
+        let established = get(TcpState::Established);
+        let time_wait = get(TcpState::TimeWait);
+        let total: u64 = states.values().sum();
+        Some(PortUse {
+            range: all.range,
+            usable: all.usable,
+            established,
+            time_wait,
+            other: total - established - time_wait,
+            closing: get(TcpState::FinWait1) + get(TcpState::FinWait2) + get(TcpState::Closing),
+            states,
+        })
     }
 
     pub(super) fn in_use(&self) -> u64 {
@@ -120,24 +106,6 @@ pub(super) fn port_fixes(u: &PortUse, net: &NetFacts, dest: &Dest) -> Vec<String
     fix
 }
 
-/// Sockets of a namespace whose local port is in the ephemeral range.
-pub(super) struct RangeUse {
-    pub(super) range: (u16, u16),
-    pub(super) usable: u64,
-    pub(super) states: BTreeMap<&'static str, u64>,
-}
-
-impl RangeUse {
-    pub(super) fn of(f: &NetFacts) -> Option<RangeUse> {
-        let range = f.port_range?;
-        let mut states = BTreeMap::new();
-        for s in f.sockets.iter().filter(|s| s.sport >= range.0 && s.sport <= range.1) {
-            *states.entry(net::state_name(s.state)).or_default() += 1;
-        }
-        Some(RangeUse { range, usable: usable_ports(range, &f.reserved), states })
-    }
-}
-
 pub fn bind_hoarding(
     pid: u32,
     comm: String,
@@ -149,9 +117,10 @@ pub fn bind_hoarding(
     let mut v = base(Cause::BindHoarding, pid, comm.clone(), since, n);
     net_error(&mut v, &net);
     v.evidence.insert("bound_connects".into(), json!(bound_connects));
-    let usage = net.as_ref().ok().and_then(RangeUse::of);
+    let usage = net.as_ref().ok().and_then(EphemeralUse::of);
     let range_text = match &usage {
-        Some(RangeUse { range, usable, states }) => {
+        Some(u @ EphemeralUse { range, usable, .. }) => {
+            let states = u.by_state();
             let in_use: u64 = states.values().sum();
             v.evidence.insert("range".into(), json!(format!("{}-{}", range.0, range.1)));
             v.evidence.insert("usable".into(), json!(usable));
@@ -177,7 +146,7 @@ pub fn bind_hoarding(
     );
     v.fix.push("or do not bind() before connect() unless a source address must be chosen".into());
     v.fix.push("IP_LOCAL_PORT_RANGE (Linux 6.3+) gives a socket its own port range".into());
-    if let Some(RangeUse { range, .. }) = usage {
+    if let Some(EphemeralUse { range, .. }) = usage {
         v.fix.push(format!("widen net.ipv4.ip_local_port_range (now {}-{})", range.0, range.1));
     }
     v
