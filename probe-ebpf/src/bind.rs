@@ -4,14 +4,15 @@
 //! fexit sees the arguments and the result together; the syscall and kprobe hooks park the
 //! requested address per thread at entry (`BINDS`) and settle at exit.
 
-use probe_common::{config::stat, counters::kind, event, sock::BindCall};
-
-use crate::{
-    count::{bump, current, current_comm, new_event},
-    kernel::{read_sockaddr, sk_is_tcp, sk_netns},
-    maps::{stat_inc, BINDS},
-};
-
+use crate::shared::count::{bump, current, current_comm, new_event};
+use crate::shared::kernel::{current_stream_sock, fexit_ret, read_sockaddr, sk_is_tcp, sk_netns, socket_stream_sk};
+use crate::shared::maps::{stat_inc, BINDS};
+use aya_ebpf::macros::{fexit, kprobe, kretprobe, tracepoint};
+use aya_ebpf::programs::{FExitContext, ProbeContext, RetProbeContext, TracePointContext};
+use probe_common::config::{arity, stat};
+use probe_common::counters::kind;
+use probe_common::event;
+use probe_common::sock::BindCall;
 /// include/uapi/asm-generic/errno.h
 const EADDRINUSE: u16 = 98;
 const EADDRNOTAVAIL: u16 = 99;
@@ -49,6 +50,7 @@ pub fn exit(ret: i64) {
     let Some(p) = BINDS.get_ptr(tid) else {
         return;
     };
+    // SAFETY: a pointer to a live map value returned by the lookup just above, read before any other map call.
     let c = unsafe { *p };
     let _ = BINDS.remove(tid);
     result(ret, &c);
@@ -81,4 +83,92 @@ pub fn result(ret: i64, c: &BindCall) {
     if err == EADDRINUSE && c.port == 0 {
         bump(tgid, kind::BIND_PORT_EXHAUSTED, 0, &comm);
     }
+}
+
+#[inline(always)]
+fn bind_fexit(ctx: &FExitContext) {
+    // int inet_bind(struct socket *sock, struct sockaddr *uaddr, int addr_len), and inet6_bind
+    let ret = fexit_ret::<i32>(ctx, arity::INET_BIND);
+    if ret >= 0 {
+        return;
+    }
+    let sock: u64 = ctx.arg(0);
+    let Some(sk) = socket_stream_sk(sock) else {
+        return;
+    };
+    if !sk_is_tcp(sk) {
+        return;
+    }
+    let mut c = call(ctx.arg(1), false);
+    c.netns = sk_netns(sk);
+    result(ret as i64, &c);
+}
+
+#[fexit(function = "inet_bind")]
+pub fn bind_fexit_v4(ctx: FExitContext) -> u32 {
+    bind_fexit(&ctx);
+    0
+}
+
+#[fexit(function = "inet6_bind")]
+pub fn bind_fexit_v6(ctx: FExitContext) -> u32 {
+    bind_fexit(&ctx);
+    0
+}
+
+/// sys_enter_bind: fd at 16, umyaddr at 24 (checked against the format file).
+#[tracepoint(category = "syscalls", name = "sys_enter_bind")]
+pub fn bind_enter_tp(ctx: TracePointContext) -> u32 {
+    // SAFETY: reads the tracepoint record at the offset its format file gives (user space checks it before attaching); read_at fails instead of faulting.
+    let (Ok(fd), Ok(addr)) = (unsafe { ctx.read_at::<u64>(16) }, unsafe { ctx.read_at::<u64>(24) }) else {
+        return 0;
+    };
+    if let Some(sk) = current_stream_sock(fd) {
+        enter(sk, call(addr, true));
+    }
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_bind")]
+pub fn bind_exit_tp(ctx: TracePointContext) -> u32 {
+    // SAFETY: reads the tracepoint record at the offset its format file gives (user space checks it before attaching); read_at fails instead of faulting.
+    if let Ok(ret) = unsafe { ctx.read_at::<i64>(16) } {
+        exit(ret);
+    }
+    0
+}
+
+/// inet_bind / inet6_bind entry: park the requested address for the return probe.
+#[inline(always)]
+fn bind_entry(ctx: &ProbeContext) {
+    let (Some(sock), Some(uaddr)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) else {
+        return;
+    };
+    if let Some(sk) = socket_stream_sk(sock) {
+        enter(sk, call(uaddr, false));
+    }
+}
+
+#[kprobe(function = "inet_bind")]
+pub fn bind_kprobe_v4(ctx: ProbeContext) -> u32 {
+    bind_entry(&ctx);
+    0
+}
+
+#[kprobe(function = "inet6_bind")]
+pub fn bind_kprobe_v6(ctx: ProbeContext) -> u32 {
+    bind_entry(&ctx);
+    0
+}
+
+#[kretprobe(function = "inet_bind")]
+pub fn bind_kretprobe_v4(ctx: RetProbeContext) -> u32 {
+    exit(ctx.ret::<i32>() as i64);
+    0
+}
+
+#[kretprobe(function = "inet6_bind")]
+pub fn bind_kretprobe_v6(ctx: RetProbeContext) -> u32 {
+    exit(ctx.ret::<i32>() as i64);
+    0
 }

@@ -6,21 +6,20 @@
 //! connect() still runs (loopback handshakes complete inside connect()) is parked in the
 //! owner record and settled at `exit`, so each attempt is counted exactly once.
 
+use crate::shared::count::{bump, bump_dest, current, current_comm, new_event};
+use crate::shared::kernel::{
+    current_stream_sock, fexit_ret, fill_endpoints, read_sockaddr, sk_addrs, sk_err, sk_is_tcp, sk_netns, sk_ports,
+    sk_state, socket_stream_sk,
+};
+use crate::shared::maps::{role_on, stat_inc, INFLIGHT, OWNERS};
+use aya_ebpf::macros::{fentry, fexit, kprobe, kretprobe, tracepoint};
 use aya_ebpf::maps::ring_buf::RingBufEntry;
-use probe_common::{
-    config::{role, stat},
-    counters::{kind, DestKey},
-    event::{self, Event},
-    sock::{pending, phase, tcp_state, Inflight, SockOwner},
-    COMM_LEN,
-};
-
-use crate::{
-    count::{bump, bump_dest, current, current_comm, new_event},
-    kernel::{fill_endpoints, read_sockaddr, sk_addrs, sk_err, sk_is_tcp, sk_netns, sk_ports, sk_state},
-    maps::{role_on, stat_inc, INFLIGHT, OWNERS},
-};
-
+use aya_ebpf::programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext, TracePointContext};
+use probe_common::config::{arity, role, stat};
+use probe_common::counters::{kind, DestKey};
+use probe_common::event::Event;
+use probe_common::sock::{pending, phase, tcp_state, Inflight, SockOwner};
+use probe_common::{event, COMM_LEN};
 const EADDRNOTAVAIL: u16 = 99;
 const EINPROGRESS: u16 = 115;
 const ECANCELED: u16 = 125;
@@ -55,6 +54,7 @@ pub fn enter(sk: u64, sockaddr: u64, user_sockaddr: bool) {
     // A second connect() on a socket whose non-blocking connect is already tracked only
     // polls it (EALREADY, or the final result): not a new attempt.
     if let Some(o) = OWNERS.get_ptr(sk) {
+        // SAFETY: `o` points to a live OWNERS value returned by the lookup just above, used before any other map call.
         let p = unsafe { (*o).phase };
         if p == phase::ASYNC_PENDING || p == phase::ASYNC_DONE {
             inf.repoll = 1;
@@ -83,6 +83,7 @@ pub fn exit(ret: i64) {
     let Some(p) = INFLIGHT.get_ptr(tid) else {
         return;
     };
+    // SAFETY: a pointer to a live map value returned by the lookup just above, read before any other map call.
     let inf = unsafe { *p };
     let _ = INFLIGHT.remove(tid);
     if inf.repoll == 1 {
@@ -95,6 +96,7 @@ pub fn exit(ret: i64) {
     if ret == 0 {
         bump(tgid, kind::CONNECT_OK, 0, &comm);
         if let Some(o) = owner {
+            // SAFETY: `o` points to a live OWNERS value returned by the lookup just above, used before any other map call.
             unsafe { (*o).phase = phase::SYNC_DONE };
         }
         return;
@@ -102,6 +104,7 @@ pub fn exit(ret: i64) {
     let err = (-ret) as u16;
     if err == EINPROGRESS || (ERESTART_MIN..=ERESTART_MAX).contains(&err) {
         if let Some(o) = owner {
+            // SAFETY: `o` points to a live OWNERS value returned by the lookup just above, used before any other map call.
             let o = unsafe { &mut *o };
             match o.pending {
                 pending::ESTABLISHED => {
@@ -138,6 +141,7 @@ pub fn exit(ret: i64) {
     } else if !(err == EADDRNOTAVAIL && inf.port_event_sent == 1) {
         if let Some(mut e) = new_event(event::kind::CONNECT_ERROR, tgid, tid, err, &comm) {
             fill_from_inflight(&mut e, &inf);
+            // SAFETY: new_event wrote a whole Event into the reserved entry.
             let ev = unsafe { e.assume_init_mut() };
             let (sport, _) = sk_ports(sk);
             ev.sport = sport;
@@ -157,12 +161,14 @@ pub fn exit(ret: i64) {
     if sk_state(sk) as i32 == tcp_state::CLOSE {
         let _ = OWNERS.remove(sk);
     } else if let Some(o) = owner {
+        // SAFETY: `o` points to a live OWNERS value returned by the lookup just above, used before any other map call.
         unsafe { (*o).phase = phase::SYNC_DONE };
     }
 }
 
 #[inline(always)]
 fn fill_from_inflight(e: &mut RingBufEntry<Event>, inf: &Inflight) {
+    // SAFETY: new_event wrote a whole Event into the reserved entry.
     let ev = unsafe { e.assume_init_mut() };
     ev.family = inf.family;
     ev.dport = inf.dport;
@@ -197,6 +203,7 @@ pub fn transition(sk: u64, newstate: i32) {
         // socket goes back to CLOSE inside the caller's connect(). Remember it for `exit`.
         let (_, tid) = current();
         if let Some(p) = INFLIGHT.get_ptr_mut(tid) {
+            // SAFETY: a pointer to a live map value returned by the lookup just above, read before any other map call.
             let inf = unsafe { &mut *p };
             if inf.sk == sk {
                 inf.closed_in_connect = 1;
@@ -211,6 +218,7 @@ pub fn transition(sk: u64, newstate: i32) {
     let Some(o) = OWNERS.get_ptr_mut(sk) else {
         return;
     };
+    // SAFETY: `o` points to a live OWNERS value returned by the lookup just above, used before any other map call.
     let o = unsafe { &mut *o };
     match o.phase {
         phase::IN_CONNECT => {
@@ -248,4 +256,64 @@ pub fn accepted(sk: u64) {
     if OWNERS.insert(sk, owner, 0).is_err() {
         stat_inc(stat::OWNER_MAP_FULL);
     }
+}
+
+#[fentry(function = "inet_stream_connect")]
+pub fn connect_fentry(ctx: FEntryContext) -> u32 {
+    // int inet_stream_connect(struct socket *sock, struct sockaddr *uaddr, int addr_len, int flags)
+    let sock: u64 = ctx.arg(0);
+    let uaddr: u64 = ctx.arg(1);
+    if let Some(sk) = socket_stream_sk(sock) {
+        enter(sk, uaddr, false);
+    }
+    0
+}
+
+#[fexit(function = "inet_stream_connect")]
+pub fn connect_fexit(ctx: FExitContext) -> u32 {
+    exit(fexit_ret::<i32>(&ctx, arity::INET_STREAM_CONNECT) as i64);
+    0
+}
+
+/// Syscall tracepoint records: args are 8-byte slots from offset 16 (fd, uservaddr, addrlen).
+#[tracepoint(category = "syscalls", name = "sys_enter_connect")]
+pub fn connect_enter_tp(ctx: TracePointContext) -> u32 {
+    // SAFETY: reads the tracepoint record at the offset its format file gives (user space checks it before attaching); read_at fails instead of faulting.
+    let (Ok(fd), Ok(addr)) = (unsafe { ctx.read_at::<u64>(16) }, unsafe { ctx.read_at::<u64>(24) }) else {
+        return 0;
+    };
+    if !role_on(role::CONNECT) {
+        return 0;
+    }
+    if let Some(sk) = current_stream_sock(fd) {
+        enter(sk, addr, true);
+    }
+    0
+}
+
+/// `ret` is the long at offset 16 of every syscalls:sys_exit_* record.
+#[tracepoint(category = "syscalls", name = "sys_exit_connect")]
+pub fn connect_exit_tp(ctx: TracePointContext) -> u32 {
+    // SAFETY: reads the tracepoint record at the offset its format file gives (user space checks it before attaching); read_at fails instead of faulting.
+    if let Ok(ret) = unsafe { ctx.read_at::<i64>(16) } {
+        exit(ret);
+    }
+    0
+}
+
+#[kprobe(function = "inet_stream_connect")]
+pub fn connect_kprobe(ctx: ProbeContext) -> u32 {
+    let (Some(sock), Some(uaddr)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) else {
+        return 0;
+    };
+    if let Some(sk) = socket_stream_sk(sock) {
+        enter(sk, uaddr, false);
+    }
+    0
+}
+
+#[kretprobe(function = "inet_stream_connect")]
+pub fn connect_kretprobe(ctx: RetProbeContext) -> u32 {
+    exit(ctx.ret::<i32>() as i64);
+    0
 }

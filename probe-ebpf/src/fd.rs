@@ -1,9 +1,14 @@
 //! fd and file allocation failures.
 
-use probe_common::{counters::kind, event};
-
-use crate::count::{bump, current, current_comm, new_event};
-
+use crate::shared::count::{bump, current, current_comm, new_event};
+use crate::shared::kernel::{current_nofile_limit, fexit_ret, read};
+use crate::shared::maps::role_on;
+use crate::shared::stash::{stash, unstash, SLOT_ALLOC_FD_END};
+use aya_ebpf::macros::{fexit, kprobe, kretprobe, raw_tracepoint};
+use aya_ebpf::programs::{FExitContext, ProbeContext, RawTracePointContext, RetProbeContext};
+use probe_common::config::{arity, role};
+use probe_common::counters::kind;
+use probe_common::event;
 pub const EMFILE: i64 = 24;
 pub const ENFILE: i64 = 23;
 
@@ -23,4 +28,67 @@ pub fn failed(errno: i64, limit: u64, syscall_nr: i32) {
         e.submit(0);
     }
     bump(tgid, count_kind, 0, &comm);
+}
+
+#[fexit(function = "alloc_fd")]
+pub fn fd_fexit_alloc_fd(ctx: FExitContext) -> u32 {
+    // static int alloc_fd(unsigned start, unsigned end, unsigned flags): end is the
+    // RLIMIT_NOFILE in force (fs/file.c); -EMFILE when no fd below it is free.
+    if fexit_ret::<i32>(&ctx, arity::ALLOC_FD) == -(EMFILE as i32) {
+        let end: u32 = ctx.arg(1);
+        failed(EMFILE, end as u64, -1);
+    }
+    0
+}
+
+#[fexit(function = "alloc_empty_file")]
+pub fn fd_fexit_alloc_file(ctx: FExitContext) -> u32 {
+    // struct file *alloc_empty_file(int flags, const struct cred *cred): ERR_PTR(-ENFILE)
+    // above fs.file-max (fs/file_table.c).
+    if fexit_ret::<i64>(&ctx, arity::ALLOC_EMPTY_FILE) == -ENFILE {
+        failed(ENFILE, 0, -1);
+    }
+    0
+}
+
+/// Fallback: every syscall that returns EMFILE/ENFILE, i.e. exactly what applications saw.
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn fd_sys_exit(ctx: RawTracePointContext) -> i32 {
+    // TP_PROTO(struct pt_regs *regs, long ret)
+    let ret: i64 = ctx.arg(1);
+    if ret != -EMFILE && ret != -ENFILE {
+        return 0;
+    }
+    if !role_on(role::FD_VIA_SYS_EXIT) {
+        return 0;
+    }
+    let regs: u64 = ctx.arg(0);
+    let nr = read::<u64>(regs, off!(regs_syscall_nr)).map(|n| n as i32).unwrap_or(-1);
+    let limit = if ret == -EMFILE { current_nofile_limit() } else { 0 };
+    failed(-ret, limit, nr);
+    0
+}
+#[kprobe(function = "alloc_fd")]
+pub fn fd_kprobe_alloc_fd(ctx: ProbeContext) -> u32 {
+    if let Some(end) = ctx.arg::<u64>(1) {
+        stash(SLOT_ALLOC_FD_END, end);
+    }
+    0
+}
+
+#[kretprobe(function = "alloc_fd")]
+pub fn fd_kretprobe_alloc_fd(ctx: RetProbeContext) -> u32 {
+    let end = unstash(SLOT_ALLOC_FD_END);
+    if ctx.ret::<i32>() == -(EMFILE as i32) {
+        failed(EMFILE, end.unwrap_or(0) as u32 as u64, -1);
+    }
+    0
+}
+
+#[kretprobe(function = "alloc_empty_file")]
+pub fn fd_kretprobe_alloc_file(ctx: RetProbeContext) -> u32 {
+    if ctx.ret::<i64>() == -ENFILE {
+        failed(ENFILE, 0, -1);
+    }
+    0
 }

@@ -12,19 +12,23 @@
 /// keeps the compiler from folding the placeholder values the object is built with.
 macro_rules! off {
     ($field:ident) => {
-        unsafe { core::ptr::read_volatile(&raw const $crate::kernel::CONFIG.$field) }
+        // SAFETY: CONFIG is a plain static user space fills before load; read volatile so the placeholder is not folded.
+        unsafe { core::ptr::read_volatile(&raw const $crate::shared::kernel::CONFIG.$field) }
     };
 }
 
+// One file per signal, each with its handler and every entry point (fexit, tracepoints,
+// kprobes) that feeds it; `shared` holds what they all use.
+mod accept;
 mod bind;
 mod connect;
-mod count;
 mod fd;
-mod kernel;
-mod kprobes;
-mod maps;
-mod progs;
-mod state;
+mod netfilter;
+mod port;
+mod set_state;
+mod shared;
+mod tcp_mem;
+mod time_wait;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -19,6 +19,7 @@ pub fn read<T>(base: u64, off: u32) -> Option<T> {
     if off == OFFSET_MISSING || base == 0 {
         return None;
     }
+    // SAFETY: bpf_probe_read_kernel copies from kernel memory and returns an error on a bad address; it never faults.
     unsafe { bpf_probe_read_kernel((base + off as u64) as *const T).ok() }
 }
 
@@ -119,6 +120,7 @@ pub fn fill_endpoints(ev: &mut probe_common::event::Event, sk: u64) {
 /// socket: current->files->fdt->fd[fd]->private_data (a `struct socket *`)->sk.
 #[inline(always)]
 pub fn current_stream_sock(fd: u64) -> Option<u64> {
+    // SAFETY: a BPF helper that takes no arguments.
     let task = unsafe { bpf_get_current_task() };
     let files = read::<u64>(task, off!(task_files))?;
     let fdt = read::<u64>(files, off!(files_fdt))?;
@@ -150,6 +152,7 @@ pub fn socket_stream_sk(socket: u64) -> Option<u64> {
 /// Soft RLIMIT_NOFILE of the current process (`current->signal->rlim[RLIMIT_NOFILE]`).
 #[inline(always)]
 pub fn current_nofile_limit() -> u64 {
+    // SAFETY: a BPF helper that takes no arguments.
     let task = unsafe { bpf_get_current_task() };
     let Some(signal) = read::<u64>(task, off!(task_signal)) else {
         return 0;
@@ -170,6 +173,8 @@ pub fn read_sockaddr(ptr: u64, user: bool, daddr: &mut [u8; 16]) -> (u16, u16) {
         return (0, 0);
     }
     let mut buf = [0u8; 24];
+    // SAFETY: the probe-read helpers copy into our stack buffer and return an error on a bad
+    // address (user or kernel); they never fault.
     let ok = unsafe {
         if user {
             aya_ebpf::helpers::bpf_probe_read_user_buf(ptr as *const u8, &mut buf).is_ok()
@@ -190,4 +195,17 @@ pub fn read_sockaddr(ptr: u64, user: bool, daddr: &mut [u8; 16]) -> (u16, u16) {
         daddr.copy_from_slice(&buf[8..24]);
     }
     (family, port)
+}
+
+/// The return value of an fexit program's function: the trampoline stores it right after the
+/// arguments, so it is argument number `nargs` (user space checks each function's parameter
+/// count in BTF before attaching, see `probe_common::config::arity`).
+///
+/// Not `FExitContext::ret` (bpf_get_func_ret): its output slot starts as a constant 0 on the
+/// stack, and Debian 6.1's verifier kept believing that 0 after the inlined helper wrote the
+/// real value, so it pruned every branch taken on a non-zero return (seen as
+/// fexit/inet_hash_connect firing 10 times and counting nothing).
+#[inline(always)]
+pub fn fexit_ret<T: aya_ebpf::Argument>(ctx: &aya_ebpf::programs::FExitContext, nargs: usize) -> T {
+    ctx.arg(nargs)
 }

@@ -1,18 +1,14 @@
 //! `inet_sock_set_state`: one hook serving three signals (see `probe_common::config::role`).
 
-use probe_common::{
-    config::role,
-    counters::{kind, UNATTRIBUTED},
-    sock::{phase, tcp_state},
-};
-
-use crate::{
-    connect,
-    count::{bump, bump_dest, current, current_comm, dest_of_sock},
-    kernel::{sk_err, sk_is_tcp, sk_state, sk_tw_table},
-    maps::{role_on, OWNERS, RST_SENT, TW_CHARGED, TW_SEEN},
-};
-
+use crate::connect;
+use crate::shared::count::{bump, bump_dest, current, current_comm, dest_of_sock};
+use crate::shared::kernel::{sk_err, sk_is_tcp, sk_state, sk_tw_table};
+use crate::shared::maps::{role_on, OWNERS, RST_SENT, TW_CHARGED, TW_SEEN};
+use aya_ebpf::macros::{btf_tracepoint, tracepoint};
+use aya_ebpf::programs::{BtfTracePointContext, TracePointContext};
+use probe_common::config::role;
+use probe_common::counters::{kind, UNATTRIBUTED};
+use probe_common::sock::{phase, tcp_state};
 #[inline(always)]
 pub fn on_set_state(sk: u64, oldstate: i32, newstate: i32) {
     // Only SYN_SENT→* and *→CLOSE matter; most of the ~10 changes of a connection's life
@@ -63,6 +59,7 @@ pub fn on_set_state(sk: u64, oldstate: i32, newstate: i32) {
     // The socket is done: forget its owner, unless connect() is still running in the owner's
     // thread and will settle the outcome itself (connect::exit removes it then).
     if let Some(o) = OWNERS.get_ptr(sk) {
+        // SAFETY: `o` points to a live OWNERS value returned by the lookup just above, used before any other map call.
         if unsafe { (*o).phase } != phase::IN_CONNECT {
             let _ = OWNERS.remove(sk);
         }
@@ -78,6 +75,7 @@ fn tw_outcome(sk: u64) -> u16 {
     let Some((net, count, max)) = sk_tw_table(sk) else {
         return kind::TIME_WAIT;
     };
+    // SAFETY: a pointer to a live map value returned by the lookup just above, read before any other map call.
     let prev = TW_SEEN.get_ptr(net).map(|p| unsafe { *p });
     let _ = TW_SEEN.insert(net, count, 0);
     if count < max || prev.is_some_and(|p| count > p) {
@@ -99,6 +97,7 @@ pub fn on_send_reset(sk: u64) {
         let _ = RST_SENT.insert(sk, 1, 0);
     } else if st == tcp_state::CLOSE {
         if let Some(v) = TW_CHARGED.get_ptr(sk) {
+            // SAFETY: a pointer to a live map value returned by the lookup just above, read before any other map call.
             let v = unsafe { *v };
             let _ = TW_CHARGED.remove(sk);
             bump((v >> 32) as u32, kind::TW_RETRACTED, v as u16, &[0; 16]);
@@ -111,6 +110,7 @@ pub fn on_send_reset(sk: u64) {
 pub fn charge_to_owner_aux(sk: u64, kind: u16, aux: u16) {
     match OWNERS.get_ptr(sk) {
         Some(o) => {
+            // SAFETY: `o` points to a live OWNERS value returned by the lookup just above, used before any other map call.
             let o = unsafe { &*o };
             let (tgid, comm) = (o.tgid, o.comm);
             bump(tgid, kind, aux, &comm);
@@ -125,6 +125,7 @@ pub fn charge_to_owner_aux(sk: u64, kind: u16, aux: u16) {
 pub fn charge_to_owner(sk: u64, kind: u16) -> u32 {
     match OWNERS.get_ptr(sk) {
         Some(o) => {
+            // SAFETY: `o` points to a live OWNERS value returned by the lookup just above, used before any other map call.
             let o = unsafe { &*o };
             let (tgid, comm, ph) = (o.tgid, o.comm, o.phase);
             bump(tgid, kind, 0, &comm);
@@ -140,4 +141,27 @@ pub fn charge_to_owner(sk: u64, kind: u16) -> u32 {
             UNATTRIBUTED
         }
     }
+}
+
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn set_state_btf(ctx: BtfTracePointContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
+    let old: i32 = ctx.arg(1);
+    let new: i32 = ctx.arg(2);
+    on_set_state(sk, old, new);
+    0
+}
+
+/// Classic tracepoint; record offsets (skaddr 8, oldstate 16, newstate 20) are checked
+/// against the event's format file by user space before attaching.
+#[tracepoint(category = "sock", name = "inet_sock_set_state")]
+pub fn set_state_tp(ctx: TracePointContext) -> u32 {
+    let (Ok(sk), Ok(old), Ok(new)) =
+        // SAFETY: reads the tracepoint record at the offset its format file gives (user space checks it before attaching); read_at fails instead of faulting.
+        (unsafe { ctx.read_at::<u64>(8) }, unsafe { ctx.read_at::<i32>(16) }, unsafe { ctx.read_at::<i32>(20) })
+    else {
+        return 0;
+    };
+    on_set_state(sk, old, new);
+    0
 }

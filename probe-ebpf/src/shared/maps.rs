@@ -86,6 +86,7 @@ pub fn role_on(idx: u32) -> bool {
 #[inline(always)]
 pub fn stat_inc(idx: u32) {
     if let Some(p) = STATS.get_ptr_mut(idx) {
+        // SAFETY: a pointer to this CPU's slot of a per-CPU map value, returned by the lookup just above; the program cannot migrate while it runs.
         unsafe { *p += 1 };
     }
 }

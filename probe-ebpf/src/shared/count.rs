@@ -12,7 +12,7 @@ use probe_common::{
     COMM_LEN,
 };
 
-use crate::maps::{stat_inc, Limiter, COMMS, COUNTS, DEST_COUNTS, EVENTS, LIMITER};
+use crate::shared::maps::{stat_inc, Limiter, COMMS, COUNTS, DEST_COUNTS, EVENTS, LIMITER};
 
 #[inline(always)]
 pub fn current() -> (u32, u32) {
@@ -30,6 +30,7 @@ pub fn current_comm() -> [u8; COMM_LEN] {
 #[inline(always)]
 fn increment<K>(map: &PerCpuHashMap<K, u64>, key: &K) -> bool {
     if let Some(p) = map.get_ptr_mut(key) {
+        // SAFETY: a pointer to this CPU's slot of a per-CPU map value, returned by the lookup just above; the program cannot migrate while it runs.
         unsafe { *p += 1 };
         return false;
     }
@@ -38,6 +39,7 @@ fn increment<K>(map: &PerCpuHashMap<K, u64>, key: &K) -> bool {
     }
     // Another CPU created the entry meanwhile (EEXIST): count on ours.
     match map.get_ptr_mut(key) {
+        // SAFETY: a pointer to this CPU's slot of a per-CPU map value, returned by the lookup just above; the program cannot migrate while it runs.
         Some(p) => unsafe { *p += 1 },
         None => stat_inc(stat::COUNTER_MAP_FULL),
     }
@@ -68,11 +70,12 @@ pub fn bump_dest(key: &DestKey) {
 /// The per-destination key of socket `sk` (destination read from the socket).
 #[inline(always)]
 pub fn dest_of_sock(tgid: u32, kind: u16, sk: u64) -> DestKey {
-    let family = crate::kernel::sk_family(sk);
-    let (_, dport) = crate::kernel::sk_ports(sk);
-    let mut key = DestKey { tgid, netns: crate::kernel::sk_netns(sk), kind, family, dport, _pad: 0, daddr: [0; 16] };
+    let family = crate::shared::kernel::sk_family(sk);
+    let (_, dport) = crate::shared::kernel::sk_ports(sk);
+    let mut key =
+        DestKey { tgid, netns: crate::shared::kernel::sk_netns(sk), kind, family, dport, _pad: 0, daddr: [0; 16] };
     let mut saddr = [0u8; 16];
-    crate::kernel::sk_addrs(sk, family, &mut saddr, Some(&mut key.daddr));
+    crate::shared::kernel::sk_addrs(sk, family, &mut saddr, Some(&mut key.daddr));
     key
 }
 
@@ -82,10 +85,12 @@ pub fn dest_of_sock(tgid: u32, kind: u16, sk: u64) -> DestKey {
 #[inline(always)]
 fn event_allowed(tgid: u32, kind: u16) -> Option<u32> {
     let key = ((tgid as u64) << 16) | kind as u64;
+    // SAFETY: a BPF helper that takes no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let limit = off!(events_per_sec);
     match LIMITER.get_ptr_mut(key) {
         Some(l) => {
+            // SAFETY: a pointer to a live LIMITER value returned by the lookup just above, used before any other map call.
             let l = unsafe { &mut *l };
             if now.wrapping_sub(l.window_start) >= 1_000_000_000 {
                 l.window_start = now;
@@ -118,6 +123,7 @@ pub fn new_event(kind: u16, tgid: u32, tid: u32, errno: u16, comm: &[u8; COMM_LE
         return None;
     };
     entry.write(Event {
+        // SAFETY: a BPF helper that takes no arguments.
         ts_ns: unsafe { bpf_ktime_get_ns() },
         limit: 0,
         kind,
