@@ -36,6 +36,104 @@ pub struct Probe {
     pub status: Status,
 }
 
+/// Climbs every hooked signal's ladder, in the order their rungs depend on each other
+/// (inet_sock_set_state, then connect, then the fallbacks built on both). Returns the
+/// statuses and the `ROLES` switches to turn on.
+fn attach_signals(
+    l: &mut Loader,
+    mode: AttachMode,
+    c: &probe_common::config::Config,
+    has_btf: bool,
+) -> (Vec<(Signal, SignalStatus)>, Vec<u32>) {
+    // Without the socket offsets no network hook can tell TCP sockets apart.
+    let sock_ok = has(&[c.sk_family, c.socket_sk, c.socket_type]);
+    let fd_walk_ok = sock_ok && has(&[c.task_files, c.files_fdt, c.fdt_fd, c.fdt_max_fds, c.file_private_data]);
+    let allowed = Allowed {
+        fexit: matches!(mode, AttachMode::Auto | AttachMode::Fexit) && has_btf,
+        tracepoint: matches!(mode, AttachMode::Auto | AttachMode::Tracepoint),
+        kprobe: matches!(mode, AttachMode::Auto | AttachMode::Kprobe),
+    };
+    let net = Allowed {
+        fexit: allowed.fexit && sock_ok,
+        tracepoint: allowed.tracepoint && sock_ok,
+        kprobe: allowed.kprobe && sock_ok,
+    };
+    let mut roles = Vec::new();
+
+    // inet_sock_set_state serves asynchronous connect outcomes in every mode (whatever the
+    // family the mode forces), and the port and TIME_WAIT fallbacks.
+    let any_net = Allowed { fexit: false, tracepoint: net.fexit || net.tracepoint || net.kprobe, kprobe: false };
+    let set_state_status = if sock_ok {
+        climb(l, hooks::set_state(), any_net, mode, &mut roles)
+    } else {
+        SignalStatus::unavailable("kernel BTF lacks struct sock/socket offsets")
+    };
+    let set_state = (set_state_status.mode != Mode::Unavailable)
+        .then(|| (set_state_status.mode, set_state_status.hooks[0].clone()));
+    let mut k = Kernel {
+        fd_walk: fd_walk_ok,
+        sk_err: c.sk_err != OFFSET_MISSING,
+        netfilter_drop: c.skb_sk != OFFSET_MISSING && c.drop_reason_netfilter != OFFSET_MISSING,
+        set_state: set_state.as_ref(),
+        connect: None,
+    };
+
+    let mut connect = climb(l, hooks::connect(&k), net, mode, &mut roles);
+    if connect.mode != Mode::Unavailable {
+        roles.push(role::CONNECT);
+        match &set_state {
+            Some((_, h)) => connect.hooks.push(h.clone()),
+            None => {
+                connect.exact = false;
+                let why = set_state_status.note.clone().unwrap_or_default();
+                connect.note = Some(format!("outcomes of non-blocking connects are not seen ({why})"));
+            }
+        }
+    }
+    k.connect = Some(&connect);
+    let owner = climb(l, hooks::accept_owner(&k), net, mode, &mut roles);
+    let owner_hooks = if owner.mode == Mode::Unavailable { Vec::new() } else { owner.hooks };
+    let port = climb(l, hooks::port_assign(&k), net, mode, &mut roles);
+    let mut tw = climb(l, hooks::time_wait(&k), net, mode, &mut roles);
+    with_owners(&mut tw, &connect, owner_hooks);
+    let tw_overflow = tw_overflow_status(&tw, c.net_tw_refcount != OFFSET_MISSING);
+    let fd = climb(l, hooks::fd_alloc(), allowed, mode, &mut roles);
+    let bind = climb(l, hooks::bind(&k), net, mode, &mut roles);
+    let tcp_mem = climb(l, hooks::tcp_mem(), net, mode, &mut roles);
+    let nf_drop = climb(l, hooks::netfilter_drop(&k), net, mode, &mut roles);
+
+    let signals = vec![
+        (Signal::PortAssign, port),
+        (Signal::TimeWait, tw),
+        (Signal::TwOverflow, tw_overflow),
+        (Signal::FdAlloc, fd),
+        (Signal::Connect, connect),
+        (Signal::Bind, bind),
+        (Signal::TcpMem, tcp_mem),
+        (Signal::NetfilterDrop, nf_drop),
+    ];
+    (signals, roles)
+}
+
+/// TIME_WAIT is charged to the socket's owner: say where owners come from (the connect
+/// hooks, the accept hooks) and list those hooks with the signal's own.
+fn with_owners(tw: &mut SignalStatus, connect: &SignalStatus, owner_hooks: Vec<String>) {
+    if tw.mode == Mode::Unavailable {
+        return;
+    }
+    let connected = match connect.hooks.first() {
+        Some(h) => format!("owners from {h}"),
+        None => "owners of connected sockets unknown".into(),
+    };
+    let accepted = match owner_hooks.first() {
+        Some(h) => format!("and {h}"),
+        None => "; owners of accepted sockets unknown".into(),
+    };
+    let base = tw.note.take().map(|n| format!("{n}; ")).unwrap_or_default();
+    tw.note = Some(format!("{base}{connected} {accepted}"));
+    tw.hooks.extend(owner_hooks);
+}
+
 /// Climbs one signal's ladder; the roles its rung needs are added to `roles`.
 fn climb(l: &mut Loader, rungs: Vec<Rung>, allowed: Allowed, mode: AttachMode, roles: &mut Vec<u32>) -> SignalStatus {
     let c = ladder::climb(l, &rungs, allowed, mode);
@@ -66,85 +164,7 @@ impl Probe {
             .unwrap_or_default();
         let mut l = Loader { ebpf, btf: aya_btf.as_ref(), types: our_btf.as_ref(), skip };
 
-        // Without the socket offsets no network hook can tell TCP sockets apart.
-        let sock_ok = has(&[c.sk_family, c.socket_sk, c.socket_type]);
-        let fd_walk_ok = sock_ok && has(&[c.task_files, c.files_fdt, c.fdt_fd, c.fdt_max_fds, c.file_private_data]);
-        let allowed = Allowed {
-            fexit: matches!(mode, AttachMode::Auto | AttachMode::Fexit) && aya_btf.is_some(),
-            tracepoint: matches!(mode, AttachMode::Auto | AttachMode::Tracepoint),
-            kprobe: matches!(mode, AttachMode::Auto | AttachMode::Kprobe),
-        };
-        let net = Allowed {
-            fexit: allowed.fexit && sock_ok,
-            tracepoint: allowed.tracepoint && sock_ok,
-            kprobe: allowed.kprobe && sock_ok,
-        };
-        let mut roles = Vec::new();
-
-        // inet_sock_set_state serves asynchronous connect outcomes in every mode (whatever the
-        // family the mode forces), and the port and TIME_WAIT fallbacks.
-        let any_net = Allowed { fexit: false, tracepoint: net.fexit || net.tracepoint || net.kprobe, kprobe: false };
-        let set_state_status = if sock_ok {
-            climb(&mut l, hooks::set_state(), any_net, mode, &mut roles)
-        } else {
-            SignalStatus::unavailable("kernel BTF lacks struct sock/socket offsets")
-        };
-        let set_state = (set_state_status.mode != Mode::Unavailable)
-            .then(|| (set_state_status.mode, set_state_status.hooks[0].clone()));
-        let mut k = Kernel {
-            fd_walk: fd_walk_ok,
-            sk_err: c.sk_err != OFFSET_MISSING,
-            netfilter_drop: c.skb_sk != OFFSET_MISSING && c.drop_reason_netfilter != OFFSET_MISSING,
-            set_state: set_state.as_ref(),
-            connect: None,
-        };
-
-        let mut connect = climb(&mut l, hooks::connect(&k), net, mode, &mut roles);
-        if connect.mode != Mode::Unavailable {
-            roles.push(role::CONNECT);
-            match &set_state {
-                Some((_, h)) => connect.hooks.push(h.clone()),
-                None => {
-                    connect.exact = false;
-                    let why = set_state_status.note.clone().unwrap_or_default();
-                    connect.note = Some(format!("outcomes of non-blocking connects are not seen ({why})"));
-                }
-            }
-        }
-        k.connect = Some(&connect);
-        let owner = climb(&mut l, hooks::accept_owner(&k), net, mode, &mut roles);
-        let owner_hooks = if owner.mode == Mode::Unavailable { Vec::new() } else { owner.hooks };
-        let port = climb(&mut l, hooks::port_assign(&k), net, mode, &mut roles);
-        let mut tw = climb(&mut l, hooks::time_wait(&k), net, mode, &mut roles);
-        if tw.mode != Mode::Unavailable {
-            let connected = match connect.hooks.first() {
-                Some(h) => format!("owners from {h}"),
-                None => "owners of connected sockets unknown".into(),
-            };
-            let accepted = match owner_hooks.first() {
-                Some(h) => format!("and {h}"),
-                None => "; owners of accepted sockets unknown".into(),
-            };
-            let base = tw.note.take().map(|n| format!("{n}; ")).unwrap_or_default();
-            tw.note = Some(format!("{base}{connected} {accepted}"));
-            tw.hooks.extend(owner_hooks);
-        }
-        let tw_overflow = tw_overflow_status(&tw, c.net_tw_refcount != OFFSET_MISSING);
-        let fd = climb(&mut l, hooks::fd_alloc(), allowed, mode, &mut roles);
-        let bind = climb(&mut l, hooks::bind(&k), net, mode, &mut roles);
-        let tcp_mem = climb(&mut l, hooks::tcp_mem(), net, mode, &mut roles);
-        let nf_drop = climb(&mut l, hooks::netfilter_drop(&k), net, mode, &mut roles);
-
-        let signals = vec![
-            (Signal::PortAssign, port),
-            (Signal::TimeWait, tw),
-            (Signal::TwOverflow, tw_overflow),
-            (Signal::FdAlloc, fd),
-            (Signal::Connect, connect),
-            (Signal::Bind, bind),
-            (Signal::TcpMem, tcp_mem),
-            (Signal::NetfilterDrop, nf_drop),
-        ];
+        let (signals, roles) = attach_signals(&mut l, mode, &c, aya_btf.is_some());
         if signals.iter().all(|(_, s)| s.mode == Mode::Unavailable) {
             let first = signals[0].1.note.clone().unwrap_or_default();
             bail!("no signal could be attached on this kernel ({first}); try --attach-mode auto");
