@@ -38,14 +38,23 @@ fn tw_bucket_overflow_is_charged_to_the_client() {
     let overflows = total(&lines, client, "tw_overflows");
     let tws = total(&lines, client, "time_wait_created");
     if mode == "kprobe" {
-        // Softirq kprobes can be skipped under another kprobe on the same CPU; the kernel
-        // counts the skips (6.7+) and conntrace reports them.
-        let skipped = skipped_runs(&lines, "tw_k");
+        // What is counted is classified exactly (inet_twsk_alloc's own result): never more of
+        // either kind than happened.
         assert!(overflows <= 20 && tws <= 10, "overflows {overflows}, TIME_WAIT {tws}: {wl}");
-        assert!(
-            overflows + tws >= 28 || overflows + tws + skipped >= 30,
-            "overflows {overflows}, TIME_WAIT {tws}, skipped runs {skipped}: {wl}"
-        );
+        // A kprobe that fires (in softirq) while another BPF kprobe runs on that CPU is
+        // skipped by the kernel. Linux 6.7+ counts the skips and conntrace reports them: then
+        // every close is either counted or reported skipped. Before 6.7 the kernel reports
+        // them nowhere (status says the mode is approximate): how many are lost depends on
+        // the load, so only the upper bounds above hold there.
+        let skipped = skipped_runs(&lines, "tw_k");
+        if kernel_at_least(&lines, 6, 7) {
+            assert!(
+                overflows + tws + skipped >= 30,
+                "overflows {overflows}, TIME_WAIT {tws}, skipped runs {skipped}: {wl}"
+            );
+        } else {
+            eprintln!("kprobe mode before 6.7: {} of 30 closes counted, skips not reported", overflows + tws);
+        }
     } else {
         assert_eq!(overflows, truth_overflows, "TIME_WAIT {tws}: {wl}");
         assert_eq!(tws, truth_tw, "{wl}");

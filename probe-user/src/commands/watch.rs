@@ -99,7 +99,12 @@ impl State {
     /// In the set_state fallback, tw-bucket overflows are inferred: correct them per
     /// namespace with the namespace's exact TcpExt TCPTimeWaitOverflow growth.
     fn reconcile_tw(&self, deltas: &mut BTreeMap<u32, Counts>, by_ns: &BTreeMap<u32, listeners::NsDelta>) {
-        let inferred = self.status.signal(Signal::TwOverflow).is_some_and(|s| !s.exact && s.mode != Mode::Unavailable);
+        // Only the set_state fallback infers overflows. fexit and kprobes see inet_twsk_alloc's
+        // own result: "correcting" those with the TcpExt growth, which is read at another
+        // moment than the counters, moved real overflows into TIME_WAIT (kprobe mode is
+        // approximate for runs the kernel skips, not for what it classifies).
+        let inferred =
+            self.status.signal(Signal::TwOverflow).is_some_and(|s| matches!(s.mode, Mode::TpBtf | Mode::Tracepoint));
         if !inferred {
             return;
         }

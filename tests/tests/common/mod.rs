@@ -235,3 +235,10 @@ pub fn skipped_runs(lines: &[Value], prefix: &str) -> u64 {
         .map(|m| m.iter().filter(|(k, _)| k.starts_with(prefix)).filter_map(|(_, v)| v.as_u64()).sum())
         .unwrap_or(0)
 }
+
+/// Whether the kernel in the status line is at least `major.minor`.
+pub fn kernel_at_least(lines: &[Value], major: u32, minor: u32) -> bool {
+    let release = status(lines)["kernel"].as_str().unwrap_or("");
+    let mut nums = release.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse::<u32>().ok());
+    (nums.next().unwrap_or(0), nums.next().unwrap_or(0)) >= (major, minor)
+}
