@@ -2,8 +2,6 @@
 
 use std::time::SystemTime;
 
-use serde_json::json;
-
 use super::*;
 
 pub fn fd_limit(
@@ -15,10 +13,8 @@ pub fn fd_limit(
     hard: Option<u64>,
     open: Option<u64>,
 ) -> Verdict {
-    let mut v = base(Cause::FdLimit, pid, comm.clone(), since, n);
-    v.evidence.insert("nofile_soft".into(), json!(soft));
-    v.evidence.insert("nofile_hard".into(), json!(hard));
-    v.evidence.insert("open_fds".into(), json!(open));
+    let proof = FdLimitProof { nofile_soft: soft, nofile_hard: hard, open_fds: open };
+    let mut v = base(Cause::FdLimit, pid, comm.clone(), since, n, Proof::FdLimit(proof));
     let of = |x: Option<u64>| x.map(thousands).unwrap_or_else(|| "?".into());
     v.set_summary(
         format!(
@@ -44,9 +40,8 @@ pub fn fd_limit(
 }
 
 pub fn file_max(pid: u32, comm: String, since: SystemTime, n: u64, file_nr: Option<(u64, u64)>) -> Verdict {
-    let mut v = base(Cause::FileMax, pid, comm.clone(), since, n);
-    v.evidence.insert("file_nr".into(), json!(file_nr.map(|f| f.0)));
-    v.evidence.insert("file_max".into(), json!(file_nr.map(|f| f.1)));
+    let proof = FileMaxProof { file_nr: file_nr.map(|f| f.0), file_max: file_nr.map(|f| f.1) };
+    let mut v = base(Cause::FileMax, pid, comm.clone(), since, n, Proof::FileMax(proof));
     let (nr, max) = file_nr.map(|(a, b)| (thousands(a), thousands(b))).unwrap_or(("?".into(), "?".into()));
     v.set_summary(
         format!("the system-wide file table is full: {nr} of {max} file handles in use (fs.file-nr, fs.file-max)"),

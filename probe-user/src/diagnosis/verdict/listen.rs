@@ -2,8 +2,6 @@
 
 use std::time::SystemTime;
 
-use serde_json::json;
-
 use super::*;
 use crate::domain::listen::{ListenerDelta, NsDelta};
 
@@ -28,21 +26,22 @@ pub(super) fn listen_queue(
     ns: &NsDelta,
     net: Result<NetFacts, String>,
 ) -> Verdict {
-    let mut v = base(cause, pid, comm.clone(), since, l.drops + l.cookies);
     let listener = Dest { netns: l.netns, addr: l.addr, port: l.port };
+    let somaxconn = net.as_ref().ok().and_then(|f| f.somaxconn);
+    let proof = ListenProof {
+        error: net_error(&net),
+        listener: listener.endpoint(),
+        backlog: l.backlog,
+        queue_len: l.queue_len,
+        drops: l.drops,
+        syn_recv: l.syn_recv,
+        syncookies: l.cookies,
+        somaxconn,
+        netns: l.netns,
+        netns_counters: ns.clone(),
+    };
+    let mut v = base(cause, pid, comm.clone(), since, l.drops + l.cookies, Proof::ListenQueue(proof));
     v.destination = Some(listener.clone());
-    net_error(&mut v, &net);
-    let f = net.as_ref().ok();
-    let somaxconn = f.and_then(|f| f.somaxconn);
-    v.evidence.insert("listener".into(), json!(listener.endpoint()));
-    v.evidence.insert("backlog".into(), json!(l.backlog));
-    v.evidence.insert("queue_len".into(), json!(l.queue_len));
-    v.evidence.insert("drops".into(), json!(l.drops));
-    v.evidence.insert("syn_recv".into(), json!(l.syn_recv));
-    v.evidence.insert("syncookies".into(), json!(l.cookies));
-    v.evidence.insert("somaxconn".into(), json!(somaxconn));
-    v.evidence.insert("netns".into(), json!(l.netns));
-    v.evidence.insert("netns_counters".into(), json!(ns));
     let of = |x: Option<u64>| x.map(thousands).unwrap_or_else(|| "?".into());
     let ep = listener.endpoint();
     if cause == Cause::AcceptQueue {

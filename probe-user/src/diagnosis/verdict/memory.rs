@@ -2,8 +2,6 @@
 
 use std::{collections::BTreeMap, time::SystemTime};
 
-use serde_json::json;
-
 use super::*;
 
 /// The namespace's conntrack table is at its limit now.
@@ -26,14 +24,16 @@ pub(super) fn conntrack_verdict(
     ct: &crate::domain::net::Conntrack,
     netns: Option<u32>,
 ) -> Verdict {
-    let mut v = base(Cause::ConntrackFull, pid, comm.clone(), since, n);
     let stat = |k: &str| ct.stats.get(k).copied().unwrap_or(0);
-    v.evidence.insert("count".into(), json!(ct.count));
-    v.evidence.insert("max".into(), json!(ct.max));
-    v.evidence.insert("drop".into(), json!(stat("drop")));
-    v.evidence.insert("early_drop".into(), json!(stat("early_drop")));
-    v.evidence.insert("insert_failed".into(), json!(stat("insert_failed")));
-    v.evidence.insert("netns".into(), json!(netns));
+    let proof = ConntrackProof {
+        count: ct.count,
+        max: ct.max,
+        drop: stat("drop"),
+        early_drop: stat("early_drop"),
+        insert_failed: stat("insert_failed"),
+        netns,
+    };
+    let mut v = base(Cause::ConntrackFull, pid, comm.clone(), since, n, Proof::Conntrack(proof));
     let of = |x: Option<u64>| x.map(thousands).unwrap_or_else(|| "?".into());
     v.set_summary(
         format!(
@@ -64,27 +64,29 @@ pub fn tcp_mem(
     net: Result<NetFacts, String>,
 ) -> Verdict {
     let n = c.tcp_mem_send_refused + c.tcp_mem_recv_refused;
-    let mut v = base(Cause::TcpMem, pid, comm.clone(), since, n);
-    net_error(&mut v, &net);
-    v.evidence.insert("tcp_mem".into(), json!(limits.map(|(a, b, c)| [a, b, c])));
-    v.evidence.insert("mem_pages".into(), json!(sockstat.get("mem")));
-    v.evidence.insert("orphans".into(), json!(sockstat.get("orphan")));
-    v.evidence.insert("send_refused".into(), json!(c.tcp_mem_send_refused));
-    v.evidence.insert("recv_refused".into(), json!(c.tcp_mem_recv_refused));
-    if let Ok(f) = &net {
-        let ext: BTreeMap<&str, u64> =
-            ["TCPMemoryPressures", "TCPAbortOnMemory", "TCPRcvQDrop", "PruneCalled", "TCPOrphanOverflow"]
-                .iter()
-                .filter_map(|k| Some((*k, *f.tcp_ext.get(*k)?)))
-                .collect();
-        v.evidence.insert("netns_counters".into(), json!(ext));
-    }
+    let netns_counters = net.as_ref().ok().map(|f| {
+        ["TCPMemoryPressures", "TCPAbortOnMemory", "TCPRcvQDrop", "PruneCalled", "TCPOrphanOverflow"]
+            .iter()
+            .filter_map(|k| Some((*k, *f.tcp_ext.get(*k)?)))
+            .collect()
+    });
+    let proof = TcpMemProof {
+        error: net_error(&net),
+        tcp_mem: limits.map(|(a, b, c)| [a, b, c]),
+        mem_pages: sockstat.get("mem").copied(),
+        orphans: sockstat.get("orphan").copied(),
+        send_refused: c.tcp_mem_send_refused,
+        recv_refused: c.tcp_mem_recv_refused,
+        netns_counters,
+    };
+    let mem_pages = proof.mem_pages;
+    let mut v = base(Cause::TcpMem, pid, comm.clone(), since, n, Proof::TcpMem(proof));
     let pages = |p: u64| format!("{} pages ({} MiB)", thousands(p), p * 4096 / (1 << 20));
     let (limit_text, high) = match limits {
         Some((lo, pr, hi)) => (format!("tcp_mem is {lo} {pr} {hi} pages"), Some(hi)),
         None => ("tcp_mem unknown".into(), None),
     };
-    let used = sockstat.get("mem").map(|m| pages(*m)).unwrap_or_else(|| "?".into());
+    let used = mem_pages.map(pages).unwrap_or_else(|| "?".into());
     // The send/receive split is in the evidence; the tally counts both.
     v.set_summary(
         format!("TCP memory is exhausted machine-wide: {used} in use, {limit_text}"),

@@ -5,8 +5,6 @@
 
 use std::{collections::BTreeMap, time::SystemTime};
 
-use serde_json::{json, Map, Value};
-
 pub use crate::domain::net::Dest;
 pub use crate::domain::time::thousands;
 use crate::domain::{
@@ -21,6 +19,7 @@ mod fds;
 mod listen;
 mod memory;
 mod ports;
+mod proof;
 #[cfg(test)]
 mod tests;
 mod time_wait;
@@ -30,6 +29,7 @@ pub use fds::*;
 use listen::*;
 pub use memory::*;
 pub use ports::*;
+pub use proof::*;
 pub use time_wait::*;
 
 /// TIME_WAIT lasts TCP_TIMEWAIT_LEN = 60 s (include/net/tcp.h).
@@ -107,7 +107,7 @@ pub struct Verdict {
     pub tally: String,
     /// What the summary says before the tally.
     pub head: String,
-    pub evidence: Map<String, Value>,
+    pub evidence: Proof,
     pub fix: Vec<String>,
     /// How long it lasted, for resolved verdicts.
     pub duration_s: Option<f64>,
@@ -181,7 +181,7 @@ impl Verdict {
     }
 }
 
-fn base(cause: Cause, pid: u32, comm: String, since: SystemTime, failures: u64) -> Verdict {
+fn base(cause: Cause, pid: u32, comm: String, since: SystemTime, failures: u64, evidence: Proof) -> Verdict {
     Verdict {
         state: VerdictState::Active,
         cause,
@@ -193,7 +193,7 @@ fn base(cause: Cause, pid: u32, comm: String, since: SystemTime, failures: u64) 
         summary: String::new(),
         tally: String::new(),
         head: String::new(),
-        evidence: Map::new(),
+        evidence,
         fix: Vec::new(),
         duration_s: None,
     }
@@ -207,8 +207,7 @@ fn own_net(ev: &mut dyn Evidence, pid: u32) -> Result<NetFacts, String> {
     }
 }
 
-fn net_error(v: &mut Verdict, net: &Result<NetFacts, String>) {
-    if let Err(e) = net {
-        v.evidence.insert("error".into(), json!(e));
-    }
+/// Why the namespace could not be read, for the evidence's `error`.
+fn net_error(net: &Result<NetFacts, String>) -> Option<String> {
+    net.as_ref().err().cloned()
 }

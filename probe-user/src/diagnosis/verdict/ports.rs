@@ -3,8 +3,6 @@
 
 use std::{collections::BTreeMap, time::SystemTime};
 
-use serde_json::{json, Map, Value};
-
 use super::*;
 use crate::{
     diagnosis::check::tw_reuse_applies,
@@ -60,20 +58,20 @@ impl PortUse {
         parts.join(", ")
     }
 
-    pub(super) fn evidence(&self, net: &NetFacts, dest: &Dest) -> Map<String, Value> {
-        let mut e = Map::new();
-        e.insert("range".into(), json!(format!("{}-{}", self.range.0, self.range.1)));
-        e.insert("range_size".into(), json!(self.range.1 as u64 - self.range.0 as u64 + 1));
-        e.insert("reserved".into(), json!(reserved_strings(&net.reserved)));
-        e.insert("usable".into(), json!(self.usable));
-        e.insert("established".into(), json!(self.established));
-        e.insert("time_wait".into(), json!(self.time_wait));
-        e.insert("other".into(), json!(self.other));
-        e.insert("states".into(), json!(self.states));
-        e.insert("tcp_tw_reuse".into(), json!(net.tcp_tw_reuse));
-        e.insert("tcp_tw_reuse_applies".into(), json!(tw_reuse_applies(net.tcp_tw_reuse, dest.addr)));
-        e.insert("netns".into(), json!(dest.netns));
-        e
+    pub(super) fn proof(&self, net: &NetFacts, dest: &Dest) -> PortProof {
+        PortProof {
+            range: format!("{}-{}", self.range.0, self.range.1),
+            range_size: self.range.1 as u64 - self.range.0 as u64 + 1,
+            reserved: reserved_strings(&net.reserved),
+            usable: self.usable,
+            established: self.established,
+            time_wait: self.time_wait,
+            other: self.other,
+            states: self.states.clone(),
+            tcp_tw_reuse: net.tcp_tw_reuse,
+            tcp_tw_reuse_applies: tw_reuse_applies(net.tcp_tw_reuse, dest.addr),
+            netns: dest.netns,
+        }
     }
 }
 
@@ -114,22 +112,22 @@ pub fn bind_hoarding(
     bound_connects: u64,
     net: Result<NetFacts, String>,
 ) -> Verdict {
-    let mut v = base(Cause::BindHoarding, pid, comm.clone(), since, n);
-    net_error(&mut v, &net);
-    v.evidence.insert("bound_connects".into(), json!(bound_connects));
     let usage = net.as_ref().ok().and_then(EphemeralUse::of);
-    let range_text = match &usage {
-        Some(u @ EphemeralUse { range, usable, .. }) => {
-            let states = u.by_state();
-            let in_use: u64 = states.values().sum();
-            v.evidence.insert("range".into(), json!(format!("{}-{}", range.0, range.1)));
-            v.evidence.insert("usable".into(), json!(usable));
-            v.evidence.insert("in_use".into(), json!(in_use));
-            v.evidence.insert("states".into(), json!(states));
-            format!(": {} of {} ports in {}-{} are taken", thousands(in_use), thousands(*usable), range.0, range.1)
+    let taken = usage.as_ref().map(|u| {
+        let states = u.by_state();
+        RangeTaken {
+            range: format!("{}-{}", u.range.0, u.range.1),
+            usable: u.usable,
+            in_use: states.values().sum(),
+            states,
         }
+    });
+    let range_text = match &taken {
+        Some(t) => format!(": {} of {} ports in {} are taken", thousands(t.in_use), thousands(t.usable), t.range),
         None => String::new(),
     };
+    let proof = BindHoardingProof { error: net_error(&net), bound_connects, range: taken };
+    let mut v = base(Cause::BindHoarding, pid, comm.clone(), since, n, Proof::BindHoarding(proof));
     let bound = if bound_connects > 0 {
         format!(" ({} of its connects this interval used a port bound beforehand)", thousands(bound_connects))
     } else {
@@ -160,24 +158,28 @@ pub fn address_unavailable(
     connect_n: u64,
     addrs: &std::collections::BTreeSet<String>,
 ) -> Verdict {
-    let mut v = base(Cause::AddressUnavailable, pid, comm.clone(), since, bind_n + connect_n);
-    v.evidence.insert("bind_eaddrnotavail".into(), json!(bind_n));
-    v.evidence.insert("connect_eaddrnotavail".into(), json!(connect_n));
-    v.evidence.insert("addresses".into(), json!(addrs));
+    // Every counted failure sends its event first; no address means the events were
+    // suppressed by --events-per-sec or the ring buffer was full.
+    let missing = addrs
+        .is_empty()
+        .then(|| "not captured: their events were rate-limited (--events-per-sec) or dropped".to_string());
+    let which = match &missing {
+        Some(why) => format!(" (addresses {why})"),
+        None => format!(" ({})", addrs.iter().cloned().collect::<Vec<_>>().join(", ")),
+    };
+    let proof = AddressProof {
+        bind_eaddrnotavail: bind_n,
+        connect_eaddrnotavail: connect_n,
+        addresses: addrs.clone(),
+        addresses_missing: missing,
+    };
+    let mut v =
+        base(Cause::AddressUnavailable, pid, comm.clone(), since, bind_n + connect_n, Proof::AddressUnavailable(proof));
     // The split between binds and connects is in the evidence; the tally counts both.
     let what = match (bind_n, connect_n) {
         (_, 0) => "{n} binds",
         (0, _) => "{n} connects",
         _ => "{n} binds and connects",
-    };
-    let which = if addrs.is_empty() {
-        // Every counted failure sends its event first; none here means the events were
-        // suppressed by --events-per-sec or the ring buffer was full.
-        let why = "not captured: their events were rate-limited (--events-per-sec) or dropped";
-        v.evidence.insert("addresses_missing".into(), json!(why));
-        format!(" (addresses {why})")
-    } else {
-        format!(" ({})", addrs.iter().cloned().collect::<Vec<_>>().join(", "))
     };
     v.set_summary(
         format!("{comm}[{pid}] asks for a source address that is not configured here{which}: not port exhaustion"),
@@ -199,13 +201,12 @@ pub fn ephemeral_ports(
     dest: &Dest,
     net: Result<NetFacts, String>,
 ) -> Verdict {
-    let mut v = base(Cause::EphemeralPorts, pid, comm.clone(), since, n);
-    v.destination = Some(dest.clone());
     let d = dest.endpoint();
+    let tally = "{n} connects failed".to_string();
     let usage = net.as_ref().ok().and_then(|f| PortUse::of(f, dest).map(|u| (u, f)));
-    match usage {
+    let mut v = match usage {
         Some((u, f)) => {
-            v.evidence = u.evidence(f, dest);
+            let mut v = base(Cause::EphemeralPorts, pid, comm.clone(), since, n, Proof::Ports(u.proof(f, dest)));
             v.set_summary(
                 format!(
                     "{comm}[{pid}] cannot get an ephemeral port toward {d}: {} of {} ports in {}-{} are in use ({})",
@@ -215,21 +216,21 @@ pub fn ephemeral_ports(
                     u.range.1,
                     u.states_text()
                 ),
-                "{n} connects failed".into(),
+                tally,
             );
             v.fix = port_fixes(&u, f, dest);
+            v
         }
         None => {
             let why = net.err().unwrap_or_else(|| "no port range".into());
-            v.evidence.insert("netns".into(), json!(dest.netns));
-            v.evidence.insert("error".into(), json!(why));
-            v.set_summary(
-                format!("{comm}[{pid}] cannot get an ephemeral port toward {d} ({why})"),
-                "{n} connects failed".into(),
-            );
+            let proof = UnreadableNet { netns: dest.netns, error: why.clone() };
+            let mut v = base(Cause::EphemeralPorts, pid, comm.clone(), since, n, Proof::PortsUnknown(proof));
+            v.set_summary(format!("{comm}[{pid}] cannot get an ephemeral port toward {d} ({why})"), tally);
             v.fix.push(format!("keep connections to {d} alive and reuse them instead of one per request"));
             v.fix.push("widen net.ipv4.ip_local_port_range".into());
+            v
         }
-    }
+    };
+    v.destination = Some(dest.clone());
     v
 }

@@ -5,6 +5,16 @@ use std::{
     time::Duration,
 };
 
+/// The evidence of verdict `$v` as the `Proof::$variant` it must be.
+macro_rules! proof {
+    ($v:expr, $variant:ident) => {
+        match &$v.evidence {
+            Proof::$variant(p) => p,
+            other => panic!("expected {} evidence, got {other:?}", stringify!($variant)),
+        }
+    };
+}
+
 use super::*;
 use crate::domain::net::{self, TcpSocket};
 
@@ -87,15 +97,15 @@ fn port_exhaustion_by_time_wait_names_tw_reuse() {
     assert!(v.summary.starts_with(
         "nginx[5688] cannot get an ephemeral port toward 127.0.0.2:9000: 50 of 50 ports in 40000-40049 are in use (2 ESTABLISHED, 48 TIME_WAIT); 10 connects failed"
     ), "{}", v.summary);
-    assert_eq!(v.evidence["time_wait"], 48);
-    assert_eq!(v.evidence["range_size"], 50);
-    assert_eq!(v.evidence["tcp_tw_reuse"], 0);
+    assert_eq!(proof!(v, Ports).time_wait, 48);
+    assert_eq!(proof!(v, Ports).range_size, 50);
+    assert_eq!(proof!(v, Ports).tcp_tw_reuse, Some(0));
     assert!(v.fix.iter().any(|f| f.contains("tcp_tw_reuse=1")));
     assert!(!v.fix.iter().any(|f| f.contains("tcp_tw_recycle=")));
     // (How a verdict renders is pinned by the golden tests.)
     assert_eq!(v.cause, Cause::EphemeralPorts);
     assert_eq!(v.destination, Some(dest()));
-    assert_eq!(v.evidence["established"], 2);
+    assert_eq!(proof!(v, Ports).established, 2);
 
     // More failures next interval: same verdict, not re-reported yet, no new evidence.
     let mut w = window(1);
@@ -128,7 +138,7 @@ fn tw_bucket_overflow_names_the_limit_and_the_namespace_counter() {
     let v = &out[0];
     assert_eq!((v.cause, v.pid, v.failures), (Cause::TwBuckets, 9, 20));
     assert!(v.summary.contains("10 TIME_WAIT sockets, net.ipv4.tcp_max_tw_buckets is 10; 20 of its connections"));
-    assert_eq!(v.evidence["netns_tw_overflows"], 20);
+    assert_eq!(proof!(v, TwBuckets).netns_tw_overflows, Some(20));
     assert!(v.fix[0].contains("tcp_max_tw_buckets (now 10"));
 }
 
@@ -147,7 +157,7 @@ fn refused_tcp_memory_names_tcp_mem_and_the_usage() {
         "{}",
         v.summary
     );
-    assert_eq!(v.evidence["recv_refused"], 40);
+    assert_eq!(proof!(v, TcpMem).recv_refused, 40);
     assert!(v.fix.iter().any(|f| f.contains("net.ipv4.tcp_mem")));
 }
 
@@ -187,7 +197,7 @@ fn failed_port_zero_binds_are_bind_hoarding_not_ephemeral_ports() {
     assert_eq!(out.len(), 1, "{out:?}");
     assert_eq!(out[0].cause, Cause::BindHoarding);
     assert!(out[0].summary.contains("50 of 50 ports in 40000-40049 are taken"), "{}", out[0].summary);
-    assert_eq!(out[0].evidence["bound_connects"], 50);
+    assert_eq!(proof!(out[0], BindHoarding).bound_connects, 50);
     assert!(out[0].fix[0].contains("IP_BIND_ADDRESS_NO_PORT"));
 }
 
@@ -205,8 +215,8 @@ fn eaddrnotavail_without_a_port_search_is_address_unavailable() {
     let out = e.tick(&w, &mut fake);
     let v = out.iter().find(|v| v.cause == Cause::AddressUnavailable).expect("address_unavailable");
     assert_eq!(v.failures, 3);
-    assert_eq!(v.evidence["bind_eaddrnotavail"], 2);
-    assert_eq!(v.evidence["connect_eaddrnotavail"], 1);
+    assert_eq!(proof!(v, AddressUnavailable).bind_eaddrnotavail, 2);
+    assert_eq!(proof!(v, AddressUnavailable).connect_eaddrnotavail, 1);
     assert!(v.summary.contains("(192.0.2.1:80)"), "{}", v.summary);
     // Port failures alone make no such verdict.
     let mut e = Engine::new(Duration::from_secs(1));
@@ -258,8 +268,8 @@ fn ports_held_in_fin_wait2_are_named() {
     w.port_failures.insert((1, dest()), 3);
     let v = &e.tick(&w, &mut fake)[0];
     assert!(v.summary.contains("(0 ESTABLISHED, 0 TIME_WAIT, 50 FIN_WAIT2)"), "{}", v.summary);
-    assert_eq!(v.evidence["states"]["FIN_WAIT2"], 50);
-    assert_eq!(v.evidence["other"], 50);
+    assert_eq!(proof!(v, Ports).states.get("FIN_WAIT2"), Some(&50));
+    assert_eq!(proof!(v, Ports).other, 50);
     assert!(v.fix.iter().any(|f| f.contains("has not closed its side yet")));
     assert!(v.fix.iter().any(|f| f.contains("tcp_tw_reuse=1")));
 }
@@ -272,7 +282,7 @@ fn gone_namespace_is_said() {
     w.port_failures.insert((1, dest()), 3);
     let v = &e.tick(&w, &mut fake)[0];
     assert!(v.summary.contains("namespace 7 is gone"));
-    assert_eq!(v.evidence["netns"], 7);
+    assert_eq!(proof!(v, PortsUnknown).netns, 7);
 }
 
 #[test]
@@ -285,15 +295,15 @@ fn fd_limit_and_file_max() {
     let out = e.tick(&w, &mut fake);
     assert_eq!(out.len(), 2);
     let fd = out.iter().find(|v| v.cause == Cause::FdLimit).unwrap();
-    assert_eq!(fd.evidence["nofile_soft"], 1024);
-    assert_eq!(fd.evidence["nofile_hard"], 4096);
-    assert_eq!(fd.evidence["open_fds"], 1024);
+    assert_eq!(proof!(fd, FdLimit).nofile_soft, Some(1024));
+    assert_eq!(proof!(fd, FdLimit).nofile_hard, Some(4096));
+    assert_eq!(proof!(fd, FdLimit).open_fds, Some(1024));
     assert!(fd.summary.contains("1,024 of 1,024 file descriptors open"), "{}", fd.summary);
     assert!(fd.fix[0].contains("prlimit --pid 42 --nofile=4096:4096"));
     assert_eq!(fd.since, at(0) - Duration::from_millis(300));
     let fm = out.iter().find(|v| v.cause == Cause::FileMax).unwrap();
-    assert_eq!(fm.evidence["file_nr"], 99_990);
-    assert_eq!(fm.evidence["file_max"], 100_000);
+    assert_eq!(proof!(fm, FileMax).file_nr, Some(99_990));
+    assert_eq!(proof!(fm, FileMax).file_max, Some(100_000));
 }
 
 #[test]
@@ -322,8 +332,8 @@ fn time_wait_pressure_predicts_exhaustion_and_healthy_churn_stays_silent() {
     let out = e.tick(&w, &mut fake);
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].cause, Cause::TimeWaitPressure);
-    assert_eq!(out[0].evidence["rate_per_s"], 20.0);
-    assert_eq!(out[0].evidence["seconds_left"], 2);
+    assert_eq!(proof!(out[0], TimeWaitPressure).rate_per_s, 20.0);
+    assert_eq!(proof!(out[0], TimeWaitPressure).seconds_left, 2);
 
     // Same rate where tcp_tw_reuse applies (loopback with 2): silent.
     let mut e = Engine::new(Duration::from_secs(1));

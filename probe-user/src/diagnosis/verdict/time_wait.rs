@@ -3,22 +3,20 @@
 
 use std::time::SystemTime;
 
-use serde_json::json;
-
 use super::*;
 use crate::domain::net;
 
 pub fn tw_buckets(pid: u32, comm: String, since: SystemTime, n: u64, net: Result<NetFacts, String>) -> Verdict {
-    let mut v = base(Cause::TwBuckets, pid, comm.clone(), since, n);
-    net_error(&mut v, &net);
     let f = net.as_ref().ok();
-    let max = f.and_then(|f| f.tcp_max_tw_buckets);
-    let tw = f.map(|f| f.sockets.iter().filter(|s| s.state == net::TIME_WAIT).count() as u64);
-    let overflows = f.and_then(|f| f.tcp_ext.get("TCPTimeWaitOverflow").copied());
-    v.evidence.insert("tcp_max_tw_buckets".into(), json!(max));
-    v.evidence.insert("time_wait".into(), json!(tw));
-    v.evidence.insert("netns_tw_overflows".into(), json!(overflows));
-    v.evidence.insert("netns".into(), json!(f.and_then(|f| f.netns)));
+    let proof = TwBucketsProof {
+        error: net_error(&net),
+        tcp_max_tw_buckets: f.and_then(|f| f.tcp_max_tw_buckets),
+        time_wait: f.map(|f| f.sockets.iter().filter(|s| s.state == net::TIME_WAIT).count() as u64),
+        netns_tw_overflows: f.and_then(|f| f.tcp_ext.get("TCPTimeWaitOverflow").copied()),
+        netns: f.and_then(|f| f.netns),
+    };
+    let (tw, max) = (proof.time_wait, proof.tcp_max_tw_buckets);
+    let mut v = base(Cause::TwBuckets, pid, comm.clone(), since, n, Proof::TwBuckets(proof));
     let of = |x: Option<u64>| x.map(thousands).unwrap_or_else(|| "?".into());
     v.set_summary(
         format!(
@@ -51,10 +49,12 @@ pub(super) fn time_wait_pressure(
     net: &NetFacts,
 ) -> Verdict {
     let left = u.usable.saturating_sub(u.in_use()) as f64 / rate;
-    let mut evidence = u.evidence(net, dest);
-    evidence.insert("rate_per_s".into(), json!((rate * 10.0).round() / 10.0));
-    evidence.insert("seconds_left".into(), json!(left.round() as u64));
-    evidence.insert("predicted_time_wait".into(), json!((rate * TIME_WAIT_S).round() as u64));
+    let evidence = Proof::TimeWaitPressure(TimeWaitPressureProof {
+        ports: u.proof(net, dest),
+        rate_per_s: (rate * 10.0).round() / 10.0,
+        seconds_left: left.round() as u64,
+        predicted_time_wait: (rate * TIME_WAIT_S).round() as u64,
+    });
     let summary = format!(
         "{comm}[{pid}] is creating {:.0} TIME_WAIT sockets/s toward {}: at 60 s each that needs {} ports but {}-{} has {} ({} in use now); ports run out in about {:.0} s",
         rate,
