@@ -5,7 +5,7 @@ use anyhow::Result;
 
 use crate::{
     cli::CheckArgs,
-    commands::evidence::nofile_now,
+    commands::host::nofile_now,
     diagnosis::check::{self, ProcFds},
     domain::net::Nofile,
     system::{facts, procinfo},

@@ -5,5 +5,7 @@ pub mod check;
 pub mod event_facts;
 pub mod evidence;
 pub mod filter;
+pub mod host;
 pub mod listen_poll;
+pub mod session;
 pub mod watch;

@@ -2,16 +2,12 @@
 //! this module only moves data between them on a timer.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
     io::Write,
     time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{bail, Context as _, Result};
-use probe_common::{
-    counters::{kind, DestKey, UNATTRIBUTED},
-    event::Event,
-};
+use probe_common::event::Event;
 use tokio::{
     io::{unix::AsyncFd, Interest},
     signal::unix::{signal, SignalKind},
@@ -20,19 +16,15 @@ use tokio::{
 use crate::{
     cli::WatchArgs,
     commands::{
-        event_facts::{EarlyEvidence, EventFacts},
-        evidence::{net_now, nofile_now, LiveEvidence},
         filter::Filter,
-        listen_poll::{ListenPoll, ListenPoller},
+        host::LiveHost,
+        listen_poll::ListenPoller,
+        session::{Read, Session},
     },
-    diagnosis::verdict::{Cause, Engine, Verdict, Window},
-    domain::model::{self, Counts, Sample, Snapshot},
-    domain::net::endpoint,
+    domain::model,
     domain::status::{Mode, Signal, Status},
     kernel::probe::{self, Probe},
     render::{output, printer::Printer},
-    system::listeners,
-    system::netdiag,
     system::procinfo,
 };
 
@@ -51,236 +43,6 @@ pub fn check_privileges() -> Result<()> {
         bail!(msg);
     }
     Ok(())
-}
-
-struct State {
-    filter: Filter,
-    prev: Snapshot,
-    prev_dest: BTreeMap<DestKey, u64>,
-    engine: Engine,
-    /// What failure events told (first failure times, refused addresses, evidence taken at
-    /// the moment of failure) until the interval that counts them is diagnosed.
-    facts: EventFacts,
-    /// Event lines printed this interval in text mode, per (pid, kind, destination).
-    printed: BTreeSet<(u32, &'static str, Option<String>, Option<u16>)>,
-    last: Instant,
-    status: Status,
-    /// RLIMIT_NOFILE from the latest EMFILE event per process: the limit is still known
-    /// once the process has exited and /proc no longer says.
-    event_limits: BTreeMap<u32, u64>,
-    /// Filter decisions per pid, so events do not read /proc each time.
-    match_cache: BTreeMap<u32, bool>,
-    /// Listen counters of every watched namespace (accept and SYN queue drops).
-    listen: ListenPoller,
-}
-
-impl State {
-    /// The state before the first interval: counter baselines, listen counter baselines of
-    /// every namespace that exists now, and the status.
-    fn new(args: &WatchArgs, probe: &Probe) -> Result<State> {
-        let mut st = State {
-            filter: Filter { pids: args.pids.iter().copied().collect(), comms: args.comms.clone() },
-            prev: probe.snapshot()?,
-            last: Instant::now(),
-            status: probe.status.clone(),
-            prev_dest: probe.dest_snapshot()?,
-            engine: Engine::new(args.interval),
-            facts: EventFacts::default(),
-            listen: ListenPoller::default(),
-            printed: BTreeSet::new(),
-            event_limits: BTreeMap::new(),
-            match_cache: BTreeMap::new(),
-        };
-        st.listen.baseline();
-        st.refresh_status(probe)?;
-        Ok(st)
-    }
-
-    /// In the set_state fallback, tw-bucket overflows are inferred: correct them per
-    /// namespace with the namespace's exact TcpExt TCPTimeWaitOverflow growth.
-    fn reconcile_tw(&self, deltas: &mut BTreeMap<u32, Counts>, by_ns: &BTreeMap<u32, listeners::NsDelta>) {
-        // Only the set_state fallback infers overflows. fexit and kprobes see inet_twsk_alloc's
-        // own result: "correcting" those with the TcpExt growth, which is read at another
-        // moment than the counters, moved real overflows into TIME_WAIT (kprobe mode is
-        // approximate for runs the kernel skips, not for what it classifies).
-        let inferred =
-            self.status.signal(Signal::TwOverflow).is_some_and(|s| matches!(s.mode, Mode::TpBtf | Mode::Tracepoint));
-        if !inferred {
-            return;
-        }
-        let mut per_ns: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
-        for (&pid, c) in deltas.iter() {
-            if pid != UNATTRIBUTED && (c.tw_overflows > 0 || c.time_wait_created > 0) {
-                if let Some(ns) = netdiag::netns_inode(pid) {
-                    per_ns.entry(ns).or_default().push(pid);
-                }
-            }
-        }
-        for (ns, pids) in per_ns {
-            let Some(d) = by_ns.get(&ns) else { continue };
-            let truth = d.get("TCPTimeWaitOverflow").copied().unwrap_or(0);
-            let mut pairs: Vec<(u64, u64)> =
-                pids.iter().map(|p| (deltas[p].time_wait_created, deltas[p].tw_overflows)).collect();
-            listeners::reconcile_tw_overflows(&mut pairs, truth);
-            for (pid, (tw, ovf)) in pids.iter().zip(pairs) {
-                if let Some(c) = deltas.get_mut(pid) {
-                    c.time_wait_created = tw;
-                    c.tw_overflows = ovf;
-                }
-            }
-        }
-    }
-
-    fn comm_of(&self, probe: &Probe, pid: u32) -> String {
-        if pid == UNATTRIBUTED {
-            return "(unattributed)".into();
-        }
-        procinfo::comm(pid).or_else(|| probe.kernel_comm(pid)).unwrap_or_else(|| "?".into())
-    }
-
-    /// Reads the counters at the end of an interval. Drain the ring buffer *after* this and
-    /// before `interval`: the kernel submits a failure's event before it counts the failure,
-    /// so every failure in these counts then has its event (addresses, time, limit) in hand.
-    fn read_counters(&self, probe: &Probe) -> Result<Counters> {
-        // Processes already gone *before* this read: the read holds their final counts, so
-        // their counters can be dropped after it (checking after the read could drop
-        // increments made between the read and the exit).
-        let gone_before: BTreeSet<u32> = self
-            .prev
-            .keys()
-            .map(|k| k.tgid)
-            .chain(self.prev_dest.keys().map(|k| k.tgid))
-            .filter(|&t| t != UNATTRIBUTED && !procinfo::exists(t))
-            .collect();
-        Ok(Counters { gone_before, cur: probe.snapshot()?, cur_dest: probe.dest_snapshot()? })
-    }
-
-    /// Builds the samples of the interval that just ended from counters read by
-    /// `read_counters` (and the events drained since), and the verdicts it brings.
-    fn interval(&mut self, probe: &mut Probe, counters: Counters) -> Result<(Vec<Sample>, Vec<Verdict>)> {
-        let Counters { gone_before, cur, cur_dest } = counters;
-        let now = Instant::now();
-        let interval_s = now.duration_since(self.last).as_secs_f64();
-        self.last = now;
-        let (samples, mut window) = self.window(probe, &cur, &cur_dest, interval_s);
-        self.printed.clear();
-        let (fresh, cache) = self.facts.fill(&mut window);
-        let mut evidence =
-            LiveEvidence { probe, net_cache: cache.net, nofile_cache: cache.nofile, file_nr_cache: cache.file_nr };
-        let verdicts = self.engine.tick(&window, &mut evidence);
-        let cache = EarlyEvidence {
-            net: std::mem::take(&mut evidence.net_cache),
-            nofile: std::mem::take(&mut evidence.nofile_cache),
-            file_nr: evidence.file_nr_cache.take(),
-        };
-        drop(evidence);
-        self.facts.settle(&self.engine, &window, fresh, cache);
-
-        self.forget_dead(probe, &gone_before, cur, cur_dest)?;
-        Ok((samples, verdicts))
-    }
-
-    /// The samples to print and the window to diagnose: counter growth since the last read,
-    /// the listeners that dropped, per-destination failures and TIME_WAITs.
-    fn window(
-        &mut self,
-        probe: &Probe,
-        cur: &Snapshot,
-        cur_dest: &BTreeMap<DestKey, u64>,
-        interval_s: f64,
-    ) -> (Vec<Sample>, Window) {
-        let mut deltas = model::diff(&self.prev, cur);
-        for pid in &self.filter.pids {
-            if procinfo::exists(*pid) {
-                deltas.entry(*pid).or_default();
-            }
-        }
-        let mut window = Window { now: Some(SystemTime::now()), interval_s, ..Default::default() };
-        let seen: Vec<u32> = deltas.keys().copied().collect();
-        let watched = seen.into_iter().chain(self.filter.pids.iter().copied());
-        let ListenPoll { dropped: listener_drops, by_ns } = self.listen.poll(watched);
-        self.reconcile_tw(&mut deltas, &by_ns);
-        for (owner, l, ns) in listener_drops {
-            if !self.filter.is_all() && !self.filter.matches(owner, &self.comm_of(probe, owner)) {
-                continue;
-            }
-            let c = deltas.entry(owner).or_default();
-            c.listen_drops += l.drops;
-            c.syncookies += l.cookies;
-            window.listener_drops.push((owner, l, ns));
-        }
-        let mut samples = Vec::new();
-        for (pid, counts) in deltas {
-            let comm = self.comm_of(probe, pid);
-            if !self.filter.matches(pid, &comm) {
-                continue;
-            }
-            let alive = pid != UNATTRIBUTED && procinfo::exists(pid);
-            if pid != UNATTRIBUTED {
-                window.counts.insert(pid, counts.clone());
-            }
-            samples.push(Sample {
-                pid,
-                comm,
-                interval_s,
-                counts,
-                nofile_limit: alive
-                    .then(|| procinfo::nofile_limit(pid))
-                    .flatten()
-                    .or_else(|| self.event_limits.get(&pid).copied()),
-                open_fds: if alive { procinfo::open_fds(pid) } else { None },
-            });
-        }
-        for (key, dest, n) in model::diff_dest(&self.prev_dest, cur_dest) {
-            if key.tgid == UNATTRIBUTED || !window.counts.contains_key(&key.tgid) {
-                continue;
-            }
-            match key.kind {
-                kind::PORT_ASSIGN_FAILURE => *window.port_failures.entry((key.tgid, dest)).or_default() += n,
-                kind::TIME_WAIT => *window.time_waits.entry((key.tgid, dest)).or_default() += n,
-                _ => {}
-            }
-        }
-        (samples, window)
-    }
-
-    /// Drops the counters of processes that had exited before the read (reported for the
-    /// last time now) and keeps the rest as the next baseline.
-    fn forget_dead(
-        &mut self,
-        probe: &mut Probe,
-        gone_before: &BTreeSet<u32>,
-        cur: Snapshot,
-        cur_dest: BTreeMap<DestKey, u64>,
-    ) -> Result<()> {
-        // Counters of exited processes have been reported for the last time: drop them so the
-        // map does not fill up. (TIME_WAIT of their orphaned sockets recreates entries later.)
-        let dead: Vec<_> = cur.keys().filter(|k| gone_before.contains(&k.tgid)).copied().collect();
-        let dead_dest: Vec<_> = cur_dest.keys().filter(|k| gone_before.contains(&k.tgid)).copied().collect();
-        if !dead.is_empty() || !dead_dest.is_empty() {
-            probe.forget(&dead, &dead_dest)?;
-        }
-        let (mut cur, mut cur_dest) = (cur, cur_dest);
-        for k in &dead {
-            cur.remove(k);
-        }
-        for k in &dead_dest {
-            cur_dest.remove(k);
-        }
-        self.prev = cur;
-        self.prev_dest = cur_dest;
-        Ok(())
-    }
-
-    /// Refreshes losses and watched pids; true when the status changed.
-    fn refresh_status(&mut self, probe: &Probe) -> Result<bool> {
-        let losses = probe.losses()?;
-        let watched: Vec<(u32, bool)> = self.filter.pids.iter().map(|p| (*p, procinfo::exists(*p))).collect();
-        let changed = losses != self.status.losses || watched != self.status.watched;
-        self.status.losses = losses;
-        self.status.watched = watched;
-        Ok(changed)
-    }
 }
 
 pub async fn watch(args: WatchArgs) -> Result<()> {
@@ -307,8 +69,8 @@ pub async fn watch(args: WatchArgs) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("registering the ring buffer: {e}"))?;
     let offset = boot_offset();
 
-    let mut st = State::new(&args, &probe)?;
-    let mut out = Printer { json: args.json, w: std::io::stdout().lock() };
+    let mut st = Watch::new(&args, &probe)?;
+    let mut out = Printer::new(args.json, std::io::stdout().lock());
     out.status(&st.status)?;
 
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + args.interval, args.interval);
@@ -349,41 +111,81 @@ pub async fn watch(args: WatchArgs) -> Result<()> {
     Ok(())
 }
 
-/// The end of an interval: the counters first, then the events (every failure counted in
-/// them has its event in the ring by then), then diagnosis and output.
+/// What `watch` keeps between intervals besides the session: the status it printed, the
+/// listen counters' baselines, when the interval began.
+struct Watch {
+    session: Session,
+    status: Status,
+    listen: ListenPoller,
+    last: Instant,
+}
+
+impl Watch {
+    /// The state before the first interval: counter baselines, listen counter baselines of
+    /// every namespace that exists now, and the status.
+    fn new(args: &WatchArgs, probe: &Probe) -> Result<Watch> {
+        // Only the set_state fallback infers tw-bucket overflows; the others see
+        // inet_twsk_alloc's own result.
+        let infer_tw =
+            probe.status.signal(Signal::TwOverflow).is_some_and(|s| matches!(s.mode, Mode::TpBtf | Mode::Tracepoint));
+        let filter = Filter { pids: args.pids.iter().copied().collect(), comms: args.comms.clone() };
+        let session = Session::new(filter, args.interval, probe.snapshot()?, probe.dest_snapshot()?, infer_tw);
+        let mut st =
+            Watch { session, status: probe.status.clone(), listen: ListenPoller::default(), last: Instant::now() };
+        st.listen.baseline();
+        st.refresh_status(probe)?;
+        Ok(st)
+    }
+
+    /// Refreshes losses and watched pids; true when the status changed.
+    fn refresh_status(&mut self, probe: &Probe) -> Result<bool> {
+        let losses = probe.losses()?;
+        let watched: Vec<(u32, bool)> = self.session.filter().pids.iter().map(|p| (*p, procinfo::exists(*p))).collect();
+        let changed = losses != self.status.losses || watched != self.status.watched;
+        self.status.losses = losses;
+        self.status.watched = watched;
+        Ok(changed)
+    }
+}
+
+/// The end of an interval: the counters first, then the events (the kernel submits a
+/// failure's event before it counts it, so every failure counted in the read has its event
+/// in the ring by then), then diagnosis and output.
 fn end_interval<W: Write>(
-    st: &mut State,
+    st: &mut Watch,
     probe: &mut Probe,
     ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
     offset: Duration,
     out: &mut Printer<W>,
 ) -> Result<()> {
-    let counters = st.read_counters(probe)?;
+    let gone_before = st.session.exited(&mut LiveHost { probe, listen: &mut st.listen });
+    let read = Read { gone_before, cur: probe.snapshot()?, cur_dest: probe.dest_snapshot()? };
     drain(ring, offset, st, probe, out)?;
-    let (samples, verdicts) = st.interval(probe, counters)?;
-    out.samples(&samples)?;
-    out.verdicts(&verdicts)?;
+    let now = Instant::now();
+    let interval_s = now.duration_since(st.last).as_secs_f64();
+    st.last = now;
+    let step = st.session.end(read, SystemTime::now(), interval_s, &mut LiveHost { probe, listen: &mut st.listen });
+    if !step.forget.is_empty() || !step.forget_dest.is_empty() {
+        probe.forget(&step.forget, &step.forget_dest)?;
+    }
+    out.samples(&step.samples)?;
+    out.verdicts(&step.verdicts)?;
     if st.refresh_status(probe)? {
         out.status(&st.status)?;
     }
     Ok(())
 }
 
-/// Counters read at the end of an interval.
-struct Counters {
-    /// Processes that had exited before the read (their counts in it are final).
-    gone_before: BTreeSet<u32>,
-    cur: Snapshot,
-    cur_dest: BTreeMap<DestKey, u64>,
-}
-
+/// Passes every event in the ring buffer to the session, and prints those of watched
+/// processes.
 fn drain<W: Write>(
     ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
     offset: Duration,
-    st: &mut State,
+    st: &mut Watch,
     probe: &Probe,
     out: &mut Printer<W>,
 ) -> Result<()> {
+    let mut host = LiveHost { probe, listen: &mut st.listen };
     while let Some(item) = ring.next() {
         if item.len() < std::mem::size_of::<Event>() {
             continue;
@@ -392,55 +194,7 @@ fn drain<W: Write>(
         // the ring buffer's 8-byte alignment.
         let ev: Event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
         let rec = model::decode(&ev, offset);
-        if let Some(limit) = rec.limit {
-            st.event_limits.insert(rec.pid, limit);
-        }
-        let wanted = st.filter.is_all() || {
-            let (filter, cache) = (&st.filter, &mut st.match_cache);
-            *cache.entry(rec.pid).or_insert_with(|| {
-                let comm = procinfo::comm(rec.pid).or_else(|| probe.kernel_comm(rec.pid)).unwrap_or_default();
-                filter.matches(rec.pid, &comm) || filter.matches(rec.pid, &rec.comm)
-            })
-        };
-        if !wanted {
-            continue;
-        }
-        let cause = match rec.kind {
-            "port_assign_failure" => Some(Cause::EphemeralPorts),
-            "emfile" => Some(Cause::FdLimit),
-            "enfile" => Some(Cause::FileMax),
-            "bind_error" if rec.errno == "EADDRINUSE" && rec.sport == Some(0) => Some(Cause::BindHoarding),
-            // Port-search failures come as port_assign_failure: these are the other kind.
-            "bind_error" | "connect_error" if rec.errno == "EADDRNOTAVAIL" => Some(Cause::AddressUnavailable),
-            _ => None,
-        };
-        if cause == Some(Cause::AddressUnavailable) {
-            if let (Some(a), Some(p)) = (&rec.saddr, rec.sport) {
-                st.facts.unavailable_addr(rec.pid, endpoint(a, p));
-            }
-        }
-        if let Some(cause) = cause {
-            // The first failure of a process and cause this interval: take the evidence now,
-            // while the state that caused it is still there.
-            let first = st.facts.failure(rec.pid, cause, rec.ts);
-            if first && !st.engine.is_active(rec.pid, cause) {
-                match (cause, rec.netns) {
-                    (Cause::EphemeralPorts, Some(ns)) => {
-                        st.facts.early.net.entry(ns).or_insert_with(|| net_now(rec.pid, ns));
-                    }
-                    (Cause::FdLimit, _) => {
-                        st.facts.early.nofile.entry(rec.pid).or_insert_with(|| nofile_now(rec.pid));
-                    }
-                    (Cause::FileMax, _) => {
-                        st.facts.early.file_nr.get_or_insert_with(|| crate::system::facts::read_system().file_nr);
-                    }
-                    _ => {}
-                }
-            }
-        }
-        // Text mode: one line per process, kind and destination per interval (the table has
-        // the counts); JSON keeps every event.
-        if out.json || st.printed.insert((rec.pid, rec.kind, rec.daddr.clone(), rec.dport)) {
+        if st.session.event(&rec, &mut host) {
             out.event(&rec)?;
         }
     }

@@ -1,6 +1,6 @@
 //! The `watch` output stream.
 
-use std::{io::Write, time::SystemTime};
+use std::{collections::BTreeSet, io::Write, time::SystemTime};
 
 use anyhow::Result;
 
@@ -18,9 +18,15 @@ use crate::{
 pub struct Printer<W: Write> {
     pub json: bool,
     pub w: W,
+    /// Event lines printed this interval in text mode, per (pid, kind, destination).
+    printed: BTreeSet<(u32, &'static str, Option<String>, Option<u16>)>,
 }
 
 impl<W: Write> Printer<W> {
+    pub fn new(json: bool, w: W) -> Printer<W> {
+        Printer { json, w, printed: BTreeSet::new() }
+    }
+
     pub fn line(&mut self, s: &str) -> Result<()> {
         writeln!(self.w, "{s}")?;
         self.w.flush()?;
@@ -36,11 +42,15 @@ impl<W: Write> Printer<W> {
         }
     }
 
+    /// JSON keeps every event; text prints one line per process, kind and destination per
+    /// interval (the interval's table has the counts).
     pub fn event(&mut self, e: &EventRecord) -> Result<()> {
         if self.json {
             self.line(&output::event_json(e).to_string())
-        } else {
+        } else if self.printed.insert((e.pid, e.kind, e.daddr.clone(), e.dport)) {
             self.line(&output::event_text(e))
+        } else {
+            Ok(())
         }
     }
 
@@ -55,7 +65,9 @@ impl<W: Write> Printer<W> {
         Ok(())
     }
 
+    /// The interval's samples; the next events are a new interval's.
     pub fn samples(&mut self, samples: &[Sample]) -> Result<()> {
+        self.printed.clear();
         let now = SystemTime::now();
         if self.json {
             for s in samples {

@@ -1,0 +1,85 @@
+//! What `watch`'s interval step asks of the running system, behind one trait so that the step
+//! runs on fakes in tests: procfs, the namespaces' sock_diag and sysctls, the listen counters.
+
+use crate::{
+    commands::listen_poll::{ListenPoll, ListenPoller},
+    domain::net::{NetFacts, Nofile, TcpMem},
+    kernel::probe::Probe,
+    system::{facts, netdiag, procinfo},
+};
+
+pub trait Host {
+    /// Whether the process still runs.
+    fn exists(&mut self, pid: u32) -> bool;
+    /// Its name: procfs, else what the kernel recorded at its last event.
+    fn comm(&mut self, pid: u32) -> Option<String>;
+    /// RLIMIT_NOFILE and open fds, now.
+    fn nofile(&mut self, pid: u32) -> Nofile;
+    /// Network namespace inode of a running process.
+    fn netns(&mut self, pid: u32) -> Option<u32>;
+    /// Facts of namespace `netns`, entered through `pid` or any process still in it.
+    fn net(&mut self, pid: u32, netns: u32) -> Result<NetFacts, String>;
+    /// (allocated, fs.file-max).
+    fn file_nr(&mut self) -> Option<(u64, u64)>;
+    /// net.ipv4.tcp_mem and the TCP memory in use (machine-wide).
+    fn tcp_mem(&mut self) -> TcpMem;
+    /// Listeners that dropped since the last poll, in the namespaces of `watched` and every
+    /// namespace polled before.
+    fn poll_listeners(&mut self, watched: &[u32]) -> ListenPoll;
+}
+
+/// The running system, and the probe for the names of exited processes.
+pub struct LiveHost<'a> {
+    pub probe: &'a Probe,
+    pub listen: &'a mut ListenPoller,
+}
+
+/// RLIMIT_NOFILE (soft, hard) and open fds of a process, now.
+pub fn nofile_now(pid: u32) -> Nofile {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok();
+    let (soft, hard) = limits.as_deref().and_then(procinfo::parse_nofile).unwrap_or((None, None));
+    Nofile { soft, hard, open: procinfo::open_fds(pid) }
+}
+
+/// Facts of namespace `netns`, entered through `pid` or any process still in it.
+pub fn net_now(pid: u32, netns: u32) -> Result<NetFacts, String> {
+    let via = if netdiag::netns_inode(pid) == Some(netns) { Some(pid) } else { netdiag::process_in_netns(netns) };
+    match via {
+        Some(p) => facts::read_net_of(Some(p)).map_err(|e| format!("{e:#}")),
+        None => Err(format!("network namespace {netns} is gone (no process left in it)")),
+    }
+}
+
+impl Host for LiveHost<'_> {
+    fn exists(&mut self, pid: u32) -> bool {
+        procinfo::exists(pid)
+    }
+
+    fn comm(&mut self, pid: u32) -> Option<String> {
+        procinfo::comm(pid).or_else(|| self.probe.kernel_comm(pid))
+    }
+
+    fn nofile(&mut self, pid: u32) -> Nofile {
+        nofile_now(pid)
+    }
+
+    fn netns(&mut self, pid: u32) -> Option<u32> {
+        netdiag::netns_inode(pid)
+    }
+
+    fn net(&mut self, pid: u32, netns: u32) -> Result<NetFacts, String> {
+        net_now(pid, netns)
+    }
+
+    fn file_nr(&mut self) -> Option<(u64, u64)> {
+        facts::read_system().file_nr
+    }
+
+    fn tcp_mem(&mut self) -> TcpMem {
+        facts::read_tcp_mem()
+    }
+
+    fn poll_listeners(&mut self, watched: &[u32]) -> ListenPoll {
+        self.listen.poll(watched.iter().copied())
+    }
+}
