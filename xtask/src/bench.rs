@@ -138,7 +138,6 @@ pub fn bench(pairs: u32, seconds: f64) -> Result<()> {
     Ok(())
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

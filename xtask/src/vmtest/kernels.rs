@@ -166,7 +166,6 @@ pub(super) fn ensure_kernel(spec: &KernelSpec) -> Result<PathBuf> {
     Ok(image)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,4 +212,3 @@ mod tests {
         assert_eq!(override_var(&RT_612), "CONNTRACE_VM_KERNEL_6_12_RT");
     }
 }
-

@@ -280,4 +280,3 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
     }
     Ok(())
 }
-

@@ -92,4 +92,3 @@ pub(super) fn print_table(rows: &[Row]) {
         }
     }
 }
-

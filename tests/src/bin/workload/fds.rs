@@ -1,0 +1,56 @@
+//! File descriptors: RLIMIT_NOFILE (EMFILE) and fs.file-max (ENFILE).
+
+use super::*;
+
+/// Lowers RLIMIT_NOFILE, opens sockets until EMFILE, then keeps trying until `--failures`
+/// attempts have failed.
+pub(super) fn emfile(args: &[String]) {
+    let nofile: u64 = req(args, "--nofile");
+    let failures: u64 = req(args, "--failures");
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: get/setrlimit on our own process with a valid struct.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        lim.rlim_cur = nofile;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0, "setrlimit");
+    }
+    let mut fds = Vec::new();
+    let mut errors = Errors::new();
+    let mut failed = 0;
+    while failed < failures {
+        // SAFETY: socket(2) with constant arguments.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+        if fd < 0 {
+            *errors.entry(errno_name(&std::io::Error::last_os_error())).or_default() += 1;
+            failed += 1;
+        } else {
+            // SAFETY: fd is a fresh descriptor we own.
+            fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
+    }
+    println!("{}", json!({"pid": pid(), "limit": nofile, "opened": fds.len(), "errors": errors}));
+    hold(args);
+}
+
+/// Opens /dev/null until `--failures` opens failed with ENFILE (fs.file-max reached; run it
+/// without CAP_SYS_ADMIN, which is exempt from the limit).
+pub(super) fn enfile(args: &[String]) {
+    let failures: u64 = req(args, "--failures");
+    let mut files = Vec::new();
+    let mut errors = Errors::new();
+    let mut failed = 0;
+    while failed < failures {
+        match std::fs::File::open("/dev/null") {
+            Ok(f) => files.push(f),
+            Err(e) => {
+                let name = errno_name(&e);
+                *errors.entry(name.clone()).or_default() += 1;
+                if name != "ENFILE" {
+                    break; // EMFILE first: the per-process limit is lower than file-max allows
+                }
+                failed += 1;
+            }
+        }
+    }
+    println!("{}", json!({"pid": pid(), "opened": files.len(), "errors": errors}));
+}

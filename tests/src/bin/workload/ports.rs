@@ -1,0 +1,143 @@
+//! Ephemeral ports: exhausting a narrowed range, bind-before-connect, unconfigured source
+//! addresses, asynchronous connects, healthy churn.
+
+use super::*;
+
+/// Blocking connects that keep their sockets: with a narrowed ip_local_port_range the range
+/// runs out and connect() fails with EADDRNOTAVAIL.
+pub(super) fn ports(args: &[String]) {
+    let listen: SocketAddr = req(args, "--listen");
+    let target: SocketAddr = req(args, "--connect");
+    let count: u32 = req(args, "--count");
+    let _listener = TcpListener::bind(listen).expect("bind listener");
+    wait_stdin(args);
+    let mut held = Vec::new();
+    let mut errors = Errors::new();
+    for _ in 0..count {
+        match TcpStream::connect(target) {
+            Ok(s) => held.push(s),
+            Err(e) => *errors.entry(errno_name(&e)).or_default() += 1,
+        }
+    }
+    println!("{}", json!({"pid": pid(), "ok": held.len(), "errors": errors}));
+    hold(args);
+}
+
+/// `--hold-ms N`: stay alive (sockets open) so conntrace can gather evidence in this namespace.
+pub(super) fn hold(args: &[String]) {
+    std::io::stdout().flush().ok();
+    if let Some(ms) = arg(args, "--hold-ms").and_then(|v| v.parse().ok()) {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
+}
+
+/// Bind-before-connect: `--count N` sockets, each bound to `--bind` (port 0) and then
+/// connected to the next of `--dests` in turn; all are kept open. A listener on 0.0.0.0 at
+/// the destinations' port accepts them. Reports bind and connect errors separately.
+pub(super) fn bind_connect(args: &[String]) {
+    let bind: std::net::SocketAddrV4 = req(args, "--bind");
+    let count: u32 = req(args, "--count");
+    let dests: Vec<std::net::SocketAddrV4> =
+        req::<String>(args, "--dests").split(',').map(|d| d.parse().expect("destination ip:port")).collect();
+    let listener = TcpListener::bind(("0.0.0.0", dests[0].port())).expect("bind listener");
+    let accepted = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept() {
+            held.push(s);
+        }
+    });
+    wait_stdin(args);
+    let (mut held, mut bind_errors, mut connect_errors) = (Vec::new(), Errors::new(), Errors::new());
+    for i in 0..count as usize {
+        let fd = tcp_socket(libc::AF_INET).expect("socket");
+        if let Err(e) = sys_addr(&fd, bind, false) {
+            *bind_errors.entry(errno_name(&e)).or_default() += 1;
+            continue;
+        }
+        match sys_addr(&fd, dests[i % dests.len()], true) {
+            Ok(()) => held.push(fd),
+            Err(e) => *connect_errors.entry(errno_name(&e)).or_default() += 1,
+        }
+    }
+    println!(
+        "{}",
+        json!({"pid": pid(), "ok": held.len(), "bind_errors": bind_errors, "connect_errors": connect_errors})
+    );
+    hold(args);
+    drop(accepted);
+}
+
+/// `--count N` binds to `--addr` (an address no interface has): EADDRNOTAVAIL each time.
+pub(super) fn bind_addr(args: &[String]) {
+    let addr: std::net::SocketAddrV4 = req(args, "--addr");
+    let count: u32 = req(args, "--count");
+    let mut errors = Errors::new();
+    let mut ok = 0;
+    for _ in 0..count {
+        let fd = tcp_socket(libc::AF_INET).expect("socket");
+        match sys_addr(&fd, addr, false) {
+            Ok(()) => ok += 1,
+            Err(e) => *errors.entry(errno_name(&e)).or_default() += 1,
+        }
+    }
+    println!("{}", json!({"pid": pid(), "ok": ok, "bind_errors": errors}));
+    hold(args);
+}
+
+/// Non-blocking connects whose outcome arrives after connect() returned EINPROGRESS: on
+/// loopback the handshake normally completes inside connect(), so the SYN must be dropped
+/// first. A listener with backlog 0 and one queued connection drops SYNs (accept queue full):
+/// - to `--base`: never accepted, TCP_SYNCNT 1 → ETIMEDOUT after ~3 s;
+/// - to `--base`+1: the queue is drained after 200 ms, the retransmitted SYN (1 s) succeeds.
+pub(super) fn async_connects(args: &[String]) {
+    let base: u16 = req(args, "--base");
+    let a: SocketAddr = format!("127.0.0.1:{base}").parse().expect("addr");
+    let b: SocketAddr = format!("127.0.0.1:{}", base + 1).parse().expect("addr");
+    let la = TcpListener::bind(a).expect("bind a");
+    let lb = TcpListener::bind(b).expect("bind b");
+    // SAFETY: listen(2) with backlog 0 on listeners we own.
+    unsafe {
+        libc::listen(la.as_raw_fd(), 0);
+        libc::listen(lb.as_raw_fd(), 0);
+    }
+    let fill_a = TcpStream::connect(a).expect("fill a");
+    let fill_b = TcpStream::connect(b).expect("fill b");
+    let timed_out = nonblocking_connect(a, Some(1));
+    let succeeds = nonblocking_connect(b, None);
+    std::thread::sleep(Duration::from_millis(200));
+    let accepted = lb.accept().expect("drain b");
+    let mut errors = Errors::new();
+    let mut async_ok = 0;
+    for fd in [&timed_out, &succeeds] {
+        match finish(fd) {
+            0 => async_ok += 1,
+            e => *errors.entry(errno_name(&std::io::Error::from_raw_os_error(e))).or_default() += 1,
+        }
+    }
+    drop((fill_a, fill_b, accepted));
+    println!("{}", json!({"pid": pid(), "sync_ok": 2, "async_ok": async_ok, "errors": errors}));
+}
+
+/// Connection churn for overhead measurements: connect, accept, close (client first, so every
+/// connection leaves a TIME_WAIT), as fast as one thread can, for `--seconds`.
+pub(super) fn churn(args: &[String]) {
+    let addr: SocketAddr = req(args, "--addr");
+    let seconds: f64 = req(args, "--seconds");
+    let l = TcpListener::bind(addr).expect("bind");
+    let start = std::time::Instant::now();
+    let mut n = 0u64;
+    let mut errors = Errors::new();
+    while start.elapsed().as_secs_f64() < seconds {
+        match TcpStream::connect(addr) {
+            Ok(c) => {
+                let (s, _) = l.accept().expect("accept");
+                drop(c);
+                drop(s);
+                n += 1;
+            }
+            Err(e) => *errors.entry(errno_name(&e)).or_default() += 1,
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!("{}", json!({"pid": pid(), "connections": n, "per_sec": n as f64 / secs, "errors": errors}));
+}

@@ -1,0 +1,89 @@
+//! Kernel tables: TCP memory (tcp_mem) and the conntrack table.
+
+use super::*;
+
+/// TCP memory exhaustion: `--conns N` loopback connections to a listener in this process
+/// that never reads; each client writes up to `--bytes` without blocking. With
+/// net.ipv4.tcp_mem lowered, the kernel refuses buffer memory long before the socket
+/// buffers are full. Reports what was written and the namespace's TcpExt memory counters.
+pub(super) fn mem_hog(args: &[String]) {
+    let addr: SocketAddr = req(args, "--addr");
+    let conns: u32 = req(args, "--conns");
+    let bytes: usize = req(args, "--bytes");
+    let l = TcpListener::bind(addr).expect("bind");
+    let mut pairs = Vec::new();
+    for _ in 0..conns {
+        let c = TcpStream::connect(addr).expect("connect");
+        let (s, _) = l.accept().expect("accept");
+        c.set_nonblocking(true).expect("nonblocking");
+        pairs.push((c, s));
+    }
+    let chunk = vec![0u8; 64 * 1024];
+    let mut written = 0usize;
+    let deadline = std::time::Instant::now() + Duration::from_millis(1500);
+    for (c, _) in pairs.iter_mut() {
+        let mut mine = 0usize;
+        while mine < bytes && std::time::Instant::now() < deadline {
+            match c.write(&chunk[..chunk.len().min(bytes - mine)]) {
+                Ok(n) => mine += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("write: {e}"),
+            }
+        }
+        written += mine;
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    println!(
+        "{}",
+        json!({"pid": pid(), "written": written, "asked": bytes * conns as usize,
+               "memory_pressures": tcp_ext("TCPMemoryPressures"), "rcvq_drop": tcp_ext("TCPRcvQDrop")})
+    );
+    hold(args);
+}
+
+/// Summed per-CPU column `name` of /proc/net/stat/nf_conntrack (hex values).
+pub(super) fn ct_stat(name: &str) -> u64 {
+    let text = std::fs::read_to_string("/proc/net/stat/nf_conntrack").unwrap_or_default();
+    let mut lines = text.lines();
+    let Some(col) = lines.next().and_then(|h| h.split_whitespace().position(|n| n == name)) else { return 0 };
+    lines.filter_map(|l| u64::from_str_radix(l.split_whitespace().nth(col)?, 16).ok()).sum()
+}
+
+/// Fills the conntrack table: `--hold N` connections kept open (tracked and assured, so
+/// early_drop cannot evict them), then `--extra M` non-blocking connects whose SYNs conntrack
+/// cannot track once nf_conntrack_max is reached; after `--wait-ms` they are closed. Needs
+/// a netfilter rule that uses conntrack in this namespace.
+pub(super) fn ct_fill(args: &[String]) {
+    let addr: SocketAddr = req(args, "--addr");
+    let hold_n: u32 = req(args, "--hold");
+    let extra: u32 = req(args, "--extra");
+    let wait_ms: u64 = req(args, "--wait-ms");
+    let l = TcpListener::bind(addr).expect("bind");
+    let accepted = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = l.accept() {
+            held.push(s);
+        }
+    });
+    let drops_before = ct_stat("drop");
+    let mut held = Vec::new();
+    let mut errors = Errors::new();
+    for _ in 0..hold_n {
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+            Ok(s) => held.push(s),
+            Err(e) => *errors.entry(errno_name(&e)).or_default() += 1,
+        }
+    }
+    let pending: Vec<OwnedFd> = (0..extra).map(|_| nonblocking_connect(addr, None)).collect();
+    std::thread::sleep(Duration::from_millis(wait_ms));
+    let still_pending = socket_states().get("02").copied().unwrap_or(0);
+    drop(pending);
+    let count = std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_count").unwrap_or_default();
+    println!(
+        "{}",
+        json!({"pid": pid(), "held": held.len(), "errors": errors, "syn_sent": still_pending,
+               "ct_drops": ct_stat("drop") - drops_before, "ct_count": count.trim().parse::<u64>().ok()})
+    );
+    hold(args);
+    drop(accepted);
+}
