@@ -104,31 +104,51 @@ pub fn exit(ret: i64) {
     let err = (-ret) as u16;
     if err == EINPROGRESS || (ERESTART_MIN..=ERESTART_MAX).contains(&err) {
         if let Some(o) = owner {
-            // SAFETY: `o` points to a live OWNERS value returned by the lookup just above, used before any other map call.
-            let o = unsafe { &mut *o };
-            match o.pending {
-                pending::ESTABLISHED => {
-                    bump(tgid, kind::CONNECT_ASYNC_OK, 0, &comm);
-                    o.phase = phase::ASYNC_DONE;
-                }
-                pending::FAILED => {
-                    let e = o.pending_err;
-                    async_failed(sk, tgid, e, &comm);
-                    let _ = OWNERS.remove(sk);
-                }
-                _ => o.phase = phase::ASYNC_PENDING,
-            }
+            in_progress(o, sk, tgid, &comm);
         }
         return;
     }
-    // Events before counts (see `count::bump`).
+    failed(sk, tgid, tid, err, &inf, &comm);
+    // A failed connect leaves the socket in CLOSE (no later transition removes the owner).
+    if sk_state(sk) as i32 == tcp_state::CLOSE {
+        let _ = OWNERS.remove(sk);
+    } else if let Some(o) = owner {
+        // SAFETY: `o` points to a live OWNERS value returned by the lookup above; `failed`
+        // never removes OWNERS entries, and this program runs to completion on this CPU.
+        unsafe { (*o).phase = phase::SYNC_DONE };
+    }
+}
+
+/// connect() returned EINPROGRESS (or was interrupted): the outcome may already be known
+/// (set_state saw it while connect() ran), else it comes later in softirq.
+#[inline(always)]
+fn in_progress(o: *mut SockOwner, sk: u64, tgid: u32, comm: &[u8; COMM_LEN]) {
+    // SAFETY: `o` points to a live OWNERS value the caller looked up, used before any other map call.
+    let o = unsafe { &mut *o };
+    match o.pending {
+        pending::ESTABLISHED => {
+            bump(tgid, kind::CONNECT_ASYNC_OK, 0, comm);
+            o.phase = phase::ASYNC_DONE;
+        }
+        pending::FAILED => {
+            let e = o.pending_err;
+            async_failed(sk, tgid, e, comm);
+            let _ = OWNERS.remove(sk);
+        }
+        _ => o.phase = phase::ASYNC_PENDING,
+    }
+}
+
+/// connect() failed with `err`: its event first, then its counts (see `count::bump`).
+#[inline(always)]
+fn failed(sk: u64, tgid: u32, tid: u32, err: u16, inf: &Inflight, comm: &[u8; COMM_LEN]) {
     let port_failure = err == EADDRNOTAVAIL && inf.closed_in_connect == 1;
     if port_failure && role_on(role::PORT_VIA_SET_STATE) {
-        if let Some(mut e) = new_event(event::kind::PORT_ASSIGN_FAILURE, tgid, tid, err, &comm) {
-            fill_from_inflight(&mut e, &inf);
+        if let Some(mut e) = new_event(event::kind::PORT_ASSIGN_FAILURE, tgid, tid, err, comm) {
+            fill_from_inflight(&mut e, inf);
             e.submit(0);
         }
-        bump(tgid, kind::PORT_ASSIGN_FAILURE, 0, &comm);
+        bump(tgid, kind::PORT_ASSIGN_FAILURE, 0, comm);
         bump_dest(&DestKey {
             tgid,
             netns: inf.netns,
@@ -139,8 +159,8 @@ pub fn exit(ret: i64) {
             daddr: inf.daddr,
         });
     } else if !(err == EADDRNOTAVAIL && inf.port_event_sent == 1) {
-        if let Some(mut e) = new_event(event::kind::CONNECT_ERROR, tgid, tid, err, &comm) {
-            fill_from_inflight(&mut e, &inf);
+        if let Some(mut e) = new_event(event::kind::CONNECT_ERROR, tgid, tid, err, comm) {
+            fill_from_inflight(&mut e, inf);
             // SAFETY: new_event wrote a whole Event into the reserved entry.
             let ev = unsafe { e.assume_init_mut() };
             let (sport, _) = sk_ports(sk);
@@ -150,19 +170,12 @@ pub fn exit(ret: i64) {
             e.submit(0);
         }
     }
-    bump(tgid, kind::CONNECT_ERROR, err, &comm);
+    bump(tgid, kind::CONNECT_ERROR, err, comm);
     // inet_hash_connect's failure was seen (fexit/kretprobe set port_event_sent) or the
     // socket went SYN_SENT→CLOSE inside connect() (tcp_v4_connect/tcp_v6_connect undoing a
     // failed port search): anything else with EADDRNOTAVAIL is the address itself.
     if err == EADDRNOTAVAIL && inf.closed_in_connect == 0 && inf.port_event_sent == 0 {
-        bump(tgid, kind::CONNECT_ADDR_UNAVAILABLE, 0, &comm);
-    }
-    // A failed connect leaves the socket in CLOSE (no later transition removes the owner).
-    if sk_state(sk) as i32 == tcp_state::CLOSE {
-        let _ = OWNERS.remove(sk);
-    } else if let Some(o) = owner {
-        // SAFETY: `o` points to a live OWNERS value returned by the lookup just above, used before any other map call.
-        unsafe { (*o).phase = phase::SYNC_DONE };
+        bump(tgid, kind::CONNECT_ADDR_UNAVAILABLE, 0, comm);
     }
 }
 

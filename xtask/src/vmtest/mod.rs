@@ -93,30 +93,7 @@ fn boot(
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let results = dir.join("results.txt");
-    let expect = if mode == "auto" { "fexit" } else { mode };
-    let mut script = format!(
-        "#!/bin/sh\nmount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null\n\
-         export CONNTRACE_BIN={bin}\nexport CONNTRACE_WORKLOAD_BIN={wl}\n\
-         export CONNTRACE_EXPECT_MODE={expect}\nexport CONNTRACE_IN_VM=1\n",
-        bin = stage.join("conntrace").display(),
-        wl = stage.join("conntrace-workload").display()
-    );
-    if mode != "auto" {
-        script.push_str(&format!("export CONNTRACE_ATTACH_MODE={mode}\n"));
-    }
-    script.push_str(&format!("echo \"kernel $(uname -r)\" > {r}\n", r = results.display()));
-    let filter = opts.only.as_deref().map(|t| format!(" --exact {t}")).unwrap_or_default();
-    script.push_str(&format!("for run in $(seq {}); do\n", opts.repeat.max(1)));
-    for exe in exes.values() {
-        // --show-output: passing tests' output too, where a test says it SKIPPED.
-        script.push_str(&format!(
-            "{} --test-threads=2 --show-output{filter} >> {} 2>&1\n",
-            exe.display(),
-            results.display()
-        ));
-    }
-    script.push_str("done\n");
-    script.push_str(&format!("echo VMTEST-DONE >> {}\n", results.display()));
+    let script = guest_script(stage, mode, exes, opts, &results);
     let script_path = dir.join("run.sh");
     std::fs::write(&script_path, script)?;
     run_cmd(Command::new("chmod").arg("+x").arg(&script_path))?;
@@ -146,26 +123,7 @@ fn boot(
         String::from_utf8_lossy(&console.stdout).into_owned() + &String::from_utf8_lossy(&console.stderr);
     let _ = std::fs::write(dir.join("console.log"), &console_text);
     let text = std::fs::read_to_string(&results).unwrap_or_default();
-    let mut tests = BTreeMap::new();
-    let mut skipped = std::collections::BTreeSet::new();
-    for line in text.lines() {
-        // Tests that cannot run in this mode say so ("SKIPPED name: why") and pass.
-        if let Some(rest) = line.strip_prefix("SKIPPED ") {
-            if let Some((name, _)) = rest.split_once(':') {
-                skipped.insert(name.trim().to_string());
-            }
-        }
-        if let Some(rest) = line.strip_prefix("test ") {
-            if let Some((name, outcome)) = rest.split_once(" ... ") {
-                let e = tests.entry(name.trim().to_string()).or_insert((0, 0));
-                if outcome.trim_end().ends_with("ok") {
-                    e.0 += 1;
-                } else {
-                    e.1 += 1;
-                }
-            }
-        }
-    }
+    let (tests, skipped) = parse_results(&text);
     // The script's first line; without it the guest never got as far as the tests.
     let never_ran = !text.starts_with("kernel ");
     let problem = if console.status.code() == Some(124) {
@@ -194,6 +152,64 @@ fn boot(
         println!("    [{kernel} {mode}] guest output: {}", results.display());
     }
     Ok(BootResult { secs, tests, skipped, problem, never_ran })
+}
+
+/// The shell script a guest runs: the integration tests with the staged binaries, in `mode`,
+/// appending their output to `results`.
+fn guest_script(stage: &Path, mode: &str, exes: &BTreeMap<String, PathBuf>, opts: &Options, results: &Path) -> String {
+    let expect = if mode == "auto" { "fexit" } else { mode };
+    let mut script = format!(
+        "#!/bin/sh\nmount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null\n\
+         export CONNTRACE_BIN={bin}\nexport CONNTRACE_WORKLOAD_BIN={wl}\n\
+         export CONNTRACE_EXPECT_MODE={expect}\nexport CONNTRACE_IN_VM=1\n",
+        bin = stage.join("conntrace").display(),
+        wl = stage.join("conntrace-workload").display()
+    );
+    if mode != "auto" {
+        script.push_str(&format!("export CONNTRACE_ATTACH_MODE={mode}\n"));
+    }
+    script.push_str(&format!("echo \"kernel $(uname -r)\" > {r}\n", r = results.display()));
+    let filter = opts.only.as_deref().map(|t| format!(" --exact {t}")).unwrap_or_default();
+    script.push_str(&format!("for run in $(seq {}); do\n", opts.repeat.max(1)));
+    for exe in exes.values() {
+        // --show-output: passing tests' output too, where a test says it SKIPPED.
+        script.push_str(&format!(
+            "{} --test-threads=2 --show-output{filter} >> {} 2>&1\n",
+            exe.display(),
+            results.display()
+        ));
+    }
+    script.push_str("done\n");
+    script.push_str(&format!("echo VMTEST-DONE >> {}\n", results.display()));
+    script
+}
+
+/// Per test, (passed, failed) runs; and the tests that said they SKIPPED.
+type Outcomes = (BTreeMap<String, (u32, u32)>, std::collections::BTreeSet<String>);
+
+/// Reads the tests' output a guest wrote.
+fn parse_results(text: &str) -> Outcomes {
+    let mut tests = BTreeMap::new();
+    let mut skipped = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        // Tests that cannot run in this mode say so ("SKIPPED name: why") and pass.
+        if let Some(rest) = line.strip_prefix("SKIPPED ") {
+            if let Some((name, _)) = rest.split_once(':') {
+                skipped.insert(name.trim().to_string());
+            }
+        }
+        if let Some(rest) = line.strip_prefix("test ") {
+            if let Some((name, outcome)) = rest.split_once(" ... ") {
+                let e = tests.entry(name.trim().to_string()).or_insert((0, 0));
+                if outcome.trim_end().ends_with("ok") {
+                    e.0 += 1;
+                } else {
+                    e.1 += 1;
+                }
+            }
+        }
+    }
+    (tests, skipped)
 }
 
 /// QEMU options for the emulator. Multi-threaded TCG (QEMU's default, one host thread per
@@ -279,4 +295,20 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
         bail!("kernel matrix failed");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_outcomes_per_run_and_skips() {
+        let text = "kernel 6.1.0-57-amd64\nSKIPPED tcp_mem_refusals: needs tracepoints\n\
+                    test tcp_mem_refusals ... ok\ntest emfile_is_counted ... FAILED\n\
+                    test emfile_is_counted ... ok\nVMTEST-DONE\n";
+        let (tests, skipped) = parse_results(text);
+        assert_eq!(tests["emfile_is_counted"], (1, 1));
+        assert_eq!(tests["tcp_mem_refusals"], (1, 0));
+        assert_eq!(skipped.into_iter().collect::<Vec<_>>(), ["tcp_mem_refusals"]);
+    }
 }
