@@ -20,7 +20,7 @@ pub fn to_json(v: &Verdict) -> Value {
         "since": rfc3339(v.since),
         "failures": v.failures,
         "destination": v.destination.as_ref().filter(|_| !v.cause.is_listener()).map(Dest::endpoint),
-        "summary": v.summary,
+        "summary": v.summary(),
         "evidence": v.evidence,
         "fix": v.fix,
     });
@@ -45,7 +45,7 @@ pub fn to_text(v: &Verdict) -> String {
             thousands(v.failures)
         ),
         VerdictState::Active => {
-            let mut s = format!(">>> {}: {}", v.cause.as_str().to_uppercase(), v.summary);
+            let mut s = format!(">>> {}: {}", v.cause.as_str().to_uppercase(), v.summary());
             for f in &v.fix {
                 s.push_str(&format!("\n    fix: {f}"));
             }

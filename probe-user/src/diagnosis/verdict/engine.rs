@@ -252,7 +252,6 @@ impl Engine {
             Some(a) => {
                 a.verdict.failures += n;
                 a.last_failure = now;
-                a.verdict.render_summary();
             }
             None => {
                 let verdict = build();
@@ -303,7 +302,6 @@ impl Engine {
                 Some(a) => {
                     a.last_failure = now;
                     a.verdict.head = verdict.head;
-                    a.verdict.summary = verdict.summary;
                     a.verdict.evidence = verdict.evidence;
                 }
                 None => {

@@ -100,8 +100,6 @@ pub struct Verdict {
     pub since: SystemTime,
     pub failures: u64,
     pub destination: Option<Dest>,
-    /// `head; tally since HH:MM:SS`, rendered by [`Verdict::set_summary`].
-    pub summary: String,
     /// The tally's template, `{n}` standing for `failures` (kept so later intervals update
     /// the count without touching the rest of the sentence).
     pub tally: String,
@@ -162,22 +160,21 @@ fn clock(t: SystemTime) -> String {
 }
 
 impl Verdict {
-    /// Sets the summary: `head` (the limit and its numbers), then `tally` with `{n}` for the
-    /// failure count, then since when.
+    /// Sets what the summary says: `head` (the limit and its numbers), then `tally` with
+    /// `{n}` for the failure count.
     pub fn set_summary(&mut self, head: String, tally: String) {
         self.head = head;
         self.tally = tally;
-        self.render_summary();
     }
 
-    /// Renders the summary again with the current failure count.
-    pub fn render_summary(&mut self) {
+    /// `head; tally since HH:MM:SS`, with the current failure count.
+    pub fn summary(&self) -> String {
         let tally = self.tally.replace("{n}", &thousands(self.failures));
-        self.summary = if tally.is_empty() {
+        if tally.is_empty() {
             self.head.clone()
         } else {
             format!("{}; {tally} since {}", self.head, clock(self.since))
-        };
+        }
     }
 }
 
@@ -190,7 +187,6 @@ fn base(cause: Cause, pid: u32, comm: String, since: SystemTime, failures: u64, 
         since,
         failures,
         destination: None,
-        summary: String::new(),
         tally: String::new(),
         head: String::new(),
         evidence,

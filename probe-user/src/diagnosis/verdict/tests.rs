@@ -94,9 +94,9 @@ fn port_exhaustion_by_time_wait_names_tw_reuse() {
     let v = &out[0];
     assert_eq!((v.state, v.cause, v.pid, v.failures), (VerdictState::Active, Cause::EphemeralPorts, 5688, 10));
     assert_eq!(v.destination.as_ref().unwrap().endpoint(), "127.0.0.2:9000");
-    assert!(v.summary.starts_with(
+    assert!(v.summary().starts_with(
         "nginx[5688] cannot get an ephemeral port toward 127.0.0.2:9000: 50 of 50 ports in 40000-40049 are in use (2 ESTABLISHED, 48 TIME_WAIT); 10 connects failed"
-    ), "{}", v.summary);
+    ), "{}", v.summary());
     assert_eq!(proof!(v, Ports).time_wait, 48);
     assert_eq!(proof!(v, Ports).range_size, 50);
     assert_eq!(proof!(v, Ports).tcp_tw_reuse, Some(0));
@@ -137,7 +137,7 @@ fn tw_bucket_overflow_names_the_limit_and_the_namespace_counter() {
     assert_eq!(out.len(), 1, "{out:?}");
     let v = &out[0];
     assert_eq!((v.cause, v.pid, v.failures), (Cause::TwBuckets, 9, 20));
-    assert!(v.summary.contains("10 TIME_WAIT sockets, net.ipv4.tcp_max_tw_buckets is 10; 20 of its connections"));
+    assert!(v.summary().contains("10 TIME_WAIT sockets, net.ipv4.tcp_max_tw_buckets is 10; 20 of its connections"));
     assert_eq!(proof!(v, TwBuckets).netns_tw_overflows, Some(20));
     assert!(v.fix[0].contains("tcp_max_tw_buckets (now 10"));
 }
@@ -153,9 +153,9 @@ fn refused_tcp_memory_names_tcp_mem_and_the_usage() {
     let v = &out[0];
     assert_eq!((v.cause, v.failures), (Cause::TcpMem, 43));
     assert!(
-        v.summary.contains("30 pages (0 MiB) in use, tcp_mem is 8 16 24 pages; 43 buffer allocations"),
+        v.summary().contains("30 pages (0 MiB) in use, tcp_mem is 8 16 24 pages; 43 buffer allocations"),
         "{}",
-        v.summary
+        v.summary()
     );
     assert_eq!(proof!(v, TcpMem).recv_refused, 40);
     assert!(v.fix.iter().any(|f| f.contains("net.ipv4.tcp_mem")));
@@ -176,7 +176,7 @@ fn netfilter_drops_are_conntrack_full_only_when_the_table_is() {
     let out = e.tick(&w, &mut fake);
     assert_eq!(out.len(), 1, "{out:?}");
     assert_eq!(out[0].cause, Cause::ConntrackFull);
-    assert!(out[0].summary.contains("16 of 16 entries"), "{}", out[0].summary);
+    assert!(out[0].summary().contains("16 of 16 entries"), "{}", out[0].summary());
     assert!(out[0].fix[0].contains("nf_conntrack_max (now 16"));
     // Room in the table and no refused entries: a rule dropped them, no verdict.
     n.conntrack = Some(crate::domain::net::Conntrack { count: Some(3), max: Some(16), stats: BTreeMap::new() });
@@ -196,7 +196,7 @@ fn failed_port_zero_binds_are_bind_hoarding_not_ephemeral_ports() {
     let out = e.tick(&w, &mut fake);
     assert_eq!(out.len(), 1, "{out:?}");
     assert_eq!(out[0].cause, Cause::BindHoarding);
-    assert!(out[0].summary.contains("50 of 50 ports in 40000-40049 are taken"), "{}", out[0].summary);
+    assert!(out[0].summary().contains("50 of 50 ports in 40000-40049 are taken"), "{}", out[0].summary());
     assert_eq!(proof!(out[0], BindHoarding).bound_connects, 50);
     assert!(out[0].fix[0].contains("IP_BIND_ADDRESS_NO_PORT"));
 }
@@ -217,7 +217,7 @@ fn eaddrnotavail_without_a_port_search_is_address_unavailable() {
     assert_eq!(v.failures, 3);
     assert_eq!(proof!(v, AddressUnavailable).bind_eaddrnotavail, 2);
     assert_eq!(proof!(v, AddressUnavailable).connect_eaddrnotavail, 1);
-    assert!(v.summary.contains("(192.0.2.1:80)"), "{}", v.summary);
+    assert!(v.summary().contains("(192.0.2.1:80)"), "{}", v.summary());
     // Port failures alone make no such verdict.
     let mut e = Engine::new(Duration::from_secs(1));
     let mut w = window(0);
@@ -241,7 +241,7 @@ fn port_exhaustion_by_established_connections_does_not_suggest_tw_reuse() {
     let mut w = window(0);
     w.port_failures.insert((1, dest()), 3);
     let v = &e.tick(&w, &mut fake)[0];
-    assert!(v.summary.contains("(50 ESTABLISHED, 0 TIME_WAIT)"), "{}", v.summary);
+    assert!(v.summary().contains("(50 ESTABLISHED, 0 TIME_WAIT)"), "{}", v.summary());
     assert!(!v.fix.iter().any(|f| f.contains("tcp_tw_reuse=1")));
     assert!(v.fix.iter().any(|f| f.contains("open connections hold most ports")));
 }
@@ -267,7 +267,7 @@ fn ports_held_in_fin_wait2_are_named() {
     let mut w = window(0);
     w.port_failures.insert((1, dest()), 3);
     let v = &e.tick(&w, &mut fake)[0];
-    assert!(v.summary.contains("(0 ESTABLISHED, 0 TIME_WAIT, 50 FIN_WAIT2)"), "{}", v.summary);
+    assert!(v.summary().contains("(0 ESTABLISHED, 0 TIME_WAIT, 50 FIN_WAIT2)"), "{}", v.summary());
     assert_eq!(proof!(v, Ports).states.get("FIN_WAIT2"), Some(&50));
     assert_eq!(proof!(v, Ports).other, 50);
     assert!(v.fix.iter().any(|f| f.contains("has not closed its side yet")));
@@ -281,7 +281,7 @@ fn gone_namespace_is_said() {
     let mut w = window(0);
     w.port_failures.insert((1, dest()), 3);
     let v = &e.tick(&w, &mut fake)[0];
-    assert!(v.summary.contains("namespace 7 is gone"));
+    assert!(v.summary().contains("namespace 7 is gone"));
     assert_eq!(proof!(v, PortsUnknown).netns, 7);
 }
 
@@ -298,7 +298,7 @@ fn fd_limit_and_file_max() {
     assert_eq!(proof!(fd, FdLimit).nofile_soft, Some(1024));
     assert_eq!(proof!(fd, FdLimit).nofile_hard, Some(4096));
     assert_eq!(proof!(fd, FdLimit).open_fds, Some(1024));
-    assert!(fd.summary.contains("1,024 of 1,024 file descriptors open"), "{}", fd.summary);
+    assert!(fd.summary().contains("1,024 of 1,024 file descriptors open"), "{}", fd.summary());
     assert!(fd.fix[0].contains("prlimit --pid 42 --nofile=4096:4096"));
     assert_eq!(fd.since, at(0) - Duration::from_millis(300));
     let fm = out.iter().find(|v| v.cause == Cause::FileMax).unwrap();
@@ -363,11 +363,11 @@ fn summaries_keep_their_count_current_and_nothing_else_changes() {
     let mut fake = Fake { net: Err(String::new()), calls: 0 };
     let mut w = window(0);
     w.counts.insert(7, Counts { enfile: 3, ..Default::default() });
-    let first = e.tick(&w, &mut fake)[0].summary.clone();
+    let first = e.tick(&w, &mut fake)[0].summary();
     assert!(first.contains("got ENFILE 3 times since"), "{first}");
     let mut w = window(1);
     w.counts.insert(7, Counts { enfile: 2, ..Default::default() });
     e.tick(&w, &mut fake);
-    let now = e.active().next().unwrap().summary.clone();
+    let now = e.active().next().unwrap().summary();
     assert_eq!(now, first.replace("got ENFILE 3 times", "got ENFILE 5 times"));
 }
