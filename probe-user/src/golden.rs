@@ -11,7 +11,7 @@ use std::{
 
 use crate::{
     diagnosis::check::{self, ProcFds},
-    diagnosis::verdict::{self, Engine, Evidence, Nofile, TcpMemFacts, Verdict, Window},
+    diagnosis::verdict::{self, fake::FakeEvidence, Engine, Verdict, Window},
     domain::model::{Counts, EventRecord, Sample},
     domain::net::{self as netdiag, TcpSocket},
     domain::net::{Conntrack, NetFacts, SystemFacts},
@@ -66,30 +66,11 @@ fn net() -> NetFacts {
     }
 }
 
-struct Fake;
-
-impl Evidence for Fake {
-    fn comm(&mut self, pid: u32) -> String {
-        format!("app{pid}")
-    }
-    fn nofile(&mut self, _pid: u32) -> Nofile {
-        Nofile { soft: Some(1024), hard: Some(4096), open: Some(1024) }
-    }
-    fn file_nr(&mut self) -> Option<(u64, u64)> {
-        Some((99_990, 100_000))
-    }
-    fn net(&mut self, _pid: u32, _netns: u32) -> Result<NetFacts, String> {
-        Ok(net())
-    }
-    fn alive(&mut self, _pid: u32) -> bool {
-        true
-    }
-    fn netns(&mut self, _pid: u32) -> Option<u32> {
-        Some(7)
-    }
-    fn tcp_mem(&mut self) -> TcpMemFacts {
-        TcpMemFacts { limits: Some((8, 16, 24)), sockstat: [("mem".to_string(), 30), ("orphan".to_string(), 2)].into() }
-    }
+/// The rules' facts: every process `app<pid>` at its fd limit, in namespace 7 with `net()`.
+fn fake() -> FakeEvidence {
+    let mut f = FakeEvidence { comm: "app", comm_pid: true, ..FakeEvidence::new(Ok(net())) };
+    f.tcp_mem.sockstat.insert("orphan".into(), 2);
+    f
 }
 
 /// One interval in which every cause fails once, for its own process.
@@ -158,10 +139,10 @@ fn render(verdicts: &[Verdict]) -> String {
 #[test]
 fn verdict_records() {
     let mut e = Engine::new(Duration::from_secs(1));
-    let active = e.tick(&failing_window(), &mut Fake);
+    let active = e.tick(&failing_window(), &mut fake());
     insta::assert_snapshot!("verdicts_active", render(&active));
     let quiet = Window { now: Some(at(30)), interval_s: 1.0, ..Default::default() };
-    let resolved = e.tick(&quiet, &mut Fake);
+    let resolved = e.tick(&quiet, &mut fake());
     insta::assert_snapshot!("verdicts_resolved", render(&resolved));
 }
 
@@ -171,7 +152,7 @@ fn time_wait_pressure_record() {
     let mut w = Window { now: Some(at(0)), interval_s: 1.0, ..Default::default() };
     w.counts.insert(120, Counts { time_wait_created: 20, ..Default::default() });
     w.time_waits.insert((120, dest()), 20);
-    insta::assert_snapshot!("verdict_time_wait_pressure", render(&e.tick(&w, &mut Fake)));
+    insta::assert_snapshot!("verdict_time_wait_pressure", render(&e.tick(&w, &mut fake())));
 }
 
 #[test]

@@ -122,31 +122,17 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::{diagnosis::verdict::Evidence, domain::model::Counts};
+    use crate::{diagnosis::verdict::fake::FakeEvidence, domain::model::Counts};
 
-    struct NoEvidence;
-
-    impl Evidence for NoEvidence {
-        fn comm(&mut self, _pid: u32) -> String {
-            "app".into()
-        }
-        fn nofile(&mut self, _pid: u32) -> Nofile {
-            Nofile { soft: Some(64), hard: Some(64), open: Some(64) }
-        }
-        fn file_nr(&mut self) -> Option<(u64, u64)> {
-            None
-        }
-        fn net(&mut self, _pid: u32, _netns: u32) -> Result<NetFacts, String> {
-            Err("none".into())
-        }
-        fn alive(&mut self, _pid: u32) -> bool {
-            true
-        }
-        fn netns(&mut self, _pid: u32) -> Option<u32> {
-            None
-        }
-        fn tcp_mem(&mut self) -> crate::diagnosis::verdict::TcpMemFacts {
-            Default::default()
+    /// Facts that make no verdict say more than its counts.
+    fn no_evidence() -> FakeEvidence {
+        FakeEvidence {
+            comm: "app",
+            nofile: Nofile { soft: Some(64), hard: Some(64), open: Some(64) },
+            file_nr: None,
+            netns: None,
+            tcp_mem: Default::default(),
+            ..FakeEvidence::new(Err("none".into()))
         }
     }
 
@@ -159,7 +145,7 @@ mod tests {
         let mut w = Window { now: Some(at(t)), interval_s: 1.0, ..Default::default() };
         w.counts = counts.iter().cloned().collect();
         let (fresh, cache) = f.fill(&mut w);
-        e.tick(&w, &mut NoEvidence);
+        e.tick(&w, &mut no_evidence());
         f.settle(e, &w, fresh, cache);
         w
     }
@@ -183,7 +169,7 @@ mod tests {
         assert_eq!(w.first_seen.get(&(7, Cause::FdLimit)), Some(&at(0)));
         assert!(cache.nofile.contains_key(&7));
         assert_eq!(w.unavailable_addrs[&8].len(), 1);
-        e.tick(&w, &mut NoEvidence);
+        e.tick(&w, &mut no_evidence());
         f.settle(&e, &w, fresh, cache);
         // Used: gone. Carried but unused (pid 8 never failed): gone after its one interval.
         let w = step(&mut f, &mut e, &[], 3);

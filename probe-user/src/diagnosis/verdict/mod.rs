@@ -15,6 +15,8 @@ use crate::domain::{
 };
 
 mod engine;
+#[cfg(test)]
+pub mod fake;
 mod fds;
 mod listen;
 mod memory;

@@ -18,35 +18,7 @@ macro_rules! proof {
 use super::*;
 use crate::domain::net::{self, TcpSocket};
 
-struct Fake {
-    net: Result<NetFacts, String>,
-    calls: u32,
-}
-
-impl Evidence for Fake {
-    fn comm(&mut self, _pid: u32) -> String {
-        "nginx".into()
-    }
-    fn nofile(&mut self, _pid: u32) -> Nofile {
-        Nofile { soft: Some(1024), hard: Some(4096), open: Some(1024) }
-    }
-    fn file_nr(&mut self) -> Option<(u64, u64)> {
-        Some((99_990, 100_000))
-    }
-    fn net(&mut self, _pid: u32, _netns: u32) -> Result<NetFacts, String> {
-        self.calls += 1;
-        self.net.clone()
-    }
-    fn alive(&mut self, _pid: u32) -> bool {
-        true
-    }
-    fn netns(&mut self, _pid: u32) -> Option<u32> {
-        Some(7)
-    }
-    fn tcp_mem(&mut self) -> TcpMemFacts {
-        TcpMemFacts { limits: Some((8, 16, 24)), sockstat: [("mem".to_string(), 30), ("orphan".to_string(), 0)].into() }
-    }
-}
+use super::fake::FakeEvidence as Fake;
 
 fn dest() -> Dest {
     Dest { netns: 7, addr: IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)), port: 9000 }
@@ -86,7 +58,7 @@ fn window(t: u64) -> Window {
 #[test]
 fn port_exhaustion_by_time_wait_names_tw_reuse() {
     let mut e = Engine::new(Duration::from_secs(1));
-    let mut fake = Fake { net: Ok(net(2, 48, 0)), calls: 0 };
+    let mut fake = Fake::new(Ok(net(2, 48, 0)));
     let mut w = window(0);
     w.port_failures.insert((5688, dest()), 10);
     let out = e.tick(&w, &mut fake);
@@ -111,7 +83,7 @@ fn port_exhaustion_by_time_wait_names_tw_reuse() {
     let mut w = window(1);
     w.port_failures.insert((5688, dest()), 5);
     assert!(e.tick(&w, &mut fake).is_empty());
-    assert_eq!(fake.calls, 1);
+    assert_eq!(fake.net_calls, 1);
     assert_eq!(e.active().next().unwrap().failures, 15);
     // Quiet for 5 s: resolved, with its duration.
     assert!(e.tick(&window(4), &mut fake).is_empty());
@@ -130,7 +102,7 @@ fn tw_bucket_overflow_names_the_limit_and_the_namespace_counter() {
     n.tcp_max_tw_buckets = Some(10);
     n.tcp_ext.insert("TCPTimeWaitOverflow".into(), 20);
     let mut e = Engine::new(Duration::from_secs(1));
-    let mut fake = Fake { net: Ok(n), calls: 0 };
+    let mut fake = Fake::new(Ok(n));
     let mut w = window(0);
     w.counts.insert(9, Counts { tw_overflows: 20, time_wait_created: 10, ..Default::default() });
     let out = e.tick(&w, &mut fake);
@@ -145,7 +117,7 @@ fn tw_bucket_overflow_names_the_limit_and_the_namespace_counter() {
 #[test]
 fn refused_tcp_memory_names_tcp_mem_and_the_usage() {
     let mut e = Engine::new(Duration::from_secs(1));
-    let mut fake = Fake { net: Ok(net(0, 0, 0)), calls: 0 };
+    let mut fake = Fake::new(Ok(net(0, 0, 0)));
     let mut w = window(0);
     w.counts.insert(5, Counts { tcp_mem_send_refused: 3, tcp_mem_recv_refused: 40, ..Default::default() });
     let out = e.tick(&w, &mut fake);
@@ -170,7 +142,7 @@ fn netfilter_drops_are_conntrack_full_only_when_the_table_is() {
         stats: [("drop".to_string(), 20), ("insert_failed".to_string(), 0)].into(),
     });
     let mut e = Engine::new(Duration::from_secs(1));
-    let mut fake = Fake { net: Ok(n.clone()), calls: 0 };
+    let mut fake = Fake::new(Ok(n.clone()));
     let mut w = window(0);
     w.counts.insert(6, Counts { netfilter_drops: 20, ..Default::default() });
     let out = e.tick(&w, &mut fake);
@@ -181,14 +153,14 @@ fn netfilter_drops_are_conntrack_full_only_when_the_table_is() {
     // Room in the table and no refused entries: a rule dropped them, no verdict.
     n.conntrack = Some(crate::domain::net::Conntrack { count: Some(3), max: Some(16), stats: BTreeMap::new() });
     let mut e = Engine::new(Duration::from_secs(1));
-    let mut fake = Fake { net: Ok(n), calls: 0 };
+    let mut fake = Fake::new(Ok(n));
     assert!(e.tick(&w, &mut fake).is_empty());
 }
 
 #[test]
 fn failed_port_zero_binds_are_bind_hoarding_not_ephemeral_ports() {
     let mut e = Engine::new(Duration::from_secs(1));
-    let mut fake = Fake { net: Ok(net(50, 0, 0)), calls: 0 };
+    let mut fake = Fake::new(Ok(net(50, 0, 0)));
     let mut w = window(0);
     let mut c = Counts { bind_failures: 10, bound_connects: 50, ..Default::default() };
     c.bind_errors.insert("EADDRINUSE".into(), 10);
@@ -204,7 +176,7 @@ fn failed_port_zero_binds_are_bind_hoarding_not_ephemeral_ports() {
 #[test]
 fn eaddrnotavail_without_a_port_search_is_address_unavailable() {
     let mut e = Engine::new(Duration::from_secs(1));
-    let mut fake = Fake { net: Ok(net(0, 0, 0)), calls: 0 };
+    let mut fake = Fake::new(Ok(net(0, 0, 0)));
     let mut w = window(0);
     // 4 connect EADDRNOTAVAIL, 3 of them port-search failures; 2 binds to a foreign address.
     let mut c = Counts { port_assign_failures: 3, connect_addr_unavailable: 1, ..Default::default() };
@@ -237,7 +209,7 @@ fn eaddrnotavail_without_a_port_search_is_address_unavailable() {
 #[test]
 fn port_exhaustion_by_established_connections_does_not_suggest_tw_reuse() {
     let mut e = Engine::new(Duration::from_secs(1));
-    let mut fake = Fake { net: Ok(net(50, 0, 0)), calls: 0 };
+    let mut fake = Fake::new(Ok(net(50, 0, 0)));
     let mut w = window(0);
     w.port_failures.insert((1, dest()), 3);
     let v = &e.tick(&w, &mut fake)[0];
@@ -263,7 +235,7 @@ fn ports_held_in_fin_wait2_are_named() {
         });
     }
     let mut e = Engine::new(Duration::from_secs(1));
-    let mut fake = Fake { net: Ok(n), calls: 0 };
+    let mut fake = Fake::new(Ok(n));
     let mut w = window(0);
     w.port_failures.insert((1, dest()), 3);
     let v = &e.tick(&w, &mut fake)[0];
@@ -277,7 +249,7 @@ fn ports_held_in_fin_wait2_are_named() {
 #[test]
 fn gone_namespace_is_said() {
     let mut e = Engine::new(Duration::from_secs(1));
-    let mut fake = Fake { net: Err("network namespace 7 is gone".into()), calls: 0 };
+    let mut fake = Fake::new(Err("network namespace 7 is gone".into()));
     let mut w = window(0);
     w.port_failures.insert((1, dest()), 3);
     let v = &e.tick(&w, &mut fake)[0];
@@ -288,7 +260,7 @@ fn gone_namespace_is_said() {
 #[test]
 fn fd_limit_and_file_max() {
     let mut e = Engine::new(Duration::from_secs(1));
-    let mut fake = Fake { net: Err(String::new()), calls: 0 };
+    let mut fake = Fake::new(Err(String::new()));
     let mut w = window(0);
     w.counts.insert(42, Counts { emfile: 10, enfile: 2, ..Default::default() });
     w.first_seen.insert((42, Cause::FdLimit), at(0) - Duration::from_millis(300));
@@ -309,7 +281,7 @@ fn fd_limit_and_file_max() {
 #[test]
 fn failed_last_tick_names_the_failures_of_that_interval_only() {
     let mut e = Engine::new(Duration::from_secs(1));
-    let mut fake = Fake { net: Err(String::new()), calls: 0 };
+    let mut fake = Fake::new(Err(String::new()));
     let mut w = window(0);
     w.counts.insert(42, Counts { emfile: 1, ..Default::default() });
     e.tick(&w, &mut fake);
@@ -326,7 +298,7 @@ fn failed_last_tick_names_the_failures_of_that_interval_only() {
 fn time_wait_pressure_predicts_exhaustion_and_healthy_churn_stays_silent() {
     // 50 usable ports, 20 TIME_WAIT/s: 1,200 needed → exhaustion; 10 in use → 2 s left.
     let mut e = Engine::new(Duration::from_secs(1));
-    let mut fake = Fake { net: Ok(net(0, 10, 0)), calls: 0 };
+    let mut fake = Fake::new(Ok(net(0, 10, 0)));
     let mut w = window(0);
     w.time_waits.insert((9, dest()), 20);
     let out = e.tick(&w, &mut fake);
@@ -337,12 +309,12 @@ fn time_wait_pressure_predicts_exhaustion_and_healthy_churn_stays_silent() {
 
     // Same rate where tcp_tw_reuse applies (loopback with 2): silent.
     let mut e = Engine::new(Duration::from_secs(1));
-    let mut fake = Fake { net: Ok(net(0, 10, 2)), calls: 0 };
+    let mut fake = Fake::new(Ok(net(0, 10, 2)));
     assert!(e.tick(&w, &mut fake).is_empty());
 
     // Healthy churn: 0.5/s × 60 = 30 < 50 usable: silent.
     let mut e = Engine::new(Duration::from_secs(1));
-    let mut fake = Fake { net: Ok(net(0, 10, 0)), calls: 0 };
+    let mut fake = Fake::new(Ok(net(0, 10, 0)));
     let mut w = Window { now: Some(at(0)), interval_s: 2.0, ..Default::default() };
     w.time_waits.insert((9, dest()), 1);
     assert!(e.tick(&w, &mut fake).is_empty());
@@ -360,7 +332,7 @@ fn thousands_separators() {
 fn summaries_keep_their_count_current_and_nothing_else_changes() {
     // Every cause's count is refreshed (file_max's sits mid-sentence; syn_queue's sums two).
     let mut e = Engine::new(Duration::from_secs(5));
-    let mut fake = Fake { net: Err(String::new()), calls: 0 };
+    let mut fake = Fake::new(Err(String::new()));
     let mut w = window(0);
     w.counts.insert(7, Counts { enfile: 3, ..Default::default() });
     let first = e.tick(&w, &mut fake)[0].summary();
