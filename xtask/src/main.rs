@@ -61,6 +61,12 @@ enum Task {
         /// Seconds per run.
         #[arg(long, default_value_t = 3.0)]
         seconds: f64,
+        /// Workloads, comma-separated: nginx-keepalive, nginx-close, getppid, churn, or all.
+        #[arg(long, default_value = "all")]
+        workload: String,
+        /// More `conntrace watch` arguments for the traced runs (e.g. `--attach-mode tracepoint`).
+        #[arg(long, default_value = "", allow_hyphen_values = true)]
+        conntrace_args: String,
     },
 }
 
@@ -252,7 +258,22 @@ fn main() -> Result<()> {
         Task::Setup => setup(),
         Task::Test => test(),
         Task::Lint => lint(),
-        Task::Bench { pairs, seconds } => bench::bench(pairs, seconds),
+        Task::Bench { pairs, seconds, workload, conntrace_args } => {
+            let workloads = if workload == "all" {
+                bench::Workload::ALL.to_vec()
+            } else {
+                workload
+                    .split(',')
+                    .map(|w| {
+                        bench::Workload::parse(w.trim()).with_context(|| {
+                            format!("unknown workload {w:?}: use nginx-keepalive, nginx-close, getppid, churn or all")
+                        })
+                    })
+                    .collect::<Result<_>>()?
+            };
+            let conntrace_args = conntrace_args.split_whitespace().map(String::from).collect();
+            bench::bench(&bench::Options { pairs, seconds, workloads, conntrace_args })
+        }
         Task::VmTest { kernel, mode, timeout, only, repeat, multi_threaded_tcg } => {
             vmtest::run(&root(), &vmtest::Options { kernel, mode, timeout, only, repeat, multi_threaded_tcg })
         }

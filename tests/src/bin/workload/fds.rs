@@ -54,3 +54,21 @@ pub(super) fn enfile(args: &[String]) {
     }
     println!("{}", json!({"pid": pid(), "opened": files.len(), "errors": errors}));
 }
+
+/// `getppid --seconds S`: a process that makes no network calls at all, calling getppid()
+/// as fast as it can: what watching costs every other process of the host (a syscall
+/// tracepoint puts each of its calls on the kernel's slow path).
+pub(super) fn getppid(args: &[String]) {
+    let seconds: f64 = req(args, "--seconds");
+    let start = std::time::Instant::now();
+    let mut n = 0u64;
+    while start.elapsed().as_secs_f64() < seconds {
+        for _ in 0..4096 {
+            // SAFETY: getppid takes no arguments and cannot fail.
+            unsafe { libc::syscall(libc::SYS_getppid) };
+        }
+        n += 4096;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!("{}", json!({"pid": pid(), "calls": n, "per_sec": n as f64 / secs}));
+}

@@ -160,8 +160,9 @@ fn main() {
         Some("syn-flood") => syn_flood(&args),
         Some("mem-hog") => mem_hog(&args),
         Some("ct-fill") => ct_fill(&args),
+        Some("getppid") => getppid(&args),
         _ => {
-            eprintln!("usage: conntrace-workload ports|tw|tw-server|emfile|enfile|async|churn|bind-connect|bind-addr|resets|backlog|listen-only|syn-flood|mem-hog|ct-fill [options]");
+            eprintln!("usage: conntrace-workload ports|tw|tw-server|emfile|enfile|async|churn|bind-connect|bind-addr|resets|backlog|listen-only|syn-flood|mem-hog|ct-fill|getppid [options]");
             std::process::exit(2);
         }
     }
