@@ -88,7 +88,27 @@ pub mod kind {
     pub const CONNECT_ADDR_UNAVAILABLE: u16 = 18;
 }
 
+/// Value of the `TW_TABLES` map, keyed by the tgid charged: its namespace's TIME_WAIT table
+/// as the kernel saw it at the latest close of its that found no room (tcp_max_tw_buckets
+/// reached). `count` is what inet_twsk_alloc() compares with the limit (`tw_refcount - 1`):
+/// TIME_WAIT sockets plus orphaned FIN_WAIT2 ones already in the table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TwTable {
+    pub count: u32,
+    pub max: u32,
+    /// Network namespace inode.
+    pub netns: u32,
+    pub _pad: u32,
+}
+
 #[cfg(feature = "user")]
+// SAFETY: #[repr(C)] integers laid out without implicit padding; any bit pattern is valid.
 unsafe impl aya::Pod for CountKey {}
 #[cfg(feature = "user")]
+// SAFETY: #[repr(C)] plain integers with no padding; any bit pattern is valid.
+unsafe impl aya::Pod for TwTable {}
+#[cfg(feature = "user")]
+// SAFETY: #[repr(C)] integers and a byte array, padding spelled out as `_pad`; any bit
+// pattern is valid.
 unsafe impl aya::Pod for DestKey {}

@@ -2,12 +2,12 @@
 
 use crate::connect;
 use crate::shared::count::{bump, bump_dest, current, current_comm, dest_of_sock};
-use crate::shared::kernel::{sk_err, sk_is_tcp, sk_state, sk_tw_table};
-use crate::shared::maps::{role_on, OWNERS, RST_SENT, TW_CHARGED, TW_SEEN};
+use crate::shared::kernel::{sk_err, sk_is_tcp, sk_netns, sk_state, sk_tw_table};
+use crate::shared::maps::{role_on, OWNERS, RST_SENT, TW_CHARGED, TW_SEEN, TW_TABLES};
 use aya_ebpf::macros::{btf_tracepoint, tracepoint};
 use aya_ebpf::programs::{BtfTracePointContext, TracePointContext};
 use probe_common::config::role;
-use probe_common::counters::{kind, UNATTRIBUTED};
+use probe_common::counters::{kind, TwTable, UNATTRIBUTED};
 use probe_common::sock::{phase, tcp_state};
 #[inline(always)]
 pub fn on_set_state(sk: u64, oldstate: i32, newstate: i32) {
@@ -50,7 +50,7 @@ pub fn on_set_state(sk: u64, oldstate: i32, newstate: i32) {
     if role_on(role::TW_VIA_SET_STATE) {
         if (oldstate == tcp_state::FIN_WAIT2 || oldstate == tcp_state::CLOSING) && !reset_sent && sk_err(sk) == 0 {
             let k = tw_outcome(sk);
-            let tgid = charge_to_owner(sk, k);
+            let tgid = if k == kind::TW_OVERFLOW { tw_refused(sk) } else { charge_to_owner(sk, k) };
             let _ = TW_CHARGED.insert(sk, ((tgid as u64) << 32) | k as u64, 0);
         } else {
             let _ = TW_CHARGED.remove(sk);
@@ -117,6 +117,22 @@ pub fn charge_to_owner_aux(sk: u64, kind: u16, aux: u16) {
         }
         None => bump(UNATTRIBUTED, kind, aux, &[0; 16]),
     }
+}
+
+/// Counts a refused TIME_WAIT for the owner of `sk`, and records the namespace's table as
+/// inet_twsk_alloc() saw it (for the verdict's evidence).
+#[inline(always)]
+pub fn tw_refused(sk: u64) -> u32 {
+    // Recorded before the count (events before counts, see `count::bump`): a verdict built
+    // on the count finds the table.
+    let tgid = OWNERS.get_ptr(sk).map_or(UNATTRIBUTED, |o| {
+        // SAFETY: `o` points to a live OWNERS value returned by the lookup just above, read before any other map call.
+        unsafe { (*o).tgid }
+    });
+    if let Some((_, count, max)) = sk_tw_table(sk) {
+        let _ = TW_TABLES.insert(tgid, TwTable { count, max, netns: sk_netns(sk), _pad: 0 }, 0);
+    }
+    charge_to_owner(sk, kind::TW_OVERFLOW)
 }
 
 /// Counts `kind` for the process that owns `sk` (recorded at connect/accept), or as

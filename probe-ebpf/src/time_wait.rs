@@ -18,7 +18,7 @@ pub fn tw_fexit(ctx: FExitContext) -> u32 {
         return 0;
     }
     if fexit_ret::<u64>(&ctx, arity::INET_TWSK_ALLOC) == 0 {
-        let _ = set_state::charge_to_owner(sk, kind::TW_OVERFLOW);
+        let _ = set_state::tw_refused(sk);
     } else {
         let _ = set_state::charge_to_owner(sk, kind::TIME_WAIT);
     }
@@ -59,7 +59,7 @@ pub fn tw_kretprobe(ctx: RetProbeContext) -> u32 {
         return 0;
     }
     if ctx.ret::<u64>() == 0 {
-        let _ = set_state::charge_to_owner(sk, kind::TW_OVERFLOW);
+        let _ = set_state::tw_refused(sk);
     } else {
         let _ = set_state::charge_to_owner(sk, kind::TIME_WAIT);
     }

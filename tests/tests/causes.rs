@@ -27,7 +27,12 @@ fn tw_bucket_overflow_is_charged_to_the_client() {
     assert_eq!(wl["ok"], 30, "{wl}");
     let truth_overflows = wl["tw_overflows"].as_u64().unwrap();
     let truth_tw = wl["time_wait_sockets"].as_u64().unwrap();
-    assert_eq!((truth_tw, truth_overflows), (10, 20), "{wl}");
+    // inet_twsk_alloc() compares the table's count with the limit, and the count grows only
+    // later (inet_twsk_hashdance_schedule): two closes on two CPUs can both pass the check, so
+    // the table may end above its limit (seen: 11 with a limit of 10 on 6.12). Every close
+    // is one or the other, and the table is full.
+    assert_eq!(truth_tw + truth_overflows, 30, "{wl}");
+    assert!(truth_tw >= 10, "{wl}");
 
     let s = &status(&lines)["signals"]["tw_overflow"];
     let mode = s["mode"].as_str().unwrap();
@@ -40,7 +45,7 @@ fn tw_bucket_overflow_is_charged_to_the_client() {
     if mode == "kprobe" {
         // What is counted is classified exactly (inet_twsk_alloc's own result): never more of
         // either kind than happened.
-        assert!(overflows <= 20 && tws <= 10, "overflows {overflows}, TIME_WAIT {tws}: {wl}");
+        assert!(overflows <= truth_overflows && tws <= truth_tw, "overflows {overflows}, TIME_WAIT {tws}: {wl}");
         // A kprobe that fires (in softirq) while another BPF kprobe runs on that CPU is
         // skipped by the kernel. Linux 6.7+ counts the skips and conntrace reports them: then
         // every close is either counted or reported skipped. Before 6.7 the kernel reports
@@ -65,8 +70,10 @@ fn tw_bucket_overflow_is_charged_to_the_client() {
     assert_eq!(vs.len(), 1, "{vs:?}");
     let e = &vs[0]["evidence"];
     assert_eq!(e["tcp_max_tw_buckets"], 10, "{e}");
-    assert_eq!(e["time_wait"], 10, "{e}");
-    assert_eq!(e["netns_tw_overflows"], 20, "{e}");
+    // What the kernel compared with the limit when it refused: the table that the namespace
+    // still holds at the end (it only grows during the run; TIME_WAIT lasts 60 s).
+    assert_eq!(e["time_wait"], truth_tw, "{e}");
+    assert_eq!(e["netns_tw_overflows"], truth_overflows, "{e}");
     assert!(vs[0]["fix"].to_string().contains("tcp_max_tw_buckets"));
 }
 

@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use probe_common::{
     config::{role, stat},
-    counters::{CountKey, DestKey},
+    counters::{CountKey, DestKey, TwTable},
     sock::{BindCall, Inflight, SockOwner},
     COMM_LEN,
 };
@@ -56,6 +56,12 @@ pub static TW_CHARGED: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384
 /// TIME_WAIT: tells the close that took the table's last slot from the first one refused.
 #[map]
 pub static TW_SEEN: LruHashMap<u64, u32> = LruHashMap::with_max_entries(1024, 0);
+
+/// Per process charged: its namespace's TIME_WAIT table at its latest refused TIME_WAIT, so a
+/// verdict's evidence says what the kernel compared with tcp_max_tw_buckets, even once the
+/// process or its namespace is gone.
+#[map]
+pub static TW_TABLES: LruHashMap<u32, TwTable> = LruHashMap::with_max_entries(4096, 0);
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);

@@ -4,7 +4,7 @@
 
 use crate::{
     commands::{event_facts::EarlyEvidence, host::Host},
-    diagnosis::verdict::{Evidence, Nofile, TcpMemFacts},
+    diagnosis::verdict::{Evidence, Nofile, TcpMemFacts, TwTable},
     domain::net::NetFacts,
 };
 
@@ -53,5 +53,9 @@ impl Evidence for Cached<'_> {
 
     fn tcp_mem(&mut self) -> TcpMemFacts {
         self.host.tcp_mem()
+    }
+
+    fn tw_table(&mut self, pid: u32) -> Option<TwTable> {
+        self.host.tw_table(pid)
     }
 }

@@ -3,6 +3,7 @@
 
 use crate::{
     commands::listen_poll::{ListenPoll, ListenPoller},
+    diagnosis::verdict::TwTable,
     domain::net::{NetFacts, Nofile, TcpMem},
     kernel::probe::Probe,
     system::{facts, netdiag, procinfo},
@@ -23,6 +24,8 @@ pub trait Host {
     fn file_nr(&mut self) -> Option<(u64, u64)>;
     /// net.ipv4.tcp_mem and the TCP memory in use (machine-wide).
     fn tcp_mem(&mut self) -> TcpMem;
+    /// The kernel's record of the process's full tw table (see `verdict::Evidence`).
+    fn tw_table(&mut self, pid: u32) -> Option<TwTable>;
     /// Listeners that dropped since the last poll, in the namespaces of `watched` and every
     /// namespace polled before.
     fn poll_listeners(&mut self, watched: &[u32]) -> ListenPoll;
@@ -77,6 +80,10 @@ impl Host for LiveHost<'_> {
 
     fn tcp_mem(&mut self) -> TcpMem {
         facts::read_tcp_mem()
+    }
+
+    fn tw_table(&mut self, pid: u32) -> Option<TwTable> {
+        self.probe.tw_table(pid)
     }
 
     fn poll_listeners(&mut self, watched: &[u32]) -> ListenPoll {

@@ -241,6 +241,13 @@ impl Probe {
     }
 
     /// The comm recorded in the kernel when the process's first counter was created.
+    /// The kernel's record of `tgid`'s namespace tw table at its latest refused TIME_WAIT.
+    pub fn tw_table(&self, tgid: u32) -> Option<probe_common::counters::TwTable> {
+        let map: aya::maps::HashMap<_, u32, probe_common::counters::TwTable> =
+            aya::maps::HashMap::try_from(self.ebpf.map("TW_TABLES")?).ok()?;
+        map.get(&tgid, 0).ok()
+    }
+
     pub fn kernel_comm(&self, tgid: u32) -> Option<String> {
         let map: aya::maps::HashMap<_, u32, [u8; 16]> = aya::maps::HashMap::try_from(self.ebpf.map("COMMS")?).ok()?;
         map.get(&tgid, 0).ok().map(|c| crate::domain::model::comm_str(&c))

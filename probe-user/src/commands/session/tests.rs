@@ -63,6 +63,9 @@ impl Host for FakeHost {
     fn tcp_mem(&mut self) -> TcpMem {
         TcpMem::default()
     }
+    fn tw_table(&mut self, _pid: u32) -> Option<crate::diagnosis::verdict::TwTable> {
+        None
+    }
     fn poll_listeners(&mut self, _watched: &[u32]) -> ListenPoll {
         self.poll.take().unwrap_or(ListenPoll { dropped: Vec::new(), by_ns: BTreeMap::new() })
     }

@@ -117,7 +117,13 @@ impl Engine {
             let since = t.since(pid, Cause::TwBuckets);
             self.failure((Cause::TwBuckets, pid, None), c.tw_overflows, t.now, since, &mut t.seen, || {
                 let comm = ev.comm(pid);
-                tw_buckets(pid, comm, since, c.tw_overflows, own_net(ev, pid))
+                // The kernel's record names the namespace even once the process is gone.
+                let table = ev.tw_table(pid);
+                let net = match table {
+                    Some(t) => ev.net(pid, t.netns),
+                    None => own_net(ev, pid),
+                };
+                tw_buckets(pid, comm, since, c.tw_overflows, table, net)
             });
         }
         if c.bind_failures > 0 {

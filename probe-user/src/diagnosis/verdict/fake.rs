@@ -12,6 +12,8 @@ pub struct FakeEvidence {
     pub net: Result<NetFacts, String>,
     pub netns: Option<u32>,
     pub tcp_mem: TcpMemFacts,
+    /// The kernel's record of every process's full tw table.
+    pub tw_table: Option<TwTable>,
     /// How many times the rules asked for a namespace's facts.
     pub net_calls: u32,
 }
@@ -31,6 +33,7 @@ impl FakeEvidence {
                 limits: Some((8, 16, 24)),
                 sockstat: [("mem".to_string(), 30), ("orphan".to_string(), 0)].into(),
             },
+            tw_table: None,
             net_calls: 0,
         }
     }
@@ -62,5 +65,8 @@ impl Evidence for FakeEvidence {
     }
     fn tcp_mem(&mut self) -> TcpMemFacts {
         self.tcp_mem.clone()
+    }
+    fn tw_table(&mut self, _pid: u32) -> Option<TwTable> {
+        self.tw_table
     }
 }

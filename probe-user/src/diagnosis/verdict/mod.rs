@@ -152,7 +152,12 @@ pub trait Evidence {
     /// net.ipv4.tcp_mem (low, pressure, high, in pages) and the TCP line of
     /// /proc/net/sockstat (`mem` = pages in use, `orphan`, …): both machine-wide.
     fn tcp_mem(&mut self) -> TcpMemFacts;
+    /// The TIME_WAIT table of the process's namespace as the kernel saw it at the process's
+    /// latest close that found it full (recorded in the kernel: known after the process exits).
+    fn tw_table(&mut self, pid: u32) -> Option<TwTable>;
 }
+
+pub use probe_common::counters::TwTable;
 
 pub use crate::domain::net::TcpMem as TcpMemFacts;
 

@@ -114,6 +114,24 @@ fn tw_bucket_overflow_names_the_limit_and_the_namespace_counter() {
     assert!(v.fix[0].contains("tcp_max_tw_buckets (now 10"));
 }
 
+/// The kernel recorded the table when it refused the TIME_WAIT: the evidence is that record
+/// (what inet_twsk_alloc() compared with the limit, orphaned FIN_WAIT2 sockets included), and
+/// it holds once the process has exited and its namespace can no longer be read.
+#[test]
+fn tw_bucket_overflow_evidence_comes_from_the_kernel_record() {
+    let mut e = Engine::new(Duration::from_secs(1));
+    let mut fake = Fake::new(Err("network namespace 77 is gone (no process left in it)".into()));
+    fake.tw_table = Some(TwTable { count: 11, max: 10, netns: 77, _pad: 0 });
+    let mut w = window(0);
+    w.counts.insert(9, Counts { tw_overflows: 19, ..Default::default() });
+    let v = &e.tick(&w, &mut fake)[0];
+    let p = proof!(v, TwBuckets);
+    assert_eq!((p.time_wait, p.tcp_max_tw_buckets, p.netns), (Some(11), Some(10), Some(77)));
+    assert!(v.summary().contains("11 TIME_WAIT sockets, net.ipv4.tcp_max_tw_buckets is 10"), "{}", v.summary());
+    assert!(!v.summary().contains('?') && !v.fix[0].contains('?'), "{} / {}", v.summary(), v.fix[0]);
+    assert!(p.error.as_deref().is_some_and(|e| e.contains("gone")), "the namespace's counter is missing, and why");
+}
+
 #[test]
 fn refused_tcp_memory_names_tcp_mem_and_the_usage() {
     let mut e = Engine::new(Duration::from_secs(1));

@@ -6,14 +6,25 @@ use std::time::SystemTime;
 use super::*;
 use crate::domain::net;
 
-pub fn tw_buckets(pid: u32, comm: String, since: SystemTime, n: u64, net: Result<NetFacts, String>) -> Verdict {
+/// `table`: the namespace's tw table when the kernel refused the process a TIME_WAIT (what
+/// inet_twsk_alloc() compared with the limit); else counted from the namespace's sockets now.
+pub fn tw_buckets(
+    pid: u32,
+    comm: String,
+    since: SystemTime,
+    n: u64,
+    table: Option<TwTable>,
+    net: Result<NetFacts, String>,
+) -> Verdict {
     let f = net.as_ref().ok();
     let proof = TwBucketsProof {
         error: net_error(&net),
-        tcp_max_tw_buckets: f.and_then(|f| f.tcp_max_tw_buckets),
-        time_wait: f.map(|f| f.sockets.iter().filter(|s| s.state == net::TIME_WAIT).count() as u64),
+        tcp_max_tw_buckets: table.map(|t| t.max as u64).or_else(|| f.and_then(|f| f.tcp_max_tw_buckets)),
+        time_wait: table
+            .map(|t| t.count as u64)
+            .or_else(|| f.map(|f| f.sockets.iter().filter(|s| s.state == net::TIME_WAIT).count() as u64)),
         netns_tw_overflows: f.and_then(|f| f.tcp_ext.get("TCPTimeWaitOverflow").copied()),
-        netns: f.and_then(|f| f.netns),
+        netns: table.map(|t| t.netns).or_else(|| f.and_then(|f| f.netns)),
     };
     let (tw, max) = (proof.time_wait, proof.tcp_max_tw_buckets);
     let mut v = base(Cause::TwBuckets, pid, comm.clone(), since, n, Proof::TwBuckets(proof));
