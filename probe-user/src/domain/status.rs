@@ -67,6 +67,8 @@ pub struct Losses {
     /// Runs the kernel skipped, per program (bpf_prog_info.recursion_misses): a program
     /// that fired while another BPF program of the same guard ran on that CPU. kprobes share
     /// one per-CPU guard (counted since Linux 6.7); fentry/fexit and tp_btf have one each.
+    /// For kprobes, plus the hits the kprobe layer lost (bpf_link_info's kprobe `missed`,
+    /// Linux 6.7+): a kretprobe with no free instance during a burst of calls.
     pub skipped_runs: std::collections::BTreeMap<String, u64>,
 }
 

@@ -8,8 +8,8 @@ use super::ladder::{Family, Hook, Rung};
 use crate::domain::status::{Mode, SignalStatus};
 
 pub const KRETPROBE_NOTE: &str = "approximate: a kprobe that fires while another BPF kprobe runs on the same CPU is \
-     skipped by the kernel (reported in lost_updates.skipped_runs from Linux 6.7 on, nowhere before), and a \
-     kretprobe is missed when more calls are in flight than its instances";
+     skipped by the kernel, and a kretprobe is missed when more calls are in flight than its instances (both \
+     reported in lost_updates.skipped_runs from Linux 6.7 on, nowhere before)";
 
 const NO_FD_WALK: &str = "kernel BTF lacks the fd→socket offsets";
 

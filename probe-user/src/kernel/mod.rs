@@ -2,6 +2,7 @@
 //! (`tpformat`), the per-signal attach ladders as data (`hooks`) walked by one function
 //! (`ladder`), and the loader (`probe`).
 
+mod bpf_info;
 pub mod btf;
 pub mod hooks;
 pub mod ladder;

@@ -16,6 +16,7 @@ use probe_common::{
 
 pub use super::loader::ensure_tracefs;
 use super::{
+    bpf_info,
     hooks::{self, Kernel},
     ladder::{self, Allowed, Rung},
     loader::Loader,
@@ -261,17 +262,30 @@ impl Probe {
             counter_map_full: get(stat::COUNTER_MAP_FULL)?,
             owner_map_full: get(stat::OWNER_MAP_FULL)?,
             inflight_map_full: get(stat::INFLIGHT_MAP_FULL)?,
-            skipped_runs: self
-                .ebpf
-                .programs()
-                .filter_map(|(name, p)| {
-                    let id = p.info().ok()?.id();
-                    let fd = p.fd().ok()?;
-                    let n = recursion_misses(fd.as_fd(), id)?;
-                    (n > 0).then(|| (name.to_string(), n))
-                })
-                .collect(),
+            skipped_runs: self.skipped_runs(),
         })
+    }
+
+    /// Per program, the runs the kernel skipped or lost: BPF recursion misses, plus for
+    /// kprobes the hits the kprobe layer lost (a kretprobe without a free instance).
+    fn skipped_runs(&self) -> BTreeMap<String, u64> {
+        let progs: Vec<(String, u32, u64)> = self
+            .ebpf
+            .programs()
+            .filter_map(|(name, p)| {
+                let id = p.info().ok()?.id();
+                let fd = p.fd().ok()?;
+                Some((name.to_string(), id, bpf_info::recursion_misses(fd.as_fd(), id).unwrap_or(0)))
+            })
+            .collect();
+        let kprobes: Vec<u32> =
+            progs.iter().filter(|(n, ..)| n.contains("kprobe") || n.contains("kretprobe")).map(|p| p.1).collect();
+        let missed = if kprobes.is_empty() { Vec::new() } else { bpf_info::kprobe_missed(&kprobes) };
+        progs
+            .into_iter()
+            .map(|(name, id, n)| (name, n + missed.iter().filter(|m| m.0 == id).map(|m| m.1).sum::<u64>()))
+            .filter(|(_, n)| *n > 0)
+            .collect()
     }
 
     /// Run counts and times of the attached programs (zero unless BPF stats are enabled).
@@ -313,34 +327,4 @@ fn tw_overflow_status(tw: &SignalStatus, table_offsets: bool) -> SignalStatus {
         _ => s = SignalStatus::unavailable("kernel BTF lacks net.ipv4.tcp_death_row (tw table fill)"),
     }
     s
-}
-
-/// bpf_prog_info.recursion_misses of a program (include/uapi/linux/bpf.h): aya does not
-/// expose it. The answer is used only if the program id read from the same struct matches
-/// the one aya read.
-fn recursion_misses(fd: std::os::fd::BorrowedFd<'_>, id: u32) -> Option<u64> {
-    use std::os::fd::AsRawFd;
-    // Offsets in struct bpf_prog_info (stable uapi): id 4, recursion_misses 208 (Linux 5.12+).
-    const ID: usize = 4;
-    const RECURSION_MISSES: usize = 208;
-    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-    let mut info = [0u8; 256];
-    #[repr(C)]
-    struct Attr {
-        bpf_fd: u32,
-        info_len: u32,
-        info: u64,
-    }
-    let mut attr = Attr { bpf_fd: fd.as_raw_fd() as u32, info_len: info.len() as u32, info: info.as_mut_ptr() as u64 };
-    // SAFETY: BPF_OBJ_GET_INFO_BY_FD writes at most info_len bytes into `info`, which lives
-    // across the call; attr is a valid bpf_attr prefix for this command.
-    let r = unsafe {
-        libc::syscall(libc::SYS_bpf, BPF_OBJ_GET_INFO_BY_FD, &mut attr as *mut Attr, size_of::<Attr>() as u32)
-    };
-    if r != 0 || (attr.info_len as usize) < RECURSION_MISSES + 8 {
-        return None;
-    }
-    let got_id = u32::from_ne_bytes(info[ID..ID + 4].try_into().ok()?);
-    (got_id == id)
-        .then(|| u64::from_ne_bytes(info[RECURSION_MISSES..RECURSION_MISSES + 8].try_into().unwrap_or([0; 8])))
 }

@@ -149,7 +149,16 @@ fn traced(w: Workload, env: &Env, conntrace: &Path, opts: &Options, stats: bool)
 
 fn measure(w: Workload, env: &Env, conntrace: &Path, opts: &Options) -> Result<Row> {
     let (mut base, mut with, mut cpu, mut rss) = (Vec::new(), Vec::new(), Vec::new(), 0.0f64);
-    println!("\n{} ({}):\n{:<5} {:>14} {:>14} {:>7} {:>9}", w.name(), w.unit(), "pair", "without", "with", "ratio", "cpu %");
+    println!(
+        "\n{} ({}):\n{:<5} {:>14} {:>14} {:>7} {:>9}",
+        w.name(),
+        w.unit(),
+        "pair",
+        "without",
+        "with",
+        "ratio",
+        "cpu %"
+    );
     for i in 0..opts.pairs {
         // Throughput runs go without BPF statistics: the kernel's per-run accounting (two
         // clock reads per program run) would inflate the cost being measured. The order
@@ -221,9 +230,12 @@ fn print_table(rows: &[Row], opts: &Options) {
         );
     }
     for r in rows {
-        let progs: Vec<String> =
-            r.programs.iter().map(|(n, per, ns)| format!("{n} {per:.2}x{ns}ns")).collect();
-        println!("  {}: {}", r.workload.name(), if progs.is_empty() { "no BPF program ran".into() } else { progs.join(", ") });
+        let progs: Vec<String> = r.programs.iter().map(|(n, per, ns)| format!("{n} {per:.2}x{ns}ns")).collect();
+        println!(
+            "  {}: {}",
+            r.workload.name(),
+            if progs.is_empty() { "no BPF program ran".into() } else { progs.join(", ") }
+        );
     }
 }
 

@@ -90,10 +90,7 @@ impl Env {
     /// `setup`, then conntrace-workload `cmd` pinned to CPU 1, in a fresh namespace; its
     /// `per_sec`.
     fn json_rate(&self, setup: &str, cmd: &str) -> Result<f64> {
-        let script = format!(
-            "ip link set lo up; {setup}; exec taskset -c 1 {} {cmd}",
-            self.workload.display()
-        );
+        let script = format!("ip link set lo up; {setup}; exec taskset -c 1 {} {cmd}", self.workload.display());
         let out = output(Command::new("unshare").args(["-n", "sh", "-ec", &script])).context("workload run failed")?;
         let line = out.lines().last().context("the workload printed nothing")?;
         field(line, "\"per_sec\":").context("no per_sec in the workload's output")
@@ -123,8 +120,7 @@ impl Env {
 /// The number after `key` in `line`.
 pub fn field(line: &str, key: &str) -> Option<f64> {
     let at = line.find(key)? + key.len();
-    let num: String =
-        line[at..].trim_start().chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
+    let num: String = line[at..].trim_start().chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
     num.parse().ok()
 }
 
