@@ -52,6 +52,7 @@ fn tw_bucket_overflow_is_charged_to_the_client() {
         // them nowhere (status says the mode is approximate): how many are lost depends on
         // the load, so only the upper bounds above hold there.
         let skipped = skipped_runs(&lines, "tw_k");
+        eprintln!("kprobe mode: {overflows} overflows and {tws} TIME_WAITs counted, {skipped} runs skipped or missed");
         if kernel_at_least(&lines, 6, 7) {
             assert!(
                 overflows + tws + skipped >= 30,

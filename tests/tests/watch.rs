@@ -170,6 +170,36 @@ fn non_blocking_connect_outcomes_are_counted_when_they_happen() {
     assert_eq!(evs[0]["dport"], 9100);
 }
 
+/// 40 blocking connects in flight at once (more than a kretprobe's instances, 10 on a
+/// 2-CPU machine): every attempt is counted, or, in kprobe mode, reported lost.
+#[test]
+fn concurrent_blocking_connects_are_counted_or_reported_lost() {
+    if !require_root("concurrent_blocking_connects_are_counted_or_reported_lost") {
+        return;
+    }
+    let ct = Conntrace::start(&[]);
+    let out = in_netns("$WL blocked-connects --addr 127.0.0.1:9300 --threads 40");
+    let lines = ct.stop();
+    let wl = report(&out);
+    let pid = wl["pid"].as_u64().unwrap();
+    assert_eq!(wl["errors"]["ETIMEDOUT"], 40, "workload: {wl}");
+    let attempts = total(&lines, pid, "connect_attempts");
+    let timeouts = total_errno(&lines, pid, "ETIMEDOUT");
+    if kprobe_mode(&lines, "connect") {
+        let lost = skipped_runs(&lines, "connect_k");
+        eprintln!("kprobe mode: {attempts} attempts and {timeouts} ETIMEDOUT counted, {lost} runs skipped or missed");
+        assert!(attempts <= 41 && timeouts <= 40, "never more than happened: {attempts} {timeouts}");
+        if kernel_at_least(&lines, 6, 7) {
+            assert!(timeouts + lost >= 40, "{timeouts} counted, {lost} reported lost: {wl}");
+        }
+    } else {
+        assert_signal_exact(&lines, "connect", &NETWORK_MODES);
+        // The 40, and the one connect that filled the accept queue.
+        assert_eq!((attempts, timeouts), (41, 40), "workload: {wl}");
+        assert_eq!(total(&lines, pid, "connect_ok"), 1, "workload: {wl}");
+    }
+}
+
 /// Starts a `ports` workload in its own namespace that waits for a line on stdin.
 fn waiting_workload() -> (std::process::Child, u64) {
     let mut child = Command::new("unshare")

@@ -161,8 +161,9 @@ fn main() {
         Some("mem-hog") => mem_hog(&args),
         Some("ct-fill") => ct_fill(&args),
         Some("getppid") => getppid(&args),
+        Some("blocked-connects") => blocked_connects(&args),
         _ => {
-            eprintln!("usage: conntrace-workload ports|tw|tw-server|emfile|enfile|async|churn|bind-connect|bind-addr|resets|backlog|listen-only|syn-flood|mem-hog|ct-fill|getppid [options]");
+            eprintln!("usage: conntrace-workload ports|tw|tw-server|emfile|enfile|async|churn|bind-connect|bind-addr|resets|backlog|listen-only|syn-flood|mem-hog|ct-fill|getppid|blocked-connects [options]");
             std::process::exit(2);
         }
     }

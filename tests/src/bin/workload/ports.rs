@@ -141,3 +141,48 @@ pub(super) fn churn(args: &[String]) {
     let secs = start.elapsed().as_secs_f64();
     println!("{}", json!({"pid": pid(), "connections": n, "per_sec": n as f64 / secs, "errors": errors}));
 }
+
+/// `blocked-connects --addr A --threads N`: N threads each in a blocking connect() at the same
+/// time, toward a listener whose accept queue is full (its SYNs are dropped), each giving up
+/// after one SYN retry (TCP_SYNCNT 1): N calls in flight inside the kernel at once, then N
+/// ETIMEDOUT.
+pub(super) fn blocked_connects(args: &[String]) {
+    let addr: std::net::SocketAddrV4 = req(args, "--addr");
+    let threads: usize = req(args, "--threads");
+    let l = TcpListener::bind(addr).expect("bind");
+    // SAFETY: listen(2) with backlog 0 on a listener we own.
+    unsafe { libc::listen(l.as_raw_fd(), 0) };
+    let fill = TcpStream::connect(addr).expect("fill the accept queue");
+    let start = std::sync::Arc::new(std::sync::Barrier::new(threads));
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let start = start.clone();
+            std::thread::spawn(move || {
+                let fd = tcp_socket(libc::AF_INET).expect("socket");
+                let one: i32 = 1;
+                // SAFETY: setsockopt(2) with a 4-byte int on a socket we own.
+                unsafe {
+                    libc::setsockopt(
+                        fd.as_raw_fd(),
+                        libc::IPPROTO_TCP,
+                        libc::TCP_SYNCNT,
+                        (&one as *const i32).cast(),
+                        4,
+                    )
+                };
+                start.wait();
+                sys_addr(&fd, addr, true).err().map(|e| errno_name(&e))
+            })
+        })
+        .collect();
+    let mut errors = Errors::new();
+    let mut ok = 0;
+    for h in handles {
+        match h.join().expect("thread") {
+            None => ok += 1,
+            Some(e) => *errors.entry(e).or_default() += 1,
+        }
+    }
+    drop(fill);
+    println!("{}", json!({"pid": pid(), "ok": ok, "errors": errors}));
+}
