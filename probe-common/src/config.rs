@@ -142,6 +142,11 @@ pub mod stat {
     pub const OWNER_MAP_FULL: u32 = 2;
     /// An in-flight connect could not be recorded (per-thread map full).
     pub const INFLIGHT_MAP_FULL: u32 = 3;
+    /// A connect() whose return was never seen: the thread entered connect() again while its
+    /// previous call was still recorded as in flight. The kernel skips the fexit programs of
+    /// calls in flight when the function's BPF trampoline is rebuilt (any tool attaching to or
+    /// detaching from it: bpf_tramp_image_put).
+    pub const CONNECT_RETURN_LOST: u32 = 4;
     pub const COUNT: u32 = 8;
 }
 

@@ -61,16 +61,23 @@ pub fn enter(sk: u64, sockaddr: u64, user_sockaddr: bool) {
         }
     }
     if inf.repoll == 0 {
+        let comm = current_comm();
+        // Counted here, not at the return: a return can go unseen (see
+        // stat::CONNECT_RETURN_LOST), an attempt then still counts.
+        bump(tgid, kind::CONNECT_ATTEMPT, 0, &comm);
         // A local port before connect() means bind() chose it (bind-before-connect): it is
         // held exclusively, so it cannot serve other destinations (inet_csk_get_port).
         if sk_ports(sk).0 != 0 {
-            bump(tgid, kind::CONNECT_BOUND, 0, &current_comm());
+            bump(tgid, kind::CONNECT_BOUND, 0, &comm);
         }
-        let owner =
-            SockOwner { tgid, phase: phase::IN_CONNECT, pending: pending::NONE, pending_err: 0, comm: current_comm() };
+        let owner = SockOwner { tgid, phase: phase::IN_CONNECT, pending: pending::NONE, pending_err: 0, comm };
         if OWNERS.insert(sk, owner, 0).is_err() {
             stat_inc(stat::OWNER_MAP_FULL);
         }
+    }
+    // This thread's previous connect() is still recorded as in flight: its return was not seen.
+    if INFLIGHT.get_ptr(tid).is_some() {
+        stat_inc(stat::CONNECT_RETURN_LOST);
     }
     if INFLIGHT.insert(tid, inf, 0).is_err() {
         stat_inc(stat::INFLIGHT_MAP_FULL);
@@ -91,7 +98,6 @@ pub fn exit(ret: i64) {
     }
     let sk = inf.sk;
     let comm = current_comm();
-    bump(tgid, kind::CONNECT_ATTEMPT, 0, &comm);
     let owner = OWNERS.get_ptr_mut(sk);
     if ret == 0 {
         bump(tgid, kind::CONNECT_OK, 0, &comm);

@@ -170,6 +170,7 @@ fn end_interval<W: Write>(
     }
     out.samples(&step.samples)?;
     out.verdicts(&step.verdicts)?;
+    probe.sweep_inflight()?;
     if st.refresh_status(probe)? {
         out.status(&st.status)?;
     }

@@ -64,6 +64,11 @@ pub struct Losses {
     pub counter_map_full: u64,
     pub owner_map_full: u64,
     pub inflight_map_full: u64,
+    /// connect() returns never seen (the attempt was counted, its outcome not): the kernel
+    /// skipped the fexit programs of calls in flight while the function's BPF trampoline was
+    /// rebuilt (another tool attaching or detaching), or a kretprobe missed. Found when the
+    /// thread connects again, or has exited with its call still recorded.
+    pub connect_returns_lost: u64,
     /// Runs the kernel skipped, per program (bpf_prog_info.recursion_misses): a program
     /// that fired while another BPF program of the same guard ran on that CPU. kprobes share
     /// one per-CPU guard (counted since Linux 6.7); fentry/fexit and tp_btf have one each.

@@ -35,6 +35,8 @@ static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/
 pub struct Probe {
     ebpf: Ebpf,
     pub status: Status,
+    /// In-flight connect records of exited threads removed by `sweep_inflight`.
+    returns_swept: u64,
 }
 
 /// Climbs every hooked signal's ladder, in the order their rungs depend on each other
@@ -199,7 +201,7 @@ impl Probe {
             watched: Vec::new(),
             missing_offsets: resolved.missing,
         };
-        Ok(Probe { ebpf, status })
+        Ok(Probe { ebpf, status, returns_swept: 0 })
     }
 
     /// All counters, summed over CPUs.
@@ -262,8 +264,29 @@ impl Probe {
             counter_map_full: get(stat::COUNTER_MAP_FULL)?,
             owner_map_full: get(stat::OWNER_MAP_FULL)?,
             inflight_map_full: get(stat::INFLIGHT_MAP_FULL)?,
+            connect_returns_lost: get(stat::CONNECT_RETURN_LOST)? + self.returns_swept,
             skipped_runs: self.skipped_runs(),
         })
+    }
+
+    /// Drops the in-flight connect records of threads that have exited: a thread leaves
+    /// connect() through its return hook whatever ends the call (even a fatal signal), so
+    /// such a record is a return the kernel did not show (counted in `losses`).
+    pub fn sweep_inflight(&mut self) -> Result<()> {
+        let mut map: aya::maps::HashMap<_, u32, probe_common::sock::Inflight> =
+            aya::maps::HashMap::try_from(self.ebpf.map_mut("INFLIGHT").context("INFLIGHT map")?)?;
+        let gone: Vec<u32> = map
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|tid| !std::path::Path::new(&format!("/proc/{tid}")).exists())
+            .collect();
+        for tid in gone {
+            // Recounted only if the removal is the one that took it out.
+            if map.remove(&tid).is_ok() {
+                self.returns_swept += 1;
+            }
+        }
+        Ok(())
     }
 
     /// Per program, the runs the kernel skipped or lost: BPF recursion misses, plus for

@@ -29,6 +29,7 @@ pub fn status_json(ts: SystemTime, s: &Status) -> Value {
             "counter_map_full": s.losses.counter_map_full,
             "owner_map_full": s.losses.owner_map_full,
             "inflight_map_full": s.losses.inflight_map_full,
+            "connect_returns_lost": s.losses.connect_returns_lost,
             "skipped_runs": s.losses.skipped_runs,
         },
         "kernel": s.kernel,
