@@ -34,6 +34,11 @@ pub struct Config {
     /// `file::private_data`, `socket::{type,sk}`.
     pub task_files: u32,
     pub files_fdt: u32,
+    /// `sock::sk_socket`, `socket::file`, `file::f_flags`: whether a connecting socket is
+    /// non-blocking (O_NONBLOCK), when no connect hook says so.
+    pub sk_socket: u32,
+    pub socket_file: u32,
+    pub file_f_flags: u32,
     pub fdt_fd: u32,
     pub fdt_max_fds: u32,
     pub file_private_data: u32,
@@ -77,6 +82,9 @@ impl Config {
             net_max_tw_buckets: m,
             task_files: m,
             files_fdt: m,
+            sk_socket: m,
+            socket_file: m,
+            file_f_flags: m,
             fdt_fd: m,
             fdt_max_fds: m,
             file_private_data: m,
@@ -108,6 +116,14 @@ pub mod role {
     pub const CONNECT: u32 = 2;
     /// fd-allocation failures come from the raw `sys_exit` tracepoint.
     pub const FD_VIA_SYS_EXIT: u32 = 3;
+    /// connect() attempts and outcomes come from inet_sock_set_state alone (no connect hook):
+    /// CLOSE→SYN_SENT in the connecting task, then the change out of SYN_SENT.
+    pub const CONNECT_VIA_SET_STATE: u32 = 4;
+    /// Owners without accept hooks: an accepted socket is charged to the process that called
+    /// listen() on its port (recorded at LISTEN, given to each child at LISTEN→SYN_RECV), and
+    /// the task that closes a socket first (→FIN_WAIT1) becomes its owner: it keeps the
+    /// TIME_WAIT.
+    pub const OWNERS_VIA_SET_STATE: u32 = 5;
     pub const COUNT: u32 = 8;
 }
 

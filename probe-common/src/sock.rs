@@ -67,6 +67,7 @@ pub mod tcp_state {
     use super::TcpState;
     pub const ESTABLISHED: i32 = TcpState::Established as i32;
     pub const SYN_SENT: i32 = TcpState::SynSent as i32;
+    pub const SYN_RECV: i32 = TcpState::SynRecv as i32;
     pub const FIN_WAIT1: i32 = TcpState::FinWait1 as i32;
     pub const FIN_WAIT2: i32 = TcpState::FinWait2 as i32;
     pub const CLOSE: i32 = TcpState::Close as i32;
@@ -84,8 +85,11 @@ pub mod phase {
     pub const ASYNC_DONE: u8 = 3;
     /// connect() returned its result synchronously.
     pub const SYNC_DONE: u8 = 4;
-    /// The socket came from accept().
+    /// The socket came from accept() (or, without accept hooks, from a listener).
     pub const ACCEPTED: u8 = 5;
+    /// A blocking connect seen only through its state changes (no connect hook): the next
+    /// change out of SYN_SENT is its outcome.
+    pub const SYNC_PENDING: u8 = 6;
 }
 
 /// `SockOwner::pending`: an outcome seen while connect() was still running.

@@ -2,10 +2,49 @@
 //! is charged to the process that accepted the connection.
 
 use crate::connect;
-use crate::shared::kernel::{current_stream_sock, socket_stream_sk};
+use crate::shared::count::{current, current_comm};
+use crate::shared::kernel::{current_stream_sock, sk_net, sk_ports, socket_stream_sk};
+use crate::shared::maps::{stat_inc, ListenKey, LISTENERS, OWNERS};
 use crate::shared::stash::{stash, unstash, SLOT_ACCEPT};
 use aya_ebpf::macros::{fexit, kprobe, kretprobe, tracepoint};
 use aya_ebpf::programs::{FExitContext, ProbeContext, RetProbeContext, TracePointContext};
+use probe_common::config::stat;
+use probe_common::sock::{pending, phase, SockOwner};
+
+#[inline(always)]
+fn listen_key(sk: u64) -> ListenKey {
+    ListenKey { net: sk_net(sk), port: sk_ports(sk).0 as u32, _pad: 0 }
+}
+
+/// CLOSE→LISTEN, in the task that called listen() (inet_csk_listen_start).
+#[inline(always)]
+pub fn listening(sk: u64) {
+    let (tgid, _) = current();
+    let owner =
+        SockOwner { tgid, phase: phase::ACCEPTED, pending: pending::NONE, pending_err: 0, comm: current_comm() };
+    let _ = LISTENERS.insert(listen_key(sk), owner, 0);
+}
+
+/// LISTEN→CLOSE: the port has no listener any more.
+#[inline(always)]
+pub fn not_listening(sk: u64) {
+    let _ = LISTENERS.remove(listen_key(sk));
+}
+
+/// LISTEN→SYN_RECV: inet_csk_clone_lock() made `child` from a listener (in softirq, on the
+/// handshake's last ACK or a SYN cookie): it is the listener process's until accepted and
+/// closed by someone (`connect::closing`).
+#[inline(always)]
+pub fn child_of_listener(child: u64) {
+    let Some(o) = LISTENERS.get_ptr(listen_key(child)) else {
+        return;
+    };
+    // SAFETY: a pointer to a live map value returned by the lookup just above, read before any other map call.
+    let owner = unsafe { *o };
+    if OWNERS.insert(child, owner, 0).is_err() {
+        stat_inc(stat::OWNER_MAP_FULL);
+    }
+}
 
 #[fexit(function = "inet_accept")]
 pub fn accept_fexit(ctx: FExitContext) -> u32 {

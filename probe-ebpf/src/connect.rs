@@ -1,15 +1,17 @@
 //! connect() outcomes and port-assignment failures seen from connect().
 //!
 //! `enter` runs at connect() entry (sys_enter_connect or fentry/inet_stream_connect),
-//! `exit` at its return, `transition` on SYN_SENT→ESTABLISHED/CLOSE. The outcome of a
+//! `exit` at its return, `transition` on SYN_SENT→ESTABLISHED/CLOSE. Without connect hooks
+//! (`role::CONNECT_VIA_SET_STATE`), `state_attempt` at CLOSE→SYN_SENT takes `enter`'s place
+//! and `transition` settles the outcome alone. The outcome of a
 //! non-blocking connect is counted when the state changes; a state change seen while
 //! connect() still runs (loopback handshakes complete inside connect()) is parked in the
 //! owner record and settled at `exit`, so each attempt is counted exactly once.
 
-use crate::shared::count::{bump, bump_dest, current, current_comm, new_event};
+use crate::shared::count::{bump, bump_dest, current, current_comm, dest_of_sock, new_event};
 use crate::shared::kernel::{
-    current_stream_sock, fexit_ret, fill_endpoints, read_sockaddr, sk_addrs, sk_err, sk_is_tcp, sk_netns, sk_ports,
-    sk_state, socket_stream_sk,
+    current_stream_sock, fexit_ret, fill_endpoints, read_sockaddr, sk_addrs, sk_err, sk_is_tcp, sk_netns,
+    sk_nonblocking, sk_ports, sk_state, socket_stream_sk,
 };
 use crate::shared::maps::{role_on, stat_inc, INFLIGHT, OWNERS};
 use aya_ebpf::macros::{fentry, fexit, kprobe, kretprobe, tracepoint};
@@ -213,6 +215,59 @@ fn async_failed(sk: u64, tgid: u32, err: u16, comm: &[u8; COMM_LEN]) {
     bump(tgid, kind::CONNECT_ASYNC_ERROR, err, comm);
 }
 
+/// CLOSE→SYN_SENT without connect hooks: tcp_v4_connect()/tcp_v6_connect() set SYN_SENT in
+/// the connecting task, before inet_hash_connect() picks the local port; so a local port
+/// already there was chosen by bind() (bind-before-connect). Errors returned before this point
+/// (no route, an unusable address, bad arguments) are not seen this way.
+#[inline(always)]
+pub fn state_attempt(sk: u64) {
+    let (tgid, _) = current();
+    let comm = current_comm();
+    bump(tgid, kind::CONNECT_ATTEMPT, 0, &comm);
+    if sk_ports(sk).0 != 0 {
+        bump(tgid, kind::CONNECT_BOUND, 0, &comm);
+    }
+    // A non-blocking connect() returns EINPROGRESS: its outcome is asynchronous.
+    let ph = if sk_nonblocking(sk) { phase::ASYNC_PENDING } else { phase::SYNC_PENDING };
+    let owner = SockOwner { tgid, phase: ph, pending: pending::NONE, pending_err: 0, comm };
+    if OWNERS.insert(sk, owner, 0).is_err() {
+        stat_inc(stat::OWNER_MAP_FULL);
+    }
+}
+
+/// SYN_SENT→CLOSE of a connect tracked by `state_attempt`. With no error and no local port,
+/// inet_hash_connect() found no free port and connect() returns EADDRNOTAVAIL at once (also
+/// for non-blocking sockets); otherwise sk_err is the error connect() reports.
+#[inline(always)]
+fn state_failed(sk: u64, tgid: u32, asynchronous: bool, comm: &[u8; COMM_LEN]) {
+    let err = sk_err(sk);
+    if err == 0 && sk_ports(sk).0 == 0 && role_on(role::PORT_VIA_SET_STATE) {
+        // Events before counts (see `count::bump`).
+        if let Some(mut e) = new_event(event::kind::PORT_ASSIGN_FAILURE, tgid, 0, EADDRNOTAVAIL, comm) {
+            // SAFETY: new_event wrote a whole Event into the reserved entry.
+            fill_endpoints(unsafe { e.assume_init_mut() }, sk);
+            e.submit(0);
+        }
+        bump(tgid, kind::PORT_ASSIGN_FAILURE, 0, comm);
+        bump_dest(&dest_of_sock(tgid, kind::PORT_ASSIGN_FAILURE, sk));
+        bump(tgid, kind::CONNECT_ERROR, EADDRNOTAVAIL, comm);
+        return;
+    }
+    if asynchronous {
+        async_failed(sk, tgid, err, comm);
+        return;
+    }
+    // No error with a port: the connect was abandoned (another thread closed the socket) or
+    // tcp_connect() failed to send the SYN.
+    let err = if err == 0 { ECANCELED } else { err };
+    if let Some(mut e) = new_event(event::kind::CONNECT_ERROR, tgid, 0, err, comm) {
+        // SAFETY: new_event wrote a whole Event into the reserved entry.
+        fill_endpoints(unsafe { e.assume_init_mut() }, sk);
+        e.submit(0);
+    }
+    bump(tgid, kind::CONNECT_ERROR, err, comm);
+}
+
 /// SYN_SENT → ESTABLISHED or CLOSE. Runs in whatever context the kernel is in (often
 /// softirq): the owner record, not the current task, says whose connect it was.
 #[inline(always)]
@@ -254,11 +309,46 @@ pub fn transition(sk: u64, newstate: i32) {
             let comm = o.comm;
             if newstate == tcp_state::ESTABLISHED {
                 bump(tgid, kind::CONNECT_ASYNC_OK, 0, &comm);
+            } else if role_on(role::CONNECT_VIA_SET_STATE) {
+                state_failed(sk, tgid, true, &comm);
             } else {
                 async_failed(sk, tgid, sk_err(sk), &comm);
             }
         }
+        phase::SYNC_PENDING => {
+            o.phase = phase::SYNC_DONE;
+            let tgid = o.tgid;
+            let comm = o.comm;
+            if newstate == tcp_state::ESTABLISHED {
+                bump(tgid, kind::CONNECT_OK, 0, &comm);
+            } else {
+                state_failed(sk, tgid, false, &comm);
+            }
+        }
         _ => {}
+    }
+}
+
+/// The task closing `sk` first (ESTABLISHED/SYN_RECV→FIN_WAIT1, in tcp_close() or
+/// tcp_shutdown()) becomes its owner: the side that closes first keeps the TIME_WAIT. What
+/// the owner record says about how the socket was connected is kept.
+#[inline(always)]
+pub fn closing(sk: u64) {
+    let (tgid, _) = current();
+    let comm = current_comm();
+    match OWNERS.get_ptr_mut(sk) {
+        Some(o) => {
+            // SAFETY: `o` points to a live OWNERS value returned by the lookup just above, used before any other map call.
+            let o = unsafe { &mut *o };
+            o.tgid = tgid;
+            o.comm = comm;
+        }
+        None => {
+            let owner = SockOwner { tgid, phase: phase::ACCEPTED, pending: pending::NONE, pending_err: 0, comm };
+            if OWNERS.insert(sk, owner, 0).is_err() {
+                stat_inc(stat::OWNER_MAP_FULL);
+            }
+        }
     }
 }
 

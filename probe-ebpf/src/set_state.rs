@@ -1,5 +1,6 @@
 //! `inet_sock_set_state`: one hook serving three signals (see `probe_common::config::role`).
 
+use crate::accept;
 use crate::connect;
 use crate::shared::count::{bump, bump_dest, current, current_comm, dest_of_sock};
 use crate::shared::kernel::{sk_err, sk_is_tcp, sk_netns, sk_state, sk_tw_table};
@@ -11,8 +12,31 @@ use probe_common::counters::{kind, TwTable, UNATTRIBUTED};
 use probe_common::sock::{phase, tcp_state};
 #[inline(always)]
 pub fn on_set_state(sk: u64, oldstate: i32, newstate: i32) {
-    // Only SYN_SENT→* and *→CLOSE matter; most of the ~10 changes of a connection's life
-    // return here, before any kernel memory is read.
+    // Without connect or accept hooks, three more changes say who owns a socket (each
+    // switched on by its role, checked before any kernel memory is read).
+    match (oldstate, newstate) {
+        (tcp_state::CLOSE, tcp_state::SYN_SENT) => {
+            if role_on(role::CONNECT_VIA_SET_STATE) && sk_is_tcp(sk) {
+                connect::state_attempt(sk);
+            }
+            return;
+        }
+        (_, tcp_state::FIN_WAIT1) => {
+            if role_on(role::OWNERS_VIA_SET_STATE) && sk_is_tcp(sk) {
+                connect::closing(sk);
+            }
+            return;
+        }
+        (tcp_state::LISTEN, tcp_state::SYN_RECV) => {
+            if role_on(role::OWNERS_VIA_SET_STATE) && sk_is_tcp(sk) {
+                accept::child_of_listener(sk);
+            }
+            return;
+        }
+        _ => {}
+    }
+    // Otherwise only SYN_SENT→*, *→LISTEN and *→CLOSE matter; most of the ~10 changes of a
+    // connection's life return here, before any kernel memory is read.
     if oldstate != tcp_state::SYN_SENT && newstate != tcp_state::CLOSE && newstate != tcp_state::LISTEN {
         return;
     }
@@ -23,6 +47,9 @@ pub fn on_set_state(sk: u64, oldstate: i32, newstate: i32) {
         // inet_csk_listen_start() runs in the listen() caller's context.
         let (tgid, _) = current();
         bump(tgid, kind::LISTEN, 0, &current_comm());
+        if role_on(role::OWNERS_VIA_SET_STATE) {
+            accept::listening(sk);
+        }
         return;
     }
     if oldstate == tcp_state::SYN_SENT
@@ -32,6 +59,12 @@ pub fn on_set_state(sk: u64, oldstate: i32, newstate: i32) {
         connect::transition(sk, newstate);
     }
     if newstate != tcp_state::CLOSE {
+        return;
+    }
+    if oldstate == tcp_state::LISTEN {
+        if role_on(role::OWNERS_VIA_SET_STATE) {
+            accept::not_listening(sk);
+        }
         return;
     }
     let reset_sent = RST_SENT.get_ptr(sk).is_some();

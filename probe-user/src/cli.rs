@@ -52,6 +52,13 @@ pub struct WatchArgs {
     /// Which hooks to use.
     #[arg(long, value_enum, default_value = "auto", env = "CONNTRACE_ATTACH_MODE")]
     pub attach_mode: AttachMode,
+    /// Never attach system-call tracepoints. On kernels without fentry/fexit they are the only
+    /// exact hooks for EMFILE/ENFILE, failed bind() calls, connect() errors returned before a
+    /// SYN is sent, and accepting processes; but while one is attached, every system call of
+    /// every process on the host takes the kernel's slow path. Without them those signals are
+    /// off or approximate (`status` says which); on kernels with fexit nothing changes.
+    #[arg(long)]
+    pub light: bool,
     /// Failure events per second and per (process, kind) to print; the counts stay exact.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub events_per_sec: u32,

@@ -149,6 +149,28 @@ pub fn socket_stream_sk(socket: u64) -> Option<u64> {
     }
 }
 
+/// O_NONBLOCK (include/uapi/asm-generic/fcntl.h; the same on x86_64 and arm64).
+const O_NONBLOCK: u32 = 0o4000;
+
+/// Whether the file of the socket `sk` is non-blocking (sk->sk_socket->file->f_flags): its
+/// connect() returns EINPROGRESS and the outcome comes later. False when unknown.
+#[inline(always)]
+pub fn sk_nonblocking(sk: u64) -> bool {
+    let Some(socket) = read::<u64>(sk, off!(sk_socket)) else {
+        return false;
+    };
+    let Some(file) = read::<u64>(socket, off!(socket_file)) else {
+        return false;
+    };
+    read::<u32>(file, off!(file_f_flags)).is_some_and(|f| f & O_NONBLOCK != 0)
+}
+
+/// `struct net *` of the socket's namespace.
+#[inline(always)]
+pub fn sk_net(sk: u64) -> u64 {
+    read::<u64>(sk, off!(sk_net)).unwrap_or(0)
+}
+
 /// Soft RLIMIT_NOFILE of the current process (`current->signal->rlim[RLIMIT_NOFILE]`).
 #[inline(always)]
 pub fn current_nofile_limit() -> u64 {

@@ -32,6 +32,20 @@ pub static COMMS: LruHashMap<u32, [u8; COMM_LEN]> = LruHashMap::with_max_entries
 #[map]
 pub static OWNERS: LruHashMap<u64, SockOwner> = LruHashMap::with_max_entries(131072, 0);
 
+/// Who listens on a port: (`struct net *`, local port) → the process that called listen()
+/// (recorded at CLOSE→LISTEN, removed at the listener's CLOSE). Without accept hooks, each
+/// accepted socket is charged to it until someone closes the socket.
+#[map]
+pub static LISTENERS: LruHashMap<ListenKey, SockOwner> = LruHashMap::with_max_entries(4096, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ListenKey {
+    pub net: u64,
+    pub port: u32,
+    pub _pad: u32,
+}
+
 /// connect() calls in progress, keyed by thread id: bounded by the threads inside connect() at
 /// once, so a plain (cheaper) hash; a full map is counted in STATS.
 #[map]

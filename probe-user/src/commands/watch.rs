@@ -61,7 +61,7 @@ pub async fn watch(args: WatchArgs) -> Result<()> {
     } else {
         None
     };
-    let mut probe = Probe::load(args.attach_mode, args.events_per_sec)?;
+    let mut probe = Probe::load(args.attach_mode, args.events_per_sec, args.light)?;
     let ring = probe.take_events()?;
     // SAFETY: the ring buffer's fd stays open for as long as `ring` lives, which outlives the
     // registration (both are dropped at the end of this function, the AsyncFd first).

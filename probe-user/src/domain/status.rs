@@ -41,6 +41,53 @@ impl SignalStatus {
     pub fn unavailable(note: impl Into<String>) -> Self {
         SignalStatus { mode: Mode::Unavailable, exact: false, hooks: Vec::new(), note: Some(note.into()) }
     }
+
+    /// What the signal's hooks cost the rest of the host: the dearest of them.
+    pub fn host_cost(&self) -> HostCost {
+        self.hooks.iter().map(|h| HostCost::of_hook(h)).max().unwrap_or(HostCost::None)
+    }
+}
+
+/// What a hook costs processes other than the ones it watches, cheapest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum HostCost {
+    None,
+    /// Counters the kernel keeps anyway, read each interval (sock_diag, /proc).
+    Polled,
+    /// A program that runs only when the hooked kernel function or event runs (fexit,
+    /// tp_btf, a networking tracepoint).
+    PerEvent,
+    /// A breakpoint trap on each call of the hooked function (kprobe, kretprobe).
+    TrapPerCall,
+    /// A system-call tracepoint: while one is attached, every system call of every process
+    /// takes the kernel's slow path (syscall_regfunc sets SYSCALL_WORK_SYSCALL_TRACEPOINT on
+    /// every thread), whether or not a program runs for it.
+    SyscallSlowPath,
+}
+
+impl HostCost {
+    pub fn of_hook(hook: &str) -> HostCost {
+        if hook.starts_with("tracepoint/syscalls/") || hook.starts_with("raw_tracepoint/sys_") {
+            HostCost::SyscallSlowPath
+        } else if hook.starts_with("kprobe/") || hook.starts_with("kretprobe/") {
+            HostCost::TrapPerCall
+        } else if hook.starts_with("sock_diag") || hook.starts_with('/') {
+            HostCost::Polled
+        } else {
+            HostCost::PerEvent
+        }
+    }
+
+    /// The JSON contract's `host_cost`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HostCost::None => "none",
+            HostCost::Polled => "polled",
+            HostCost::PerEvent => "per_event",
+            HostCost::TrapPerCall => "trap_per_call",
+            HostCost::SyscallSlowPath => "every_syscall",
+        }
+    }
 }
 
 pub use probe_common::signal::Signal;

@@ -13,6 +13,9 @@ pub const KRETPROBE_NOTE: &str = "approximate: a kprobe that fires while another
 
 const NO_FD_WALK: &str = "kernel BTF lacks the fd→socket offsets";
 
+/// Why a system-call tracepoint rung is not tried.
+pub const LIGHT: &str = "--light: no system-call tracepoint (each one slows every system call on the host)";
+
 /// What the running kernel offers that some rungs depend on.
 pub struct Kernel<'a> {
     /// BTF has the offsets to walk from an fd to its socket (syscall tracepoints need them).
@@ -25,6 +28,8 @@ pub struct Kernel<'a> {
     pub set_state: Option<&'a (Mode, String)>,
     /// connect's status, once its ladder was climbed.
     pub connect: Option<&'a SignalStatus>,
+    /// System-call tracepoints may be attached (not `--light`).
+    pub syscall_tracepoints: bool,
 }
 
 fn fexit(prog: &'static str, func: &'static str, arity: usize) -> Hook {
@@ -90,7 +95,15 @@ pub fn connect(k: &Kernel) -> Vec<Rung> {
             ],
             "connect(2) system calls; io_uring connects are not seen",
         )
-        .blocked_unless(k.fd_walk, NO_FD_WALK),
+        .blocked_unless(k.fd_walk, NO_FD_WALK)
+        .blocked_unless(k.syscall_tracepoints, LIGHT),
+        via_set_state_rung(
+            k,
+            "connects that reach SYN_SENT, by any path; errors returned before a SYN is sent (no route, an unusable \
+             address, bad arguments) are not seen",
+        )
+        .role(role::CONNECT_VIA_SET_STATE)
+        .partial(),
         kprobe_rung(vec![
             kprobe("connect_kprobe", "inet_stream_connect"),
             kprobe("connect_kretprobe", "inet_stream_connect"),
@@ -119,7 +132,14 @@ pub fn accept_owner(k: &Kernel) -> Vec<Rung> {
             }],
             "",
         )
-        .blocked_unless(k.fd_walk, NO_FD_WALK),
+        .blocked_unless(k.fd_walk, NO_FD_WALK)
+        .blocked_unless(k.syscall_tracepoints, LIGHT),
+        via_set_state_rung(
+            k,
+            "accepted sockets are the listen() caller's (fork-shared listeners: the process that called listen()) \
+             until a process closes them",
+        )
+        .role(role::OWNERS_VIA_SET_STATE),
         kprobe_rung(vec![kprobe("accept_kprobe", "inet_accept"), kprobe("accept_kretprobe", "inet_accept")]),
     ]
 }
@@ -132,10 +152,22 @@ fn via_set_state(k: &Kernel) -> (Mode, Vec<String>) {
     }
 }
 
+/// A rung that only switches on logic in the inet_sock_set_state program.
+fn via_set_state_rung(k: &Kernel, note: &str) -> Rung {
+    let (mode, shared) = via_set_state(k);
+    Rung::new(mode, Family::Tracepoint, "set_state", Vec::new(), note)
+        .shared(shared)
+        .blocked_unless(k.set_state.is_some(), "needs inet_sock_set_state")
+}
+
 pub fn port_assign(k: &Kernel) -> Vec<Rung> {
     let (mode, mut shared) = via_set_state(k);
     let connect_ok = k.connect.is_some_and(|c| c.mode != Mode::Unavailable);
-    shared.extend(k.connect.map(|c| c.hooks.clone()).unwrap_or_default());
+    for h in k.connect.map(|c| c.hooks.clone()).unwrap_or_default() {
+        if !shared.contains(&h) {
+            shared.push(h);
+        }
+    }
     vec![
         Rung::new(
             Mode::Fexit,
@@ -150,7 +182,7 @@ pub fn port_assign(k: &Kernel) -> Vec<Rung> {
             Family::Tracepoint,
             "fallback",
             Vec::new(),
-            "SYN_SENT→CLOSE inside connect() that returns EADDRNOTAVAIL (tcp_v4_connect failure path)",
+            "SYN_SENT→CLOSE with no local port inside connect() (tcp_v4_connect's failure path after inet_hash_connect)",
         )
         .shared(shared)
         .role(role::PORT_VIA_SET_STATE)
@@ -196,7 +228,7 @@ pub fn time_wait(k: &Kernel) -> Vec<Rung> {
     ]
 }
 
-pub fn fd_alloc() -> Vec<Rung> {
+pub fn fd_alloc(k: &Kernel) -> Vec<Rung> {
     vec![
         Rung::new(
             Mode::Fexit,
@@ -215,7 +247,8 @@ pub fn fd_alloc() -> Vec<Rung> {
             vec![Hook::RawTp { prog: "fd_sys_exit", tp: "sys_exit" }],
             "system calls that returned EMFILE/ENFILE, i.e. what applications saw",
         )
-        .role(role::FD_VIA_SYS_EXIT),
+        .role(role::FD_VIA_SYS_EXIT)
+        .blocked_unless(k.syscall_tracepoints, LIGHT),
         kprobe_rung(vec![
             kprobe("fd_kprobe_alloc_fd", "alloc_fd"),
             kprobe("fd_kretprobe_alloc_fd", "alloc_fd"),
@@ -243,7 +276,8 @@ pub fn bind(k: &Kernel) -> Vec<Rung> {
             ],
             "bind(2) system calls",
         )
-        .blocked_unless(k.fd_walk, NO_FD_WALK),
+        .blocked_unless(k.fd_walk, NO_FD_WALK)
+        .blocked_unless(k.syscall_tracepoints, LIGHT),
         kprobe_rung(vec![kprobe("bind_kprobe_v4", "inet_bind"), kprobe("bind_kretprobe_v4", "inet_bind")])
             .optional(vec![kprobe("bind_kprobe_v6", "inet6_bind"), kprobe("bind_kretprobe_v6", "inet6_bind")]),
     ]

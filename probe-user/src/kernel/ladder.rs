@@ -85,6 +85,8 @@ pub struct Rung {
     pub shared: Vec<String>,
     /// A `ROLES` switch the kernel programs check, turned on when this rung is used.
     pub role: Option<u32>,
+    /// Sees only part of what the signal covers (the note says which part).
+    pub partial: bool,
     pub note: String,
 }
 
@@ -99,8 +101,15 @@ impl Rung {
             optional: Vec::new(),
             shared: Vec::new(),
             role: None,
+            partial: false,
             note: note.into(),
         }
+    }
+
+    /// The rung sees only part of the signal: `status` says `exact: false`.
+    pub fn partial(mut self) -> Rung {
+        self.partial = true;
+        self
     }
 
     pub fn optional(mut self, hooks: Vec<Hook>) -> Rung {
@@ -118,8 +127,9 @@ impl Rung {
         self
     }
 
+    /// Blocks the rung unless `ok`; the first reason given stays.
     pub fn blocked_unless(mut self, ok: bool, why: impl Into<String>) -> Rung {
-        if !ok {
+        if !ok && self.blocked.is_none() {
             self.blocked = Some(why.into());
         }
         self
@@ -190,7 +200,7 @@ pub fn climb(a: &mut dyn Attacher, rungs: &[Rung], allowed: Allowed, mode: Attac
                 }
                 // kprobe programs share one per-CPU recursion guard (bpf_prog_active): a probe
                 // firing while another of them runs on that CPU is skipped.
-                let exact = r.mode != Mode::Kprobe;
+                let exact = r.mode != Mode::Kprobe && !r.partial;
                 let note = join(&note, &if why.is_empty() { String::new() } else { format!("not {}", why.join("; ")) });
                 let status = SignalStatus { mode: r.mode, exact, hooks, note: (!note.is_empty()).then_some(note) };
                 return Climbed { status, roles: r.role.into_iter().collect() };

@@ -47,6 +47,7 @@ fn attach_signals(
     mode: AttachMode,
     c: &probe_common::config::Config,
     has_btf: bool,
+    light: bool,
 ) -> (Vec<(Signal, SignalStatus)>, Vec<u32>) {
     // Without the socket offsets no network hook can tell TCP sockets apart.
     let sock_ok = has(&[c.sk_family, c.socket_sk, c.socket_type]);
@@ -79,13 +80,15 @@ fn attach_signals(
         netfilter_drop: c.skb_sk != OFFSET_MISSING && c.drop_reason_netfilter != OFFSET_MISSING,
         set_state: set_state.as_ref(),
         connect: None,
+        syscall_tracepoints: !light,
     };
 
     let mut connect = climb(l, hooks::connect(&k), net, mode, &mut roles);
     if connect.mode != Mode::Unavailable {
         roles.push(role::CONNECT);
         match &set_state {
-            Some((_, h)) => connect.hooks.push(h.clone()),
+            Some((_, h)) if !connect.hooks.contains(h) => connect.hooks.push(h.clone()),
+            Some(_) => {}
             None => {
                 connect.exact = false;
                 let why = set_state_status.note.clone().unwrap_or_default();
@@ -100,7 +103,7 @@ fn attach_signals(
     let mut tw = climb(l, hooks::time_wait(&k), net, mode, &mut roles);
     with_owners(&mut tw, &connect, owner_hooks);
     let tw_overflow = tw_overflow_status(&tw, c.net_tw_refcount != OFFSET_MISSING);
-    let fd = climb(l, hooks::fd_alloc(), allowed, mode, &mut roles);
+    let fd = climb(l, hooks::fd_alloc(&k), allowed, mode, &mut roles);
     let bind = climb(l, hooks::bind(&k), net, mode, &mut roles);
     let tcp_mem = climb(l, hooks::tcp_mem(), net, mode, &mut roles);
     let nf_drop = climb(l, hooks::netfilter_drop(&k), net, mode, &mut roles);
@@ -129,12 +132,20 @@ fn with_owners(tw: &mut SignalStatus, connect: &SignalStatus, owner_hooks: Vec<S
         None => "owners of connected sockets unknown".into(),
     };
     let accepted = match owner_hooks.first() {
+        // Both from inet_sock_set_state (--light): SYN_SENT, LISTEN and the first close.
+        Some(h) if connect.hooks.first() == Some(h) => {
+            "(the connecting task, the listen() caller for accepted sockets, then whoever closes first)".into()
+        }
         Some(h) => format!("and {h}"),
         None => "; owners of accepted sockets unknown".into(),
     };
     let base = tw.note.take().map(|n| format!("{n}; ")).unwrap_or_default();
     tw.note = Some(format!("{base}{connected} {accepted}"));
-    tw.hooks.extend(owner_hooks);
+    for h in owner_hooks {
+        if !tw.hooks.contains(&h) {
+            tw.hooks.push(h);
+        }
+    }
 }
 
 /// Climbs one signal's ladder; the roles its rung needs are added to `roles`.
@@ -149,7 +160,8 @@ fn has(fields: &[u32]) -> bool {
 }
 
 impl Probe {
-    pub fn load(mode: AttachMode, events_per_sec: u32) -> Result<Self> {
+    /// Loads the programs and attaches every signal; `light`: no system-call tracepoint.
+    pub fn load(mode: AttachMode, events_per_sec: u32, light: bool) -> Result<Self> {
         let kernel = procinfo::kernel_release();
         // BTF feeds both the typed hooks (aya) and the offsets (our reader).
         let aya_btf = Btf::from_sys_fs().ok();
@@ -167,7 +179,7 @@ impl Probe {
             .unwrap_or_default();
         let mut l = Loader { ebpf, btf: aya_btf.as_ref(), types: our_btf.as_ref(), skip };
 
-        let (signals, roles) = attach_signals(&mut l, mode, &c, aya_btf.is_some());
+        let (signals, roles) = attach_signals(&mut l, mode, &c, aya_btf.is_some(), light);
         if signals.iter().all(|(_, s)| s.mode == Mode::Unavailable) {
             let first = signals[0].1.note.clone().unwrap_or_default();
             bail!("no signal could be attached on this kernel ({first}); try --attach-mode auto");

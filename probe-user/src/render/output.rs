@@ -8,7 +8,7 @@ use serde_json::{json, Map, Value};
 use crate::{
     domain::model::{EventRecord, Sample},
     domain::net::endpoint,
-    domain::status::{ProgramStats, Status},
+    domain::status::{HostCost, ProgramStats, Status},
     domain::time::rfc3339,
 };
 
@@ -17,13 +17,21 @@ pub fn status_json(ts: SystemTime, s: &Status) -> Value {
     for (name, sig) in &s.signals {
         signals.insert(
             name.name().to_string(),
-            json!({"mode": sig.mode.as_str(), "exact": sig.exact, "hooks": sig.hooks, "note": sig.note}),
+            json!({"mode": sig.mode.as_str(), "exact": sig.exact, "hooks": sig.hooks, "note": sig.note,
+                   "host_cost": sig.host_cost().as_str()}),
         );
     }
+    let slowing: Vec<&str> = s
+        .signals
+        .iter()
+        .filter(|(_, sig)| sig.host_cost() == HostCost::SyscallSlowPath)
+        .map(|(name, _)| name.name())
+        .collect();
     json!({
         "type": "status",
         "ts": rfc3339(ts),
         "signals": signals,
+        "slows_every_syscall": slowing,
         "dropped_events": s.losses.dropped_events,
         "lost_updates": {
             "counter_map_full": s.losses.counter_map_full,
@@ -141,8 +149,22 @@ pub fn status_text(s: &Status) -> String {
         }
         out.push('\n');
     }
+    let slowing: Vec<&str> = s
+        .signals
+        .iter()
+        .filter(|(_, sig)| sig.host_cost() == HostCost::SyscallSlowPath)
+        .map(|(name, _)| name.name())
+        .collect();
+    if !slowing.is_empty() {
+        let _ = writeln!(
+            out,
+            "  host cost: system-call tracepoints ({}) put every system call of every process on the kernel's slow \
+             path while attached; --light does without them",
+            slowing.join(", ")
+        );
+    }
     for (prog, n) in &s.losses.skipped_runs {
-        let _ = writeln!(out, "  {prog}: {n} runs skipped by the kernel (another BPF program was running on that CPU)");
+        let _ = writeln!(out, "  {prog}: {n} runs skipped or lost by the kernel");
     }
     if s.losses.dropped_events > 0 {
         let _ = writeln!(out, "  dropped events: {} (counts stay exact)", s.losses.dropped_events);

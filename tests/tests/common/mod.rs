@@ -40,7 +40,9 @@ pub fn conntrace_bin() -> PathBuf {
             .status()
             .expect("running cargo build for conntrace");
         assert!(st.success(), "building conntrace failed");
-        workspace_root().join("target/debug/conntrace")
+        let target =
+            std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| workspace_root().join("target"));
+        target.join("debug/conntrace")
     })
     .clone()
 }

@@ -3,15 +3,20 @@
 use super::*;
 
 /// Server side of the TIME_WAIT scenario: for each connection, read to EOF (the client
-/// closed first), then close: the client's socket goes to TIME_WAIT, this one does not.
-/// Runs until killed.
+/// closed first), then close: the client's socket goes to TIME_WAIT, this one does not. With
+/// `--close-first`, close each accepted connection at once instead: the TIME_WAITs are then
+/// this process's. Runs until killed.
 pub(super) fn tw_server(args: &[String]) {
     let listen: SocketAddr = req(args, "--listen");
+    let close_first = args.iter().any(|a| a == "--close-first");
     let l = TcpListener::bind(listen).expect("bind");
     println!("ready");
     std::io::stdout().flush().ok();
     loop {
         let Ok((mut s, _)) = l.accept() else { continue };
+        if close_first {
+            continue; // dropped here: this side closes first
+        }
         let mut buf = [0u8; 64];
         while s.read(&mut buf).map(|n| n > 0).unwrap_or(false) {}
     }
@@ -46,7 +51,14 @@ pub(super) fn tw(args: &[String]) {
     // answered with a reset that would otherwise end a TIME_WAIT early (tcp_timewait_state_process),
     // and the namespace's TIME_WAIT count must stay the ground truth.
     std::fs::write("/proc/sys/net/ipv4/tcp_rfc1337", "1").expect("setting tcp_rfc1337 in the test namespace");
-    let mut server = spawn_ready(&["tw-server", "--listen", &addr.to_string()]);
+    // `--server-closes-first`: the server closes each connection and this side reads to EOF.
+    let server_first = args.iter().any(|a| a == "--server-closes-first");
+    let listen = addr.to_string();
+    let mut server_args = vec!["tw-server", "--listen", &listen];
+    if server_first {
+        server_args.push("--close-first");
+    }
+    let mut server = spawn_ready(&server_args);
     let start = std::time::Instant::now();
     let mut ok = 0;
     let mut errors = Errors::new();
@@ -58,9 +70,13 @@ pub(super) fn tw(args: &[String]) {
             }
         }
         match TcpStream::connect(addr) {
-            Ok(s) => {
+            Ok(mut s) => {
                 ok += 1;
-                drop(s); // active close: this side ends in TIME_WAIT
+                if server_first {
+                    let mut buf = [0u8; 64];
+                    while s.read(&mut buf).map(|n| n > 0).unwrap_or(false) {}
+                }
+                drop(s); // active close unless the server closed first: that side ends in TIME_WAIT
             }
             Err(e) => *errors.entry(errno_name(&e)).or_default() += 1,
         }
