@@ -119,10 +119,9 @@ pub mod role {
     /// connect() attempts and outcomes come from inet_sock_set_state alone (no connect hook):
     /// CLOSE→SYN_SENT in the connecting task, then the change out of SYN_SENT.
     pub const CONNECT_VIA_SET_STATE: u32 = 4;
-    /// Owners without accept hooks: an accepted socket is charged to the process that called
-    /// listen() on its port (recorded at LISTEN, given to each child at LISTEN→SYN_RECV), and
-    /// the task that closes a socket first (→FIN_WAIT1) becomes its owner: it keeps the
-    /// TIME_WAIT.
+    /// Owners without accept hooks: the task that closes a socket first (→FIN_WAIT1) becomes
+    /// its owner (it keeps the TIME_WAIT); until then an accepted socket is charged to the
+    /// process that called listen() on its port (recorded at LISTEN, looked up when needed).
     pub const OWNERS_VIA_SET_STATE: u32 = 5;
     pub const COUNT: u32 = 8;
 }

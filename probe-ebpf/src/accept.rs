@@ -4,11 +4,10 @@
 use crate::connect;
 use crate::shared::count::{current, current_comm};
 use crate::shared::kernel::{current_stream_sock, sk_net, sk_ports, socket_stream_sk};
-use crate::shared::maps::{stat_inc, ListenKey, LISTENERS, OWNERS};
+use crate::shared::maps::{ListenKey, LISTENERS};
 use crate::shared::stash::{stash, unstash, SLOT_ACCEPT};
 use aya_ebpf::macros::{fexit, kprobe, kretprobe, tracepoint};
 use aya_ebpf::programs::{FExitContext, ProbeContext, RetProbeContext, TracePointContext};
-use probe_common::config::stat;
 use probe_common::sock::{pending, phase, SockOwner};
 
 #[inline(always)]
@@ -31,19 +30,13 @@ pub fn not_listening(sk: u64) {
     let _ = LISTENERS.remove(listen_key(sk));
 }
 
-/// LISTEN→SYN_RECV: inet_csk_clone_lock() made `child` from a listener (in softirq, on the
-/// handshake's last ACK or a SYN cookie): it is the listener process's until accepted and
-/// closed by someone (`connect::closing`).
+/// The process that listens on `sk`'s local port in its namespace: without accept hooks, the
+/// owner of an accepted socket until someone closes it (`connect::closing`). Looked up only
+/// when such a socket has something to charge: nothing runs per accepted connection.
 #[inline(always)]
-pub fn child_of_listener(child: u64) {
-    let Some(o) = LISTENERS.get_ptr(listen_key(child)) else {
-        return;
-    };
-    // SAFETY: a pointer to a live map value returned by the lookup just above, read before any other map call.
-    let owner = unsafe { *o };
-    if OWNERS.insert(child, owner, 0).is_err() {
-        stat_inc(stat::OWNER_MAP_FULL);
-    }
+pub fn listener_owner(sk: u64) -> Option<SockOwner> {
+    // SAFETY: a pointer to a live map value returned by the lookup, read at once.
+    LISTENERS.get_ptr(listen_key(sk)).map(|o| unsafe { *o })
 }
 
 #[fexit(function = "inet_accept")]

@@ -12,8 +12,8 @@ use probe_common::counters::{kind, TwTable, UNATTRIBUTED};
 use probe_common::sock::{phase, tcp_state};
 #[inline(always)]
 pub fn on_set_state(sk: u64, oldstate: i32, newstate: i32) {
-    // Without connect or accept hooks, three more changes say who owns a socket (each
-    // switched on by its role, checked before any kernel memory is read).
+    // Without connect or accept hooks, two more changes say who owns a socket (each switched
+    // on by its role, checked before any kernel memory is read).
     match (oldstate, newstate) {
         (tcp_state::CLOSE, tcp_state::SYN_SENT) => {
             if role_on(role::CONNECT_VIA_SET_STATE) && sk_is_tcp(sk) {
@@ -24,12 +24,6 @@ pub fn on_set_state(sk: u64, oldstate: i32, newstate: i32) {
         (_, tcp_state::FIN_WAIT1) => {
             if role_on(role::OWNERS_VIA_SET_STATE) && sk_is_tcp(sk) {
                 connect::closing(sk);
-            }
-            return;
-        }
-        (tcp_state::LISTEN, tcp_state::SYN_RECV) => {
-            if role_on(role::OWNERS_VIA_SET_STATE) && sk_is_tcp(sk) {
-                accept::child_of_listener(sk);
             }
             return;
         }
@@ -141,15 +135,25 @@ pub fn on_send_reset(sk: u64) {
 /// Like `charge_to_owner`, with a detail (`CountKey::aux`).
 #[inline(always)]
 pub fn charge_to_owner_aux(sk: u64, kind: u16, aux: u16) {
-    match OWNERS.get_ptr(sk) {
-        Some(o) => {
-            // SAFETY: `o` points to a live OWNERS value returned by the lookup just above, used before any other map call.
-            let o = unsafe { &*o };
-            let (tgid, comm) = (o.tgid, o.comm);
-            bump(tgid, kind, aux, &comm);
-        }
+    match owner_of(sk) {
+        Some((tgid, comm)) => bump(tgid, kind, aux, &comm),
         None => bump(UNATTRIBUTED, kind, aux, &[0; 16]),
     }
+}
+
+/// The recorded owner of `sk`; without accept hooks, an accepted socket nobody has closed
+/// yet belongs to the process listening on its port.
+#[inline(always)]
+fn owner_of(sk: u64) -> Option<(u32, [u8; 16])> {
+    if let Some(o) = OWNERS.get_ptr(sk) {
+        // SAFETY: `o` points to a live OWNERS value returned by the lookup just above, read before any other map call.
+        let o = unsafe { &*o };
+        return Some((o.tgid, o.comm));
+    }
+    if role_on(role::OWNERS_VIA_SET_STATE) {
+        return accept::listener_owner(sk).map(|o| (o.tgid, o.comm));
+    }
+    None
 }
 
 /// Counts a refused TIME_WAIT for the owner of `sk`, and records the namespace's table as
@@ -158,10 +162,7 @@ pub fn charge_to_owner_aux(sk: u64, kind: u16, aux: u16) {
 pub fn tw_refused(sk: u64) -> u32 {
     // Recorded before the count (events before counts, see `count::bump`): a verdict built
     // on the count finds the table.
-    let tgid = OWNERS.get_ptr(sk).map_or(UNATTRIBUTED, |o| {
-        // SAFETY: `o` points to a live OWNERS value returned by the lookup just above, read before any other map call.
-        unsafe { (*o).tgid }
-    });
+    let tgid = owner_of(sk).map_or(UNATTRIBUTED, |o| o.0);
     if let Some((_, count, max)) = sk_tw_table(sk) {
         let _ = TW_TABLES.insert(tgid, TwTable { count, max, netns: sk_netns(sk), _pad: 0 }, 0);
     }
@@ -186,8 +187,9 @@ pub fn charge_to_owner(sk: u64, kind: u16) -> u32 {
             tgid
         }
         None => {
-            bump(UNATTRIBUTED, kind, 0, &[0; 16]);
-            UNATTRIBUTED
+            let (tgid, comm) = owner_of(sk).unwrap_or((UNATTRIBUTED, [0; 16]));
+            bump(tgid, kind, 0, &comm);
+            tgid
         }
     }
 }
