@@ -124,6 +124,17 @@ pub struct Losses {
     pub skipped_runs: std::collections::BTreeMap<String, u64>,
 }
 
+impl Status {
+    /// The signals whose hooks put every system call of the host on the slow path.
+    pub fn slowing_every_syscall(&self) -> Vec<&'static str> {
+        self.signals
+            .iter()
+            .filter(|(_, sig)| sig.host_cost() == HostCost::SyscallSlowPath)
+            .map(|(name, _)| name.name())
+            .collect()
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Status {
     pub kernel: String,

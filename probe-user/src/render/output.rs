@@ -8,7 +8,7 @@ use serde_json::{json, Map, Value};
 use crate::{
     domain::model::{EventRecord, Sample},
     domain::net::endpoint,
-    domain::status::{HostCost, ProgramStats, Status},
+    domain::status::{ProgramStats, Status},
     domain::time::rfc3339,
 };
 
@@ -21,12 +21,7 @@ pub fn status_json(ts: SystemTime, s: &Status) -> Value {
                    "host_cost": sig.host_cost().as_str()}),
         );
     }
-    let slowing: Vec<&str> = s
-        .signals
-        .iter()
-        .filter(|(_, sig)| sig.host_cost() == HostCost::SyscallSlowPath)
-        .map(|(name, _)| name.name())
-        .collect();
+    let slowing = s.slowing_every_syscall();
     json!({
         "type": "status",
         "ts": rfc3339(ts),
@@ -149,12 +144,7 @@ pub fn status_text(s: &Status) -> String {
         }
         out.push('\n');
     }
-    let slowing: Vec<&str> = s
-        .signals
-        .iter()
-        .filter(|(_, sig)| sig.host_cost() == HostCost::SyscallSlowPath)
-        .map(|(name, _)| name.name())
-        .collect();
+    let slowing = s.slowing_every_syscall();
     if !slowing.is_empty() {
         let _ = writeln!(
             out,
