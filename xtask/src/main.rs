@@ -67,6 +67,9 @@ enum Task {
         /// More `conntrace watch` arguments for the traced runs (e.g. `--attach-mode tracepoint`).
         #[arg(long, default_value = "", allow_hyphen_values = true)]
         conntrace_args: String,
+        /// Run `sleep` instead of conntrace: the ratios show the machine's noise.
+        #[arg(long)]
+        calibrate: bool,
     },
 }
 
@@ -258,7 +261,7 @@ fn main() -> Result<()> {
         Task::Setup => setup(),
         Task::Test => test(),
         Task::Lint => lint(),
-        Task::Bench { pairs, seconds, workload, conntrace_args } => {
+        Task::Bench { pairs, seconds, workload, conntrace_args, calibrate } => {
             let workloads = if workload == "all" {
                 bench::Workload::ALL.to_vec()
             } else {
@@ -272,7 +275,7 @@ fn main() -> Result<()> {
                     .collect::<Result<_>>()?
             };
             let conntrace_args = conntrace_args.split_whitespace().map(String::from).collect();
-            bench::bench(&bench::Options { pairs, seconds, workloads, conntrace_args })
+            bench::bench(&bench::Options { pairs, seconds, workloads, conntrace_args, calibrate })
         }
         Task::VmTest { kernel, mode, timeout, only, repeat, multi_threaded_tcg } => {
             vmtest::run(&root(), &vmtest::Options { kernel, mode, timeout, only, repeat, multi_threaded_tcg })

@@ -24,6 +24,9 @@ pub struct Options {
     pub workloads: Vec<Workload>,
     /// Passed to `conntrace watch` after `--json --interval 1s`.
     pub conntrace_args: Vec<String>,
+    /// Run a process that does nothing (`sleep`) instead of conntrace: the ratios then show
+    /// this machine's noise, the floor under any measured cost.
+    pub calibrate: bool,
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -48,6 +51,11 @@ struct Traced {
 impl Traced {
     fn start(conntrace: &Path, args: &[String], stats: bool) -> Result<Traced> {
         use std::io::BufRead as _;
+        if conntrace == Path::new("sleep") {
+            let mut child = Command::new("sleep").arg("3600").stdout(std::process::Stdio::piped()).spawn()?;
+            let lines = std::io::BufReader::new(child.stdout.take().context("stdout")?).lines();
+            return Ok(Traced { child, lines });
+        }
         let mut child = Command::new(conntrace)
             .args(["watch", "--json", "--interval", "1s"])
             .args(args)
@@ -179,17 +187,9 @@ fn measure(w: Workload, env: &Env, conntrace: &Path, opts: &Options) -> Result<R
     let mut ratios: Vec<f64> = base.iter().zip(&with).map(|(b, w)| w / b).collect();
     let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
     let hi = ratios.iter().copied().fold(0.0, f64::max);
-    // One more traced run, with statistics, for the cost of each program.
-    let t = traced(w, env, conntrace, opts, true)?;
-    let ops = (t.rate * opts.seconds).max(1.0);
-    let stats = t.rest.iter().rev().find(|l| l.contains("\"type\":\"bpf_stats\"")).context("no bpf_stats line")?;
-    let mut programs = Vec::new();
-    let mut bpf_ns = 0.0;
-    for (name, cnt, ns) in parse_bpf_stats(stats) {
-        bpf_ns += ns as f64 / ops;
-        if cnt > 0 {
-            programs.push((name, cnt as f64 / ops, ns / cnt));
-        }
+    let (mut programs, mut bpf_ns) = (Vec::new(), 0.0);
+    if !opts.calibrate {
+        (programs, bpf_ns) = bpf_cost(w, env, conntrace, opts)?;
     }
     Ok(Row {
         workload: w,
@@ -204,12 +204,35 @@ fn measure(w: Workload, env: &Env, conntrace: &Path, opts: &Options) -> Result<R
     })
 }
 
+/// One more traced run, with BPF statistics: (program, runs per unit, ns per run) and the
+/// total BPF time per unit.
+type BpfCost = (Vec<(String, f64, u64)>, f64);
+
+fn bpf_cost(w: Workload, env: &Env, conntrace: &Path, opts: &Options) -> Result<BpfCost> {
+    let t = traced(w, env, conntrace, opts, true)?;
+    let ops = (t.rate * opts.seconds).max(1.0);
+    let stats = t.rest.iter().rev().find(|l| l.contains("\"type\":\"bpf_stats\"")).context("no bpf_stats line")?;
+    let mut programs = Vec::new();
+    let mut bpf_ns = 0.0;
+    for (name, cnt, ns) in parse_bpf_stats(stats) {
+        bpf_ns += ns as f64 / ops;
+        if cnt > 0 {
+            programs.push((name, cnt as f64 / ops, ns / cnt));
+        }
+    }
+    Ok((programs, bpf_ns))
+}
+
 fn print_table(rows: &[Row], opts: &Options) {
     println!(
-        "\nmedians of {} pairs, {} s per run, conntrace watch --json --interval 1s {}",
+        "\nmedians of {} pairs, {} s per run, {}",
         opts.pairs,
         opts.seconds,
-        opts.conntrace_args.join(" ")
+        if opts.calibrate {
+            "calibration: `sleep` in conntrace's place".to_string()
+        } else {
+            format!("conntrace watch --json --interval 1s {}", opts.conntrace_args.join(" "))
+        }
     );
     println!(
         "{:<16} {:>8} {:>12} {:>12} {:>7} {:>13} {:>11} {:>8} {:>12}",
@@ -251,7 +274,7 @@ pub fn bench(opts: &Options) -> Result<()> {
         }
     }
     run(Command::new("cargo").args(["build", "--release", "-p", "probe-user", "-p", "tests"]).current_dir(root()))?;
-    let conntrace = root().join("target/release/conntrace");
+    let conntrace = if opts.calibrate { "sleep".into() } else { root().join("target/release/conntrace") };
     let env = Env::new(&root().join("target/release/conntrace-workload"), &root().join("target/bench"))?;
     let mut rows = Vec::new();
     for &w in &opts.workloads {
