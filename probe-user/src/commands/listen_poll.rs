@@ -89,9 +89,10 @@ impl ListenPoller {
             };
             let read = netdiag::in_netns_of(enter, read_listen_counters);
             let Ok((Ok(socks), ext)) = read else { continue };
-            let (deltas, ns_delta) = self.tracker.update(ns, &socks, &ext);
-            by_ns.insert(ns, ns_delta.clone());
-            for l in deltas {
+            let poll = self.tracker.update(ns, &socks, &ext);
+            by_ns.insert(ns, poll.delta);
+            let ns_delta = poll.context;
+            for l in poll.listeners {
                 // Cached while the owner lives; looked up again otherwise (not found yet, or
                 // exited and the socket passed on).
                 let cached = self.owner.get(&(ns, l.inode)).copied().flatten().filter(|p| procinfo::exists(*p));

@@ -60,17 +60,31 @@ pub fn reconcile_tw_overflows(counts: &mut [(u64, u64)], truth: u64) {
 pub struct Tracker {
     drops: BTreeMap<(u32, u32), u64>,
     ns: BTreeMap<u32, BTreeMap<String, u64>>,
+    /// Listen-queue counters that grew in a poll in which no listener showed drops.
+    carried: BTreeMap<u32, NsDelta>,
+}
+
+/// The listen-queue counters carried from one poll to the next (see [`NsPoll::context`]).
+const CARRIED: [&str; 3] = ["ListenOverflows", "ListenDrops", "TCPReqQFullDrop"];
+
+/// One poll of a namespace.
+#[derive(Debug, Default)]
+pub struct NsPoll {
+    /// Listeners whose drop count grew (or that got the namespace's syncookies).
+    pub listeners: Vec<ListenerDelta>,
+    /// The namespace's counter growth since the previous poll.
+    pub delta: NsDelta,
+    /// What the listeners' drops are judged with: `delta`, plus the listen-queue growth of
+    /// earlier polls in which no listener showed drops. A listener's sk_drops is read (sock_diag)
+    /// before the namespace's TcpExt, so a drop between the two reads shows in TcpExt one poll
+    /// before it shows on the listener.
+    pub context: NsDelta,
 }
 
 impl Tracker {
     /// One poll of namespace `netns`: its listeners and request sockets (`socks`) and its
-    /// TcpExt counters. Returns the listeners whose drop count grew and the namespace deltas.
-    pub fn update(
-        &mut self,
-        netns: u32,
-        socks: &[TcpSocket],
-        tcp_ext: &BTreeMap<String, u64>,
-    ) -> (Vec<ListenerDelta>, NsDelta) {
+    /// TcpExt counters.
+    pub fn update(&mut self, netns: u32, socks: &[TcpSocket], tcp_ext: &BTreeMap<String, u64>) -> NsPoll {
         let prev_ns = self.ns.insert(netns, tcp_ext.clone()).unwrap_or_default();
         let mut ns_delta = NsDelta::new();
         for name in NS_COUNTERS {
@@ -141,7 +155,17 @@ impl Tracker {
             }
         }
         self.drops.retain(|k, _| k.0 != netns || alive.contains(k));
-        (out, ns_delta)
+        let mut context = self.carried.remove(&netns).unwrap_or_default();
+        for (k, v) in &ns_delta {
+            *context.entry(k).or_default() += v;
+        }
+        if out.is_empty() {
+            let carry: NsDelta = context.iter().filter(|(k, _)| CARRIED.contains(k)).map(|(k, v)| (*k, *v)).collect();
+            if !carry.is_empty() {
+                self.carried.insert(netns, carry);
+            }
+        }
+        NsPoll { listeners: out, delta: ns_delta, context }
     }
 
     /// Records the counters of a namespace that exists as conntrace starts.
@@ -202,39 +226,59 @@ mod tests {
     fn growth_since_the_baseline_is_reported() {
         let mut t = Tracker::default();
         t.baseline(7, &[listener(80, 1, 5, 0, 128)], &ext(5));
-        let (d, ns) = t.update(7, &[listener(80, 1, 5, 0, 128)], &ext(5));
-        assert!(d.is_empty() && ns.is_empty());
-        let (d, ns) = t.update(7, &[listener(80, 1, 12, 9, 8)], &ext(12));
+        let p = t.update(7, &[listener(80, 1, 5, 0, 128)], &ext(5));
+        assert!(p.listeners.is_empty() && p.delta.is_empty());
+        let p = t.update(7, &[listener(80, 1, 12, 9, 8)], &ext(12));
+        let d = &p.listeners;
         assert_eq!(d.len(), 1);
         assert_eq!((d[0].drops, d[0].queue_len, d[0].backlog, d[0].port), (7, 9, 8, 80));
         assert!(d[0].accept_queue_full());
-        assert_eq!(ns["ListenOverflows"], 7);
+        assert_eq!(p.delta["ListenOverflows"], 7);
         // No growth: nothing.
-        let (d, ns) = t.update(7, &[listener(80, 1, 12, 9, 8)], &ext(12));
-        assert!(d.is_empty() && ns.is_empty());
+        let p = t.update(7, &[listener(80, 1, 12, 9, 8)], &ext(12));
+        assert!(p.listeners.is_empty() && p.delta.is_empty());
     }
 
     #[test]
     fn a_namespace_or_listener_created_after_the_start_counts_everything() {
         let mut t = Tracker::default();
         // Namespace 9 did not exist at start: all of it is new.
-        let (d, ns) = t.update(9, &[listener(80, 5, 31, 9, 8)], &ext(31));
-        assert_eq!((d[0].drops, ns["ListenOverflows"]), (31, 31));
+        let p = t.update(9, &[listener(80, 5, 31, 9, 8)], &ext(31));
+        assert_eq!((p.listeners[0].drops, p.delta["ListenOverflows"]), (31, 31));
         t.baseline(7, &[], &ext(0));
         let mut syn = listener(443, 0, 0, 0, 0);
         syn.state = NEW_SYN_RECV;
-        let (d, _) = t.update(7, &[listener(443, 2, 3, 0, 8), syn.clone()], &ext(3));
+        let d = t.update(7, &[listener(443, 2, 3, 0, 8), syn.clone()], &ext(3)).listeners;
         assert_eq!((d[0].drops, d[0].syn_recv), (3, 1));
         assert!(!d[0].accept_queue_full());
         // Syncookies: the namespace counter goes to the listener with a full SYN queue.
         let mut syns: Vec<TcpSocket> = (0..9).map(|_| syn.clone()).collect();
         syns.push(listener(443, 2, 3, 0, 8));
-        let (d, _) = t.update(7, &syns, &[("TCPReqQFullDoCookies".to_string(), 21)].into());
+        let d = t.update(7, &syns, &[("TCPReqQFullDoCookies".to_string(), 21)].into()).listeners;
         assert_eq!((d[0].drops, d[0].cookies, d[0].syn_recv), (0, 21, 9));
         assert!(d[0].syn_queue_full());
         // Closed and re-created with the same inode number much later: starts again.
         t.update(7, &[], &ext(3));
-        let (d, _) = t.update(7, &[listener(443, 2, 1, 0, 8)], &ext(4));
+        let d = t.update(7, &[listener(443, 2, 1, 0, 8)], &ext(4)).listeners;
         assert_eq!(d[0].drops, 1);
+    }
+
+    /// Drops that land between a poll's two reads show in TcpExt first, on the listener one
+    /// poll later: the listener's drops are judged with both.
+    #[test]
+    fn namespace_growth_waits_for_the_listener_that_shows_it() {
+        let mut t = Tracker::default();
+        let full: BTreeMap<String, u64> = [("TCPReqQFullDrop".to_string(), 21)].into();
+        t.baseline(7, &[listener(9000, 3, 0, 0, 8)], &BTreeMap::new());
+        let p = t.update(7, &[listener(9000, 3, 0, 0, 8)], &full);
+        assert!(p.listeners.is_empty());
+        assert_eq!(p.delta["TCPReqQFullDrop"], 21);
+        let p = t.update(7, &[listener(9000, 3, 21, 0, 8)], &full);
+        assert_eq!(p.listeners[0].drops, 21);
+        assert!(p.delta.is_empty(), "the exact growth of this poll: none");
+        assert_eq!(p.context["TCPReqQFullDrop"], 21, "what the drops are judged with");
+        // Used once.
+        let p = t.update(7, &[listener(9000, 3, 22, 0, 8)], &full);
+        assert!(!p.context.contains_key("TCPReqQFullDrop"));
     }
 }

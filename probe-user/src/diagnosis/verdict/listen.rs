@@ -5,11 +5,12 @@ use std::time::SystemTime;
 use super::*;
 use crate::domain::listen::{ListenerDelta, NsDelta};
 
-/// Why a listener dropped: the SYN queue when only the namespace's request-queue counters
-/// grew, the accept queue otherwise (ListenOverflows, or the queue is full right now).
+/// Why a listener dropped: the SYN queue when its SYN queue is over the backlog or only the
+/// namespace's request-queue counters grew, the accept queue otherwise (ListenOverflows, or
+/// the accept queue is full right now).
 pub(super) fn listen_cause(l: &ListenerDelta, ns: &NsDelta) -> Cause {
     let get = |k: &str| ns.get(k).copied().unwrap_or(0);
-    let syn = l.cookies > 0 || get("TCPReqQFullDrop") > 0;
+    let syn = l.cookies > 0 || get("TCPReqQFullDrop") > 0 || l.syn_queue_full();
     if syn && get("ListenOverflows") == 0 && !l.accept_queue_full() {
         Cause::SynQueue
     } else {

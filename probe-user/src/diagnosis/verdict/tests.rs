@@ -361,3 +361,26 @@ fn summaries_keep_their_count_current_and_nothing_else_changes() {
     let now = e.active().next().unwrap().summary();
     assert_eq!(now, first.replace("got ENFILE 3 times", "got ENFILE 5 times"));
 }
+
+/// A listener whose SYN queue is over its backlog dropped SYNs: the SYN queue, even when the
+/// namespace's TcpExt growth was read in another interval than the listener's drops.
+#[test]
+fn drops_with_the_syn_queue_over_the_backlog_are_the_syn_queue() {
+    use crate::domain::listen::ListenerDelta;
+    let l = ListenerDelta {
+        netns: 7,
+        inode: 3,
+        addr: IpAddr::V4(Ipv4Addr::new(10, 9, 0, 1)),
+        port: 9000,
+        drops: 21,
+        queue_len: 0,
+        backlog: 8,
+        syn_recv: 9,
+        cookies: 0,
+    };
+    assert_eq!(listen_cause(&l, &Default::default()), Cause::SynQueue);
+    let accept_full = ListenerDelta { queue_len: 9, syn_recv: 0, ..l.clone() };
+    assert_eq!(listen_cause(&accept_full, &Default::default()), Cause::AcceptQueue);
+    let overflowed = [("ListenOverflows", 3)].into();
+    assert_eq!(listen_cause(&ListenerDelta { syn_recv: 0, ..l }, &overflowed), Cause::AcceptQueue);
+}
