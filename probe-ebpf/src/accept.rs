@@ -1,13 +1,14 @@
-//! accept(): records the owner of accepted sockets, so a TIME_WAIT created later in softirq
-//! is charged to the process that accepted the connection.
+//! Owners of sockets not connected here: accept() records the process that accepted a socket,
+//! so a TIME_WAIT created later in softirq is charged to it; without accept hooks, the
+//! listen() caller and then whoever closes first.
 
-use crate::connect;
 use crate::shared::count::{current, current_comm};
-use crate::shared::kernel::{current_stream_sock, sk_net, sk_ports, socket_stream_sk};
-use crate::shared::maps::{ListenKey, LISTENERS};
+use crate::shared::kernel::{current_stream_sock, sk_is_tcp, sk_net, sk_ports, socket_stream_sk};
+use crate::shared::maps::{stat_inc, ListenKey, LISTENERS, OWNERS};
 use crate::shared::stash::{stash, unstash, SLOT_ACCEPT};
 use aya_ebpf::macros::{fexit, kprobe, kretprobe, tracepoint};
 use aya_ebpf::programs::{FExitContext, ProbeContext, RetProbeContext, TracePointContext};
+use probe_common::config::stat;
 use probe_common::sock::{pending, phase, SockOwner};
 
 #[inline(always)]
@@ -31,12 +32,50 @@ pub fn not_listening(sk: u64) {
 }
 
 /// The process that listens on `sk`'s local port in its namespace: without accept hooks, the
-/// owner of an accepted socket until someone closes it (`connect::closing`). Looked up only
+/// owner of an accepted socket until someone closes it (`closing`). Looked up only
 /// when such a socket has something to charge: nothing runs per accepted connection.
 #[inline(always)]
 pub fn listener_owner(sk: u64) -> Option<SockOwner> {
     // SAFETY: a pointer to a live map value returned by the lookup, read at once.
     LISTENERS.get_ptr(listen_key(sk)).map(|o| unsafe { *o })
+}
+
+/// The task closing `sk` first (ESTABLISHED/SYN_RECV→FIN_WAIT1, in tcp_close() or
+/// tcp_shutdown()) becomes its owner: the side that closes first keeps the TIME_WAIT. What
+/// the owner record says about how the socket was connected is kept.
+#[inline(always)]
+pub fn closing(sk: u64) {
+    let (tgid, _) = current();
+    let comm = current_comm();
+    match OWNERS.get_ptr_mut(sk) {
+        Some(o) => {
+            // SAFETY: `o` points to a live OWNERS value returned by the lookup just above, used before any other map call.
+            let o = unsafe { &mut *o };
+            o.tgid = tgid;
+            o.comm = comm;
+        }
+        None => {
+            let owner = SockOwner { tgid, phase: phase::ACCEPTED, pending: pending::NONE, pending_err: 0, comm };
+            if OWNERS.insert(sk, owner, 0).is_err() {
+                stat_inc(stat::OWNER_MAP_FULL);
+            }
+        }
+    }
+}
+
+/// Records the process that accepted `sk`, so TIME_WAIT created later in softirq is charged
+/// to it.
+#[inline(always)]
+pub fn accepted(sk: u64) {
+    if !sk_is_tcp(sk) {
+        return;
+    }
+    let (tgid, _) = current();
+    let owner =
+        SockOwner { tgid, phase: phase::ACCEPTED, pending: pending::NONE, pending_err: 0, comm: current_comm() };
+    if OWNERS.insert(sk, owner, 0).is_err() {
+        stat_inc(stat::OWNER_MAP_FULL);
+    }
 }
 
 #[fexit(function = "inet_accept")]
@@ -45,7 +84,7 @@ pub fn accept_fexit(ctx: FExitContext) -> u32 {
     // success only.
     let newsock: u64 = ctx.arg(1);
     if let Some(sk) = socket_stream_sk(newsock) {
-        connect::accepted(sk);
+        accepted(sk);
     }
     0
 }
@@ -59,7 +98,7 @@ pub fn accept_exit_tp(ctx: TracePointContext) -> u32 {
     };
     if ret >= 0 {
         if let Some(sk) = current_stream_sock(ret as u64) {
-            connect::accepted(sk);
+            accepted(sk);
         }
     }
     0
@@ -78,7 +117,7 @@ pub fn accept_kretprobe(ctx: RetProbeContext) -> u32 {
     let newsock = unstash(SLOT_ACCEPT);
     if ctx.ret::<i32>() == 0 {
         if let Some(sk) = newsock.and_then(socket_stream_sk) {
-            connect::accepted(sk);
+            accepted(sk);
         }
     }
     0

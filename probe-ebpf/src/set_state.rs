@@ -23,7 +23,7 @@ pub fn on_set_state(sk: u64, oldstate: i32, newstate: i32) {
         }
         (_, tcp_state::FIN_WAIT1) => {
             if role_on(role::OWNERS_VIA_SET_STATE) && sk_is_tcp(sk) {
-                connect::closing(sk);
+                accept::closing(sk);
             }
             return;
         }

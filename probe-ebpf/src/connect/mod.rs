@@ -8,10 +8,10 @@
 //! connect() still runs (loopback handshakes complete inside connect()) is parked in the
 //! owner record and settled at `exit`, so each attempt is counted exactly once.
 
-use crate::shared::count::{bump, bump_dest, current, current_comm, dest_of_sock, new_event};
+use crate::shared::count::{bump, bump_dest, current, current_comm, new_event};
 use crate::shared::kernel::{
-    current_stream_sock, fexit_ret, fill_endpoints, read_sockaddr, sk_addrs, sk_err, sk_is_tcp, sk_netns,
-    sk_nonblocking, sk_ports, sk_state, socket_stream_sk,
+    current_stream_sock, fexit_ret, fill_endpoints, read_sockaddr, sk_addrs, sk_err, sk_is_tcp, sk_netns, sk_ports,
+    sk_state, socket_stream_sk,
 };
 use crate::shared::maps::{role_on, stat_inc, INFLIGHT, OWNERS};
 use aya_ebpf::macros::{fentry, fexit, kprobe, kretprobe, tracepoint};
@@ -22,6 +22,10 @@ use probe_common::counters::{kind, DestKey};
 use probe_common::event::Event;
 use probe_common::sock::{pending, phase, tcp_state, Inflight, SockOwner};
 use probe_common::{event, COMM_LEN};
+
+mod state;
+pub use state::state_attempt;
+use state::state_failed;
 const EADDRNOTAVAIL: u16 = 99;
 const EINPROGRESS: u16 = 115;
 const ECANCELED: u16 = 125;
@@ -202,7 +206,7 @@ fn fill_from_inflight(e: &mut RingBufEntry<Event>, inf: &Inflight) {
 /// Counts a non-blocking connect that failed: `err` is sk_err at the SYN_SENT→CLOSE change
 /// (tcp_reset/tcp_write_err set it before tcp_done), 0 when the application closed it first.
 #[inline(always)]
-fn async_failed(sk: u64, tgid: u32, err: u16, comm: &[u8; COMM_LEN]) {
+pub(crate) fn async_failed(sk: u64, tgid: u32, err: u16, comm: &[u8; COMM_LEN]) {
     let err = if err == 0 { ECANCELED } else { err };
     // Event before count (see `count::bump`).
     if let Some(mut e) = new_event(event::kind::CONNECT_ERROR, tgid, 0, err, comm) {
@@ -213,59 +217,6 @@ fn async_failed(sk: u64, tgid: u32, err: u16, comm: &[u8; COMM_LEN]) {
         e.submit(0);
     }
     bump(tgid, kind::CONNECT_ASYNC_ERROR, err, comm);
-}
-
-/// CLOSE→SYN_SENT without connect hooks: tcp_v4_connect()/tcp_v6_connect() set SYN_SENT in
-/// the connecting task, before inet_hash_connect() picks the local port; so a local port
-/// already there was chosen by bind() (bind-before-connect). Errors returned before this point
-/// (no route, an unusable address, bad arguments) are not seen this way.
-#[inline(always)]
-pub fn state_attempt(sk: u64) {
-    let (tgid, _) = current();
-    let comm = current_comm();
-    bump(tgid, kind::CONNECT_ATTEMPT, 0, &comm);
-    if sk_ports(sk).0 != 0 {
-        bump(tgid, kind::CONNECT_BOUND, 0, &comm);
-    }
-    // A non-blocking connect() returns EINPROGRESS: its outcome is asynchronous.
-    let ph = if sk_nonblocking(sk) { phase::ASYNC_PENDING } else { phase::SYNC_PENDING };
-    let owner = SockOwner { tgid, phase: ph, pending: pending::NONE, pending_err: 0, comm };
-    if OWNERS.insert(sk, owner, 0).is_err() {
-        stat_inc(stat::OWNER_MAP_FULL);
-    }
-}
-
-/// SYN_SENT→CLOSE of a connect tracked by `state_attempt`. With no error and no local port,
-/// inet_hash_connect() found no free port and connect() returns EADDRNOTAVAIL at once (also
-/// for non-blocking sockets); otherwise sk_err is the error connect() reports.
-#[inline(always)]
-fn state_failed(sk: u64, tgid: u32, asynchronous: bool, comm: &[u8; COMM_LEN]) {
-    let err = sk_err(sk);
-    if err == 0 && sk_ports(sk).0 == 0 && role_on(role::PORT_VIA_SET_STATE) {
-        // Events before counts (see `count::bump`).
-        if let Some(mut e) = new_event(event::kind::PORT_ASSIGN_FAILURE, tgid, 0, EADDRNOTAVAIL, comm) {
-            // SAFETY: new_event wrote a whole Event into the reserved entry.
-            fill_endpoints(unsafe { e.assume_init_mut() }, sk);
-            e.submit(0);
-        }
-        bump(tgid, kind::PORT_ASSIGN_FAILURE, 0, comm);
-        bump_dest(&dest_of_sock(tgid, kind::PORT_ASSIGN_FAILURE, sk));
-        bump(tgid, kind::CONNECT_ERROR, EADDRNOTAVAIL, comm);
-        return;
-    }
-    if asynchronous {
-        async_failed(sk, tgid, err, comm);
-        return;
-    }
-    // No error with a port: the connect was abandoned (another thread closed the socket) or
-    // tcp_connect() failed to send the SYN.
-    let err = if err == 0 { ECANCELED } else { err };
-    if let Some(mut e) = new_event(event::kind::CONNECT_ERROR, tgid, 0, err, comm) {
-        // SAFETY: new_event wrote a whole Event into the reserved entry.
-        fill_endpoints(unsafe { e.assume_init_mut() }, sk);
-        e.submit(0);
-    }
-    bump(tgid, kind::CONNECT_ERROR, err, comm);
 }
 
 /// SYN_SENT → ESTABLISHED or CLOSE. Runs in whatever context the kernel is in (often
@@ -326,44 +277,6 @@ pub fn transition(sk: u64, newstate: i32) {
             }
         }
         _ => {}
-    }
-}
-
-/// The task closing `sk` first (ESTABLISHED/SYN_RECV→FIN_WAIT1, in tcp_close() or
-/// tcp_shutdown()) becomes its owner: the side that closes first keeps the TIME_WAIT. What
-/// the owner record says about how the socket was connected is kept.
-#[inline(always)]
-pub fn closing(sk: u64) {
-    let (tgid, _) = current();
-    let comm = current_comm();
-    match OWNERS.get_ptr_mut(sk) {
-        Some(o) => {
-            // SAFETY: `o` points to a live OWNERS value returned by the lookup just above, used before any other map call.
-            let o = unsafe { &mut *o };
-            o.tgid = tgid;
-            o.comm = comm;
-        }
-        None => {
-            let owner = SockOwner { tgid, phase: phase::ACCEPTED, pending: pending::NONE, pending_err: 0, comm };
-            if OWNERS.insert(sk, owner, 0).is_err() {
-                stat_inc(stat::OWNER_MAP_FULL);
-            }
-        }
-    }
-}
-
-/// Records the process that accepted `sk`, so TIME_WAIT created later in softirq is charged
-/// to it.
-#[inline(always)]
-pub fn accepted(sk: u64) {
-    if !sk_is_tcp(sk) {
-        return;
-    }
-    let (tgid, _) = current();
-    let owner =
-        SockOwner { tgid, phase: phase::ACCEPTED, pending: pending::NONE, pending_err: 0, comm: current_comm() };
-    if OWNERS.insert(sk, owner, 0).is_err() {
-        stat_inc(stat::OWNER_MAP_FULL);
     }
 }
 
