@@ -133,9 +133,17 @@ fn light_charges_time_wait_to_whoever_closed_first() {
     let lines = ct.stop();
     let (a, b) = (report(&client_first), report(&server_first));
     let pid = |wl: &Value, k: &str| wl[k].as_u64().unwrap();
-    assert_eq!((a["ok"].as_u64(), b["ok"].as_u64()), (Some(30), Some(20)), "{a} {b}");
-    assert_eq!(total(&lines, pid(&a, "pid"), "time_wait_created"), 30, "client closed first: {a}");
-    assert_eq!(total(&lines, pid(&a, "server_pid"), "time_wait_created"), 0, "{a}");
+    // On a failure, say where every TIME_WAIT went.
+    let mut by_pid: std::collections::BTreeMap<u64, u64> = Default::default();
+    for v in lines.iter().filter(|v| v["type"] == "sample") {
+        *by_pid.entry(v["pid"].as_u64().unwrap_or(0)).or_default() += v["time_wait_created"].as_u64().unwrap_or(0);
+    }
+    by_pid.retain(|_, n| *n > 0);
+    let last = lines.iter().rev().find(|v| v["type"] == "status").map(|v| v["lost_updates"].clone());
+    let a = serde_json::json!({"workload": a, "time_wait_by_pid": format!("{by_pid:?}"), "lost_updates": last});
+    assert_eq!((a["workload"]["ok"].as_u64(), b["ok"].as_u64()), (Some(30), Some(20)), "{a} {b}");
+    assert_eq!(total(&lines, pid(&a["workload"], "pid"), "time_wait_created"), 30, "client closed first: {a}");
+    assert_eq!(total(&lines, pid(&a["workload"], "server_pid"), "time_wait_created"), 0, "{a}");
     assert_eq!(total(&lines, pid(&b, "server_pid"), "time_wait_created"), 20, "server closed first: {b}");
     assert_eq!(total(&lines, pid(&b, "pid"), "time_wait_created"), 0, "{b}");
     assert_eq!(total(&lines, 0, "time_wait_created"), 0, "nothing unattributed");
