@@ -111,6 +111,13 @@ pub struct SockOwner {
     pub comm: [u8; COMM_LEN],
 }
 
+impl SockOwner {
+    /// `tgid` owns the socket in `phase`, with no outcome pending yet.
+    pub const fn new(tgid: u32, phase: u8, comm: [u8; COMM_LEN]) -> SockOwner {
+        SockOwner { tgid, phase, pending: pending::NONE, pending_err: 0, comm }
+    }
+}
+
 /// Value of the `INFLIGHT` map, keyed by thread id: one connect() in progress.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]

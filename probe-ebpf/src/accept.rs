@@ -4,12 +4,11 @@
 
 use crate::shared::count::{current, current_comm};
 use crate::shared::kernel::{current_stream_sock, sk_is_tcp, sk_net, sk_ports, socket_stream_sk};
-use crate::shared::maps::{stat_inc, ListenKey, LISTENERS, OWNERS};
+use crate::shared::maps::{record_owner, ListenKey, LISTENERS, OWNERS};
 use crate::shared::stash::{stash, unstash, SLOT_ACCEPT};
 use aya_ebpf::macros::{fexit, kprobe, kretprobe, tracepoint};
 use aya_ebpf::programs::{FExitContext, ProbeContext, RetProbeContext, TracePointContext};
-use probe_common::config::stat;
-use probe_common::sock::{pending, phase, SockOwner};
+use probe_common::sock::{phase, SockOwner};
 
 #[inline(always)]
 fn listen_key(sk: u64) -> ListenKey {
@@ -20,8 +19,7 @@ fn listen_key(sk: u64) -> ListenKey {
 #[inline(always)]
 pub fn listening(sk: u64) {
     let (tgid, _) = current();
-    let owner =
-        SockOwner { tgid, phase: phase::ACCEPTED, pending: pending::NONE, pending_err: 0, comm: current_comm() };
+    let owner = SockOwner::new(tgid, phase::ACCEPTED, current_comm());
     let _ = LISTENERS.insert(listen_key(sk), owner, 0);
 }
 
@@ -55,10 +53,8 @@ pub fn closing(sk: u64) {
             o.comm = comm;
         }
         None => {
-            let owner = SockOwner { tgid, phase: phase::ACCEPTED, pending: pending::NONE, pending_err: 0, comm };
-            if OWNERS.insert(sk, owner, 0).is_err() {
-                stat_inc(stat::OWNER_MAP_FULL);
-            }
+            let owner = SockOwner::new(tgid, phase::ACCEPTED, comm);
+            record_owner(sk, &owner);
         }
     }
 }
@@ -71,11 +67,8 @@ pub fn accepted(sk: u64) {
         return;
     }
     let (tgid, _) = current();
-    let owner =
-        SockOwner { tgid, phase: phase::ACCEPTED, pending: pending::NONE, pending_err: 0, comm: current_comm() };
-    if OWNERS.insert(sk, owner, 0).is_err() {
-        stat_inc(stat::OWNER_MAP_FULL);
-    }
+    let owner = SockOwner::new(tgid, phase::ACCEPTED, current_comm());
+    record_owner(sk, &owner);
 }
 
 #[fexit(function = "inet_accept")]

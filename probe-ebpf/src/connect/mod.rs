@@ -13,7 +13,7 @@ use crate::shared::kernel::{
     current_stream_sock, fexit_ret, fill_endpoints, read_sockaddr, sk_addrs, sk_err, sk_is_tcp, sk_netns, sk_ports,
     sk_state, socket_stream_sk,
 };
-use crate::shared::maps::{role_on, stat_inc, INFLIGHT, OWNERS};
+use crate::shared::maps::{record_owner, role_on, stat_inc, INFLIGHT, OWNERS};
 use aya_ebpf::macros::{fentry, fexit, kprobe, kretprobe, tracepoint};
 use aya_ebpf::maps::ring_buf::RingBufEntry;
 use aya_ebpf::programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext, TracePointContext};
@@ -76,10 +76,8 @@ pub fn enter(sk: u64, sockaddr: u64, user_sockaddr: bool) {
         if sk_ports(sk).0 != 0 {
             bump(tgid, kind::CONNECT_BOUND, 0, &comm);
         }
-        let owner = SockOwner { tgid, phase: phase::IN_CONNECT, pending: pending::NONE, pending_err: 0, comm };
-        if OWNERS.insert(sk, owner, 0).is_err() {
-            stat_inc(stat::OWNER_MAP_FULL);
-        }
+        let owner = SockOwner::new(tgid, phase::IN_CONNECT, comm);
+        record_owner(sk, &owner);
     }
     // This thread's previous connect() is still recorded as in flight: its return was not seen.
     if INFLIGHT.get_ptr(tid).is_some() {

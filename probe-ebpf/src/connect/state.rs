@@ -5,10 +5,10 @@
 use super::{async_failed, EADDRNOTAVAIL, ECANCELED};
 use crate::shared::count::{bump, bump_dest, current, current_comm, dest_of_sock, new_event};
 use crate::shared::kernel::{fill_endpoints, sk_err, sk_nonblocking, sk_ports};
-use crate::shared::maps::{role_on, stat_inc, OWNERS};
-use probe_common::config::{role, stat};
+use crate::shared::maps::{record_owner, role_on};
+use probe_common::config::role;
 use probe_common::counters::kind;
-use probe_common::sock::{pending, phase, SockOwner};
+use probe_common::sock::{phase, SockOwner};
 use probe_common::{event, COMM_LEN};
 
 /// CLOSE→SYN_SENT without connect hooks: tcp_v4_connect()/tcp_v6_connect() set SYN_SENT in
@@ -25,10 +25,8 @@ pub fn state_attempt(sk: u64) {
     }
     // A non-blocking connect() returns EINPROGRESS: its outcome is asynchronous.
     let ph = if sk_nonblocking(sk) { phase::ASYNC_PENDING } else { phase::SYNC_PENDING };
-    let owner = SockOwner { tgid, phase: ph, pending: pending::NONE, pending_err: 0, comm };
-    if OWNERS.insert(sk, owner, 0).is_err() {
-        stat_inc(stat::OWNER_MAP_FULL);
-    }
+    let owner = SockOwner::new(tgid, ph, comm);
+    record_owner(sk, &owner);
 }
 
 /// SYN_SENT→CLOSE of a connect tracked by `state_attempt`. With no error and no local port,

@@ -98,6 +98,14 @@ pub struct Limiter {
 #[map]
 pub static LIMITER: LruHashMap<u64, Limiter> = LruHashMap::with_max_entries(8192, 0);
 
+/// Records `owner` for `sk`; a full map is counted in STATS.
+#[inline(always)]
+pub fn record_owner(sk: u64, owner: &SockOwner) {
+    if OWNERS.insert(sk, owner, 0).is_err() {
+        stat_inc(stat::OWNER_MAP_FULL);
+    }
+}
+
 #[inline(always)]
 pub fn role_on(idx: u32) -> bool {
     ROLES.get(idx).is_some_and(|v| *v == 1)
