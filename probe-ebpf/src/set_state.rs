@@ -162,11 +162,13 @@ fn owner_of(sk: u64) -> Option<(u32, [u8; 16])> {
 pub fn tw_refused(sk: u64) -> u32 {
     // Recorded before the count (events before counts, see `count::bump`): a verdict built
     // on the count finds the table.
-    let tgid = owner_of(sk).map_or(UNATTRIBUTED, |o| o.0);
+    // The owner is looked up once; an overflow has no per-destination count.
+    let (tgid, comm) = owner_of(sk).unwrap_or((UNATTRIBUTED, [0; 16]));
     if let Some((_, count, max)) = sk_tw_table(sk) {
         let _ = TW_TABLES.insert(tgid, TwTable { count, max, netns: sk_netns(sk), _pad: 0 }, 0);
     }
-    charge_to_owner(sk, kind::TW_OVERFLOW)
+    bump(tgid, kind::TW_OVERFLOW, 0, &comm);
+    tgid
 }
 
 /// Counts `kind` for the process that owns `sk` (recorded at connect/accept), or as
