@@ -37,6 +37,9 @@ pub struct Session {
     /// The kernel infers tw-bucket overflows (the set_state fallback): correct them with
     /// each namespace's exact TcpExt count.
     infer_tw: bool,
+    /// Per namespace, TcpExt TCPTimeWaitOverflow growth no counted close claimed yet (see
+    /// [`listeners::reconcile_tw_overflows`]).
+    tw_carry: BTreeMap<u32, u64>,
 }
 
 /// Counters read from the kernel at the end of an interval.
@@ -88,6 +91,7 @@ impl Session {
             event_limits: BTreeMap::new(),
             match_cache: BTreeMap::new(),
             infer_tw,
+            tw_carry: BTreeMap::new(),
         }
     }
 
@@ -187,7 +191,7 @@ impl Session {
         let watched: Vec<u32> = deltas.keys().chain(&self.filter.pids).copied().collect();
         let ListenPoll { dropped, by_ns } = host.poll_listeners(&watched);
         if self.infer_tw {
-            reconcile_tw(host, &mut deltas, &by_ns);
+            reconcile_tw(host, &mut deltas, &by_ns, &mut self.tw_carry);
         }
         for (owner, l, ns) in dropped {
             if !self.filter.is_all() && !self.filter.matches(owner, &Self::comm_of(host, owner)) {
@@ -257,22 +261,35 @@ impl Session {
 /// In the set_state fallback, tw-bucket overflows are inferred: correct them per namespace
 /// with the namespace's exact TcpExt TCPTimeWaitOverflow growth. (fexit and kprobes see
 /// inet_twsk_alloc's own result: "correcting" those with the TcpExt growth, read at another
-/// moment than the counters, would move real overflows into TIME_WAIT.)
-fn reconcile_tw(host: &mut dyn Host, deltas: &mut BTreeMap<u32, Counts>, by_ns: &BTreeMap<u32, NsDelta>) {
+/// moment than the counters, would move real overflows into TIME_WAIT.) A process that has
+/// exited is placed by the namespace the kernel recorded with its overflows.
+fn reconcile_tw(
+    host: &mut dyn Host,
+    deltas: &mut BTreeMap<u32, Counts>,
+    by_ns: &BTreeMap<u32, NsDelta>,
+    carry: &mut BTreeMap<u32, u64>,
+) {
     let mut per_ns: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
     for (&pid, c) in deltas.iter() {
         if pid != UNATTRIBUTED && (c.tw_overflows > 0 || c.time_wait_created > 0) {
-            if let Some(ns) = host.netns(pid) {
+            let ns = host.netns(pid).or_else(|| host.tw_table(pid).map(|t| t.netns).filter(|&n| n != 0));
+            if let Some(ns) = ns {
                 per_ns.entry(ns).or_default().push(pid);
             }
         }
     }
-    for (ns, pids) in per_ns {
-        let Some(d) = by_ns.get(&ns) else { continue };
-        let truth = d.get("TCPTimeWaitOverflow").copied().unwrap_or(0);
+    // Only namespaces polled now carry anything on: a carry is one poll old at most.
+    let old = std::mem::take(carry);
+    for (&ns, d) in by_ns {
+        let growth = d.get("TCPTimeWaitOverflow").copied().unwrap_or(0);
+        let carried = old.get(&ns).copied().unwrap_or(0);
+        let pids = per_ns.remove(&ns).unwrap_or_default();
         let mut pairs: Vec<(u64, u64)> =
             pids.iter().map(|p| (deltas[p].time_wait_created, deltas[p].tw_overflows)).collect();
-        listeners::reconcile_tw_overflows(&mut pairs, truth);
+        let left = listeners::reconcile_tw_overflows(&mut pairs, carried, growth);
+        if left > 0 {
+            carry.insert(ns, left);
+        }
         for (pid, (tw, ovf)) in pids.iter().zip(pairs) {
             if let Some(c) = deltas.get_mut(pid) {
                 c.time_wait_created = tw;

@@ -25,32 +25,45 @@ pub const NS_COUNTERS: [&str; 6] = [
 ];
 
 /// Makes the inferred tw-bucket overflows of one namespace's processes agree with the
-/// namespace's exact count (TcpExt TCPTimeWaitOverflow growth `truth` over the same interval):
-/// a close taken for an overflow that was a TIME_WAIT, or the reverse, is moved between the
-/// two counters. `counts` holds (TIME_WAITs, overflows) per process; the largest counts are
-/// corrected first.
-pub fn reconcile_tw_overflows(counts: &mut [(u64, u64)], truth: u64) {
+/// namespace's exact count (TcpExt TCPTimeWaitOverflow): a close taken for an overflow that
+/// was a TIME_WAIT, or the reverse, is moved between the two counters. `counts` holds
+/// (TIME_WAITs, overflows) per process for one interval; the largest counts are corrected
+/// first.
+///
+/// TcpExt is read after the kernel's counters, so the namespace's count can run ahead of
+/// them: overflows between the two reads show in this poll's `delta` but in the next
+/// interval's counters. Growth no counted overflow claimed is therefore carried one poll
+/// (`carried`, the return value): a surplus is only taken for TIME_WAITs that were overflows
+/// once the closes it counts must all be in the counters, i.e. when it is carried. Counted
+/// overflows beyond what the namespace counted are never overflows.
+pub fn reconcile_tw_overflows(counts: &mut [(u64, u64)], carried: u64, delta: u64) -> u64 {
     let counted: u64 = counts.iter().map(|c| c.1).sum();
+    let available = carried + delta;
     let mut order: Vec<usize> = (0..counts.len()).collect();
-    if counted > truth {
+    if counted > available {
         order.sort_by_key(|&i| std::cmp::Reverse(counts[i].1));
-        let mut excess = counted - truth;
+        let mut excess = counted - available;
         for i in order {
             let m = excess.min(counts[i].1);
             counts[i].1 -= m;
             counts[i].0 += m;
             excess -= m;
         }
-    } else if counted < truth {
+        return 0;
+    }
+    if counted < carried {
         order.sort_by_key(|&i| std::cmp::Reverse(counts[i].0));
-        let mut missing = truth - counted;
+        let mut missing = carried - counted;
         for i in order {
             let m = missing.min(counts[i].0);
             counts[i].0 -= m;
             counts[i].1 += m;
             missing -= m;
         }
+        return delta;
     }
+    // Claimed first from the carry; what is left of this poll's growth is carried.
+    (available - counted).min(delta)
 }
 
 /// Remembers the counters of the previous poll. Namespaces that existed when conntrace
@@ -210,16 +223,36 @@ mod tests {
     fn inferred_overflows_follow_the_namespace_counter() {
         // The close that took the last slot was taken for an overflow.
         let mut c = [(9, 21)];
-        reconcile_tw_overflows(&mut c, 20);
+        assert_eq!(reconcile_tw_overflows(&mut c, 0, 20), 0);
         assert_eq!(c, [(10, 20)]);
         // A TIME_WAIT expired while the table was full: a success was missed the other way.
+        // The surplus may be overflows not in the counters yet: carried one poll, then moved.
         let mut c = [(5, 3), (2, 0)];
-        reconcile_tw_overflows(&mut c, 4);
-        assert_eq!(c, [(4, 4), (2, 0)]);
+        assert_eq!(reconcile_tw_overflows(&mut c, 0, 4), 1);
+        assert_eq!(c, [(5, 3), (2, 0)]);
+        let mut c = [(3, 0), (1, 0)];
+        assert_eq!(reconcile_tw_overflows(&mut c, 1, 0), 0);
+        assert_eq!(c, [(2, 1), (1, 0)]);
         // Never more moved than there is.
         let mut c = [(0, 1)];
-        reconcile_tw_overflows(&mut c, 5);
+        assert_eq!(reconcile_tw_overflows(&mut c, 5, 0), 0);
         assert_eq!(c, [(0, 1)]);
+    }
+
+    #[test]
+    fn overflows_the_namespace_counted_before_the_counters_saw_them_are_claimed_next_poll() {
+        // A burst of 17 overflows between the counters' read and TcpExt's: no close counted
+        // yet, so all of it is carried...
+        assert_eq!(reconcile_tw_overflows(&mut [], 0, 17), 17);
+        // ...and claimed by the next interval's counts (10 TIME_WAITs, 20 overflows), whose
+        // own poll saw only the last 3.
+        let mut c = [(10, 20)];
+        assert_eq!(reconcile_tw_overflows(&mut c, 17, 3), 0);
+        assert_eq!(c, [(10, 20)]);
+        // Growth this poll's counts did not claim is carried, at most this poll's.
+        let mut c = [(4, 2)];
+        assert_eq!(reconcile_tw_overflows(&mut c, 1, 5), 4);
+        assert_eq!(c, [(4, 2)]);
     }
 
     #[test]

@@ -27,6 +27,8 @@ struct FakeHost {
     net: BTreeMap<u32, NetFacts>,
     /// What the next listener poll returns.
     poll: Option<ListenPoll>,
+    /// The namespace the kernel recorded with a process's tw-bucket overflows.
+    tw_netns: BTreeMap<u32, u32>,
     nofile_reads: u32,
     net_reads: u32,
 }
@@ -63,8 +65,9 @@ impl Host for FakeHost {
     fn tcp_mem(&mut self) -> TcpMem {
         TcpMem::default()
     }
-    fn tw_table(&mut self, _pid: u32) -> Option<crate::diagnosis::verdict::TwTable> {
-        None
+    fn tw_table(&mut self, pid: u32) -> Option<crate::diagnosis::verdict::TwTable> {
+        let netns = *self.tw_netns.get(&pid)?;
+        Some(crate::diagnosis::verdict::TwTable { count: 10, max: 10, netns, _pad: 0 })
     }
     fn poll_listeners(&mut self, _watched: &[u32]) -> ListenPoll {
         self.poll.take().unwrap_or(ListenPoll { dropped: Vec::new(), by_ns: BTreeMap::new() })
@@ -306,6 +309,34 @@ fn inferred_tw_overflows_are_corrected_by_the_namespace_count_only_when_inferred
         let c = &out.samples[0].counts;
         assert_eq!((c.time_wait_created, c.tw_overflows), want, "infer_tw = {infer}");
     }
+}
+
+#[test]
+fn overflows_counted_by_the_namespace_before_the_counters_are_claimed_by_an_exited_client() {
+    let mut host = FakeHost::default().with(9, "churn", nofile(1024, 10));
+    let mut s = Session::new(Filter::default(), Duration::from_secs(1), Snapshot::new(), BTreeMap::new(), true);
+    // 17 overflows happened between the counters' read and TcpExt's.
+    let poll = |n: u64| ListenPoll { dropped: Vec::new(), by_ns: [(NS, [("TCPTimeWaitOverflow", n)].into())].into() };
+    host.poll = Some(poll(17));
+    let out = step(&mut s, &mut host, [(key(9, kind::CONNECT_ATTEMPT), 30)].into(), BTreeMap::new(), 1);
+    assert_eq!(out.samples[0].counts.tw_overflows, 0);
+    // The next read has all 30 closes, inferred right (10 + 20); this poll saw 3.
+    host.poll = Some(poll(3));
+    let cur = |tw: u64, ovf: u64| -> Snapshot {
+        [(key(9, kind::CONNECT_ATTEMPT), 30), (key(9, kind::TIME_WAIT), tw), (key(9, kind::TW_OVERFLOW), ovf)].into()
+    };
+    let out = step(&mut s, &mut host, cur(10, 20), BTreeMap::new(), 2);
+    let c = &out.samples[0].counts;
+    assert_eq!((c.time_wait_created, c.tw_overflows), (10, 20));
+    // Two more closes taken for overflows (a TIME_WAIT expired at the limit), which the
+    // namespace did not count; the client has exited by the end of the interval: it is
+    // placed by the namespace the kernel recorded with its overflows.
+    host.procs.remove(&9);
+    host.tw_netns.insert(9, NS);
+    host.poll = Some(poll(0));
+    let out = step(&mut s, &mut host, cur(10, 22), BTreeMap::new(), 3);
+    let c = &out.samples[0].counts;
+    assert_eq!((c.time_wait_created, c.tw_overflows), (2, 0));
 }
 
 #[test]
