@@ -40,7 +40,8 @@ enum Task {
         /// Watchdog per boot, seconds.
         #[arg(long, default_value_t = 900)]
         timeout: u64,
-        /// Run only this integration test (exact name).
+        /// Run only this integration test (exact name), or with `part*` the tests whose name
+        /// contains `part`.
         #[arg(long)]
         only: Option<String>,
         /// Run the tests this many times in each boot (to measure how often a test fails).

@@ -153,7 +153,14 @@ fn in_progress(o: *mut SockOwner, sk: u64, tgid: u32, comm: &[u8; COMM_LEN]) {
 #[inline(always)]
 fn failed(sk: u64, tgid: u32, tid: u32, err: u16, inf: &Inflight, comm: &[u8; COMM_LEN]) {
     let port_failure = err == EADDRNOTAVAIL && inf.closed_in_connect == 1;
-    if port_failure && role_on(role::PORT_VIA_SET_STATE) {
+    // Without the set_state port role, inet_hash_connect's own return hook counts the
+    // failure and sets port_event_sent. That hook can be skipped for a call in flight: when
+    // another BPF program attaches to or detaches from the function, bpf_tramp_image_put()
+    // patches the old trampoline to skip its fexit programs (a task sleeping in the port
+    // search's locks on PREEMPT_RT is in flight long enough), and a kretprobe can run out of
+    // instances. The socket going SYN_SENT→CLOSE inside connect() with EADDRNOTAVAIL is the
+    // port search failing (tcp_v4_connect/tcp_v6_connect's failure path): count it here then.
+    if port_failure && (role_on(role::PORT_VIA_SET_STATE) || inf.port_event_sent == 0) {
         if let Some(mut e) = new_event(event::kind::PORT_ASSIGN_FAILURE, tgid, tid, err, comm) {
             fill_from_inflight(&mut e, inf);
             e.submit(0);

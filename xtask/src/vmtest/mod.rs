@@ -169,7 +169,15 @@ fn guest_script(stage: &Path, mode: &str, exes: &BTreeMap<String, PathBuf>, opts
         script.push_str(&format!("export CONNTRACE_ATTACH_MODE={mode}\n"));
     }
     script.push_str(&format!("echo \"kernel $(uname -r)\" > {r}\n", r = results.display()));
-    let filter = opts.only.as_deref().map(|t| format!(" --exact {t}")).unwrap_or_default();
+    // `name*`: every test whose name contains `name`, two at a time as in the full run (a race
+    // between two tests' conntrace instances only shows so).
+    let filter = match opts.only.as_deref() {
+        Some(t) => match t.strip_suffix('*') {
+            Some(part) => format!(" {part}"),
+            None => format!(" --exact {t}"),
+        },
+        None => String::new(),
+    };
     script.push_str(&format!("for run in $(seq {}); do\n", opts.repeat.max(1)));
     for exe in exes.values() {
         // --show-output: passing tests' output too, where a test says it SKIPPED.
@@ -232,7 +240,7 @@ pub struct Options {
     pub mode: String,
     /// Watchdog per boot, seconds.
     pub timeout: u64,
-    /// Run only this test (exact name), e.g. to chase a failure.
+    /// Run only this test (exact name; `part*`: the tests whose name contains `part`).
     pub only: Option<String>,
     /// Run the tests this many times in each boot.
     pub repeat: u32,
