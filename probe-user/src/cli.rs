@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-pub use crate::domain::status::AttachMode;
+pub use crate::domain::status::{AttachMode, SyscallHooks};
 
 #[derive(Parser, Debug)]
 #[command(name = "conntrace", version, about = "Explains why a Linux server stops accepting or opening connections")]
@@ -52,12 +52,17 @@ pub struct WatchArgs {
     /// Which hooks to use.
     #[arg(long, value_enum, default_value = "auto", env = "CONNTRACE_ATTACH_MODE")]
     pub attach_mode: AttachMode,
-    /// Never attach system-call tracepoints. On kernels without fentry/fexit they are the only
-    /// exact hooks for EMFILE/ENFILE, failed bind() calls, connect() errors returned before a
-    /// SYN is sent, and accepting processes; but while one is attached, every system call of
-    /// every process on the host takes the kernel's slow path. Without them those signals are
-    /// off or approximate (`status` says which); on kernels with fexit nothing changes.
-    #[arg(long)]
+    /// When to attach system-call tracepoints. On kernels without fentry/fexit they are the
+    /// only exact hooks for EMFILE/ENFILE, failed bind() calls, connect() errors returned before
+    /// a SYN is sent, and accepting processes; but while one is attached, every system call of
+    /// every process on the host takes the kernel's slow path (a getppid loop loses ~14%).
+    /// `on-demand` attaches the fd-failure hook only while a process is near its RLIMIT_NOFILE;
+    /// `always` is exact everywhere; `never` leaves those signals off. On kernels with fexit
+    /// nothing changes: no signal needs one there.
+    #[arg(long, value_enum, default_value = "on-demand", env = "CONNTRACE_SYSCALL_HOOKS")]
+    pub syscall_hooks: SyscallHooks,
+    /// Same as --syscall-hooks never.
+    #[arg(long, conflicts_with = "syscall_hooks")]
     pub light: bool,
     /// Failure events per second and per (process, kind) to print; the counts stay exact.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=100_000))]
@@ -66,6 +71,17 @@ pub struct WatchArgs {
     /// from the kernel's BPF run-time statistics (enabled for the duration of the run).
     #[arg(long)]
     pub bpf_stats: bool,
+}
+
+impl WatchArgs {
+    /// `--syscall-hooks`, with `--light` for `never`.
+    pub fn syscall_hooks(&self) -> SyscallHooks {
+        if self.light {
+            SyscallHooks::Never
+        } else {
+            self.syscall_hooks
+        }
+    }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -105,6 +121,20 @@ mod tests {
         assert_eq!(w.duration, Some(Duration::from_secs(3)));
         assert!(w.json);
         assert_eq!(w.attach_mode, AttachMode::Auto);
+        assert_eq!(w.syscall_hooks(), SyscallHooks::OnDemand);
+    }
+
+    #[test]
+    fn light_is_syscall_hooks_never() {
+        let parse = |a: &[&str]| match Cli::try_parse_from(a).map(|c| c.command) {
+            Ok(Command::Watch(w)) => Ok(w.syscall_hooks()),
+            Ok(_) => panic!("not watch"),
+            Err(e) => Err(e.kind()),
+        };
+        assert_eq!(parse(&["conntrace", "watch", "--light"]), Ok(SyscallHooks::Never));
+        assert_eq!(parse(&["conntrace", "watch", "--syscall-hooks", "always"]), Ok(SyscallHooks::Always));
+        assert!(parse(&["conntrace", "watch", "--light", "--syscall-hooks", "always"]).is_err());
+        assert!(parse(&["conntrace", "watch", "--syscall-hooks", "sometimes"]).is_err());
     }
 
     #[test]

@@ -162,6 +162,7 @@ fn status_record() {
         exact,
         hooks: hooks.iter().map(|h| h.to_string()).collect(),
         note: note.map(str::to_string),
+        armed: None,
     };
     let s = Status {
         kernel: "6.12.117+deb12-amd64".into(),

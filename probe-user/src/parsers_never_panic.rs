@@ -108,6 +108,7 @@ proptest! {
             let _ = tpformat::parse(t);
             let _ = procinfo::parse_nofile(t);
             let _ = procinfo::parse_cap_eff(t);
+            let _ = procinfo::parse_fd_table_size(t);
             let _ = facts::parse_ct_stat(t);
             let _ = facts::parse_port_range(t);
             let _ = facts::parse_reserved(t);

@@ -36,7 +36,7 @@ fn light_attaches_no_system_call_tracepoint() {
     }
 }
 
-/// On kernels with fexit, the default already needs no system-call tracepoint.
+/// On kernels with fexit, the default (on-demand) needs no system-call tracepoint at all.
 #[test]
 fn auto_mode_on_fexit_kernels_attaches_no_system_call_tracepoint() {
     if !require_root("auto_mode_on_fexit_kernels_attaches_no_system_call_tracepoint") {
@@ -51,7 +51,7 @@ fn auto_mode_on_fexit_kernels_attaches_no_system_call_tracepoint() {
         );
         return;
     }
-    let lines = Conntrace::start(&[]).stop();
+    let lines = Conntrace::start(&["--syscall-hooks", "on-demand"]).stop();
     assert_eq!(syscall_hooks(&lines), Vec::<String>::new(), "{}", status(&lines));
 }
 

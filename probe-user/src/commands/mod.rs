@@ -1,6 +1,7 @@
 //! The commands: each wires a source to diagnosis and sinks (`watch`: the live kernel probe;
 //! `check`: one read of the machine's limits).
 
+pub mod arming;
 pub mod check;
 pub mod event_facts;
 pub mod evidence;

@@ -16,6 +16,7 @@ use tokio::{
 use crate::{
     cli::WatchArgs,
     commands::{
+        arming::LiveArming,
         filter::Filter,
         host::LiveHost,
         listen_poll::ListenPoller,
@@ -61,7 +62,7 @@ pub async fn watch(args: WatchArgs) -> Result<()> {
     } else {
         None
     };
-    let mut probe = Probe::load(args.attach_mode, args.events_per_sec, args.light)?;
+    let mut probe = Probe::load(args.attach_mode, args.events_per_sec, args.syscall_hooks())?;
     let ring = probe.take_events()?;
     // SAFETY: the ring buffer's fd stays open for as long as `ring` lives, which outlives the
     // registration (both are dropped at the end of this function, the AsyncFd first).
@@ -115,6 +116,8 @@ pub async fn watch(args: WatchArgs) -> Result<()> {
 /// listen counters' baselines, when the interval began.
 struct Watch {
     session: Session,
+    /// The fd hook attached on demand, when it is.
+    arming: Option<LiveArming>,
     status: Status,
     listen: ListenPoller,
     last: Instant,
@@ -130,8 +133,14 @@ impl Watch {
             probe.status.signal(Signal::TwOverflow).is_some_and(|s| matches!(s.mode, Mode::TpBtf | Mode::Tracepoint));
         let filter = Filter { pids: args.pids.iter().copied().collect(), comms: args.comms.clone() };
         let session = Session::new(filter, args.interval, probe.snapshot()?, probe.dest_snapshot()?, infer_tw);
-        let mut st =
-            Watch { session, status: probe.status.clone(), listen: ListenPoller::default(), last: Instant::now() };
+        let arming = probe.fd_on_demand().then(LiveArming::default);
+        let mut st = Watch {
+            session,
+            arming,
+            status: probe.status.clone(),
+            listen: ListenPoller::default(),
+            last: Instant::now(),
+        };
         st.listen.baseline();
         st.refresh_status(probe)?;
         Ok(st)
@@ -171,7 +180,15 @@ fn end_interval<W: Write>(
     out.samples(&step.samples)?;
     out.verdicts(&step.verdicts)?;
     probe.sweep_inflight()?;
-    if st.refresh_status(probe)? {
+    let mut changed = st.refresh_status(probe)?;
+    if let Some(a) = st.arming.as_mut() {
+        let want = a.tick(&step.samples, interval_s, st.session.filter());
+        if probe.arm_fd(want)? {
+            st.status.signals = probe.status.signals.clone();
+            changed = true;
+        }
+    }
+    if changed {
         out.status(&st.status)?;
     }
     Ok(())

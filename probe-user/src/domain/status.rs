@@ -35,16 +35,23 @@ pub struct SignalStatus {
     pub hooks: Vec<String>,
     /// Why a preferred hook was not used, or what this mode cannot see.
     pub note: Option<String>,
+    /// Attached on demand (`--syscall-hooks on-demand`): whether it is attached now.
+    pub armed: Option<bool>,
 }
 
 impl SignalStatus {
     pub fn unavailable(note: impl Into<String>) -> Self {
-        SignalStatus { mode: Mode::Unavailable, exact: false, hooks: Vec::new(), note: Some(note.into()) }
+        SignalStatus { mode: Mode::Unavailable, exact: false, hooks: Vec::new(), note: Some(note.into()), armed: None }
     }
 
-    /// What the signal's hooks cost the rest of the host: the dearest of them.
+    /// What the signal's hooks cost the rest of the host: the dearest of them (a system-call
+    /// hook attached on demand costs only while attached).
     pub fn host_cost(&self) -> HostCost {
-        self.hooks.iter().map(|h| HostCost::of_hook(h)).max().unwrap_or(HostCost::None)
+        let cost = self.hooks.iter().map(|h| HostCost::of_hook(h)).max().unwrap_or(HostCost::None);
+        match (cost, self.armed) {
+            (HostCost::SyscallSlowPath, Some(false)) => HostCost::SyscallSlowPathWhenArmed,
+            _ => cost,
+        }
     }
 }
 
@@ -59,6 +66,8 @@ pub enum HostCost {
     PerEvent,
     /// A breakpoint trap on each call of the hooked function (kprobe, kretprobe).
     TrapPerCall,
+    /// A system-call tracepoint attached on demand and detached now: nothing until attached.
+    SyscallSlowPathWhenArmed,
     /// A system-call tracepoint: while one is attached, every system call of every process
     /// takes the kernel's slow path (syscall_regfunc sets SYSCALL_WORK_SYSCALL_TRACEPOINT on
     /// every thread), whether or not a program runs for it.
@@ -85,12 +94,26 @@ impl HostCost {
             HostCost::Polled => "polled",
             HostCost::PerEvent => "per_event",
             HostCost::TrapPerCall => "trap_per_call",
+            HostCost::SyscallSlowPathWhenArmed => "every_syscall_while_armed",
             HostCost::SyscallSlowPath => "every_syscall",
         }
     }
 }
 
 pub use probe_common::signal::Signal;
+
+/// When `watch` may attach system-call tracepoints (`--syscall-hooks`). They matter only on
+/// kernels without fentry/fexit, where they are the exact hooks for some signals.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SyscallHooks {
+    /// Never: those signals are off or approximate.
+    Never,
+    /// The fd-failure hook only, attached while some process nears its RLIMIT_NOFILE.
+    OnDemand,
+    /// Always, for every signal that needs one: exact, but every system call of every
+    /// process on the host takes the slow path.
+    Always,
+}
 
 /// Which hook families `watch --attach-mode` allows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -5,7 +5,7 @@
 use probe_common::config::{arity, role};
 
 use super::ladder::{Family, Hook, Rung};
-use crate::domain::status::{Mode, SignalStatus};
+use crate::domain::status::{Mode, SignalStatus, SyscallHooks};
 
 pub const KRETPROBE_NOTE: &str = "approximate: a kprobe that fires while another BPF kprobe runs on the same CPU is \
      skipped by the kernel, and a kretprobe is missed when more calls are in flight than its instances (both \
@@ -13,8 +13,18 @@ pub const KRETPROBE_NOTE: &str = "approximate: a kprobe that fires while another
 
 const NO_FD_WALK: &str = "kernel BTF lacks the fd→socket offsets";
 
-/// Why a system-call tracepoint rung is not tried.
-pub const LIGHT: &str = "--light: no system-call tracepoint (each one slows every system call on the host)";
+/// Why a system-call tracepoint rung is not tried: `--syscall-hooks never` (`--light`).
+pub const LIGHT: &str = "--light (--syscall-hooks never): no system-call tracepoint (each one slows every system call \
+     on the host)";
+/// Why a system-call tracepoint rung is not tried: `--syscall-hooks on-demand`, the default.
+pub const ON_DEMAND: &str = "no system-call tracepoint by default (each one slows every system call on the host); \
+     --syscall-hooks always attaches it";
+
+/// While attached on demand, the fd hook's note.
+pub const FD_ON_DEMAND: &str = "system calls that returned EMFILE/ENFILE, counted only while the hook is attached \
+     (armed): from when a process holds half its RLIMIT_NOFILE, or would reach it within 10 s at its current rate, \
+     until none has for 10 s; failures while it is detached are not counted (--syscall-hooks always: always \
+     attached, exact)";
 
 /// What the running kernel offers that some rungs depend on.
 pub struct Kernel<'a> {
@@ -28,8 +38,8 @@ pub struct Kernel<'a> {
     pub set_state: Option<&'a (Mode, String)>,
     /// connect's status, once its ladder was climbed.
     pub connect: Option<&'a SignalStatus>,
-    /// System-call tracepoints may be attached (not `--light`).
-    pub syscall_tracepoints: bool,
+    /// When system-call tracepoints may be attached.
+    pub syscall_hooks: SyscallHooks,
 }
 
 fn fexit(prog: &'static str, func: &'static str, arity: usize) -> Hook {
@@ -96,7 +106,7 @@ pub fn connect(k: &Kernel) -> Vec<Rung> {
             "connect(2) system calls; io_uring connects are not seen",
         )
         .blocked_unless(k.fd_walk, NO_FD_WALK)
-        .blocked_unless(k.syscall_tracepoints, LIGHT),
+        .blocked_unless(k.syscall_hooks == SyscallHooks::Always, k.why_no_syscall_hook()),
         via_set_state_rung(
             k,
             "connects that reach SYN_SENT, by any path; errors returned before a SYN is sent (no route, an unusable \
@@ -133,7 +143,7 @@ pub fn accept_owner(k: &Kernel) -> Vec<Rung> {
             "",
         )
         .blocked_unless(k.fd_walk, NO_FD_WALK)
-        .blocked_unless(k.syscall_tracepoints, LIGHT),
+        .blocked_unless(k.syscall_hooks == SyscallHooks::Always, k.why_no_syscall_hook()),
         via_set_state_rung(
             k,
             "accepted sockets are the listen() caller's (fork-shared listeners: the process that called listen()) \
@@ -229,32 +239,48 @@ pub fn time_wait(k: &Kernel) -> Vec<Rung> {
 }
 
 pub fn fd_alloc(k: &Kernel) -> Vec<Rung> {
-    vec![
-        Rung::new(
-            Mode::Fexit,
-            Family::Fexit,
-            "fexit",
-            vec![
-                fexit("fd_fexit_alloc_fd", "alloc_fd", arity::ALLOC_FD),
-                fexit("fd_fexit_alloc_file", "alloc_empty_file", arity::ALLOC_EMPTY_FILE),
-            ],
-            "every fd/file allocation failure, including kernel-internal ones",
-        ),
+    let fexit = Rung::new(
+        Mode::Fexit,
+        Family::Fexit,
+        "fexit",
+        vec![
+            fexit("fd_fexit_alloc_fd", "alloc_fd", arity::ALLOC_FD),
+            fexit("fd_fexit_alloc_file", "alloc_empty_file", arity::ALLOC_EMPTY_FILE),
+        ],
+        "every fd/file allocation failure, including kernel-internal ones",
+    );
+    let sys_exit = |note: &'static str| {
         Rung::new(
             Mode::RawTracepoint,
             Family::Tracepoint,
             "raw_tracepoint",
             vec![Hook::RawTp { prog: "fd_sys_exit", tp: "sys_exit" }],
-            "system calls that returned EMFILE/ENFILE, i.e. what applications saw",
+            note,
         )
         .role(role::FD_VIA_SYS_EXIT)
-        .blocked_unless(k.syscall_tracepoints, LIGHT),
-        kprobe_rung(vec![
-            kprobe("fd_kprobe_alloc_fd", "alloc_fd"),
-            kprobe("fd_kretprobe_alloc_fd", "alloc_fd"),
-            kprobe("fd_kretprobe_alloc_file", "alloc_empty_file"),
-        ]),
-    ]
+    };
+    let kprobes = kprobe_rung(vec![
+        kprobe("fd_kprobe_alloc_fd", "alloc_fd"),
+        kprobe("fd_kretprobe_alloc_fd", "alloc_fd"),
+        kprobe("fd_kretprobe_alloc_file", "alloc_empty_file"),
+    ]);
+    match k.syscall_hooks {
+        SyscallHooks::Always => {
+            vec![fexit, sys_exit("system calls that returned EMFILE/ENFILE, i.e. what applications saw"), kprobes]
+        }
+        // kprobes cost only the calls they hook: before a hook that is attached only sometimes.
+        SyscallHooks::OnDemand => vec![fexit, kprobes, sys_exit(FD_ON_DEMAND).partial()],
+        SyscallHooks::Never => vec![fexit, sys_exit("").blocked_unless(false, LIGHT), kprobes],
+    }
+}
+
+impl Kernel<'_> {
+    fn why_no_syscall_hook(&self) -> &'static str {
+        match self.syscall_hooks {
+            SyscallHooks::Never => LIGHT,
+            _ => ON_DEMAND,
+        }
+    }
 }
 
 /// Failed bind() calls on TCP sockets.
@@ -277,7 +303,7 @@ pub fn bind(k: &Kernel) -> Vec<Rung> {
             "bind(2) system calls",
         )
         .blocked_unless(k.fd_walk, NO_FD_WALK)
-        .blocked_unless(k.syscall_tracepoints, LIGHT),
+        .blocked_unless(k.syscall_hooks == SyscallHooks::Always, k.why_no_syscall_hook()),
         kprobe_rung(vec![kprobe("bind_kprobe_v4", "inet_bind"), kprobe("bind_kretprobe_v4", "inet_bind")])
             .optional(vec![kprobe("bind_kprobe_v6", "inet6_bind"), kprobe("bind_kretprobe_v6", "inet6_bind")]),
     ]

@@ -202,7 +202,8 @@ pub fn climb(a: &mut dyn Attacher, rungs: &[Rung], allowed: Allowed, mode: Attac
                 // firing while another of them runs on that CPU is skipped.
                 let exact = r.mode != Mode::Kprobe && !r.partial;
                 let note = join(&note, &if why.is_empty() { String::new() } else { format!("not {}", why.join("; ")) });
-                let status = SignalStatus { mode: r.mode, exact, hooks, note: (!note.is_empty()).then_some(note) };
+                let status =
+                    SignalStatus { mode: r.mode, exact, hooks, note: (!note.is_empty()).then_some(note), armed: None };
                 return Climbed { status, roles: r.role.into_iter().collect() };
             }
             Err(e) => why.push(format!("{}: {e}", r.label)),

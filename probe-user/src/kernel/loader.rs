@@ -6,7 +6,10 @@ use std::path::Path;
 
 use anyhow::{anyhow, Context as _, Result};
 use aya::{
-    programs::{BtfTracePoint, FEntry, FExit, KProbe, ProgramError, RawTracePoint, TracePoint},
+    programs::{
+        raw_trace_point::RawTracePointLinkId, BtfTracePoint, FEntry, FExit, KProbe, ProgramError, RawTracePoint,
+        TracePoint,
+    },
     Btf, Ebpf,
 };
 
@@ -77,6 +80,8 @@ pub(super) struct Loader<'a> {
     /// Hook families to pretend the kernel refuses (`CONNTRACE_SKIP_HOOKS`), so tests can
     /// prove every fallback level on a kernel that would take the preferred one.
     pub(super) skip: Vec<String>,
+    /// Raw tracepoint links by program, so that one attached on demand can be detached.
+    pub(super) raw_links: Vec<(String, RawTracePointLinkId)>,
 }
 
 impl Loader<'_> {
@@ -152,7 +157,8 @@ impl Loader<'_> {
         self.skipped("raw_tracepoint")?;
         let p: &mut RawTracePoint = self.ebpf.program_mut(prog).context("program missing")?.try_into()?;
         p.load()?;
-        p.attach(tp)?;
+        let link = p.attach(tp)?;
+        self.raw_links.push((prog.to_string(), link));
         Ok(format!("raw_tracepoint/{tp}"))
     }
 

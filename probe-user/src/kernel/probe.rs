@@ -7,6 +7,7 @@ use std::{collections::BTreeMap, os::fd::AsFd};
 use anyhow::{bail, Context as _, Result};
 use aya::{
     maps::{Array, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    programs::{raw_trace_point::RawTracePointLinkId, RawTracePoint},
     Btf, Ebpf, EbpfLoader,
 };
 use probe_common::{
@@ -23,7 +24,7 @@ use super::{
 };
 use crate::{
     domain::model::Snapshot,
-    domain::status::AttachMode,
+    domain::status::{AttachMode, SyscallHooks},
     domain::status::{Losses, Mode, ProgramStats, Signal, SignalStatus, Status},
     kernel::offsets,
     system::procinfo,
@@ -37,7 +38,16 @@ pub struct Probe {
     pub status: Status,
     /// In-flight connect records of exited threads removed by `sweep_inflight`.
     returns_swept: u64,
+    /// The fd hook attached on demand (`--syscall-hooks on-demand`): its link while attached.
+    fd_on_demand: Option<FdOnDemand>,
 }
+
+struct FdOnDemand {
+    link: Option<RawTracePointLinkId>,
+}
+
+/// The raw tracepoint program that counts EMFILE/ENFILE at system-call exit.
+const FD_SYS_EXIT: (&str, &str) = ("fd_sys_exit", "sys_exit");
 
 /// Climbs every hooked signal's ladder, in the order their rungs depend on each other
 /// (inet_sock_set_state, then connect, then the fallbacks built on both). Returns the
@@ -47,7 +57,7 @@ fn attach_signals(
     mode: AttachMode,
     c: &probe_common::config::Config,
     has_btf: bool,
-    light: bool,
+    syscall_hooks: SyscallHooks,
 ) -> (Vec<(Signal, SignalStatus)>, Vec<u32>) {
     // Without the socket offsets no network hook can tell TCP sockets apart.
     let sock_ok = has(&[c.sk_family, c.socket_sk, c.socket_type]);
@@ -80,7 +90,7 @@ fn attach_signals(
         netfilter_drop: c.skb_sk != OFFSET_MISSING && c.drop_reason_netfilter != OFFSET_MISSING,
         set_state: set_state.as_ref(),
         connect: None,
-        syscall_tracepoints: !light,
+        syscall_hooks,
     };
 
     let mut connect = climb(l, hooks::connect(&k), net, mode, &mut roles);
@@ -119,6 +129,26 @@ fn attach_signals(
         (Signal::NetfilterDrop, nf_drop),
     ];
     (signals, roles)
+}
+
+/// The fd hook, when the ladder took the system-call rung: detached until a process nears its
+/// limit (see [`Probe::arm_fd`]); it stays loaded, so attaching it later cannot fail
+/// verification.
+fn on_demand(l: &mut Loader, signals: &mut [(Signal, SignalStatus)]) -> Result<Option<FdOnDemand>> {
+    let Some((_, fd)) = signals.iter_mut().find(|(s, _)| *s == Signal::FdAlloc) else { return Ok(None) };
+    if fd.mode != Mode::RawTracepoint {
+        return Ok(None);
+    }
+    let Some(i) = l.raw_links.iter().position(|(p, _)| p == FD_SYS_EXIT.0) else { return Ok(None) };
+    let (_, link) = l.raw_links.swap_remove(i);
+    raw_tp(&mut l.ebpf)?.detach(link).context("detaching the fd hook")?;
+    fd.armed = Some(false);
+    Ok(Some(FdOnDemand { link: None }))
+}
+
+fn raw_tp(ebpf: &mut Ebpf) -> Result<&mut RawTracePoint> {
+    let p: &mut RawTracePoint = ebpf.program_mut(FD_SYS_EXIT.0).context("fd_sys_exit program")?.try_into()?;
+    Ok(p)
 }
 
 /// TIME_WAIT is charged to the socket's owner: say where owners come from (the connect
@@ -160,8 +190,9 @@ fn has(fields: &[u32]) -> bool {
 }
 
 impl Probe {
-    /// Loads the programs and attaches every signal; `light`: no system-call tracepoint.
-    pub fn load(mode: AttachMode, events_per_sec: u32, light: bool) -> Result<Self> {
+    /// Loads the programs and attaches every signal; `syscall_hooks`: when system-call
+    /// tracepoints may be attached.
+    pub fn load(mode: AttachMode, events_per_sec: u32, syscall_hooks: SyscallHooks) -> Result<Self> {
         let kernel = procinfo::kernel_release();
         // BTF feeds both the typed hooks (aya) and the offsets (our reader).
         let aya_btf = Btf::from_sys_fs().ok();
@@ -177,20 +208,22 @@ impl Probe {
         let skip = std::env::var("CONNTRACE_SKIP_HOOKS")
             .map(|v| v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
             .unwrap_or_default();
-        let mut l = Loader { ebpf, btf: aya_btf.as_ref(), types: our_btf.as_ref(), skip };
+        let mut l = Loader { ebpf, btf: aya_btf.as_ref(), types: our_btf.as_ref(), skip, raw_links: Vec::new() };
 
-        let (signals, roles) = attach_signals(&mut l, mode, &c, aya_btf.is_some(), light);
+        let (mut signals, roles) = attach_signals(&mut l, mode, &c, aya_btf.is_some(), syscall_hooks);
+        let fd_on_demand =
+            if syscall_hooks == SyscallHooks::OnDemand { on_demand(&mut l, &mut signals)? } else { None };
         if signals.iter().all(|(_, s)| s.mode == Mode::Unavailable) {
             let first = signals[0].1.note.clone().unwrap_or_default();
             bail!("no signal could be attached on this kernel ({first}); try --attach-mode auto");
         }
         // Listen-queue drops come from the kernel's own counters, polled: see `listeners`.
-        let mut signals = signals;
         let polled = |what: &str| {
             SignalStatus {
             mode: Mode::SockDiag,
             exact: true,
             hooks: vec!["sock_diag listeners (sk_drops)".into(), "/proc/net/netstat TcpExt".into()],
+            armed: None,
             note: Some(format!(
                 "{what}, read each interval in every namespace conntrace watches; drops of a listener closed between two reads are counted only in its namespace's TcpExt totals"
             )),
@@ -213,7 +246,32 @@ impl Probe {
             watched: Vec::new(),
             missing_offsets: resolved.missing,
         };
-        Ok(Probe { ebpf, status, returns_swept: 0 })
+        Ok(Probe { ebpf, status, returns_swept: 0, fd_on_demand })
+    }
+
+    /// Attaches (`on`) or detaches the fd hook attached on demand; true when that changed
+    /// something (never without `--syscall-hooks on-demand` and the system-call rung).
+    pub fn arm_fd(&mut self, on: bool) -> Result<bool> {
+        let Some(d) = self.fd_on_demand.as_mut() else { return Ok(false) };
+        if d.link.is_some() == on {
+            return Ok(false);
+        }
+        let p = raw_tp(&mut self.ebpf)?;
+        match d.link.take() {
+            Some(link) => p.detach(link).context("detaching the fd hook")?,
+            None => d.link = Some(p.attach(FD_SYS_EXIT.1).context("attaching the fd hook")?),
+        }
+        for (s, st) in &mut self.status.signals {
+            if *s == Signal::FdAlloc {
+                st.armed = Some(on);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Whether the fd hook is attached on demand (`arm_fd` has something to do).
+    pub fn fd_on_demand(&self) -> bool {
+        self.fd_on_demand.is_some()
     }
 
     /// All counters, summed over CPUs.

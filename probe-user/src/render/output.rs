@@ -15,11 +15,14 @@ use crate::{
 pub fn status_json(ts: SystemTime, s: &Status) -> Value {
     let mut signals = Map::new();
     for (name, sig) in &s.signals {
-        signals.insert(
-            name.name().to_string(),
-            json!({"mode": sig.mode.as_str(), "exact": sig.exact, "hooks": sig.hooks, "note": sig.note,
-                   "host_cost": sig.host_cost().as_str()}),
-        );
+        signals.insert(name.name().to_string(), {
+            let mut v = json!({"mode": sig.mode.as_str(), "exact": sig.exact, "hooks": sig.hooks, "note": sig.note,
+                                   "host_cost": sig.host_cost().as_str()});
+            if let Some(armed) = sig.armed {
+                v["armed"] = armed.into();
+            }
+            v
+        });
     }
     let slowing = s.slowing_every_syscall();
     json!({
@@ -139,6 +142,11 @@ pub fn status_text(s: &Status) -> String {
         if sig.mode != crate::domain::status::Mode::Unavailable {
             let _ = write!(out, " {exact:<11} {}", sig.hooks.join(", "));
         }
+        match sig.armed {
+            Some(true) => out.push_str(" [attached now: a process is near its RLIMIT_NOFILE]"),
+            Some(false) => out.push_str(" [detached until a process nears its RLIMIT_NOFILE]"),
+            None => {}
+        }
         if let Some(n) = &sig.note {
             let _ = write!(out, "  ({n})");
         }
@@ -149,7 +157,7 @@ pub fn status_text(s: &Status) -> String {
         let _ = writeln!(
             out,
             "  host cost: system-call tracepoints ({}) put every system call of every process on the kernel's slow \
-             path while attached; --light does without them",
+             path while attached; --syscall-hooks never (--light) does without them",
             slowing.join(", ")
         );
     }
@@ -317,6 +325,7 @@ mod tests {
                         exact: true,
                         hooks: vec!["tp_btf/inet_sock_set_state".into()],
                         note: None,
+                        armed: None,
                     },
                 ),
                 (Signal::FdAlloc, SignalStatus::unavailable("no hook")),

@@ -57,6 +57,23 @@ pub fn effective_caps() -> u64 {
     fs::read_to_string("/proc/self/status").ok().and_then(|s| parse_cap_eff(&s)).unwrap_or(0)
 }
 
+/// `FDSize` of /proc/PID/status: the slots of the process's fd table (it grows in powers of
+/// two past the highest fd allocated, never shrinks; 64 for a process that never had more).
+pub fn parse_fd_table_size(status: &str) -> Option<u64> {
+    status.lines().find_map(|l| l.strip_prefix("FDSize:")).and_then(|v| v.trim().parse().ok())
+}
+
+/// Every process's fd table size, from /proc (processes that exit meanwhile are skipped).
+pub fn fd_table_sizes() -> Vec<(u32, u64)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            Some((pid, parse_fd_table_size(&status)?))
+        })
+        .collect()
+}
+
 pub fn parse_cap_eff(status: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("CapEff:"))?;
     u64::from_str_radix(line["CapEff:".len()..].trim(), 16).ok()
@@ -115,5 +132,9 @@ Max locked memory         8388608              8388608              bytes
         assert!(exists(me));
         assert!(open_fds(me).unwrap() >= 3);
         assert!(comm(me).is_some());
+        let sizes = fd_table_sizes();
+        let mine = sizes.iter().find(|(p, _)| *p == me).map(|(_, n)| *n).unwrap();
+        assert!(mine >= 64 && mine >= open_fds(me).unwrap(), "{mine}");
+        assert_eq!(parse_fd_table_size("Name:\tx\nFDSize:\t256\nPid: 1\n"), Some(256));
     }
 }

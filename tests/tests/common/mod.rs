@@ -68,9 +68,17 @@ impl Conntrace {
 
     /// Like `start`, with extra environment variables (e.g. CONNTRACE_SKIP_HOOKS).
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Conntrace {
+        // The tests prove every hook exact, system-call tracepoints included (where the kernel
+        // has no fexit): `always` unless the test chooses (light.rs, on_demand.rs).
+        let hooks: &[&str] = if args.iter().any(|a| *a == "--light" || *a == "--syscall-hooks") {
+            &[]
+        } else {
+            &["--syscall-hooks", "always"]
+        };
         let mut child = Command::new(conntrace_bin())
             .envs(env.iter().copied())
             .args(["watch", "--json", "--interval", "200ms"])
+            .args(hooks)
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -3,10 +3,12 @@
 use super::*;
 
 /// Lowers RLIMIT_NOFILE, opens sockets until EMFILE, then keeps trying until `--failures`
-/// attempts have failed.
+/// attempts have failed. With `--ramp N --wait-stdin`: opens N first, says "ready" and waits
+/// for a line on stdin before going on.
 pub(super) fn emfile(args: &[String]) {
     let nofile: u64 = req(args, "--nofile");
     let failures: u64 = req(args, "--failures");
+    let ramp: Option<usize> = arg(args, "--ramp").map(|v| v.parse().expect("bad value for --ramp"));
     let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: get/setrlimit on our own process with a valid struct.
     unsafe {
@@ -17,7 +19,12 @@ pub(super) fn emfile(args: &[String]) {
     let mut fds = Vec::new();
     let mut errors = Errors::new();
     let mut failed = 0;
+    let mut waited = ramp.is_none();
     while failed < failures {
+        if !waited && Some(fds.len()) == ramp {
+            wait_stdin(args);
+            waited = true;
+        }
         // SAFETY: socket(2) with constant arguments.
         let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
         if fd < 0 {

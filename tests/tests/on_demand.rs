@@ -1,0 +1,73 @@
+//! `--syscall-hooks on-demand` (the default): on a kernel without fexit the EMFILE/ENFILE hook
+//! is a system-call tracepoint, attached only while a process is near its RLIMIT_NOFILE, so
+//! the rest of the time nothing slows the system calls of the host.
+
+mod common;
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    process::{Command, Stdio},
+};
+
+use common::*;
+use serde_json::Value;
+
+fn fd_signal(v: &Value) -> &Value {
+    &v["signals"]["fd_alloc"]
+}
+
+fn armed(v: &Value) -> Option<bool> {
+    (v["type"] == "status").then(|| fd_signal(v)["armed"].as_bool()).flatten()
+}
+
+#[test]
+fn the_fd_hook_is_attached_while_a_process_nears_its_limit_and_counts_exactly() {
+    let name = "the_fd_hook_is_attached_while_a_process_nears_its_limit_and_counts_exactly";
+    if !require_root(name) {
+        return;
+    }
+    let mut ct = Conntrace::start(&["--syscall-hooks", "on-demand"]);
+    let first = status(&ct.seen).clone();
+    let fd = fd_signal(&first);
+    if fd["mode"] != "raw_tracepoint" {
+        // fexit or kprobes cost only the calls they hook: nothing to attach on demand.
+        assert!(fd["armed"].is_null(), "{fd}");
+        eprintln!("SKIPPED {name}: fd_alloc runs in {} mode here (no system-call hook needed)", fd["mode"]);
+        ct.stop();
+        return;
+    }
+    assert_eq!(fd["armed"], false, "{fd}");
+    assert_eq!(fd["host_cost"], "every_syscall_while_armed", "{fd}");
+    assert_eq!(first["slows_every_syscall"], serde_json::json!([]), "{first}");
+
+    // A process with 700 of its 1,024 fds open, quiet (no network activity): found by the
+    // scan of the host's fd tables.
+    let mut wl = Command::new(workload_bin())
+        .args(["emfile", "--nofile", "1024", "--ramp", "700", "--wait-stdin", "--failures", "25"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("starting the workload");
+    let mut out = BufReader::new(wl.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("ready line");
+    assert_eq!(line.trim(), "ready");
+    assert!(ct.wait_for(|v| armed(v) == Some(true)), "the hook was never attached: {:?}", ct.seen.last());
+    let on = ct.seen.iter().rev().find(|v| armed(v) == Some(true)).cloned().unwrap();
+    assert_eq!(on["slows_every_syscall"], serde_json::json!(["fd_alloc"]), "{on}");
+
+    // Now the burst: every EMFILE is counted.
+    wl.stdin.take().expect("stdin").write_all(b"go\n").expect("writing to the workload");
+    line.clear();
+    out.read_line(&mut line).expect("report line");
+    let report: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert!(wl.wait().expect("workload exit").success());
+    assert_eq!(report["errors"]["EMFILE"], 25, "{report}");
+    let pid = report["pid"].as_u64().unwrap();
+
+    // Detached again once no process has been near for 10 s.
+    let detached = ct.wait_for(|v| armed(v) == Some(false));
+    let lines = ct.stop();
+    assert_eq!(total(&lines, pid, "emfile"), 25, "{report}");
+    assert!(detached, "still attached 30 s after the process exited");
+}
