@@ -142,9 +142,23 @@ fn light_charges_time_wait_to_whoever_closed_first() {
     let last = lines.iter().rev().find(|v| v["type"] == "status").map(|v| v["lost_updates"].clone());
     let a = serde_json::json!({"workload": a, "time_wait_by_pid": format!("{by_pid:?}"), "lost_updates": last});
     assert_eq!((a["workload"]["ok"].as_u64(), b["ok"].as_u64()), (Some(30), Some(20)), "{a} {b}");
-    assert_eq!(total(&lines, pid(&a["workload"], "pid"), "time_wait_created"), 30, "client closed first: {a}");
+    // A run of the set_state program that starts while it already runs on that CPU (a softirq
+    // interrupting it in process context) is skipped by the kernel and reported in
+    // lost_updates.skipped_runs: then each TIME_WAIT is counted or reported skipped.
+    let skipped = skipped_runs(&lines, "set_state");
+    let counted_or_skipped = |got: u64, want: u64, what: &str| {
+        if skipped == 0 {
+            assert_eq!(got, want, "{what}");
+        } else {
+            eprintln!("{skipped} set_state runs skipped; {got} of {want} TIME_WAITs counted");
+            assert!(got <= want && got + skipped >= want, "{skipped} skipped: {what}");
+        }
+    };
+    let client_tw = total(&lines, pid(&a["workload"], "pid"), "time_wait_created");
+    counted_or_skipped(client_tw, 30, &format!("client closed first: {a}"));
     assert_eq!(total(&lines, pid(&a["workload"], "server_pid"), "time_wait_created"), 0, "{a}");
-    assert_eq!(total(&lines, pid(&b, "server_pid"), "time_wait_created"), 20, "server closed first: {b}");
+    let server_tw = total(&lines, pid(&b, "server_pid"), "time_wait_created");
+    counted_or_skipped(server_tw, 20, &format!("server closed first: {b}"));
     assert_eq!(total(&lines, pid(&b, "pid"), "time_wait_created"), 0, "{b}");
     assert_eq!(total(&lines, 0, "time_wait_created"), 0, "nothing unattributed");
 }
