@@ -72,6 +72,18 @@ enum Task {
         #[arg(long)]
         calibrate: bool,
     },
+    /// conntrace left on under a steady churn: memory, fds, CPU over time; fails when they grow,
+    /// an update is lost or a connection is not counted.
+    Soak {
+        #[arg(long, default_value_t = 30.0)]
+        minutes: f64,
+        /// Connections per second.
+        #[arg(long, default_value_t = 5000)]
+        rate: u32,
+        /// More `conntrace watch` arguments.
+        #[arg(long, default_value = "", allow_hyphen_values = true)]
+        conntrace_args: String,
+    },
 }
 
 mod bench;
@@ -277,6 +289,10 @@ fn main() -> Result<()> {
             };
             let conntrace_args = conntrace_args.split_whitespace().map(String::from).collect();
             bench::bench(&bench::Options { pairs, seconds, workloads, conntrace_args, calibrate })
+        }
+        Task::Soak { minutes, rate, conntrace_args } => {
+            let conntrace_args = conntrace_args.split_whitespace().map(String::from).collect();
+            bench::soak::soak(&bench::soak::Options { minutes, rate, conntrace_args })
         }
         Task::VmTest { kernel, mode, timeout, only, repeat, multi_threaded_tcg } => {
             vmtest::run(&root(), &vmtest::Options { kernel, mode, timeout, only, repeat, multi_threaded_tcg })

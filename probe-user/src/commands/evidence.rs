@@ -2,6 +2,8 @@
 //! (and taken over from what failure events already read). The verdict rules see it only
 //! through `verdict::Evidence`.
 
+use std::collections::BTreeMap;
+
 use crate::{
     commands::{event_facts::EarlyEvidence, host::Host},
     diagnosis::verdict::{Evidence, Nofile, TcpMemFacts, TwTable},
@@ -12,12 +14,14 @@ use crate::{
 pub struct Cached<'h> {
     host: &'h mut dyn Host,
     cache: EarlyEvidence,
+    /// Port sysctls per namespace, for the namespaces whose full facts were not needed.
+    limits: BTreeMap<u32, Result<NetFacts, String>>,
 }
 
 impl<'h> Cached<'h> {
     /// Starts with what was read when the interval's failure events arrived.
     pub fn new(host: &'h mut dyn Host, early: EarlyEvidence) -> Cached<'h> {
-        Cached { host, cache: early }
+        Cached { host, cache: early, limits: BTreeMap::new() }
     }
 
     /// Everything read, so that facts of events not yet counted can wait for their interval.
@@ -41,6 +45,13 @@ impl Evidence for Cached<'_> {
 
     fn net(&mut self, pid: u32, netns: u32) -> Result<NetFacts, String> {
         self.cache.net.entry(netns).or_insert_with(|| self.host.net(pid, netns)).clone()
+    }
+
+    fn port_limits(&mut self, pid: u32, netns: u32) -> Result<NetFacts, String> {
+        if let Some(full) = self.cache.net.get(&netns) {
+            return full.clone();
+        }
+        self.limits.entry(netns).or_insert_with(|| self.host.port_limits(pid, netns)).clone()
     }
 
     fn alive(&mut self, pid: u32) -> bool {

@@ -20,6 +20,8 @@ pub trait Host {
     fn netns(&mut self, pid: u32) -> Option<u32>;
     /// Facts of namespace `netns`, entered through `pid` or any process still in it.
     fn net(&mut self, pid: u32, netns: u32) -> Result<NetFacts, String>;
+    /// Its port sysctls alone (see `verdict::Evidence::port_limits`).
+    fn port_limits(&mut self, pid: u32, netns: u32) -> Result<NetFacts, String>;
     /// (allocated, fs.file-max).
     fn file_nr(&mut self) -> Option<(u64, u64)>;
     /// net.ipv4.tcp_mem and the TCP memory in use (machine-wide).
@@ -46,10 +48,26 @@ pub fn nofile_now(pid: u32) -> Nofile {
 
 /// Facts of namespace `netns`, entered through `pid` or any process still in it.
 pub fn net_now(pid: u32, netns: u32) -> Result<NetFacts, String> {
-    let via = if netdiag::netns_inode(pid) == Some(netns) { Some(pid) } else { netdiag::process_in_netns(netns) };
-    match via {
+    match via(pid, netns) {
         Some(p) => facts::read_net_of(Some(p)).map_err(|e| format!("{e:#}")),
         None => Err(format!("network namespace {netns} is gone (no process left in it)")),
+    }
+}
+
+/// The port sysctls of namespace `netns` (see [`net_now`]).
+pub fn port_limits_now(pid: u32, netns: u32) -> Result<NetFacts, String> {
+    match via(pid, netns) {
+        Some(p) => netdiag::in_netns_of(Some(p), facts::read_port_limits).map_err(|e| format!("{e:#}")),
+        None => Err(format!("network namespace {netns} is gone (no process left in it)")),
+    }
+}
+
+/// A process to enter namespace `netns` through: `pid` if it is still there.
+fn via(pid: u32, netns: u32) -> Option<u32> {
+    if netdiag::netns_inode(pid) == Some(netns) {
+        Some(pid)
+    } else {
+        netdiag::process_in_netns(netns)
     }
 }
 
@@ -72,6 +90,10 @@ impl Host for LiveHost<'_> {
 
     fn net(&mut self, pid: u32, netns: u32) -> Result<NetFacts, String> {
         net_now(pid, netns)
+    }
+
+    fn port_limits(&mut self, pid: u32, netns: u32) -> Result<NetFacts, String> {
+        port_limits_now(pid, netns)
     }
 
     fn file_nr(&mut self) -> Option<(u64, u64)> {

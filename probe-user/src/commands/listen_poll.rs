@@ -88,7 +88,12 @@ impl ListenPoller {
                 e => e,
             };
             let read = netdiag::in_netns_of(enter, read_listen_counters);
-            let Ok((Ok(socks), ext)) = read else { continue };
+            let Ok((Ok(mut socks), ext)) = read else { continue };
+            if self.tracker.needs_requests(ns, &socks, &ext) {
+                if let Ok(Ok(reqs)) = netdiag::in_netns_of(enter, netdiag::request_sockets) {
+                    socks.extend(reqs);
+                }
+            }
             let poll = self.tracker.update(ns, &socks, &ext);
             by_ns.insert(ns, poll.delta);
             let ns_delta = poll.context;

@@ -116,6 +116,18 @@ pub fn read_net() -> NetFacts {
     }
 }
 
+/// The namespace's port sysctls alone: what `read_net` reads without walking every TCP socket
+/// (a sock_diag dump walks the host's whole established hash, TIME_WAITs included).
+pub fn read_port_limits() -> NetFacts {
+    NetFacts {
+        port_range: read("/proc/sys/net/ipv4/ip_local_port_range").and_then(|s| parse_port_range(&s)),
+        reserved: read("/proc/sys/net/ipv4/ip_local_reserved_ports").map(|s| parse_reserved(&s)).unwrap_or_default(),
+        tcp_tw_reuse: read_u64("/proc/sys/net/ipv4/tcp_tw_reuse").map(|v| v as u32),
+        netns: netdiag::ns_link_inode("/proc/thread-self/ns/net"),
+        ..Default::default()
+    }
+}
+
 /// Namespace facts as seen from inside the namespace of `pid` (None: conntrace's own).
 pub fn read_net_of(pid: Option<u32>) -> anyhow::Result<NetFacts> {
     let mut f = netdiag::in_netns_of(pid, read_net)?;

@@ -95,6 +95,21 @@ pub struct NsPoll {
 }
 
 impl Tracker {
+    /// Whether [`Tracker::update`] with these listeners and counters will report a listener,
+    /// and so needs the namespace's request sockets (reading them walks every TCP socket of
+    /// the host): a listener's drops or the namespace's syncookies grew.
+    pub fn needs_requests(&self, netns: u32, listeners: &[TcpSocket], tcp_ext: &BTreeMap<String, u64>) -> bool {
+        let grew = |name: &str| {
+            let before = self.ns.get(&netns).and_then(|m| m.get(name)).copied().unwrap_or(0);
+            tcp_ext.get(name).copied().unwrap_or(0) > before
+        };
+        grew("TCPReqQFullDoCookies")
+            || listeners
+                .iter()
+                .filter(|s| s.state == LISTEN)
+                .any(|l| l.drops.unwrap_or(0) as u64 > self.drops.get(&(netns, l.inode)).copied().unwrap_or(0))
+    }
+
     /// One poll of namespace `netns`: its listeners and request sockets (`socks`) and its
     /// TcpExt counters.
     pub fn update(&mut self, netns: u32, socks: &[TcpSocket], tcp_ext: &BTreeMap<String, u64>) -> NsPoll {
@@ -270,6 +285,18 @@ mod tests {
         // No growth: nothing.
         let p = t.update(7, &[listener(80, 1, 12, 9, 8)], &ext(12));
         assert!(p.listeners.is_empty() && p.delta.is_empty());
+    }
+
+    #[test]
+    fn request_sockets_are_read_only_when_a_listener_reports() {
+        let mut t = Tracker::default();
+        t.baseline(7, &[listener(80, 1, 5, 0, 128)], &ext(5));
+        assert!(!t.needs_requests(7, &[listener(80, 1, 5, 0, 128)], &ext(5)), "nothing grew");
+        assert!(t.needs_requests(7, &[listener(80, 1, 6, 0, 128)], &ext(6)), "a listener dropped");
+        assert!(t.needs_requests(7, &[listener(81, 2, 1, 0, 128)], &ext(5)), "a new listener with drops");
+        let mut cookies = ext(5);
+        cookies.insert("TCPReqQFullDoCookies".into(), 3);
+        assert!(t.needs_requests(7, &[listener(80, 1, 5, 0, 128)], &cookies), "syncookies");
     }
 
     #[test]

@@ -32,8 +32,11 @@ const INET_DIAG_SKMEMINFO: u16 = 7;
 const SK_MEMINFO_DROPS: usize = 8;
 /// Every state.
 const ALL_STATES: u32 = u32::MAX;
-/// LISTEN, and SYN_RECV / NEW_SYN_RECV for request sockets (the SYN queue).
-pub const LISTEN_STATES: u32 = (1 << LISTEN) | (1 << SYN_RECV) | (1 << NEW_SYN_RECV);
+/// LISTEN alone: the kernel answers from its listening hash.
+pub const LISTEN_STATES: u32 = 1 << LISTEN;
+/// SYN_RECV / NEW_SYN_RECV, the request sockets of SYN queues: the kernel walks its whole
+/// established hash (every TCP socket of the host, TIME_WAITs included) to find them.
+pub const REQUEST_STATES: u32 = (1 << SYN_RECV) | (1 << NEW_SYN_RECV);
 
 fn request(family: u8, seq: u32, states: u32, ext: u8) -> Vec<u8> {
     // struct inet_diag_req_v2: family, protocol, ext, pad, states, sockid (48 bytes).
@@ -132,10 +135,16 @@ pub fn tcp_sockets() -> Result<Vec<TcpSocket>> {
     dump(ALL_STATES, 0)
 }
 
-/// Listeners (with their drop counters) and request sockets of the calling thread's network
-/// namespace: a dump filtered in the kernel, cheap however many connections there are.
+/// Listeners (with their drop counters) of the calling thread's network namespace: a dump
+/// of the kernel's listening hash, cheap however many connections there are.
 pub fn listeners() -> Result<Vec<TcpSocket>> {
     dump(LISTEN_STATES, EXT_SKMEMINFO)
+}
+
+/// Request sockets (SYN queues) of the calling thread's network namespace; costs a walk of
+/// every TCP socket of the host, so read only when a listener dropped.
+pub fn request_sockets() -> Result<Vec<TcpSocket>> {
+    dump(REQUEST_STATES, 0)
 }
 
 fn dump(states: u32, ext: u8) -> Result<Vec<TcpSocket>> {

@@ -13,6 +13,7 @@ use anyhow::{bail, Context as _, Result};
 
 use crate::{is_root, output, root, run};
 
+pub mod soak;
 mod workloads;
 
 pub use workloads::Workload;
@@ -43,13 +44,13 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 /// A `conntrace watch --json` running beside a workload.
-struct Traced {
-    child: std::process::Child,
+pub(super) struct Traced {
+    pub(super) child: std::process::Child,
     lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
 }
 
 impl Traced {
-    fn start(conntrace: &Path, args: &[String], stats: bool) -> Result<Traced> {
+    pub(super) fn start(conntrace: &Path, args: &[String], stats: bool) -> Result<Traced> {
         use std::io::BufRead as _;
         if conntrace == Path::new("sleep") {
             let mut child = Command::new("sleep").arg("3600").stdout(std::process::Stdio::piped()).spawn()?;
@@ -73,7 +74,7 @@ impl Traced {
     }
 
     /// User + system CPU time so far.
-    fn cpu(&self) -> Duration {
+    pub(super) fn cpu(&self) -> Duration {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
         // Fields after the command name (which may hold spaces): state is field 3, utime 14,
         // stime 15.
@@ -84,13 +85,13 @@ impl Traced {
     }
 
     /// Resident memory now, in MiB.
-    fn rss_mib(&self) -> f64 {
+    pub(super) fn rss_mib(&self) -> f64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
         status.lines().find_map(|l| field(l, "VmRSS:")).unwrap_or(0.0) / 1024.0
     }
 
     /// SIGTERM; returns everything printed after the first status line.
-    fn stop(mut self) -> Result<Vec<String>> {
+    pub(super) fn stop(mut self) -> Result<Vec<String>> {
         run(Command::new("kill").args(["-TERM", &self.child.id().to_string()]))?;
         let rest: Vec<String> = self.lines.map_while(Result::ok).collect();
         self.child.wait()?;

@@ -59,6 +59,11 @@ impl Host for FakeHost {
         self.net_reads += 1;
         self.net.get(&netns).cloned().ok_or_else(|| format!("network namespace {netns} is gone"))
     }
+    fn port_limits(&mut self, _pid: u32, netns: u32) -> Result<NetFacts, String> {
+        let mut f = self.net.get(&netns).cloned().ok_or_else(|| format!("network namespace {netns} is gone"))?;
+        f.sockets.clear();
+        Ok(f)
+    }
     fn file_nr(&mut self) -> Option<(u64, u64)> {
         Some((10, 100))
     }

@@ -295,13 +295,17 @@ impl Engine {
             if !ev.alive(pid) {
                 continue;
             }
-            let Ok(net) = ev.net(pid, dest.netns) else { continue };
-            let Some(u) = PortUse::of(&net, &dest) else { continue };
             // TIME_WAIT ports toward this destination stay taken for 60 s: at this rate the
-            // range fills when rate × 60 exceeds it, unless connect() may reuse them.
-            if tw_reuse_applies(net.tcp_tw_reuse, dest.addr) || rate * TIME_WAIT_S < u.usable as f64 {
+            // range fills when rate × 60 exceeds it, unless connect() may reuse them. Decided
+            // on the sysctls alone: the sockets are read (a walk of every TCP socket of the
+            // host) only for a prediction.
+            let Ok(limits) = ev.port_limits(pid, dest.netns) else { continue };
+            let Some(room) = PortUse::of(&limits, &dest) else { continue };
+            if tw_reuse_applies(limits.tcp_tw_reuse, dest.addr) || rate * TIME_WAIT_S < room.usable as f64 {
                 continue;
             }
+            let Ok(net) = ev.net(pid, dest.netns) else { continue };
+            let Some(u) = PortUse::of(&net, &dest) else { continue };
             let key = (Cause::TimeWaitPressure, pid, Some(dest.clone()));
             let verdict = time_wait_pressure(pid, ev.comm(pid), now, &dest, rate, &u, &net);
             match self.active.get_mut(&key) {

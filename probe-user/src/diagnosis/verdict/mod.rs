@@ -145,6 +145,11 @@ pub trait Evidence {
     /// Facts of namespace `netns`, entered through `pid` or, if it has exited, any process
     /// still in that namespace. Err says why not (e.g. the namespace is gone).
     fn net(&mut self, pid: u32, netns: u32) -> Result<NetFacts, String>;
+    /// The same namespace's port sysctls alone (range, reserved ports, tcp_tw_reuse), no
+    /// sockets: cheap where `net` walks every TCP socket of the host.
+    fn port_limits(&mut self, pid: u32, netns: u32) -> Result<NetFacts, String> {
+        self.net(pid, netns)
+    }
     /// Whether the process still runs.
     fn alive(&mut self, pid: u32) -> bool;
     /// Network namespace inode of a running process.

@@ -325,17 +325,20 @@ fn time_wait_pressure_predicts_exhaustion_and_healthy_churn_stays_silent() {
     assert_eq!(proof!(out[0], TimeWaitPressure).rate_per_s, 20.0);
     assert_eq!(proof!(out[0], TimeWaitPressure).seconds_left, 2);
 
-    // Same rate where tcp_tw_reuse applies (loopback with 2): silent.
+    // Same rate where tcp_tw_reuse applies (loopback with 2): silent, and the sockets (a walk
+    // of every TCP socket of the host) are not read.
     let mut e = Engine::new(Duration::from_secs(1));
     let mut fake = Fake::new(Ok(net(0, 10, 2)));
     assert!(e.tick(&w, &mut fake).is_empty());
+    assert_eq!(fake.net_calls, 0);
 
-    // Healthy churn: 0.5/s × 60 = 30 < 50 usable: silent.
+    // Healthy churn: 0.5/s × 60 = 30 < 50 usable: silent, sockets not read.
     let mut e = Engine::new(Duration::from_secs(1));
     let mut fake = Fake::new(Ok(net(0, 10, 0)));
     let mut w = Window { now: Some(at(0)), interval_s: 2.0, ..Default::default() };
     w.time_waits.insert((9, dest()), 1);
     assert!(e.tick(&w, &mut fake).is_empty());
+    assert_eq!(fake.net_calls, 0);
 }
 
 #[test]

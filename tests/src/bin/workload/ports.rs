@@ -123,11 +123,19 @@ pub(super) fn async_connects(args: &[String]) {
 pub(super) fn churn(args: &[String]) {
     let addr: SocketAddr = req(args, "--addr");
     let seconds: f64 = req(args, "--seconds");
+    // `--rate N`: at most N connections a second (a steady load for a soak).
+    let rate: Option<f64> = arg(args, "--rate").map(|v| v.parse().expect("bad value for --rate"));
     let l = TcpListener::bind(addr).expect("bind");
     let start = std::time::Instant::now();
     let mut n = 0u64;
     let mut errors = Errors::new();
     while start.elapsed().as_secs_f64() < seconds {
+        if let Some(r) = rate {
+            let ahead = n as f64 / r - start.elapsed().as_secs_f64();
+            if ahead > 0.0 {
+                std::thread::sleep(Duration::from_secs_f64(ahead));
+            }
+        }
         match TcpStream::connect(addr) {
             Ok(c) => {
                 let (s, _) = l.accept().expect("accept");
