@@ -3,7 +3,7 @@
 use crate::accept;
 use crate::connect;
 use crate::shared::count::{bump, bump_dest, current, current_comm, dest_of_sock};
-use crate::shared::kernel::{sk_err, sk_is_tcp, sk_netns, sk_state, sk_tw_table};
+use crate::shared::kernel::{sk_err, sk_identity, sk_is_tcp, sk_netns, sk_state, sk_tw_table};
 use crate::shared::maps::{role_on, OWNERS, RST_SENT, TW_CHARGED, TW_SEEN, TW_TABLES};
 use aya_ebpf::macros::{btf_tracepoint, tracepoint};
 use aya_ebpf::programs::{BtfTracePointContext, TracePointContext};
@@ -61,7 +61,11 @@ pub fn on_set_state(sk: u64, oldstate: i32, newstate: i32) {
         }
         return;
     }
-    let reset_sent = RST_SENT.get_ptr(sk).is_some();
+    // Only sockets in these states are marked (see `on_send_reset`): the lookup is skipped
+    // for every other close.
+    let from_fin =
+        oldstate == tcp_state::FIN_WAIT1 || oldstate == tcp_state::FIN_WAIT2 || oldstate == tcp_state::CLOSING;
+    let reset_sent = from_fin && RST_SENT.get_ptr(sk).is_some();
     if reset_sent {
         let _ = RST_SENT.remove(sk);
     }
@@ -74,14 +78,14 @@ pub fn on_set_state(sk: u64, oldstate: i32, newstate: i32) {
     // tcp_rcv_state_process): then `on_send_reset` retracts what was counted here. The socket
     // is unhashed at this tracepoint on every path (tcp_set_state unhashes before
     // inet_sk_state_store traces), so that cannot tell them apart.
-    if role_on(role::TW_VIA_SET_STATE) {
-        if (oldstate == tcp_state::FIN_WAIT2 || oldstate == tcp_state::CLOSING) && !reset_sent && sk_err(sk) == 0 {
-            let k = tw_outcome(sk);
-            let tgid = if k == kind::TW_OVERFLOW { tw_refused(sk) } else { charge_to_owner(sk, k) };
-            let _ = TW_CHARGED.insert(sk, ((tgid as u64) << 32) | k as u64, 0);
-        } else {
-            let _ = TW_CHARGED.remove(sk);
-        }
+    if role_on(role::TW_VIA_SET_STATE)
+        && (oldstate == tcp_state::FIN_WAIT2 || oldstate == tcp_state::CLOSING)
+        && !reset_sent
+        && sk_err(sk) == 0
+    {
+        let k = tw_outcome(sk);
+        let tgid = if k == kind::TW_OVERFLOW { tw_refused(sk) } else { charge_to_owner(sk, k) };
+        let _ = TW_CHARGED.insert(sk, [((tgid as u64) << 32) | k as u64, sk_identity(sk)], 0);
     }
     // The socket is done: forget its owner, unless connect() is still running in the owner's
     // thread and will settle the outcome itself (connect::exit removes it then).
@@ -104,7 +108,9 @@ fn tw_outcome(sk: u64) -> u16 {
     };
     // SAFETY: a pointer to a live map value returned by the lookup just above, read before any other map call.
     let prev = TW_SEEN.get_ptr(net).map(|p| unsafe { *p });
-    let _ = TW_SEEN.insert(net, count, 0);
+    if prev != Some(count) {
+        let _ = TW_SEEN.insert(net, count, 0);
+    }
     if count < max || prev.is_some_and(|p| count > p) {
         kind::TIME_WAIT
     } else {
@@ -125,9 +131,11 @@ pub fn on_send_reset(sk: u64) {
     } else if st == tcp_state::CLOSE {
         if let Some(v) = TW_CHARGED.get_ptr(sk) {
             // SAFETY: a pointer to a live map value returned by the lookup just above, read before any other map call.
-            let v = unsafe { *v };
+            let [v, ident] = unsafe { *v };
             let _ = TW_CHARGED.remove(sk);
-            bump((v >> 32) as u32, kind::TW_RETRACTED, v as u16, &[0; 16]);
+            if ident == sk_identity(sk) {
+                bump((v >> 32) as u32, kind::TW_RETRACTED, v as u16, &[0; 16]);
+            }
         }
     }
 }

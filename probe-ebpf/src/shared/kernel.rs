@@ -52,6 +52,16 @@ pub fn sk_err(sk: u64) -> u16 {
     read::<i32>(sk, off!(sk_err)).unwrap_or(0) as u16
 }
 
+/// The connection's addresses and ports (`skc_addrpair`, `skc_portpair`: each pair is one
+/// union in struct sock_common, so one read each) folded into one number: tells two
+/// connections apart that the kernel gave the same socket address one after the other.
+#[inline(always)]
+pub fn sk_identity(sk: u64) -> u64 {
+    let addrs = read::<u64>(sk, off!(sk_daddr)).unwrap_or(0);
+    let ports = read::<u32>(sk, off!(sk_dport)).unwrap_or(0);
+    addrs.rotate_left(17) ^ ports as u64
+}
+
 /// Inode number of the socket's network namespace (`ls -l /proc/PID/ns/net` shows it).
 #[inline(always)]
 pub fn sk_netns(sk: u64) -> u32 {

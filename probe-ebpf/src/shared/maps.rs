@@ -61,10 +61,12 @@ pub static BINDS: HashMap<u32, BindCall> = HashMap::with_max_entries(4096, 0);
 pub static RST_SENT: LruHashMap<u64, u8> = LruHashMap::with_max_entries(16384, 0);
 
 /// Sockets whose CLOSE the set_state fallback just counted as TIME_WAIT or overflow:
-/// (tgid << 32 | kind). A reset sent by such a socket after its CLOSE retracts the count.
-/// Replaced or removed at the socket's next CLOSE, so a reused address never inherits it.
+/// [tgid << 32 | kind, the connection's identity (`kernel::sk_identity`)]. A reset sent by
+/// such a socket after its CLOSE retracts the count. A socket later allocated at the same
+/// address is another connection (another identity), so entries are never removed at other
+/// closes (a delete on every close cost more than the rest of the close).
 #[map]
-pub static TW_CHARGED: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
+pub static TW_CHARGED: LruHashMap<u64, [u64; 2]> = LruHashMap::with_max_entries(16384, 0);
 
 /// TIME_WAIT count of each namespace (`struct net *`) at the last close that could enter
 /// TIME_WAIT: tells the close that took the table's last slot from the first one refused.
