@@ -125,6 +125,11 @@ impl Conntrace {
         false
     }
 
+    /// The conntrace process's pid (its /proc/PID/status says its memory).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGTERM, then everything it printed; asserts it exits 0.
     pub fn stop(mut self) -> Vec<Value> {
         // Let one more interval pass so the counts of the workload are in a sample.

@@ -18,12 +18,14 @@ type Errors = BTreeMap<String, u64>;
 mod fds;
 mod listen;
 mod ports;
+mod scale;
 mod tables;
 mod time_wait;
 
 use fds::*;
 use listen::*;
 use ports::*;
+use scale::*;
 use tables::*;
 use time_wait::*;
 
@@ -162,8 +164,11 @@ fn main() {
         Some("ct-fill") => ct_fill(&args),
         Some("getppid") => getppid(&args),
         Some("blocked-connects") => blocked_connects(&args),
+        Some("scale") => scale(&args),
+        Some("procs") => procs(&args),
+        Some("procs-child") => procs_child(&args),
         _ => {
-            eprintln!("usage: conntrace-workload ports|tw|tw-server|emfile|enfile|async|churn|bind-connect|bind-addr|resets|backlog|listen-only|syn-flood|mem-hog|ct-fill|getppid|blocked-connects [options]");
+            eprintln!("usage: conntrace-workload ports|tw|tw-server|emfile|enfile|async|churn|bind-connect|bind-addr|resets|backlog|listen-only|syn-flood|mem-hog|ct-fill|getppid|blocked-connects|scale|procs [options]");
             std::process::exit(2);
         }
     }
