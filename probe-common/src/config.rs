@@ -162,6 +162,9 @@ pub mod stat {
     /// calls in flight when the function's BPF trampoline is rebuilt (any tool attaching to or
     /// detaching from it: bpf_tramp_image_put).
     pub const CONNECT_RETURN_LOST: u32 = 4;
+    /// inet_sock_set_state events the kernel did not run `set_state_btf` for (it was already
+    /// running on that CPU: a softirq interrupted it) that `set_state_btf_rescue` handled.
+    pub const SET_STATE_RESCUED: u32 = 5;
     pub const COUNT: u32 = 8;
 }
 

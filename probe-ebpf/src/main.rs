@@ -7,6 +7,10 @@
 //! as events.
 #![no_std]
 #![no_main]
+// atomic_xadd: an atomic add whose result is unused (BPF_XADD); core's AtomicU64 offers no
+// fetch_add on this target.
+#![feature(core_intrinsics)]
+#![expect(internal_features, reason = "core::intrinsics::atomic_xadd, see shared::count::add_one")]
 
 /// Reads one field of the load-time [`probe_common::config::Config`]. The volatile read
 /// keeps the compiler from folding the placeholder values the object is built with.

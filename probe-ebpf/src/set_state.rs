@@ -4,10 +4,10 @@ use crate::accept;
 use crate::connect;
 use crate::shared::count::{bump, bump_dest, current, current_comm, dest_of_sock};
 use crate::shared::kernel::{sk_err, sk_identity, sk_is_tcp, sk_netns, sk_state, sk_tw_table};
-use crate::shared::maps::{role_on, OWNERS, RST_SENT, TW_CHARGED, TW_SEEN, TW_TABLES};
+use crate::shared::maps::{role_on, stat_inc, OWNERS, RST_SENT, SET_STATE_BUSY, TW_CHARGED, TW_SEEN, TW_TABLES};
 use aya_ebpf::macros::{btf_tracepoint, tracepoint};
 use aya_ebpf::programs::{BtfTracePointContext, TracePointContext};
-use probe_common::config::role;
+use probe_common::config::{role, stat};
 use probe_common::counters::{kind, TwTable, UNATTRIBUTED};
 use probe_common::sock::{phase, tcp_state};
 #[inline(always)]
@@ -204,11 +204,46 @@ pub fn charge_to_owner(sk: u64, kind: u16) -> u32 {
     }
 }
 
+/// The kernel runs a tp_btf program at most once at a time per CPU: an event raised while it
+/// runs (a softirq interrupting it in process context, e.g. a TIME_WAIT while a connect() or
+/// close() is being recorded) skips it (bpf_prog_info.recursion_misses). So two programs
+/// serve this tracepoint, run one after the other for every event: this one handles every
+/// event and marks itself busy on its CPU meanwhile; `set_state_btf_rescue` handles an event
+/// only when it finds this one busy, i.e. runs nested inside it (for any one event the
+/// rescue runs after this one has finished).
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn set_state_btf(ctx: BtfTracePointContext) -> i32 {
     let sk: u64 = ctx.arg(0);
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
+    let busy = SET_STATE_BUSY.get_ptr_mut(0);
+    if let Some(b) = busy {
+        // SAFETY: this CPU's slot of a per-CPU array; the program cannot migrate while it runs.
+        unsafe { *b = 1 };
+    }
+    on_set_state(sk, old, new);
+    if let Some(b) = busy {
+        // SAFETY: as above.
+        unsafe { *b = 0 };
+    }
+    0
+}
+
+/// See `set_state_btf`: an event it could not run for (it was busy with another one on this
+/// CPU) is handled here and counted as rescued; otherwise it already handled the event. An
+/// event raised in the few instructions before `set_state_btf` marks itself busy or after it
+/// clears the mark is lost, and reported (its skips less the rescued ones).
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn set_state_btf_rescue(ctx: BtfTracePointContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
+    let old: i32 = ctx.arg(1);
+    let new: i32 = ctx.arg(2);
+    let Some(b) = SET_STATE_BUSY.get_ptr(0) else { return 0 };
+    // SAFETY: this CPU's slot of a per-CPU array; the program cannot migrate while it runs.
+    if unsafe { *b } == 0 {
+        return 0;
+    }
+    stat_inc(stat::SET_STATE_RESCUED);
     on_set_state(sk, old, new);
     0
 }

@@ -25,22 +25,31 @@ pub fn current_comm() -> [u8; COMM_LEN] {
     bpf_get_current_comm().unwrap_or([0; COMM_LEN])
 }
 
+/// Adds one to this CPU's slot of a per-CPU counter, atomically: another program (or the
+/// set_state rescue) can run nested on this CPU in the middle of a plain read-add-write and
+/// its increment of the same counter would be overwritten.
+#[inline(always)]
+pub fn add_one(p: *mut u64) {
+    // SAFETY: `p` points to this CPU's slot of a live per-CPU map value (the caller's lookup);
+    // the program cannot migrate while it runs. The result is unused: BPF_XADD (lock add).
+    unsafe { core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(p, 1) };
+}
+
 /// Adds one to `key` of a per-CPU counter map on this CPU; true when this created the entry.
 /// A full map is counted in STATS.
 #[inline(always)]
 fn increment<K>(map: &PerCpuHashMap<K, u64>, key: &K) -> bool {
     if let Some(p) = map.get_ptr_mut(key) {
-        // SAFETY: a pointer to this CPU's slot of a per-CPU map value, returned by the lookup just above; the program cannot migrate while it runs.
-        unsafe { *p += 1 };
+        add_one(p);
         return false;
     }
     if map.insert(key, 1, BPF_NOEXIST as u64).is_ok() {
         return true;
     }
-    // Another CPU created the entry meanwhile (EEXIST): count on ours.
+    // Another CPU (or a program nested on this one) created the entry meanwhile (EEXIST):
+    // count on ours.
     match map.get_ptr_mut(key) {
-        // SAFETY: a pointer to this CPU's slot of a per-CPU map value, returned by the lookup just above; the program cannot migrate while it runs.
-        Some(p) => unsafe { *p += 1 },
+        Some(p) => add_one(p),
         None => stat_inc(stat::COUNTER_MAP_FULL),
     }
     false

@@ -60,6 +60,11 @@ pub static BINDS: HashMap<u32, BindCall> = HashMap::with_max_entries(4096, 0);
 #[map]
 pub static RST_SENT: LruHashMap<u64, u8> = LruHashMap::with_max_entries(16384, 0);
 
+/// The inet_sock_set_state event `set_state_btf` is handling on this CPU (0: none), so that
+/// `set_state_btf_rescue` knows when it runs nested inside it (see `set_state`).
+#[map]
+pub static SET_STATE_BUSY: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 /// Sockets whose CLOSE the set_state fallback just counted as TIME_WAIT or overflow:
 /// [tgid << 32 | kind, the connection's identity (`kernel::sk_identity`)]. A reset sent by
 /// such a socket after its CLOSE retracts the count. A socket later allocated at the same
@@ -116,7 +121,6 @@ pub fn role_on(idx: u32) -> bool {
 #[inline(always)]
 pub fn stat_inc(idx: u32) {
     if let Some(p) = STATS.get_ptr_mut(idx) {
-        // SAFETY: a pointer to this CPU's slot of a per-CPU map value, returned by the lookup just above; the program cannot migrate while it runs.
-        unsafe { *p += 1 };
+        crate::shared::count::add_one(p);
     }
 }

@@ -62,7 +62,12 @@ pub fn set_state() -> Vec<Rung> {
             Mode::TpBtf,
             Family::Tracepoint,
             "tp_btf",
-            vec![Hook::TpBtf { prog: "set_state_btf", tp: "inet_sock_set_state" }],
+            // Two programs: the second handles the events the kernel skips the first for (it
+            // runs at most once at a time per CPU); see the kernel side.
+            vec![
+                Hook::TpBtf { prog: "set_state_btf", tp: "inet_sock_set_state" },
+                Hook::TpBtf { prog: "set_state_btf_rescue", tp: "inet_sock_set_state" },
+            ],
             "",
         ),
         Rung::new(

@@ -335,7 +335,7 @@ impl Probe {
             owner_map_full: get(stat::OWNER_MAP_FULL)?,
             inflight_map_full: get(stat::INFLIGHT_MAP_FULL)?,
             connect_returns_lost: get(stat::CONNECT_RETURN_LOST)? + self.returns_swept,
-            skipped_runs: self.skipped_runs(),
+            skipped_runs: self.skipped_runs(get(stat::SET_STATE_RESCUED)?),
         })
     }
 
@@ -360,8 +360,10 @@ impl Probe {
     }
 
     /// Per program, the runs the kernel skipped or lost: BPF recursion misses, plus for
-    /// kprobes the hits the kprobe layer lost (a kretprobe without a free instance).
-    fn skipped_runs(&self) -> BTreeMap<String, u64> {
+    /// kprobes the hits the kprobe layer lost (a kretprobe without a free instance). The
+    /// set_state program's skips that its rescue program handled (`rescued`) are not lost, and
+    /// the rescue program's own skips never are (the first program ran for those events).
+    fn skipped_runs(&self, rescued: u64) -> BTreeMap<String, u64> {
         let progs: Vec<(String, u32, u64)> = self
             .ebpf
             .programs()
@@ -376,7 +378,11 @@ impl Probe {
         let missed = if kprobes.is_empty() { Vec::new() } else { bpf_info::kprobe_missed(&kprobes) };
         progs
             .into_iter()
-            .map(|(name, id, n)| (name, n + missed.iter().filter(|m| m.0 == id).map(|m| m.1).sum::<u64>()))
+            .filter(|(name, ..)| name != "set_state_btf_rescue")
+            .map(|(name, id, n)| {
+                let n = if name == "set_state_btf" { n.saturating_sub(rescued) } else { n };
+                (name, n + missed.iter().filter(|m| m.0 == id).map(|m| m.1).sum::<u64>())
+            })
             .filter(|(_, n)| *n > 0)
             .collect()
     }
