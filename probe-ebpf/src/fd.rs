@@ -4,8 +4,8 @@ use crate::shared::count::{bump, current, current_comm, new_event};
 use crate::shared::kernel::{current_nofile_limit, fexit_ret, read};
 use crate::shared::maps::role_on;
 use crate::shared::stash::{stash, unstash, SLOT_ALLOC_FD_END};
-use aya_ebpf::macros::{fexit, kprobe, kretprobe, raw_tracepoint};
-use aya_ebpf::programs::{FExitContext, ProbeContext, RawTracePointContext, RetProbeContext};
+use aya_ebpf::macros::{fexit, kprobe, kretprobe, raw_tracepoint, tracepoint};
+use aya_ebpf::programs::{FExitContext, ProbeContext, RawTracePointContext, RetProbeContext, TracePointContext};
 use probe_common::config::{arity, role};
 use probe_common::counters::kind;
 use probe_common::event;
@@ -68,6 +68,27 @@ pub fn fd_sys_exit(ctx: RawTracePointContext) -> i32 {
     failed(-ret, limit, nr);
     0
 }
+/// The same at the exit of each system call that can create an fd (user space attaches it to
+/// `syscalls/sys_exit_<name>` for each): a system call that creates none never runs it, so
+/// only the slow path itself is paid by the rest of the host, not a program per call.
+#[tracepoint(category = "syscalls", name = "sys_exit_socket")]
+pub fn fd_exit_tp(ctx: TracePointContext) -> u32 {
+    // Record (format file, checked by user space): __syscall_nr at 8, ret at 16.
+    // SAFETY: reads the record at the offsets its format file gives; read_at fails instead of faulting.
+    let Ok(ret) = (unsafe { ctx.read_at::<i64>(16) }) else { return 0 };
+    if ret != -EMFILE && ret != -ENFILE {
+        return 0;
+    }
+    if !role_on(role::FD_VIA_SYS_EXIT) {
+        return 0;
+    }
+    // SAFETY: as above.
+    let nr = unsafe { ctx.read_at::<i32>(8) }.unwrap_or(-1);
+    let limit = if ret == -EMFILE { current_nofile_limit() } else { 0 };
+    failed(-ret, limit, nr);
+    0
+}
+
 #[kprobe(function = "alloc_fd")]
 pub fn fd_kprobe_alloc_fd(ctx: ProbeContext) -> u32 {
     if let Some(end) = ctx.arg::<u64>(1) {

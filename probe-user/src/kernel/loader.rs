@@ -7,8 +7,7 @@ use std::path::Path;
 use anyhow::{anyhow, Context as _, Result};
 use aya::{
     programs::{
-        raw_trace_point::RawTracePointLinkId, BtfTracePoint, FEntry, FExit, KProbe, ProgramError, RawTracePoint,
-        TracePoint,
+        trace_point::TracePointLinkId, BtfTracePoint, FEntry, FExit, KProbe, ProgramError, RawTracePoint, TracePoint,
     },
     Btf, Ebpf,
 };
@@ -80,8 +79,9 @@ pub(super) struct Loader<'a> {
     /// Hook families to pretend the kernel refuses (`CONNTRACE_SKIP_HOOKS`), so tests can
     /// prove every fallback level on a kernel that would take the preferred one.
     pub(super) skip: Vec<String>,
-    /// Raw tracepoint links by program, so that one attached on demand can be detached.
-    pub(super) raw_links: Vec<(String, RawTracePointLinkId)>,
+    /// Classic tracepoint links (program, category, name, link), so that a hook attached on
+    /// demand can be detached.
+    pub(super) tp_links: Vec<(String, String, String, TracePointLinkId)>,
 }
 
 impl Loader<'_> {
@@ -133,8 +133,17 @@ impl Loader<'_> {
         p.load()?;
         let mut hooks = Vec::new();
         for (cat, name) in points {
-            p.attach(cat, name)?;
+            // A point this kernel or architecture lacks (e.g. sys_exit_open on arm64) is
+            // skipped: status lists the points attached.
+            if points.len() > 1 && tracefs_format(cat, name).is_none() {
+                continue;
+            }
+            let link = p.attach(cat, name)?;
+            self.tp_links.push((prog.to_string(), cat.to_string(), name.to_string(), link));
             hooks.push(format!("tracepoint/{cat}/{name}"));
+        }
+        if hooks.is_empty() {
+            return Err(anyhow!("none of its tracepoints exists here"));
         }
         Ok(hooks)
     }
@@ -157,8 +166,7 @@ impl Loader<'_> {
         self.skipped("raw_tracepoint")?;
         let p: &mut RawTracePoint = self.ebpf.program_mut(prog).context("program missing")?.try_into()?;
         p.load()?;
-        let link = p.attach(tp)?;
-        self.raw_links.push((prog.to_string(), link));
+        p.attach(tp)?;
         Ok(format!("raw_tracepoint/{tp}"))
     }
 
