@@ -266,7 +266,8 @@ impl Probe {
     /// something (never without `--syscall-hooks on-demand` and the system-call rung).
     pub fn arm_fd(&mut self, on: bool) -> Result<bool> {
         let Some(d) = self.fd_on_demand.as_mut() else { return Ok(false) };
-        if !d.links.is_empty() == on {
+        let attached = !d.links.is_empty();
+        if attached == on {
             return Ok(false);
         }
         let p = fd_tp(&mut self.ebpf)?;
