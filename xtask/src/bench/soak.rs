@@ -125,7 +125,8 @@ fn verdict(points: &[Point], lines: &[String], made: u64, wl_pid: u64) -> Result
         bad.push(format!("{made} connections made, {counted} counted"));
     }
     if lost > 0 {
-        bad.push(format!("{lost} lost updates"));
+        let detail = status.find("\"lost_updates\"").map(|i| &status[i..]).unwrap_or("");
+        bad.push(format!("{lost} lost updates ({})", detail.chars().take(300).collect::<String>()));
     }
     if !bad.is_empty() {
         bail!("soak failed: {}", bad.join("; "));
