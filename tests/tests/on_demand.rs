@@ -29,7 +29,7 @@ fn the_fd_hook_is_attached_while_a_process_nears_its_limit_and_counts_exactly() 
     let mut ct = Conntrace::start(&["--syscall-hooks", "on-demand"]);
     let first = status(&ct.seen).clone();
     let fd = fd_signal(&first);
-    if fd["mode"] != "tracepoint" {
+    if fd["mode"] != "raw_tracepoint" {
         // fexit or kprobes cost only the calls they hook: nothing to attach on demand.
         assert!(fd["armed"].is_null(), "{fd}");
         eprintln!("SKIPPED {name}: fd_alloc runs in {} mode here (no system-call hook needed)", fd["mode"]);

@@ -62,6 +62,11 @@ pub async fn watch(args: WatchArgs) -> Result<()> {
     } else {
         None
     };
+    // Before loading (which takes seconds with many tracepoints): a SIGINT or SIGTERM that
+    // arrives meanwhile must still end the run (a script's background job even inherits
+    // SIGINT ignored, so without a handler it would be lost).
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut probe = Probe::load(args.attach_mode, args.events_per_sec, args.syscall_hooks())?;
     let ring = probe.take_events()?;
     // SAFETY: the ring buffer's fd stays open for as long as `ring` lives, which outlives the
@@ -77,8 +82,6 @@ pub async fn watch(args: WatchArgs) -> Result<()> {
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + args.interval, args.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
 
     loop {
         let sleep_until_deadline = async {

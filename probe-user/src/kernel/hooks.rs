@@ -342,7 +342,9 @@ pub fn fd_alloc(k: &Kernel) -> Vec<Rung> {
             kprobes,
         ],
         // kprobes cost only the calls they hook: before a hook that is attached only sometimes.
-        SyscallHooks::OnDemand => vec![fexit, kprobes, fd_syscalls(FD_ON_DEMAND).partial()],
+        // The raw sys_exit hook attaches at once (the 43 tracepoints take seconds): what
+        // matters when a process is about to hit its limit.
+        SyscallHooks::OnDemand => vec![fexit, kprobes, sys_exit(FD_ON_DEMAND).partial()],
         SyscallHooks::Never => vec![fexit, sys_exit("").blocked_unless(false, LIGHT), kprobes],
     }
 }

@@ -7,7 +7,8 @@ use std::path::Path;
 use anyhow::{anyhow, Context as _, Result};
 use aya::{
     programs::{
-        trace_point::TracePointLinkId, BtfTracePoint, FEntry, FExit, KProbe, ProgramError, RawTracePoint, TracePoint,
+        raw_trace_point::RawTracePointLinkId, BtfTracePoint, FEntry, FExit, KProbe, ProgramError, RawTracePoint,
+        TracePoint,
     },
     Btf, Ebpf,
 };
@@ -79,9 +80,8 @@ pub(super) struct Loader<'a> {
     /// Hook families to pretend the kernel refuses (`CONNTRACE_SKIP_HOOKS`), so tests can
     /// prove every fallback level on a kernel that would take the preferred one.
     pub(super) skip: Vec<String>,
-    /// Classic tracepoint links (program, category, name, link), so that a hook attached on
-    /// demand can be detached.
-    pub(super) tp_links: Vec<(String, String, String, TracePointLinkId)>,
+    /// Raw tracepoint links by program, so that one attached on demand can be detached.
+    pub(super) raw_links: Vec<(String, RawTracePointLinkId)>,
 }
 
 impl Loader<'_> {
@@ -138,8 +138,7 @@ impl Loader<'_> {
             if points.len() > 1 && tracefs_format(cat, name).is_none() {
                 continue;
             }
-            let link = p.attach(cat, name)?;
-            self.tp_links.push((prog.to_string(), cat.to_string(), name.to_string(), link));
+            p.attach(cat, name)?;
             hooks.push(format!("tracepoint/{cat}/{name}"));
         }
         if hooks.is_empty() {
@@ -166,7 +165,8 @@ impl Loader<'_> {
         self.skipped("raw_tracepoint")?;
         let p: &mut RawTracePoint = self.ebpf.program_mut(prog).context("program missing")?.try_into()?;
         p.load()?;
-        p.attach(tp)?;
+        let link = p.attach(tp)?;
+        self.raw_links.push((prog.to_string(), link));
         Ok(format!("raw_tracepoint/{tp}"))
     }
 

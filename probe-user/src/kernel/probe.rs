@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, os::fd::AsFd};
 use anyhow::{bail, Context as _, Result};
 use aya::{
     maps::{Array, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{trace_point::TracePointLinkId, TracePoint},
+    programs::{raw_trace_point::RawTracePointLinkId, RawTracePoint},
     Btf, Ebpf, EbpfLoader,
 };
 use probe_common::{
@@ -42,15 +42,15 @@ pub struct Probe {
     fd_on_demand: Option<FdOnDemand>,
 }
 
+/// The raw `sys_exit` link while attached. A raw tracepoint attaches at once; the exit
+/// tracepoints of the 43 fd-creating system calls take ~3 s to attach here (each
+/// registration waits for the kernel to patch and synchronize), too late for a burst.
 struct FdOnDemand {
-    /// The exit tracepoints of the fd-creating system calls this kernel has.
-    points: Vec<(String, String)>,
-    /// Their links while attached.
-    links: Vec<TracePointLinkId>,
+    link: Option<RawTracePointLinkId>,
 }
 
-/// The tracepoint program that counts EMFILE/ENFILE at the exit of fd-creating system calls.
-const FD_EXIT_TP: &str = "fd_exit_tp";
+/// The raw tracepoint program that counts EMFILE/ENFILE at system-call exit.
+const FD_SYS_EXIT: (&str, &str) = ("fd_sys_exit", "sys_exit");
 
 /// Climbs every hooked signal's ladder, in the order their rungs depend on each other
 /// (inet_sock_set_state, then connect, then the fallbacks built on both). Returns the
@@ -139,28 +139,18 @@ fn attach_signals(
 /// verification.
 fn on_demand(l: &mut Loader, signals: &mut [(Signal, SignalStatus)]) -> Result<Option<FdOnDemand>> {
     let Some((_, fd)) = signals.iter_mut().find(|(s, _)| *s == Signal::FdAlloc) else { return Ok(None) };
-    if fd.mode != Mode::Tracepoint {
+    if fd.mode != Mode::RawTracepoint {
         return Ok(None);
     }
-    let (fd_links, others): (Vec<_>, Vec<_>) =
-        std::mem::take(&mut l.tp_links).into_iter().partition(|(p, ..)| p == FD_EXIT_TP);
-    l.tp_links = others;
-    let links: Vec<(String, String, TracePointLinkId)> = fd_links.into_iter().map(|(_, c, n, id)| (c, n, id)).collect();
-    if links.is_empty() {
-        return Ok(None);
-    }
-    let p = fd_tp(&mut l.ebpf)?;
-    let mut points = Vec::new();
-    for (cat, name, link) in links {
-        p.detach(link).context("detaching the fd hook")?;
-        points.push((cat, name));
-    }
+    let Some(i) = l.raw_links.iter().position(|(p, _)| p == FD_SYS_EXIT.0) else { return Ok(None) };
+    let (_, link) = l.raw_links.swap_remove(i);
+    raw_tp(&mut l.ebpf)?.detach(link).context("detaching the fd hook")?;
     fd.armed = Some(false);
-    Ok(Some(FdOnDemand { points, links: Vec::new() }))
+    Ok(Some(FdOnDemand { link: None }))
 }
 
-fn fd_tp(ebpf: &mut Ebpf) -> Result<&mut TracePoint> {
-    let p: &mut TracePoint = ebpf.program_mut(FD_EXIT_TP).context("fd_exit_tp program")?.try_into()?;
+fn raw_tp(ebpf: &mut Ebpf) -> Result<&mut RawTracePoint> {
+    let p: &mut RawTracePoint = ebpf.program_mut(FD_SYS_EXIT.0).context("fd_sys_exit program")?.try_into()?;
     Ok(p)
 }
 
@@ -221,7 +211,7 @@ impl Probe {
         let skip = std::env::var("CONNTRACE_SKIP_HOOKS")
             .map(|v| v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
             .unwrap_or_default();
-        let mut l = Loader { ebpf, btf: aya_btf.as_ref(), types: our_btf.as_ref(), skip, tp_links: Vec::new() };
+        let mut l = Loader { ebpf, btf: aya_btf.as_ref(), types: our_btf.as_ref(), skip, raw_links: Vec::new() };
 
         let (mut signals, roles) = attach_signals(&mut l, mode, &c, aya_btf.is_some(), syscall_hooks);
         let fd_on_demand =
@@ -266,19 +256,13 @@ impl Probe {
     /// something (never without `--syscall-hooks on-demand` and the system-call rung).
     pub fn arm_fd(&mut self, on: bool) -> Result<bool> {
         let Some(d) = self.fd_on_demand.as_mut() else { return Ok(false) };
-        let attached = !d.links.is_empty();
-        if attached == on {
+        if d.link.is_some() == on {
             return Ok(false);
         }
-        let p = fd_tp(&mut self.ebpf)?;
-        if on {
-            for (cat, name) in &d.points {
-                d.links.push(p.attach(cat, name).with_context(|| format!("attaching the fd hook to {cat}/{name}"))?);
-            }
-        } else {
-            for link in d.links.drain(..) {
-                p.detach(link).context("detaching the fd hook")?;
-            }
+        let p = raw_tp(&mut self.ebpf)?;
+        match d.link.take() {
+            Some(link) => p.detach(link).context("detaching the fd hook")?,
+            None => d.link = Some(p.attach(FD_SYS_EXIT.1).context("attaching the fd hook")?),
         }
         for (s, st) in &mut self.status.signals {
             if *s == Signal::FdAlloc {
