@@ -42,17 +42,9 @@ fn holder<T: Send + 'static>(
     (report_rx, close_tx, handle)
 }
 
-/// A Tcp counter of this network namespace (/proc/net/snmp: a names line, then values).
+/// A Tcp counter of this network namespace (/proc/net/snmp).
 fn tcp_snmp(name: &str) -> u64 {
-    let text = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
-    let rows: Vec<&str> = text.lines().filter(|l| l.starts_with("Tcp:")).collect();
-    let (Some(names), Some(values)) = (rows.first(), rows.get(1)) else { return 0 };
-    names
-        .split_whitespace()
-        .zip(values.split_whitespace())
-        .find(|(n, _)| *n == name)
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0)
+    proc_net_counter("/proc/net/snmp", "Tcp:", name)
 }
 
 /// Tells each holder thread to close its sockets, and waits until it has.

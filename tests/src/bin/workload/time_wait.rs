@@ -107,8 +107,14 @@ pub(super) fn tw(args: &[String]) {
 
 /// A TcpExt counter of this network namespace (/proc/net/netstat: a names line, then values).
 pub(super) fn tcp_ext(name: &str) -> u64 {
-    let text = std::fs::read_to_string("/proc/net/netstat").unwrap_or_default();
-    let rows: Vec<&str> = text.lines().filter(|l| l.starts_with("TcpExt:")).collect();
+    proc_net_counter("/proc/net/netstat", "TcpExt:", name)
+}
+
+/// Counter `name` of the `prefix` rows of `file` (/proc/net/netstat or /proc/net/snmp: a names
+/// line, then a values line), 0 when absent.
+pub(super) fn proc_net_counter(file: &str, prefix: &str, name: &str) -> u64 {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    let rows: Vec<&str> = text.lines().filter(|l| l.starts_with(prefix)).collect();
     let (Some(names), Some(values)) = (rows.first(), rows.get(1)) else { return 0 };
     names
         .split_whitespace()
