@@ -147,6 +147,9 @@ pub mod arity {
     pub const ALLOC_EMPTY_FILE: usize = 2;
 }
 
+/// Entries of the `OWNERS` map (socket → process that owns it).
+pub const OWNERS_MAX: u32 = 131_072;
+
 /// Indexes into the per-CPU `STATS` array: things user space must report, never hide.
 pub mod stat {
     /// A failure event did not fit in the ring buffer (user space too slow).
@@ -165,6 +168,10 @@ pub mod stat {
     /// inet_sock_set_state events the kernel did not run `set_state_btf` for (it was already
     /// running on that CPU: a softirq interrupted it) that `set_state_btf_rescue` handled.
     pub const SET_STATE_RESCUED: u32 = 5;
+    /// Socket owners recorded (new OWNERS entries) and removed when their socket closed: the
+    /// difference less the entries still in the map is what the LRU evicted to make room.
+    pub const OWNER_CREATED: u32 = 6;
+    pub const OWNER_REMOVED: u32 = 7;
     pub const COUNT: u32 = 8;
 }
 

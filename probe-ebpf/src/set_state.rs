@@ -4,7 +4,9 @@ use crate::accept;
 use crate::connect;
 use crate::shared::count::{bump, bump_dest, current, current_comm, dest_of_sock};
 use crate::shared::kernel::{sk_err, sk_identity, sk_is_tcp, sk_netns, sk_state, sk_tw_table};
-use crate::shared::maps::{role_on, stat_inc, OWNERS, RST_SENT, SET_STATE_BUSY, TW_CHARGED, TW_SEEN, TW_TABLES};
+use crate::shared::maps::{
+    forget_owner, role_on, stat_inc, OWNERS, RST_SENT, SET_STATE_BUSY, TW_CHARGED, TW_SEEN, TW_TABLES,
+};
 use aya_ebpf::macros::{btf_tracepoint, tracepoint};
 use aya_ebpf::programs::{BtfTracePointContext, TracePointContext};
 use probe_common::config::{role, stat};
@@ -92,7 +94,7 @@ pub fn on_set_state(sk: u64, oldstate: i32, newstate: i32) {
     if let Some(o) = OWNERS.get_ptr(sk) {
         // SAFETY: `o` points to a live OWNERS value returned by the lookup just above, used before any other map call.
         if unsafe { (*o).phase } != phase::IN_CONNECT {
-            let _ = OWNERS.remove(sk);
+            forget_owner(sk);
         }
     }
 }
@@ -106,11 +108,22 @@ fn tw_outcome(sk: u64) -> u16 {
     let Some((net, count, max)) = sk_tw_table(sk) else {
         return kind::TIME_WAIT;
     };
-    // SAFETY: a pointer to a live map value returned by the lookup just above, read before any other map call.
-    let prev = TW_SEEN.get_ptr(net).map(|p| unsafe { *p });
-    if prev != Some(count) {
-        let _ = TW_SEEN.insert(net, count, 0);
-    }
+    // Updated in place: an LRU update takes the map's locks and a free node on every close.
+    let prev = match TW_SEEN.get_ptr_mut(net) {
+        Some(p) => {
+            // SAFETY: a pointer to a live map value returned by the lookup just above, used before any other map call.
+            let prev = unsafe { *p };
+            if prev != count {
+                // SAFETY: as above; a racing close in the same namespace writes a count as recent.
+                unsafe { *p = count };
+            }
+            Some(prev)
+        }
+        None => {
+            let _ = TW_SEEN.insert(net, count, 0);
+            None
+        }
+    };
     if count < max || prev.is_some_and(|p| count > p) {
         kind::TIME_WAIT
     } else {

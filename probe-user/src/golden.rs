@@ -186,6 +186,7 @@ fn status_record() {
             dropped_events: 3,
             counter_map_full: 0,
             owner_map_full: 1,
+            owners_evicted: 7,
             inflight_map_full: 0,
             connect_returns_lost: 0,
             skipped_runs: [("bind_kprobe".to_string(), 2)].into(),

@@ -77,7 +77,7 @@ fn lost_and_dropped(lines: &[Value]) -> (Value, u64) {
 fn assert_no_lost_updates(lines: &[Value], runs_too: bool) {
     for s in lines.iter().filter(|v| v["type"] == "status") {
         let lost = &s["lost_updates"];
-        for k in ["counter_map_full", "owner_map_full", "inflight_map_full", "connect_returns_lost"] {
+        for k in ["counter_map_full", "owner_map_full", "owners_evicted", "inflight_map_full", "connect_returns_lost"] {
             assert_eq!(lost[k].as_u64(), Some(0), "{k}: {lost}");
         }
         if runs_too {

@@ -13,7 +13,7 @@ use crate::shared::kernel::{
     current_stream_sock, fexit_ret, fill_endpoints, read_sockaddr, sk_addrs, sk_err, sk_is_tcp, sk_netns, sk_ports,
     sk_state, socket_stream_sk,
 };
-use crate::shared::maps::{record_owner, role_on, stat_inc, INFLIGHT, OWNERS};
+use crate::shared::maps::{forget_owner, record_owner, role_on, stat_inc, INFLIGHT, OWNERS};
 use aya_ebpf::macros::{fentry, fexit, kprobe, kretprobe, tracepoint};
 use aya_ebpf::maps::ring_buf::RingBufEntry;
 use aya_ebpf::programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext, TracePointContext};
@@ -121,7 +121,7 @@ pub fn exit(ret: i64) {
     failed(sk, tgid, tid, err, &inf, &comm);
     // A failed connect leaves the socket in CLOSE (no later transition removes the owner).
     if sk_state(sk) as i32 == tcp_state::CLOSE {
-        let _ = OWNERS.remove(sk);
+        forget_owner(sk);
     } else if let Some(o) = owner {
         // SAFETY: `o` points to a live OWNERS value returned by the lookup above; `failed`
         // never removes OWNERS entries, and this program runs to completion on this CPU.
@@ -143,7 +143,7 @@ fn in_progress(o: *mut SockOwner, sk: u64, tgid: u32, comm: &[u8; COMM_LEN]) {
         pending::FAILED => {
             let e = o.pending_err;
             async_failed(sk, tgid, e, comm);
-            let _ = OWNERS.remove(sk);
+            forget_owner(sk);
         }
         _ => o.phase = phase::ASYNC_PENDING,
     }

@@ -2,11 +2,12 @@
 //! the overflow is counted in `STATS` and reported, never silent.
 
 use aya_ebpf::{
+    bindings::BPF_NOEXIST,
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use probe_common::{
-    config::{role, stat},
+    config::{role, stat, OWNERS_MAX},
     counters::{CountKey, DestKey, TwTable},
     sock::{BindCall, Inflight, SockOwner},
     COMM_LEN,
@@ -30,7 +31,7 @@ pub static COMMS: LruHashMap<u32, [u8; COMM_LEN]> = LruHashMap::with_max_entries
 /// (counted as unattributed) instead of failing. One common LRU list: per-CPU lists
 /// (BPF_F_NO_COMMON_LRU) would split the capacity by CPU and evict early on busy CPUs.
 #[map]
-pub static OWNERS: LruHashMap<u64, SockOwner> = LruHashMap::with_max_entries(131072, 0);
+pub static OWNERS: LruHashMap<u64, SockOwner> = LruHashMap::with_max_entries(OWNERS_MAX, 0);
 
 /// Who listens on a port: (`struct net *`, local port) → the process that called listen()
 /// (recorded at CLOSE→LISTEN, removed at the listener's CLOSE). Without accept hooks, each
@@ -105,11 +106,22 @@ pub struct Limiter {
 #[map]
 pub static LIMITER: LruHashMap<u64, Limiter> = LruHashMap::with_max_entries(8192, 0);
 
-/// Records `owner` for `sk`; a full map is counted in STATS.
+/// Records `owner` for `sk`; a failed insert is counted in STATS. New entries are counted
+/// (see `stat::OWNER_CREATED`); an existing one (a socket connecting again) is overwritten.
 #[inline(always)]
 pub fn record_owner(sk: u64, owner: &SockOwner) {
-    if OWNERS.insert(sk, owner, 0).is_err() {
+    if OWNERS.insert(sk, owner, BPF_NOEXIST as u64).is_ok() {
+        stat_inc(stat::OWNER_CREATED);
+    } else if OWNERS.insert(sk, owner, 0).is_err() {
         stat_inc(stat::OWNER_MAP_FULL);
+    }
+}
+
+/// Forgets the owner of `sk` (its socket is done), counting the removal.
+#[inline(always)]
+pub fn forget_owner(sk: u64) {
+    if OWNERS.remove(sk).is_ok() {
+        stat_inc(stat::OWNER_REMOVED);
     }
 }
 

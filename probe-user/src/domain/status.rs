@@ -145,6 +145,10 @@ pub struct Losses {
     /// For kprobes, plus the hits the kprobe layer lost (bpf_link_info's kprobe `missed`,
     /// Linux 6.7+): a kretprobe with no free instance during a burst of calls.
     pub skipped_runs: std::collections::BTreeMap<String, u64>,
+    /// Socket owners dropped by the owner map's LRU to make room (more sockets open at once
+    /// than it holds, or owners of closes the kernel did not show): such a socket's
+    /// TIME_WAIT is counted as unattributed.
+    pub owners_evicted: u64,
 }
 
 impl Status {

@@ -4,9 +4,11 @@
 
 mod bpf_info;
 pub mod btf;
+mod fd_arm;
 pub mod hooks;
 pub mod ladder;
 mod loader;
+mod losses;
 pub mod offsets;
 pub mod probe;
 pub mod tpformat;

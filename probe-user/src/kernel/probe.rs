@@ -2,25 +2,25 @@
 //! (fentry/fexit, then tp_btf, then classic/raw tracepoints, then kprobes; see `hooks`), and
 //! reads what the programs counted (counters, losses, run-time statistics).
 
-use std::{collections::BTreeMap, os::fd::AsFd};
+use std::collections::BTreeMap;
 
 use anyhow::{bail, Context as _, Result};
 use aya::{
-    maps::{Array, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{raw_trace_point::RawTracePointLinkId, RawTracePoint},
+    maps::{Array, MapData, PerCpuHashMap, RingBuf},
     Btf, Ebpf, EbpfLoader,
 };
 use probe_common::{
-    config::{role, stat, OFFSET_MISSING},
+    config::{role, OFFSET_MISSING, OWNERS_MAX},
     counters::{CountKey, DestKey},
 };
 
 pub use super::loader::ensure_tracefs;
 use super::{
-    bpf_info,
+    fd_arm::{on_demand, FdOnDemand},
     hooks::{self, Kernel},
     ladder::{self, Allowed, Rung},
     loader::Loader,
+    losses::OwnersEvicted,
 };
 use crate::{
     domain::model::Snapshot,
@@ -34,23 +34,15 @@ static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/
 
 /// The loaded programs and what they attached to.
 pub struct Probe {
-    ebpf: Ebpf,
+    pub(super) ebpf: Ebpf,
     pub status: Status,
     /// In-flight connect records of exited threads removed by `sweep_inflight`.
-    returns_swept: u64,
+    pub(super) returns_swept: u64,
     /// The fd hook attached on demand (`--syscall-hooks on-demand`): its link while attached.
-    fd_on_demand: Option<FdOnDemand>,
+    pub(super) fd_on_demand: Option<FdOnDemand>,
+    /// Socket owners the LRU evicted, as last counted (see `losses`).
+    pub(super) owners_evicted: OwnersEvicted,
 }
-
-/// The raw `sys_exit` link while attached. A raw tracepoint attaches at once; the exit
-/// tracepoints of the 43 fd-creating system calls take ~3 s to attach here (each
-/// registration waits for the kernel to patch and synchronize), too late for a burst.
-struct FdOnDemand {
-    link: Option<RawTracePointLinkId>,
-}
-
-/// The raw tracepoint program that counts EMFILE/ENFILE at system-call exit.
-const FD_SYS_EXIT: (&str, &str) = ("fd_sys_exit", "sys_exit");
 
 /// Climbs every hooked signal's ladder, in the order their rungs depend on each other
 /// (inet_sock_set_state, then connect, then the fallbacks built on both). Returns the
@@ -134,26 +126,6 @@ fn attach_signals(
     (signals, roles)
 }
 
-/// The fd hook, when the ladder took the system-call rung: detached until a process nears its
-/// limit (see [`Probe::arm_fd`]); it stays loaded, so attaching it later cannot fail
-/// verification.
-fn on_demand(l: &mut Loader, signals: &mut [(Signal, SignalStatus)]) -> Result<Option<FdOnDemand>> {
-    let Some((_, fd)) = signals.iter_mut().find(|(s, _)| *s == Signal::FdAlloc) else { return Ok(None) };
-    if fd.mode != Mode::RawTracepoint {
-        return Ok(None);
-    }
-    let Some(i) = l.raw_links.iter().position(|(p, _)| p == FD_SYS_EXIT.0) else { return Ok(None) };
-    let (_, link) = l.raw_links.swap_remove(i);
-    raw_tp(&mut l.ebpf)?.detach(link).context("detaching the fd hook")?;
-    fd.armed = Some(false);
-    Ok(Some(FdOnDemand { link: None }))
-}
-
-fn raw_tp(ebpf: &mut Ebpf) -> Result<&mut RawTracePoint> {
-    let p: &mut RawTracePoint = ebpf.program_mut(FD_SYS_EXIT.0).context("fd_sys_exit program")?.try_into()?;
-    Ok(p)
-}
-
 /// TIME_WAIT is charged to the socket's owner: say where owners come from (the connect
 /// hooks, the accept hooks) and list those hooks with the signal's own.
 fn with_owners(tw: &mut SignalStatus, connect: &SignalStatus, owner_hooks: Vec<String>) {
@@ -192,6 +164,18 @@ fn has(fields: &[u32]) -> bool {
     fields.iter().all(|&f| f != OFFSET_MISSING)
 }
 
+/// Entries of the socket-owner map: `CONNTRACE_OWNERS_MAX`, for hosts with more sockets open
+/// at once than the default holds (each entry ~100 bytes of kernel memory).
+fn owners_max() -> Result<u32> {
+    match std::env::var("CONNTRACE_OWNERS_MAX") {
+        Err(_) => Ok(OWNERS_MAX),
+        Ok(v) => match v.trim().parse::<u32>() {
+            Ok(n) if (1024..=16_777_216).contains(&n) => Ok(n),
+            _ => bail!("CONNTRACE_OWNERS_MAX={v}: expected a number of sockets from 1024 to 16777216"),
+        },
+    }
+}
+
 impl Probe {
     /// Loads the programs and attaches every signal; `syscall_hooks`: when system-call
     /// tracepoints may be attached.
@@ -203,9 +187,11 @@ impl Probe {
         let resolved = offsets::resolve(our_btf.as_ref(), events_per_sec);
         let c = resolved.config;
 
+        let owners_max = owners_max()?;
         let ebpf = EbpfLoader::new()
             .btf(aya_btf.as_ref())
             .override_global("CONFIG", &c, true)
+            .map_max_entries("OWNERS", owners_max)
             .load(PROGRAMS)
             .context("loading conntrace's kernel programs")?;
         let skip = std::env::var("CONNTRACE_SKIP_HOOKS")
@@ -249,32 +235,7 @@ impl Probe {
             watched: Vec::new(),
             missing_offsets: resolved.missing,
         };
-        Ok(Probe { ebpf, status, returns_swept: 0, fd_on_demand })
-    }
-
-    /// Attaches (`on`) or detaches the fd hook attached on demand; true when that changed
-    /// something (never without `--syscall-hooks on-demand` and the system-call rung).
-    pub fn arm_fd(&mut self, on: bool) -> Result<bool> {
-        let Some(d) = self.fd_on_demand.as_mut() else { return Ok(false) };
-        if d.link.is_some() == on {
-            return Ok(false);
-        }
-        let p = raw_tp(&mut self.ebpf)?;
-        match d.link.take() {
-            Some(link) => p.detach(link).context("detaching the fd hook")?,
-            None => d.link = Some(p.attach(FD_SYS_EXIT.1).context("attaching the fd hook")?),
-        }
-        for (s, st) in &mut self.status.signals {
-            if *s == Signal::FdAlloc {
-                st.armed = Some(on);
-            }
-        }
-        Ok(true)
-    }
-
-    /// Whether the fd hook is attached on demand (`arm_fd` has something to do).
-    pub fn fd_on_demand(&self) -> bool {
-        self.fd_on_demand.is_some()
+        Ok(Probe { ebpf, status, returns_swept: 0, fd_on_demand, owners_evicted: OwnersEvicted::new(owners_max) })
     }
 
     /// All counters, summed over CPUs.
@@ -327,67 +288,6 @@ impl Probe {
     pub fn kernel_comm(&self, tgid: u32) -> Option<String> {
         let map: aya::maps::HashMap<_, u32, [u8; 16]> = aya::maps::HashMap::try_from(self.ebpf.map("COMMS")?).ok()?;
         map.get(&tgid, 0).ok().map(|c| crate::domain::model::comm_str(&c))
-    }
-
-    pub fn losses(&self) -> Result<Losses> {
-        let map: PerCpuArray<_, u64> = PerCpuArray::try_from(self.ebpf.map("STATS").context("STATS map")?)?;
-        let get = |i: u32| -> Result<u64> { Ok(map.get(&i, 0)?.iter().sum()) };
-        Ok(Losses {
-            dropped_events: get(stat::EVENTS_DROPPED)?,
-            counter_map_full: get(stat::COUNTER_MAP_FULL)?,
-            owner_map_full: get(stat::OWNER_MAP_FULL)?,
-            inflight_map_full: get(stat::INFLIGHT_MAP_FULL)?,
-            connect_returns_lost: get(stat::CONNECT_RETURN_LOST)? + self.returns_swept,
-            skipped_runs: self.skipped_runs(get(stat::SET_STATE_RESCUED)?),
-        })
-    }
-
-    /// Drops the in-flight connect records of threads that have exited: a thread leaves
-    /// connect() through its return hook whatever ends the call (even a fatal signal), so
-    /// such a record is a return the kernel did not show (counted in `losses`).
-    pub fn sweep_inflight(&mut self) -> Result<()> {
-        let mut map: aya::maps::HashMap<_, u32, probe_common::sock::Inflight> =
-            aya::maps::HashMap::try_from(self.ebpf.map_mut("INFLIGHT").context("INFLIGHT map")?)?;
-        let gone: Vec<u32> = map
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter(|tid| !std::path::Path::new(&format!("/proc/{tid}")).exists())
-            .collect();
-        for tid in gone {
-            // Recounted only if the removal is the one that took it out.
-            if map.remove(&tid).is_ok() {
-                self.returns_swept += 1;
-            }
-        }
-        Ok(())
-    }
-
-    /// Per program, the runs the kernel skipped or lost: BPF recursion misses, plus for
-    /// kprobes the hits the kprobe layer lost (a kretprobe without a free instance). The
-    /// set_state program's skips that its rescue program handled (`rescued`) are not lost, and
-    /// the rescue program's own skips never are (the first program ran for those events).
-    fn skipped_runs(&self, rescued: u64) -> BTreeMap<String, u64> {
-        let progs: Vec<(String, u32, u64)> = self
-            .ebpf
-            .programs()
-            .filter_map(|(name, p)| {
-                let id = p.info().ok()?.id();
-                let fd = p.fd().ok()?;
-                Some((name.to_string(), id, bpf_info::recursion_misses(fd.as_fd(), id).unwrap_or(0)))
-            })
-            .collect();
-        let kprobes: Vec<u32> =
-            progs.iter().filter(|(n, ..)| n.contains("kprobe") || n.contains("kretprobe")).map(|p| p.1).collect();
-        let missed = if kprobes.is_empty() { Vec::new() } else { bpf_info::kprobe_missed(&kprobes) };
-        progs
-            .into_iter()
-            .filter(|(name, ..)| name != "set_state_btf_rescue")
-            .map(|(name, id, n)| {
-                let n = if name == "set_state_btf" { n.saturating_sub(rescued) } else { n };
-                (name, n + missed.iter().filter(|m| m.0 == id).map(|m| m.1).sum::<u64>())
-            })
-            .filter(|(_, n)| *n > 0)
-            .collect()
     }
 
     /// Run counts and times of the attached programs (zero unless BPF stats are enabled).

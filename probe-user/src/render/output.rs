@@ -37,6 +37,7 @@ pub fn status_json(ts: SystemTime, s: &Status) -> Value {
             "inflight_map_full": s.losses.inflight_map_full,
             "connect_returns_lost": s.losses.connect_returns_lost,
             "skipped_runs": s.losses.skipped_runs,
+            "owners_evicted": s.losses.owners_evicted,
         },
         "kernel": s.kernel,
         "watched": s.watched.iter().map(|(pid, alive)| json!({"pid": pid, "alive": alive})).collect::<Vec<_>>(),
@@ -163,6 +164,18 @@ pub fn status_text(s: &Status) -> String {
     }
     for (prog, n) in &s.losses.skipped_runs {
         let _ = writeln!(out, "  {prog}: {n} runs skipped or lost by the kernel");
+    }
+    let l = &s.losses;
+    for (n, what) in [
+        (l.counter_map_full, "counts not made: the counter map was full"),
+        (l.owner_map_full, "socket owners not recorded"),
+        (l.owners_evicted, "socket owners evicted by the owner map's LRU (their TIME_WAITs count as unattributed)"),
+        (l.inflight_map_full, "connect() calls not tracked: the in-flight map was full"),
+        (l.connect_returns_lost, "connect() returns not seen (attempts counted, outcomes not)"),
+    ] {
+        if n > 0 {
+            let _ = writeln!(out, "  lost: {n} {what}");
+        }
     }
     if s.losses.dropped_events > 0 {
         let _ = writeln!(out, "  dropped events: {} (counts stay exact)", s.losses.dropped_events);

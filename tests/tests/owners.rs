@@ -1,0 +1,72 @@
+//! The socket-owner map is bounded (an LRU): when more sockets are open at once than it holds,
+//! the oldest owners are evicted and their TIME_WAITs are charged to nobody. Nothing of that
+//! may be silent: `status` counts the evictions.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+/// The last status line's `lost_updates.owners_evicted`.
+fn owners_evicted(lines: &[Value]) -> u64 {
+    let last = lines.iter().rev().find(|v| v["type"] == "status").expect("a status line");
+    last["lost_updates"]["owners_evicted"].as_u64().expect("lost_updates.owners_evicted")
+}
+
+/// 3,000 connections held at once by one process against an owner map of 1,024 entries, then
+/// closed by the clients (3,000 TIME_WAITs). At least the 1,976 owners that could not fit were
+/// evicted, and `status` says so; every TIME_WAIT is still counted once (for the workload,
+/// or unattributed when its owner was evicted and not learned again at the close).
+#[test]
+fn owners_evicted_from_a_full_owner_map_are_reported() {
+    let name = "owners_evicted_from_a_full_owner_map_are_reported";
+    if !require_root(name) {
+        return;
+    }
+    const HOLD: u64 = 3_000;
+    const CAPACITY: u64 = 1_024;
+    let ct = Conntrace::start_with_env(&["--syscall-hooks", "never"], &[("CONNTRACE_OWNERS_MAX", "1024")]);
+    let out = in_netns(&format!(
+        "sysctl -qw net.ipv4.tcp_max_tw_buckets=100000\n\
+         $WL scale --hold {HOLD} --churn 0 --emfile 0"
+    ));
+    let lines = ct.stop();
+    let wl = report(&out);
+    let pid = wl["pid"].as_u64().unwrap();
+    assert_eq!(wl["held"], HOLD, "all {HOLD} connections open at once: {wl}");
+    let truth = wl["tw_growth"].as_u64().unwrap();
+    assert_eq!(truth, HOLD, "every client closed first: {wl}");
+    assert_signal_exact(&lines, "time_wait", &NETWORK_MODES);
+    let mine = total(&lines, pid, "time_wait_created");
+    let nobody = total(&lines, 0, "time_wait_created");
+    let evicted = owners_evicted(&lines);
+    eprintln!(
+        "TIME_WAIT: {mine} charged to the workload, {nobody} unattributed (TcpExt +{truth}); owners evicted: {evicted}"
+    );
+    assert_eq!(mine + nobody, truth, "every TIME_WAIT counted once");
+    assert!(
+        evicted >= HOLD - CAPACITY,
+        "{HOLD} owners held at once in {CAPACITY} entries: {evicted} evictions reported"
+    );
+    assert!(evicted >= nobody, "an unattributed TIME_WAIT lost its owner to an eviction: {evicted} < {nobody}");
+    // Recorded per connection: the connecting end, the accepted end where an accept hook
+    // records it, the closing end again at its close.
+    assert!(evicted <= 3 * HOLD, "{evicted}");
+}
+
+/// The owner map's size comes from CONNTRACE_OWNERS_MAX; a bad value is a one-line error.
+#[test]
+fn a_bad_owner_map_size_is_refused_with_the_fix() {
+    if !require_root("a_bad_owner_map_size_is_refused_with_the_fix") {
+        return;
+    }
+    let out = std::process::Command::new(conntrace_bin())
+        .args(["watch", "--json", "--duration", "1s"])
+        .env("CONNTRACE_OWNERS_MAX", "12")
+        .output()
+        .expect("running conntrace");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("CONNTRACE_OWNERS_MAX=12") && err.contains("1024"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
