@@ -55,6 +55,7 @@ fn net() -> NetFacts {
         tcp_syncookies: Some(1),
         tcp_fin_timeout: Some(60),
         sockets,
+        time_wait: Some(30),
         tcp_ext: [("TCPTimeWaitOverflow".to_string(), 12)].into(),
         conntrack: Some(Conntrack {
             count: Some(65536),

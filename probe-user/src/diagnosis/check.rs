@@ -236,8 +236,7 @@ fn time_wait_items(sys: &SystemFacts, net: &NetFacts) -> Vec<Item> {
         ));
     }
 
-    let time_wait = net.sockets.iter().filter(|s| s.state == net::TIME_WAIT).count() as u64;
-    if let Some(max) = net.tcp_max_tw_buckets {
+    if let (Some(max), Some(time_wait)) = (net.tcp_max_tw_buckets, net.time_wait) {
         let level = Level::of(pct(time_wait, max), 0.8, 1.0);
         items.push(item(
             "tcp_max_tw_buckets",

@@ -46,7 +46,14 @@ pub struct NetFacts {
     /// net.ipv4.tcp_syncookies: 0 off, 1 when the SYN queue overflows, 2 always.
     pub tcp_syncookies: Option<u32>,
     pub tcp_fin_timeout: Option<u64>,
+    /// The listeners, and the sockets holding an ephemeral port (local port in the range,
+    /// not a listener's): what port exhaustion and `check` count. A server's accepted
+    /// sockets are left out by the kernel (a sock_diag filter), so reading this stays cheap
+    /// with many inbound connections.
     pub sockets: Vec<TcpSocket>,
+    /// TIME_WAIT sockets of the namespace (/proc/net/sockstat `tw`: the count the kernel
+    /// compares with tcp_max_tw_buckets, FIN_WAIT2 sockets already in the table included).
+    pub time_wait: Option<u64>,
     /// The namespace's TcpExt counters (/proc/net/netstat), e.g. TCPTimeWaitOverflow.
     pub tcp_ext: BTreeMap<String, u64>,
     /// Connection tracking in this namespace, when nf_conntrack is loaded: entries now
@@ -166,7 +173,14 @@ impl EphemeralUse {
         let range = net.port_range?;
         let mut u =
             EphemeralUse { range, usable: usable_ports(range, &net.reserved), by_dest: BTreeMap::new(), listeners: 0 };
+        // An accepted socket has its listener's local port: it holds no ephemeral port (and
+        // connect() never picks a port a listener is bound to).
+        let listening: std::collections::BTreeSet<u16> =
+            net.sockets.iter().filter(|s| s.state == LISTEN).map(|s| s.sport).collect();
         for s in net.sockets.iter().filter(|s| s.sport >= range.0 && s.sport <= range.1) {
+            if s.state != LISTEN && listening.contains(&s.sport) {
+                continue;
+            }
             if s.state == LISTEN {
                 u.listeners += 1;
             } else {

@@ -96,15 +96,17 @@ pub fn read_tcp_ext() -> BTreeMap<String, u64> {
 
 /// Reads the facts of the calling thread's network namespace (see `netdiag::in_netns_of`).
 pub fn read_net() -> NetFacts {
+    let port_range = read("/proc/sys/net/ipv4/ip_local_port_range").and_then(|s| parse_port_range(&s));
     NetFacts {
-        port_range: read("/proc/sys/net/ipv4/ip_local_port_range").and_then(|s| parse_port_range(&s)),
+        port_range,
         reserved: read("/proc/sys/net/ipv4/ip_local_reserved_ports").map(|s| parse_reserved(&s)).unwrap_or_default(),
         tcp_tw_reuse: read_u64("/proc/sys/net/ipv4/tcp_tw_reuse").map(|v| v as u32),
         tcp_max_tw_buckets: read_u64("/proc/sys/net/ipv4/tcp_max_tw_buckets"),
         somaxconn: read_u64("/proc/sys/net/core/somaxconn"),
         tcp_syncookies: read_u64("/proc/sys/net/ipv4/tcp_syncookies").map(|v| v as u32),
         tcp_fin_timeout: read_u64("/proc/sys/net/ipv4/tcp_fin_timeout"),
-        sockets: netdiag::tcp_sockets().unwrap_or_default(),
+        sockets: port_sockets(port_range),
+        time_wait: read("/proc/thread-self/net/sockstat").and_then(|s| parse_sockstat(&s).get("tw").copied()),
         tcp_ext: read_tcp_ext(),
         conntrack: read("/proc/thread-self/net/stat/nf_conntrack").map(|st| Conntrack {
             count: read_u64("/proc/sys/net/netfilter/nf_conntrack_count"),
@@ -114,6 +116,16 @@ pub fn read_net() -> NetFacts {
         // thread-self: this thread may have entered another namespace than the process's.
         netns: netdiag::ns_link_inode("/proc/thread-self/ns/net"),
     }
+}
+
+/// The listeners, and the sockets that hold an ephemeral port (see `NetFacts::sockets`).
+/// Without a known range, every socket.
+fn port_sockets(range: Option<(u16, u16)>) -> Vec<crate::domain::net::TcpSocket> {
+    let Some(range) = range else { return netdiag::tcp_sockets().unwrap_or_default() };
+    let mut all = netdiag::listeners().unwrap_or_default();
+    let ports: Vec<u16> = all.iter().map(|l| l.sport).collect();
+    all.extend(netdiag::ephemeral_sockets(range, &ports).unwrap_or_default());
+    all
 }
 
 /// The namespace's port sysctls alone: what `read_net` reads without walking every TCP socket
@@ -131,7 +143,7 @@ pub fn read_port_limits() -> NetFacts {
 /// Namespace facts as seen from inside the namespace of `pid` (None: conntrace's own).
 pub fn read_net_of(pid: Option<u32>) -> anyhow::Result<NetFacts> {
     let mut f = netdiag::in_netns_of(pid, read_net)?;
-    f.sockets.sort_by_key(|s| (s.dst, s.dport, s.sport));
+    f.sockets.sort_unstable_by_key(|s| (s.dst, s.dport, s.sport));
     Ok(f)
 }
 

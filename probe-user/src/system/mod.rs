@@ -2,6 +2,7 @@
 //! sock_diag and network namespaces (`netdiag`), listen counters between polls
 //! (`listeners`). Parsing is split from reading so it is tested on fixtures.
 
+pub mod diag_filter;
 pub mod facts;
 pub mod listeners;
 pub mod netdiag;

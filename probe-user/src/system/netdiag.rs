@@ -38,19 +38,55 @@ pub const LISTEN_STATES: u32 = 1 << LISTEN;
 /// established hash (every TCP socket of the host, TIME_WAITs included) to find them.
 pub const REQUEST_STATES: u32 = (1 << SYN_RECV) | (1 << NEW_SYN_RECV);
 
-fn request(family: u8, seq: u32, states: u32, ext: u8) -> Vec<u8> {
+/// The older TCP dump request (struct inet_diag_req, include/uapi/linux/inet_diag.h): the
+/// kernel answers it with one walk of its socket tables for both families
+/// (inet_diag_dump_compat sets AF_UNSPEC), where SOCK_DIAG_BY_FAMILY needs one walk per
+/// family, each over every TCP socket of the host whichever its family.
+const TCPDIAG_GETSOCK: u16 = 18;
+
+/// INET_DIAG_REQ_BYTECODE: the attribute carrying a filter program (`diag_filter`).
+const INET_DIAG_REQ_BYTECODE: u16 = 1;
+
+fn request(family: u8, seq: u32, states: u32, ext: u8, bc: &[u8]) -> Vec<u8> {
     // struct inet_diag_req_v2: family, protocol, ext, pad, states, sockid (48 bytes).
     let mut req = vec![family, libc::IPPROTO_TCP as u8, ext, 0];
     req.extend_from_slice(&states.to_ne_bytes());
     req.extend_from_slice(&[0u8; 48]);
+    with_filter(&mut req, bc);
+    message(SOCK_DIAG_BY_FAMILY, seq, &req)
+}
+
+/// Appends the filter program as a netlink attribute (requests and programs are multiples
+/// of 4 bytes: no padding).
+fn with_filter(req: &mut Vec<u8>, bc: &[u8]) {
+    if bc.is_empty() {
+        return;
+    }
+    req.extend_from_slice(&((4 + bc.len()) as u16).to_ne_bytes());
+    req.extend_from_slice(&INET_DIAG_REQ_BYTECODE.to_ne_bytes());
+    req.extend_from_slice(bc);
+}
+
+fn request_both_families(seq: u32, states: u32, ext: u8, bc: &[u8]) -> Vec<u8> {
+    // struct inet_diag_req: family (ignored by the dump), src_len, dst_len, ext, sockid
+    // (48 bytes), states, dbs.
+    let mut req = vec![libc::AF_INET as u8, 0, 0, ext];
+    req.extend_from_slice(&[0u8; 48]);
+    req.extend_from_slice(&states.to_ne_bytes());
+    req.extend_from_slice(&0u32.to_ne_bytes());
+    with_filter(&mut req, bc);
+    message(TCPDIAG_GETSOCK, seq, &req)
+}
+
+fn message(ty: u16, seq: u32, req: &[u8]) -> Vec<u8> {
     let len = (NLMSG_HDRLEN + req.len()) as u32;
     let mut msg = Vec::with_capacity(len as usize);
     msg.extend_from_slice(&len.to_ne_bytes());
-    msg.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    msg.extend_from_slice(&ty.to_ne_bytes());
     msg.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
     msg.extend_from_slice(&seq.to_ne_bytes());
     msg.extend_from_slice(&0u32.to_ne_bytes());
-    msg.extend_from_slice(&req);
+    msg.extend_from_slice(req);
     msg
 }
 
@@ -122,7 +158,7 @@ pub fn parse_messages(buf: &[u8], out: &mut Vec<TcpSocket>) -> Result<bool> {
                 let errno = i32::from_ne_bytes([raw[0], raw[1], raw[2], raw[3]]);
                 bail!("sock_diag: {}", io::Error::from_raw_os_error(errno.checked_neg().unwrap_or(errno)));
             }
-            SOCK_DIAG_BY_FAMILY => out.extend(parse_msg(&buf[off + NLMSG_HDRLEN..off + len])),
+            SOCK_DIAG_BY_FAMILY | TCPDIAG_GETSOCK => out.extend(parse_msg(&buf[off + NLMSG_HDRLEN..off + len])),
             _ => {}
         }
         off += (len + 3) & !3;
@@ -132,61 +168,79 @@ pub fn parse_messages(buf: &[u8], out: &mut Vec<TcpSocket>) -> Result<bool> {
 
 /// Every TCP socket (IPv4 and IPv6) of the calling thread's network namespace.
 pub fn tcp_sockets() -> Result<Vec<TcpSocket>> {
-    dump(ALL_STATES, 0)
+    dump(ALL_STATES, 0, &[])
+}
+
+/// The sockets of the calling thread's namespace that hold an ephemeral port: local port in
+/// `range`, not listening, not accepted by a listener on one of `listening` (the caller
+/// filters what exceeds `diag_filter::MAX_EXCLUDED`). The kernel drops the others before it
+/// describes them.
+pub fn ephemeral_sockets(range: (u16, u16), listening: &[u16]) -> Result<Vec<TcpSocket>> {
+    let bc = super::diag_filter::ephemeral_ports(range, listening);
+    dump(ALL_STATES & !LISTEN_STATES, 0, &bc)
 }
 
 /// Listeners (with their drop counters) of the calling thread's network namespace: a dump
 /// of the kernel's listening hash, cheap however many connections there are.
 pub fn listeners() -> Result<Vec<TcpSocket>> {
-    dump(LISTEN_STATES, EXT_SKMEMINFO)
+    dump(LISTEN_STATES, EXT_SKMEMINFO, &[])
 }
 
 /// Request sockets (SYN queues) of the calling thread's network namespace; costs a walk of
 /// every TCP socket of the host, so read only when a listener dropped.
 pub fn request_sockets() -> Result<Vec<TcpSocket>> {
-    dump(REQUEST_STATES, 0)
+    dump(REQUEST_STATES, 0, &[])
 }
 
-fn dump(states: u32, ext: u8) -> Result<Vec<TcpSocket>> {
+fn dump(states: u32, ext: u8, bc: &[u8]) -> Result<Vec<TcpSocket>> {
+    let sock = diag_socket()?;
+    let mut buf = vec![0u8; 64 * 1024];
+    // One walk for both families; a kernel that refuses the older request gets one per family.
+    let mut out = Vec::new();
+    if receive(&sock, &request_both_families(1, states, ext, bc), &mut buf, &mut out).is_ok() {
+        return Ok(out);
+    }
+    out.clear();
+    receive(&sock, &request(libc::AF_INET as u8, 2, states, ext, bc), &mut buf, &mut out)?;
+    // A kernel without IPv6 answers the AF_INET6 dump with an error: skip it.
+    let mut v6 = Vec::new();
+    if receive(&sock, &request(libc::AF_INET6 as u8, 3, states, ext, bc), &mut buf, &mut v6).is_ok() {
+        out.append(&mut v6);
+    }
+    Ok(out)
+}
+
+fn diag_socket() -> Result<OwnedFd> {
     // SAFETY: plain socket(2); the fd is owned right away.
     let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, NETLINK_SOCK_DIAG) };
     if fd < 0 {
         return Err(io::Error::last_os_error()).context("opening a sock_diag netlink socket");
     }
     // SAFETY: fd was just returned by socket(2) and is not owned elsewhere.
-    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-    let mut out = Vec::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    for (seq, family) in [(1u32, libc::AF_INET as u8), (2, libc::AF_INET6 as u8)] {
-        let req = request(family, seq, states, ext);
-        // SAFETY: sending our own buffer on our own socket (the kernel is the default peer).
-        let n = unsafe { libc::send(sock.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Sends one dump request and parses the replies into `out` until NLMSG_DONE.
+fn receive(sock: &OwnedFd, req: &[u8], buf: &mut [u8], out: &mut Vec<TcpSocket>) -> Result<()> {
+    // SAFETY: sending our own buffer on our own socket (the kernel is the default peer).
+    let n = unsafe { libc::send(sock.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error()).context("sock_diag request");
+    }
+    loop {
+        // SAFETY: receiving into a buffer we own, bounded by its length.
+        let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
         if n < 0 {
-            return Err(io::Error::last_os_error()).context("sock_diag request");
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e).context("sock_diag reply");
         }
-        loop {
-            // SAFETY: receiving into a buffer we own, bounded by its length.
-            let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                // A kernel without IPv6 answers the AF_INET6 dump with an error: skip it.
-                if family as i32 == libc::AF_INET6 {
-                    break;
-                }
-                return Err(e).context("sock_diag reply");
-            }
-            match parse_messages(&buf[..n as usize], &mut out) {
-                Ok(true) => break,
-                Ok(false) => {}
-                Err(_) if family as i32 == libc::AF_INET6 => break,
-                Err(e) => return Err(e),
-            }
+        if parse_messages(&buf[..n as usize], out)? {
+            return Ok(());
         }
     }
-    Ok(out)
 }
 
 /// Inode of a network namespace as `ls -l /proc/PID/ns/net` shows it.

@@ -43,34 +43,46 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
-/// A `conntrace watch --json` running beside a workload.
+/// A `conntrace watch --json` running beside a workload. Its output is read as it comes (a
+/// thread keeps the lines after the first status): an undrained pipe would block conntrace's
+/// writes, and with them its whole loop, within a minute.
 pub(super) struct Traced {
     pub(super) child: std::process::Child,
-    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+    rest: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Traced {
     pub(super) fn start(conntrace: &Path, args: &[String], stats: bool) -> Result<Traced> {
         use std::io::BufRead as _;
-        if conntrace == Path::new("sleep") {
-            let mut child = Command::new("sleep").arg("3600").stdout(std::process::Stdio::piped()).spawn()?;
-            let lines = std::io::BufReader::new(child.stdout.take().context("stdout")?).lines();
-            return Ok(Traced { child, lines });
-        }
-        let mut child = Command::new(conntrace)
-            .args(["watch", "--json", "--interval", "1s"])
-            .args(args)
-            .args(stats.then_some("--bpf-stats"))
-            .stdout(std::process::Stdio::piped())
-            .spawn()?;
+        let mut child = if conntrace == Path::new("sleep") {
+            Command::new("sleep").arg("3600").stdout(std::process::Stdio::piped()).spawn()?
+        } else {
+            Command::new(conntrace)
+                .args(["watch", "--json", "--interval", "1s"])
+                .args(args)
+                .args(stats.then_some("--bpf-stats"))
+                .stdout(std::process::Stdio::piped())
+                .spawn()?
+        };
         let mut lines = std::io::BufReader::new(child.stdout.take().context("stdout")?).lines();
         // Wait until everything is attached.
-        for line in lines.by_ref() {
-            if line?.contains("\"type\":\"status\"") {
-                return Ok(Traced { child, lines });
-            }
+        if conntrace != Path::new("sleep") && !lines.by_ref().map_while(Result::ok).any(|l| l.contains("\"type\":\"status\"")) {
+            bail!("conntrace exited before attaching");
         }
-        bail!("conntrace exited before attaching")
+        let rest = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = rest.clone();
+        let reader = std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                sink.lock().expect("output lines").push(line);
+            }
+        });
+        Ok(Traced { child, rest, reader: Some(reader) })
+    }
+
+    /// Lines printed so far (after the first status line).
+    pub(super) fn lines_so_far(&self) -> usize {
+        self.rest.lock().expect("output lines").len()
     }
 
     /// User + system CPU time so far.
@@ -93,9 +105,11 @@ impl Traced {
     /// SIGTERM; returns everything printed after the first status line.
     pub(super) fn stop(mut self) -> Result<Vec<String>> {
         run(Command::new("kill").args(["-TERM", &self.child.id().to_string()]))?;
-        let rest: Vec<String> = self.lines.map_while(Result::ok).collect();
         self.child.wait()?;
-        Ok(rest)
+        if let Some(r) = self.reader.take() {
+            r.join().map_err(|_| anyhow::anyhow!("the output reader panicked"))?;
+        }
+        Ok(std::mem::take(&mut *self.rest.lock().expect("output lines")))
     }
 }
 

@@ -24,6 +24,8 @@ struct Point {
     rss_mib: f64,
     fds: usize,
     cpu: Duration,
+    /// Lines conntrace printed so far.
+    lines: usize,
 }
 
 /// RSS may grow this much after the first minute (allocator warm-up, buffers that reach their
@@ -54,14 +56,21 @@ pub fn soak(o: &Options) -> Result<()> {
     while started.elapsed().as_secs_f64() < seconds {
         std::thread::sleep(every);
         let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0);
-        let p = Point { at: started.elapsed(), rss_mib: traced.rss_mib(), fds, cpu: traced.cpu() };
+        let p = Point {
+            at: started.elapsed(),
+            rss_mib: traced.rss_mib(),
+            fds,
+            cpu: traced.cpu(),
+            lines: traced.lines_so_far(),
+        };
         let since = points.last().map(|q: &Point| (p.at - q.at, p.cpu - q.cpu)).unwrap_or((p.at, p.cpu));
         println!(
-            "soak: {:>6.0} s  RSS {:.1} MiB  fds {}  CPU {:.2}% of a core since the last reading",
+            "soak: {:>6.0} s  RSS {:.1} MiB  fds {}  CPU {:.2}% of a core since the last reading  {} lines printed",
             p.at.as_secs_f64(),
             p.rss_mib,
             p.fds,
-            100.0 * since.1.as_secs_f64() / since.0.as_secs_f64()
+            100.0 * since.1.as_secs_f64() / since.0.as_secs_f64(),
+            p.lines
         );
         points.push(p);
     }
@@ -70,7 +79,7 @@ pub fn soak(o: &Options) -> Result<()> {
     let made = field(&report, "\"connections\":").context("the workload printed no report")? as u64;
     let wl_pid = field(&report, "\"pid\":").context("no pid in the workload's report")? as u64;
     let lines = traced.stop()?;
-    verdict(&points, &lines, made, wl_pid)
+    verdict(&points, &lines, made, wl_pid, seconds)
 }
 
 /// Open fds move by a few while conntrace reads /proc and sock_diag: a leak is growth beyond
@@ -79,7 +88,7 @@ const FD_SLACK: usize = 3;
 
 /// Compares the first reading after a minute (or the first) with the last, the fds of the
 /// first and last quarters, and the counts.
-fn verdict(points: &[Point], lines: &[String], made: u64, wl_pid: u64) -> Result<()> {
+fn verdict(points: &[Point], lines: &[String], made: u64, wl_pid: u64, seconds: f64) -> Result<()> {
     let first = points.iter().find(|p| p.at >= Duration::from_secs(60)).or(points.first()).context("no reading")?;
     let last = points.last().context("no reading")?;
     let quarter = points.len().div_ceil(4);
@@ -90,21 +99,20 @@ fn verdict(points: &[Point], lines: &[String], made: u64, wl_pid: u64) -> Result
     } else {
         last.cpu.as_secs_f64() / last.at.as_secs_f64()
     };
-    let counted: u64 = lines
+    let samples: Vec<&String> = lines
         .iter()
         .filter(|l| l.contains("\"type\":\"sample\"") && field(l, "\"pid\":").map(|p| p as u64) == Some(wl_pid))
-        .filter_map(|l| field(l, "\"connect_attempts\":"))
-        .map(|n| n as u64)
-        .sum();
+        .collect();
+    let counted: u64 = samples.iter().filter_map(|l| field(l, "\"connect_attempts\":")).map(|n| n as u64).sum();
     let status = lines.iter().rev().find(|l| l.contains("\"type\":\"status\"")).cloned().unwrap_or_default();
-    let lost: u64 = ["counter_map_full", "owner_map_full", "inflight_map_full", "connect_returns_lost"]
+    let lost: u64 = ["counter_map_full", "owner_map_full", "owners_evicted", "inflight_map_full", "connect_returns_lost"]
         .iter()
         .filter_map(|k| field(&status, &format!("\"{k}\":")))
         .map(|n| n as u64)
         .sum();
     println!(
         "soak: RSS {:.1} → {:.1} MiB, fds {} → {} (first/last quarter), CPU {:.2}% of a core after the first \
-         reading; {} connections made, {} counted; lost updates {}",
+         reading; {} connections made, {} counted in {} samples; lost updates {}",
         first.rss_mib,
         last.rss_mib,
         early_fds,
@@ -112,6 +120,7 @@ fn verdict(points: &[Point], lines: &[String], made: u64, wl_pid: u64) -> Result
         100.0 * steady_cpu,
         made,
         counted,
+        samples.len(),
         lost
     );
     let mut bad = Vec::new();
@@ -120,6 +129,11 @@ fn verdict(points: &[Point], lines: &[String], made: u64, wl_pid: u64) -> Result
     }
     if late_fds > early_fds + FD_SLACK {
         bad.push(format!("fds grew from {early_fds} to {late_fds}"));
+    }
+    // One sample a second for a process that connects all the time: fewer means conntrace's
+    // loop stalled (it reported late, in bigger intervals).
+    if (samples.len() as f64) < 0.9 * seconds {
+        bad.push(format!("{} samples of the workload in {seconds:.0} s: conntrace's loop stalled", samples.len()));
     }
     if counted != made {
         bad.push(format!("{made} connections made, {counted} counted"));

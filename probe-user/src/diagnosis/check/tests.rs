@@ -35,6 +35,7 @@ fn net() -> NetFacts {
         somaxconn: Some(4096),
         tcp_fin_timeout: Some(60),
         sockets,
+        time_wait: Some(45),
         tcp_ext: Default::default(),
         conntrack: None,
         tcp_syncookies: Some(0),
@@ -107,6 +108,7 @@ fn healthy_machine_exits_zero() {
     s.tw_recycle_configs.clear();
     let mut n = net();
     n.sockets.clear();
+    n.time_wait = Some(0);
     n.port_range = Some((32768, 60999));
     n.tcp_syncookies = Some(1);
     let items = run(&s, &n, &[]);

@@ -42,6 +42,7 @@ fn net(established: u16, time_wait: u16, tw_reuse: u32) -> NetFacts {
         port_range: Some((40000, 40049)),
         tcp_tw_reuse: Some(tw_reuse),
         sockets,
+        time_wait: Some(time_wait as u64),
         netns: Some(7),
         ..Default::default()
     }

@@ -4,7 +4,6 @@
 use std::time::SystemTime;
 
 use super::*;
-use crate::domain::net;
 
 /// `table`: the namespace's tw table when the kernel refused the process a TIME_WAIT (what
 /// inet_twsk_alloc() compared with the limit); else counted from the namespace's sockets now.
@@ -22,7 +21,7 @@ pub fn tw_buckets(
         tcp_max_tw_buckets: table.map(|t| t.max as u64).or_else(|| f.and_then(|f| f.tcp_max_tw_buckets)),
         time_wait: table
             .map(|t| t.count as u64)
-            .or_else(|| f.map(|f| f.sockets.iter().filter(|s| s.state == net::TIME_WAIT).count() as u64)),
+            .or_else(|| f.and_then(|f| f.time_wait)),
         netns_tw_overflows: f.and_then(|f| f.tcp_ext.get("TCPTimeWaitOverflow").copied()),
         netns: table.map(|t| t.netns).or_else(|| f.and_then(|f| f.netns)),
     };

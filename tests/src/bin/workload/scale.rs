@@ -75,7 +75,8 @@ fn deep_listener(addr: SocketAddr) -> TcpListener {
     l
 }
 
-/// `scale --hold N --churn M [--port P] [--dests D] [--emfile F] [--emfile-keep-ms MS] [--hold-ms MS]`,
+/// `scale --hold N --churn M [--port P] [--dests D] [--emfile F] [--emfile-keep-ms MS]
+/// [--ready-file PATH --open-ms MS] [--hold-ms MS]`,
 /// all in this one process:
 /// (a) N connections to 127.0.0.1:P opened and kept open, both ends: server threads accept
 /// and keep them while client threads connect, each thread with at most a few thousand in a
@@ -149,14 +150,16 @@ pub(super) fn scale(args: &[String]) {
     let hold_s = start.elapsed().as_secs_f64();
 
     // (b) Churn, with all of the above still open.
-    let churn_listener = deep_listener(SocketAddr::from(([0, 0, 0, 0], port + 1)));
+    // Bound only when there is churn: a held connection's ephemeral port may be P+1 already
+    // (the tests widen the range to 1024-65535).
+    let churn_listener = (churn_n > 0).then(|| deep_listener(SocketAddr::from(([0, 0, 0, 0], port + 1))));
     let (mut churn_ok, mut churn_errors) = (0u64, Errors::new());
     for i in 0..churn_n {
         let dest = SocketAddr::from(([127, 0, 0, 1 + (i % dests as u64) as u8], port + 1));
         match TcpStream::connect(dest) {
             Ok(c) => {
                 churn_ok += 1;
-                let (mut s, _) = churn_listener.accept().expect("accept churn");
+                let (mut s, _) = churn_listener.as_ref().expect("churn listener").accept().expect("accept churn");
                 drop(c); // the client closes first: its socket ends in TIME_WAIT
                 let mut buf = [0u8; 64];
                 while s.read(&mut buf).map(|n| n > 0).unwrap_or(false) {}
@@ -191,6 +194,14 @@ pub(super) fn scale(args: &[String]) {
         std::thread::sleep(Duration::from_millis(emfile_keep_ms));
         set_nofile_soft(lim.rlim_cur);
     }
+
+    // With --ready-file, say that everything is open (the file is created), then keep it open
+    // --open-ms (default 0) for whoever reads this namespace meanwhile.
+    if let Some(f) = arg(args, "--ready-file") {
+        std::fs::write(f, pid().to_string()).expect("writing --ready-file");
+    }
+    let open_ms: u64 = arg(args, "--open-ms").and_then(|v| v.parse().ok()).unwrap_or(0);
+    std::thread::sleep(Duration::from_millis(open_ms));
 
     // (d) Close everything, client sides first.
     close_holders(clients);
