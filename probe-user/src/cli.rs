@@ -57,8 +57,9 @@ pub struct WatchArgs {
     /// a SYN is sent, and accepting processes; but while one is attached, every system call of
     /// every process on the host takes the kernel's slow path (a getppid loop loses ~14%).
     /// `on-demand` attaches the fd-failure hook only while a process is near its RLIMIT_NOFILE;
-    /// `always` is exact everywhere; `never` leaves those signals off. On kernels with fexit
-    /// nothing changes: no signal needs one there.
+    /// `fd` attaches it always (exact EMFILE/ENFILE; the slow path at system-call exit only);
+    /// `always` is exact everywhere (the slow path at entry and exit); `never` leaves those
+    /// signals off. On kernels with fexit nothing changes: no signal needs one there.
     #[arg(long, value_enum, default_value = "on-demand", env = "CONNTRACE_SYSCALL_HOOKS")]
     pub syscall_hooks: SyscallHooks,
     /// Same as --syscall-hooks never.
@@ -133,6 +134,7 @@ mod tests {
         };
         assert_eq!(parse(&["conntrace", "watch", "--light"]), Ok(SyscallHooks::Never));
         assert_eq!(parse(&["conntrace", "watch", "--syscall-hooks", "always"]), Ok(SyscallHooks::Always));
+        assert_eq!(parse(&["conntrace", "watch", "--syscall-hooks", "fd"]), Ok(SyscallHooks::Fd));
         assert!(parse(&["conntrace", "watch", "--light", "--syscall-hooks", "always"]).is_err());
         assert!(parse(&["conntrace", "watch", "--syscall-hooks", "sometimes"]).is_err());
     }

@@ -195,7 +195,7 @@ fn status_record() {
         watched: vec![(1234, true), (99, false)],
         missing_offsets: vec!["sock.sk_drops".into()],
     };
-    let out = format!("{}\n{}", output::status_json(at(0), &s), output::status_text(&s));
+    let out = format!("{}\n{}", crate::render::status::status_json(at(0), &s), crate::render::status::status_text(&s));
     insta::assert_snapshot!("status", out);
 }
 

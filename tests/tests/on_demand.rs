@@ -71,3 +71,36 @@ fn the_fd_hook_is_attached_while_a_process_nears_its_limit_and_counts_exactly() 
     assert_eq!(total(&lines, pid, "emfile"), 25, "{report}");
     assert!(detached, "still attached 30 s after the process exited");
 }
+
+/// `--syscall-hooks fd`: exact EMFILE counts with the fd hook always attached, and no other
+/// system-call tracepoint (none at system-call entry): connect and accept come from
+/// inet_sock_set_state as in the default.
+#[test]
+fn fd_mode_attaches_only_the_fd_hook_and_counts_emfile_exactly() {
+    let name = "fd_mode_attaches_only_the_fd_hook_and_counts_emfile_exactly";
+    if !require_root(name) {
+        return;
+    }
+    let ct = Conntrace::start(&["--syscall-hooks", "fd"]);
+    let out = in_netns("$WL emfile --nofile 64 --failures 10");
+    let lines = ct.stop();
+    let wl = report(&out);
+    let pid = wl["pid"].as_u64().unwrap();
+    assert_eq!(wl["errors"]["EMFILE"], 10, "workload: {wl}");
+    let st = status(&lines);
+    let fd = fd_signal(st);
+    assert_signal_exact(&lines, "fd_alloc", &["fexit", "tracepoint", "raw_tracepoint", "kprobe"]);
+    assert!(fd["armed"].is_null(), "always attached, not on demand: {fd}");
+    let hooks: Vec<String> = st["signals"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(s, _)| s.as_str() != "fd_alloc")
+        .flat_map(|(_, v)| v["hooks"].as_array().cloned().unwrap_or_default())
+        .filter_map(|h| h.as_str().map(String::from))
+        .filter(|h| h.contains("syscalls/") || h.contains("sys_enter") || h.contains("sys_exit"))
+        .collect();
+    assert_eq!(hooks, Vec::<String>::new(), "only fd_alloc may use system-call hooks: {st}");
+    assert_eq!(total(&lines, pid, "emfile"), 10);
+    assert_eq!(events(&lines, pid, "emfile").len(), 10);
+}

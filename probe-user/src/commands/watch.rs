@@ -25,7 +25,7 @@ use crate::{
     domain::model,
     domain::status::{Mode, Signal, Status},
     kernel::probe::{self, Probe},
-    render::{output, printer::Printer},
+    render::{printer::Printer, status},
     system::procinfo,
 };
 
@@ -107,9 +107,9 @@ pub async fn watch(args: WatchArgs) -> Result<()> {
     if args.bpf_stats {
         let stats = probe.program_stats();
         if out.json {
-            out.line(&output::bpf_stats_json(SystemTime::now(), &stats).to_string())?;
+            out.line(&status::bpf_stats_json(SystemTime::now(), &stats).to_string())?;
         } else {
-            out.line(output::bpf_stats_text(&stats).trim_end())?;
+            out.line(status::bpf_stats_text(&stats).trim_end())?;
         }
     }
     Ok(())

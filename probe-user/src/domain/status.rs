@@ -110,8 +110,12 @@ pub enum SyscallHooks {
     Never,
     /// The fd-failure hook only, attached while some process nears its RLIMIT_NOFILE.
     OnDemand,
-    /// Always, for every signal that needs one: exact, but every system call of every
-    /// process on the host takes the slow path.
+    /// The fd-failure hook only, always attached (exact EMFILE/ENFILE counts): on the exit
+    /// tracepoints of the system calls that create fds, so its program runs only for those,
+    /// but every system call of every process on the host takes the slow path.
+    Fd,
+    /// Always, for every signal that needs one (fd failures, connect, accept, bind): exact,
+    /// and every system call takes the slow path at entry too.
     Always,
 }
 

@@ -1,49 +1,16 @@
 //! Rendering: NDJSON records (the documented contract) and the text table. Pure functions of
-//! the model, so they are tested without a kernel.
+//! the model, so they are tested without a kernel. `status` and `bpf_stats` records are in
+//! `render::status`.
 
 use std::{fmt::Write as _, time::SystemTime};
 
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use crate::{
     domain::model::{EventRecord, Sample},
     domain::net::endpoint,
-    domain::status::{ProgramStats, Status},
     domain::time::rfc3339,
 };
-
-pub fn status_json(ts: SystemTime, s: &Status) -> Value {
-    let mut signals = Map::new();
-    for (name, sig) in &s.signals {
-        signals.insert(name.name().to_string(), {
-            let mut v = json!({"mode": sig.mode.as_str(), "exact": sig.exact, "hooks": sig.hooks, "note": sig.note,
-                                   "host_cost": sig.host_cost().as_str()});
-            if let Some(armed) = sig.armed {
-                v["armed"] = armed.into();
-            }
-            v
-        });
-    }
-    let slowing = s.slowing_every_syscall();
-    json!({
-        "type": "status",
-        "ts": rfc3339(ts),
-        "signals": signals,
-        "slows_every_syscall": slowing,
-        "dropped_events": s.losses.dropped_events,
-        "lost_updates": {
-            "counter_map_full": s.losses.counter_map_full,
-            "owner_map_full": s.losses.owner_map_full,
-            "inflight_map_full": s.losses.inflight_map_full,
-            "connect_returns_lost": s.losses.connect_returns_lost,
-            "skipped_runs": s.losses.skipped_runs,
-            "owners_evicted": s.losses.owners_evicted,
-        },
-        "kernel": s.kernel,
-        "watched": s.watched.iter().map(|(pid, alive)| json!({"pid": pid, "alive": alive})).collect::<Vec<_>>(),
-        "btf_missing": s.missing_offsets,
-    })
-}
 
 pub fn sample_json(ts: SystemTime, s: &Sample) -> Value {
     let c = &s.counts;
@@ -109,83 +76,6 @@ pub fn event_json(e: &EventRecord) -> Value {
         o.insert("syscall_nr".into(), json!(nr));
     }
     v
-}
-
-pub fn bpf_stats_json(ts: SystemTime, stats: &[ProgramStats]) -> Value {
-    let programs: Vec<Value> = stats
-        .iter()
-        .map(|p| {
-            json!({
-                "name": p.name,
-                "run_count": p.run_count,
-                "run_time_ns": p.run_time_ns,
-                "avg_ns": p.run_time_ns.checked_div(p.run_count).unwrap_or(0),
-            })
-        })
-        .collect();
-    json!({"type": "bpf_stats", "ts": rfc3339(ts), "programs": programs})
-}
-
-pub fn bpf_stats_text(stats: &[ProgramStats]) -> String {
-    let mut out = format!("{:<22} {:>12} {:>14} {:>8}\n", "PROGRAM", "RUNS", "TOTAL_NS", "NS/RUN");
-    for p in stats {
-        let avg = p.run_time_ns.checked_div(p.run_count).unwrap_or(0);
-        let _ = writeln!(out, "{:<22} {:>12} {:>14} {:>8}", p.name, p.run_count, p.run_time_ns, avg);
-    }
-    out
-}
-
-pub fn status_text(s: &Status) -> String {
-    let mut out = format!("conntrace: kernel {}\n", s.kernel);
-    for (name, sig) in &s.signals {
-        let exact = if sig.exact { "exact" } else { "approximate" };
-        let _ = write!(out, "  {:<12} {:<15}", name.name(), sig.mode.as_str());
-        if sig.mode != crate::domain::status::Mode::Unavailable {
-            let _ = write!(out, " {exact:<11} {}", sig.hooks.join(", "));
-        }
-        match sig.armed {
-            Some(true) => out.push_str(" [attached now: a process is near its RLIMIT_NOFILE]"),
-            Some(false) => out.push_str(" [detached until a process nears its RLIMIT_NOFILE]"),
-            None => {}
-        }
-        if let Some(n) = &sig.note {
-            let _ = write!(out, "  ({n})");
-        }
-        out.push('\n');
-    }
-    let slowing = s.slowing_every_syscall();
-    if !slowing.is_empty() {
-        let _ = writeln!(
-            out,
-            "  host cost: system-call tracepoints ({}) put every system call of every process on the kernel's slow \
-             path while attached; --syscall-hooks never (--light) does without them",
-            slowing.join(", ")
-        );
-    }
-    for (prog, n) in &s.losses.skipped_runs {
-        let _ = writeln!(out, "  {prog}: {n} runs skipped or lost by the kernel");
-    }
-    let l = &s.losses;
-    for (n, what) in [
-        (l.counter_map_full, "counts not made: the counter map was full"),
-        (l.owner_map_full, "socket owners not recorded"),
-        (l.owners_evicted, "socket owners evicted by the owner map's LRU (their TIME_WAITs count as unattributed)"),
-        (l.inflight_map_full, "connect() calls not tracked: the in-flight map was full"),
-        (l.connect_returns_lost, "connect() returns not seen (attempts counted, outcomes not)"),
-    ] {
-        if n > 0 {
-            let _ = writeln!(out, "  lost: {n} {what}");
-        }
-    }
-    if s.losses.dropped_events > 0 {
-        let _ = writeln!(out, "  dropped events: {} (counts stay exact)", s.losses.dropped_events);
-    }
-    for (pid, alive) in &s.watched {
-        if !alive {
-            let _ = writeln!(out, "  pid {pid} has exited; still watching the others");
-        }
-    }
-    out
 }
 
 fn errors_text(s: &Sample) -> String {
@@ -287,10 +177,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::{
-        domain::model::Counts,
-        domain::status::{Losses, Mode, Signal, SignalStatus},
-    };
+    use crate::domain::model::Counts;
 
     fn ts() -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_790_000_000)
@@ -327,40 +214,6 @@ mod tests {
         assert_eq!(v["open_fds"], 9);
     }
 
-    fn status() -> Status {
-        Status {
-            kernel: "6.18.0".into(),
-            signals: vec![
-                (
-                    Signal::PortAssign,
-                    SignalStatus {
-                        mode: Mode::TpBtf,
-                        exact: true,
-                        hooks: vec!["tp_btf/inet_sock_set_state".into()],
-                        note: None,
-                        armed: None,
-                    },
-                ),
-                (Signal::FdAlloc, SignalStatus::unavailable("no hook")),
-            ],
-            losses: Losses { dropped_events: 3, ..Default::default() },
-            watched: vec![(7, false)],
-            missing_offsets: vec![],
-        }
-    }
-
-    #[test]
-    fn status_json_reports_modes_and_drops() {
-        let v = status_json(ts(), &status());
-        assert_eq!(v["type"], "status");
-        assert_eq!(v["signals"]["port_assign"]["mode"], "tp_btf");
-        assert_eq!(v["signals"]["port_assign"]["exact"], true);
-        assert_eq!(v["signals"]["fd_alloc"]["mode"], "unavailable");
-        assert_eq!(v["dropped_events"], 3);
-        assert_eq!(v["kernel"], "6.18.0");
-        assert_eq!(v["watched"][0]["alive"], false);
-    }
-
     #[test]
     fn text_rendering_snapshot() {
         let t = interval_text(ts(), &[sample()]);
@@ -370,20 +223,6 @@ mod tests {
             lines.next().unwrap(),
             "42      client               10       4      6        6       0     0        0      0      0      0      9/1024  EADDRNOTAVAIL:6"
         );
-        let s = status_text(&status());
-        assert!(s.contains("port_assign  tp_btf          exact"));
-        assert!(s.contains("fd_alloc     unavailable      (no hook)"), "{s}");
-        assert!(s.contains("dropped events: 3"));
-        assert!(s.contains("pid 7 has exited"));
-    }
-
-    #[test]
-    fn bpf_stats_rendering() {
-        let stats = [ProgramStats { name: "set_state_btf".into(), run_count: 4, run_time_ns: 400 }];
-        let v = bpf_stats_json(ts(), &stats);
-        assert_eq!(v["type"], "bpf_stats");
-        assert_eq!(v["programs"][0]["avg_ns"], 100);
-        assert!(bpf_stats_text(&stats).lines().nth(1).unwrap().ends_with(" 100"));
     }
 
     #[test]

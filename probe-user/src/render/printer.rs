@@ -35,9 +35,9 @@ impl<W: Write> Printer<W> {
 
     pub fn status(&mut self, s: &Status) -> Result<()> {
         if self.json {
-            self.line(&output::status_json(SystemTime::now(), s).to_string())
+            self.line(&crate::render::status::status_json(SystemTime::now(), s).to_string())
         } else {
-            let t = output::status_text(s);
+            let t = crate::render::status::status_text(s);
             self.line(t.trim_end())
         }
     }

@@ -67,7 +67,9 @@ impl Traced {
         };
         let mut lines = std::io::BufReader::new(child.stdout.take().context("stdout")?).lines();
         // Wait until everything is attached.
-        if conntrace != Path::new("sleep") && !lines.by_ref().map_while(Result::ok).any(|l| l.contains("\"type\":\"status\"")) {
+        if conntrace != Path::new("sleep")
+            && !lines.by_ref().map_while(Result::ok).any(|l| l.contains("\"type\":\"status\""))
+        {
             bail!("conntrace exited before attaching");
         }
         let rest = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));

@@ -105,11 +105,12 @@ fn verdict(points: &[Point], lines: &[String], made: u64, wl_pid: u64, seconds: 
         .collect();
     let counted: u64 = samples.iter().filter_map(|l| field(l, "\"connect_attempts\":")).map(|n| n as u64).sum();
     let status = lines.iter().rev().find(|l| l.contains("\"type\":\"status\"")).cloned().unwrap_or_default();
-    let lost: u64 = ["counter_map_full", "owner_map_full", "owners_evicted", "inflight_map_full", "connect_returns_lost"]
-        .iter()
-        .filter_map(|k| field(&status, &format!("\"{k}\":")))
-        .map(|n| n as u64)
-        .sum();
+    let lost: u64 =
+        ["counter_map_full", "owner_map_full", "owners_evicted", "inflight_map_full", "connect_returns_lost"]
+            .iter()
+            .filter_map(|k| field(&status, &format!("\"{k}\":")))
+            .map(|n| n as u64)
+            .sum();
     println!(
         "soak: RSS {:.1} → {:.1} MiB, fds {} → {} (first/last quarter), CPU {:.2}% of a core after the first \
          reading; {} connections made, {} counted in {} samples; lost updates {}",

@@ -19,9 +19,7 @@ pub fn tw_buckets(
     let proof = TwBucketsProof {
         error: net_error(&net),
         tcp_max_tw_buckets: table.map(|t| t.max as u64).or_else(|| f.and_then(|f| f.tcp_max_tw_buckets)),
-        time_wait: table
-            .map(|t| t.count as u64)
-            .or_else(|| f.and_then(|f| f.time_wait)),
+        time_wait: table.map(|t| t.count as u64).or_else(|| f.and_then(|f| f.time_wait)),
         netns_tw_overflows: f.and_then(|f| f.tcp_ext.get("TCPTimeWaitOverflow").copied()),
         netns: table.map(|t| t.netns).or_else(|| f.and_then(|f| f.netns)),
     };
