@@ -11,7 +11,7 @@ use std::{
 
 use crate::{
     diagnosis::check::{self, ProcFds},
-    diagnosis::verdict::{self, fake::FakeEvidence, Engine, Verdict, Window},
+    diagnosis::verdict::{self, fake::FakeEvidence, Engine, FdReading, Verdict, Window},
     domain::model::{Counts, EventRecord, Sample},
     domain::net::{self as netdiag, TcpSocket},
     domain::net::{Conntrack, NetFacts, SystemFacts},
@@ -154,6 +154,26 @@ fn time_wait_pressure_record() {
     w.counts.insert(120, Counts { time_wait_created: 20, ..Default::default() });
     w.time_waits.insert((120, dest()), 20);
     insta::assert_snapshot!("verdict_time_wait_pressure", render(&e.tick(&w, &mut fake())));
+}
+
+/// A warning (TIME_WAIT churn, then a leaking process), and both resolved with the reason.
+#[test]
+fn warning_records() {
+    let mut e = Engine::new(Duration::from_secs(1));
+    let mut out = Vec::new();
+    for t in 0..5 {
+        let mut w = Window { now: Some(at(t)), interval_s: 1.0, ..Default::default() };
+        w.counts.insert(120, Counts { time_wait_created: 20, ..Default::default() });
+        w.time_waits.insert((120, dest()), 20);
+        w.fd_readings.push(FdReading { pid: 121, open: 500 + 40 * t, limit: 1024 });
+        out.extend(e.tick(&w, &mut fake()));
+    }
+    for t in 5..30 {
+        let mut w = Window { now: Some(at(t)), interval_s: 1.0, ..Default::default() };
+        w.fd_readings.push(FdReading { pid: 121, open: 660, limit: 1024 });
+        out.extend(e.tick(&w, &mut fake()));
+    }
+    insta::assert_snapshot!("verdict_warnings", render(&out));
 }
 
 #[test]

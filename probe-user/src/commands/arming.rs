@@ -12,7 +12,9 @@
 //!
 //! What this cannot see: a process going from under a quarter (or half, between scans) of its
 //! limit to EMFILE within one interval has its first failures uncounted; `status` says the
-//! hook is attached on demand (`armed`), and `--syscall-hooks always` is exact.
+//! hook is attached on demand (`armed`), and `--syscall-hooks fd` is exact.
+//!
+//! The same readings feed the fd warning (`diagnosis::verdict::FdTrend`), whatever the hook.
 
 use std::collections::BTreeMap;
 
@@ -29,13 +31,7 @@ pub const TRACK: f64 = 0.25;
 /// How often the host's fd tables are scanned for processes without activity.
 pub const SCAN_EVERY_S: f64 = 2.0;
 
-/// One process's open fds and RLIMIT_NOFILE (soft), read now.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct FdReading {
-    pub pid: u32,
-    pub open: u64,
-    pub limit: u64,
-}
+pub use crate::diagnosis::verdict::FdReading;
 
 #[derive(Debug, Default)]
 pub struct FdArming {
@@ -112,9 +108,15 @@ pub struct LiveArming {
 }
 
 impl LiveArming {
-    /// Whether the fd hook should be attached after this interval; `watched` says which
-    /// processes the user watches (the samples are all watched).
-    pub fn tick(&mut self, samples: &[Sample], interval_s: f64, watched: &Filter) -> bool {
+    /// Whether the fd hook should be attached after this interval (`readings` from `read`).
+    pub fn tick(&mut self, readings: &[FdReading], interval_s: f64) -> bool {
+        self.policy.update(readings, interval_s)
+    }
+
+    /// This interval's readings: the samples', the tracked processes', and every
+    /// [`SCAN_EVERY_S`] those the scan of the host's fd tables finds near a quarter of their
+    /// limit. `watched` says which processes the user watches (the samples are all watched).
+    pub fn read(&mut self, samples: &[Sample], interval_s: f64, watched: &Filter) -> Vec<FdReading> {
         let mut readings: BTreeMap<u32, FdReading> = BTreeMap::new();
         for s in samples {
             if let (Some(open), Some(limit)) = (s.open_fds, s.nofile_limit) {
@@ -140,8 +142,7 @@ impl LiveArming {
                 }
             }
         }
-        let readings: Vec<FdReading> = readings.into_values().collect();
-        self.policy.update(&readings, interval_s)
+        readings.into_values().collect()
     }
 }
 

@@ -11,7 +11,7 @@ use probe_common::counters::{kind, CountKey, DestKey, UNATTRIBUTED};
 
 use crate::{
     commands::{event_facts::EventFacts, evidence::Cached, filter::Filter, host::Host, listen_poll::ListenPoll},
-    diagnosis::verdict::{Cause, Engine, Verdict, Window},
+    diagnosis::verdict::{Cause, Engine, FdReading, Verdict, Window},
     domain::{
         listen::NsDelta,
         model::{self, Counts, EventRecord, Sample, Snapshot},
@@ -40,6 +40,9 @@ pub struct Session {
     /// Per namespace, TcpExt TCPTimeWaitOverflow growth no counted close claimed yet (see
     /// [`listeners::reconcile_tw_overflows`]).
     tw_carry: BTreeMap<u32, u64>,
+    /// Open fds read after the previous interval (processes near their limit, see
+    /// `arming`), for the fd warning; this interval's samples add theirs.
+    fd_readings: Vec<FdReading>,
 }
 
 /// Counters read from the kernel at the end of an interval.
@@ -92,6 +95,7 @@ impl Session {
             match_cache: BTreeMap::new(),
             infer_tw,
             tw_carry: BTreeMap::new(),
+            fd_readings: Vec::new(),
         }
     }
 
@@ -171,6 +175,12 @@ impl Session {
         Step { samples, verdicts, forget, forget_dest }
     }
 
+    /// Open fds read outside the samples (see `arming::LiveArming::read`), for the next
+    /// interval's fd warning.
+    pub fn set_fd_readings(&mut self, readings: Vec<FdReading>) {
+        self.fd_readings = readings;
+    }
+
     /// The samples to print and the window to diagnose: counter growth since the last read,
     /// the listeners that dropped, per-destination failures and TIME_WAITs.
     fn window(
@@ -231,6 +241,14 @@ impl Session {
                 _ => {}
             }
         }
+        let mut fds: BTreeMap<u32, FdReading> =
+            std::mem::take(&mut self.fd_readings).into_iter().map(|r| (r.pid, r)).collect();
+        for s in &samples {
+            if let (Some(open), Some(limit)) = (s.open_fds, s.nofile_limit) {
+                fds.insert(s.pid, FdReading { pid: s.pid, open, limit });
+            }
+        }
+        window.fd_readings = fds.into_values().collect();
         (samples, window)
     }
 

@@ -119,8 +119,10 @@ pub async fn watch(args: WatchArgs) -> Result<()> {
 /// listen counters' baselines, when the interval began.
 struct Watch {
     session: Session,
-    /// The fd hook attached on demand, when it is.
-    arming: Option<LiveArming>,
+    /// Open fds of the processes near their limit: the fd warning, and the fd hook attached
+    /// on demand (`on_demand`).
+    fds: LiveArming,
+    on_demand: bool,
     status: Status,
     listen: ListenPoller,
     last: Instant,
@@ -136,10 +138,10 @@ impl Watch {
             probe.status.signal(Signal::TwOverflow).is_some_and(|s| matches!(s.mode, Mode::TpBtf | Mode::Tracepoint));
         let filter = Filter { pids: args.pids.iter().copied().collect(), comms: args.comms.clone() };
         let session = Session::new(filter, args.interval, probe.snapshot()?, probe.dest_snapshot()?, infer_tw);
-        let arming = probe.fd_on_demand().then(LiveArming::default);
         let mut st = Watch {
             session,
-            arming,
+            fds: LiveArming::default(),
+            on_demand: probe.fd_on_demand(),
             status: probe.status.clone(),
             listen: ListenPoller::default(),
             last: Instant::now(),
@@ -184,13 +186,13 @@ fn end_interval<W: Write>(
     out.verdicts(&step.verdicts)?;
     probe.sweep_inflight()?;
     let mut changed = st.refresh_status(probe)?;
-    if let Some(a) = st.arming.as_mut() {
-        let want = a.tick(&step.samples, interval_s, st.session.filter());
-        if probe.arm_fd(want)? {
-            st.status.signals = probe.status.signals.clone();
-            changed = true;
-        }
+    let readings = st.fds.read(&step.samples, interval_s, st.session.filter());
+    let want = st.fds.tick(&readings, interval_s);
+    if st.on_demand && probe.arm_fd(want)? {
+        st.status.signals = probe.status.signals.clone();
+        changed = true;
     }
+    st.session.set_fd_readings(readings);
     if changed {
         out.status(&st.status)?;
     }

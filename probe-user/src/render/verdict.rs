@@ -30,26 +30,38 @@ pub fn to_json(v: &Verdict) -> Value {
     if let Some(d) = v.duration_s {
         j["duration_s"] = json!((d * 10.0).round() / 10.0);
     }
+    if let Some(why) = &v.resolution {
+        j["resolution"] = json!(why);
+    }
     j
 }
 
 pub fn to_text(v: &Verdict) -> String {
-    match v.state {
-        VerdictState::Resolved => format!(
-            "<<< RESOLVED {}: {}[{}]{} after {:.1} s, {} failures",
-            v.cause.as_str(),
-            v.comm,
-            v.pid,
-            v.destination.as_ref().map(|d| format!(" toward {}", d.endpoint())).unwrap_or_default(),
-            v.duration_s.unwrap_or(0.0),
-            thousands(v.failures)
-        ),
-        VerdictState::Active => {
-            let mut s = format!(">>> {}: {}", v.cause.as_str().to_uppercase(), v.summary());
-            for f in &v.fix {
-                s.push_str(&format!("\n    fix: {f}"));
-            }
-            s
+    let fixes = |mut s: String| {
+        for f in &v.fix {
+            s.push_str(&format!("\n    fix: {f}"));
         }
+        s
+    };
+    match v.state {
+        VerdictState::Resolved => {
+            let who = format!(
+                "{}[{}]{}",
+                v.comm,
+                v.pid,
+                v.destination.as_ref().map(|d| format!(" toward {}", d.endpoint())).unwrap_or_default()
+            );
+            let after = v.duration_s.unwrap_or(0.0);
+            match &v.resolution {
+                Some(why) => format!("<<< RESOLVED {}: {who} after {after:.1} s: {why}", v.cause.as_str()),
+                None => format!(
+                    "<<< RESOLVED {}: {who} after {after:.1} s, {} failures",
+                    v.cause.as_str(),
+                    thousands(v.failures)
+                ),
+            }
+        }
+        VerdictState::Active => fixes(format!(">>> {}: {}", v.cause.as_str().to_uppercase(), v.summary())),
+        VerdictState::Warning => fixes(format!("!!! WARNING {}: {}", v.cause.as_str().to_uppercase(), v.summary())),
     }
 }

@@ -1,5 +1,6 @@
 //! The verdict engine: turns each interval's counts into verdicts, keeps them active while
-//! failures go on, resolves them after a quiet period, and predicts TIME_WAIT exhaustion.
+//! failures go on, resolves them after a quiet period; its predictions (warnings) are in
+//! `predict`.
 
 use std::{
     collections::{BTreeMap, VecDeque},
@@ -7,7 +8,8 @@ use std::{
 };
 
 use super::*;
-use crate::diagnosis::check::tw_reuse_applies;
+
+mod predict;
 
 pub(super) struct Active {
     verdict: Verdict,
@@ -31,6 +33,8 @@ pub struct Engine {
     ct_refused: BTreeMap<u32, u64>,
     /// (cause, pid) that had failures in the last tick.
     failed: std::collections::BTreeSet<(Cause, u32)>,
+    /// Open fds over time per process, for the fd warning.
+    fd_trend: FdTrend,
 }
 
 /// One interval being diagnosed: its window, its end and start, and the (cause, process,
@@ -58,6 +62,7 @@ impl Engine {
             tw_history: BTreeMap::new(),
             ct_refused: BTreeMap::new(),
             failed: Default::default(),
+            fd_trend: FdTrend::default(),
         }
     }
 
@@ -89,7 +94,8 @@ impl Engine {
         self.listener_failures(&mut t, ev);
         self.port_failures(&mut t, ev);
         self.predict_time_wait(w, now, ev, &mut t.seen);
-        self.report(now, &t.seen)
+        self.predict_fds(w, now, ev, &mut t.seen);
+        self.report(now, &t.seen, ev)
     }
 
     fn fd_failures(&mut self, t: &mut Tick, ev: &mut dyn Evidence, pid: u32, c: &Counts) {
@@ -215,7 +221,7 @@ impl Engine {
 
     /// The verdicts to print now: new ones, updates of active ones (at most every 10 s, when
     /// their count changed), and resolutions after the quiet period.
-    fn report(&mut self, now: SystemTime, seen: &[Key]) -> Vec<Verdict> {
+    fn report(&mut self, now: SystemTime, seen: &[Key], ev: &mut dyn Evidence) -> Vec<Verdict> {
         let mut out = Vec::new();
         let mut resolved = Vec::new();
         for (key, a) in self.active.iter_mut() {
@@ -234,9 +240,20 @@ impl Engine {
         }
         self.failed = seen.iter().map(|(c, p, _)| (*c, *p)).collect();
         for key in resolved {
+            let reason = match self.active.get(&key) {
+                Some(a) if a.verdict.state == VerdictState::Warning => {
+                    Some(self.calm_reason(&key, &a.verdict, now, ev))
+                }
+                _ => None,
+            };
             if let Some(a) = self.active.remove(&key) {
                 let mut v = a.verdict;
                 v.state = VerdictState::Resolved;
+                if let Some(why) = reason {
+                    // A warning's last figures ("runs out in about 0 s") no longer hold.
+                    v.set_summary(format!("warning over: {why}"), String::new());
+                    v.resolution = Some(why);
+                }
                 v.duration_s = Some(a.last_failure.duration_since(v.since).unwrap_or_default().as_secs_f64());
                 out.push(v);
             }
@@ -268,60 +285,5 @@ impl Engine {
             }
         }
         seen.push(key);
-    }
-
-    fn predict_time_wait(&mut self, w: &Window, now: SystemTime, ev: &mut dyn Evidence, seen: &mut Vec<Key>) {
-        // Per process and destination: namespace inode numbers are reused as soon as a
-        // namespace dies, so a destination alone could mix two unrelated namespaces' churn.
-        for ((pid, dest), &n) in &w.time_waits {
-            self.tw_history.entry((*pid, dest.clone())).or_default().push_back((now, n, w.interval_s));
-        }
-        // Keep ~10 s of history; forget quiet ones.
-        let horizon = Duration::from_secs(10);
-        self.tw_history.retain(|_, h| {
-            while h.front().is_some_and(|(t, _, _)| now.duration_since(*t).unwrap_or_default() > horizon) {
-                h.pop_front();
-            }
-            !h.is_empty()
-        });
-        let active: Vec<(u32, Dest)> = w.time_waits.keys().cloned().collect();
-        for (pid, dest) in active {
-            let Some(h) = self.tw_history.get(&(pid, dest.clone())) else { continue };
-            let total: u64 = h.iter().map(|(_, n, _)| n).sum();
-            let span: f64 = h.iter().map(|(_, _, s)| s).sum::<f64>().max(0.001);
-            let rate = total as f64 / span;
-            // A prediction is about a process still churning; an exited one's namespace may
-            // even be gone, its inode number taken by another.
-            if !ev.alive(pid) {
-                continue;
-            }
-            // TIME_WAIT ports toward this destination stay taken for 60 s: at this rate the
-            // range fills when rate × 60 exceeds it, unless connect() may reuse them. Decided
-            // on the sysctls alone: the sockets are read (a walk of every TCP socket of the
-            // host) only for a prediction.
-            let Ok(limits) = ev.port_limits(pid, dest.netns) else { continue };
-            let Some(room) = PortUse::of(&limits, &dest) else { continue };
-            if tw_reuse_applies(limits.tcp_tw_reuse, dest.addr) || rate * TIME_WAIT_S < room.usable as f64 {
-                continue;
-            }
-            let Ok(net) = ev.net(pid, dest.netns) else { continue };
-            let Some(u) = PortUse::of(&net, &dest) else { continue };
-            let key = (Cause::TimeWaitPressure, pid, Some(dest.clone()));
-            let verdict = time_wait_pressure(pid, ev.comm(pid), now, &dest, rate, &u, &net);
-            match self.active.get_mut(&key) {
-                Some(a) => {
-                    a.last_failure = now;
-                    a.verdict.head = verdict.head;
-                    a.verdict.evidence = verdict.evidence;
-                }
-                None => {
-                    self.active.insert(
-                        key.clone(),
-                        Active { verdict, last_failure: now, last_emit: SystemTime::UNIX_EPOCH, emitted_failures: 0 },
-                    );
-                }
-            }
-            seen.push(key);
-        }
     }
 }

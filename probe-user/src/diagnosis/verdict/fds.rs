@@ -51,3 +51,56 @@ pub fn file_max(pid: u32, comm: String, since: SystemTime, n: u64, file_nr: Opti
     v.fix.push("find the process holding the most files (conntrace check lists those closest to their limit)".into());
     v
 }
+
+/// The warning for a process whose open fds grow toward its soft limit.
+pub fn fd_pressure(pid: u32, comm: String, since: SystemTime, f: &FdForecast, hard: Option<u64>) -> Verdict {
+    let proof = FdPressureProof {
+        open_fds: f.open,
+        nofile_soft: f.limit,
+        nofile_hard: hard,
+        rate_per_s: (f.rate_per_s * 10.0).round() / 10.0,
+        seconds_left: f.seconds_left.round() as u64,
+    };
+    let mut v = base(Cause::FdPressure, pid, comm.clone(), since, 0, Proof::FdPressure(proof));
+    v.state = VerdictState::Warning;
+    v.set_summary(
+        format!(
+            "{comm}[{pid}] opens file descriptors faster than it closes them ({:.1}/s): {} of {} open \
+             (RLIMIT_NOFILE); at this rate it hits the limit in about {:.0} s, then its accept(), connect() and \
+             open() calls fail with EMFILE",
+            f.rate_per_s,
+            thousands(f.open),
+            thousands(f.limit),
+            f.seconds_left
+        ),
+        String::new(),
+    );
+    let hard_s = hard.map(|h| h.to_string()).unwrap_or_else(|| "unlimited".into());
+    v.fix.push(format!(
+        "if its connections or files should not pile up, it leaks them: see what is open in /proc/{pid}/fd (ls -l)"
+    ));
+    v.fix.push(format!(
+        "raise the limit before it is reached: prlimit --pid {pid} --nofile=N:N as root now (hard limit {hard_s}), \
+         and LimitNOFILE= in its systemd unit or `ulimit -n` where it starts"
+    ));
+    v
+}
+
+/// Why an fd warning ended, as a sentence.
+pub fn fd_calm_reason(comm: &str, pid: u32, calm: &FdCalm, failing: bool) -> String {
+    if failing {
+        return format!("{comm}[{pid}] reached its fd limit: EMFILE failures began (see the fd_limit verdict)");
+    }
+    match calm {
+        FdCalm::Steady { open, limit } => format!(
+            "{comm}[{pid}]'s open file descriptors stopped growing, at {} of {}",
+            thousands(*open),
+            thousands(*limit)
+        ),
+        FdCalm::Raised { from, to } => {
+            format!("{comm}[{pid}]'s RLIMIT_NOFILE was raised from {} to {}", thousands(*from), thousands(*to))
+        }
+        FdCalm::Reached { limit } => format!("{comm}[{pid}] reached its limit of {} open fds", thousands(*limit)),
+        FdCalm::Gone => format!("{comm}[{pid}] has exited"),
+    }
+}

@@ -17,6 +17,7 @@ use crate::domain::{
 mod engine;
 #[cfg(test)]
 pub mod fake;
+mod fd_trend;
 mod fds;
 mod listen;
 mod memory;
@@ -25,8 +26,11 @@ mod proof;
 #[cfg(test)]
 mod tests;
 mod time_wait;
+#[cfg(test)]
+mod warning_tests;
 
 pub use engine::*;
+pub use fd_trend::{FdCalm, FdForecast, FdReading, FdTrend};
 pub use fds::*;
 use listen::*;
 pub use memory::*;
@@ -40,6 +44,8 @@ const TIME_WAIT_S: f64 = 60.0;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Cause {
     FdLimit,
+    /// A prediction: open fds growing toward RLIMIT_NOFILE.
+    FdPressure,
     FileMax,
     EphemeralPorts,
     TimeWaitPressure,
@@ -56,6 +62,7 @@ impl Cause {
     pub fn as_str(self) -> &'static str {
         match self {
             Cause::FdLimit => "fd_limit",
+            Cause::FdPressure => "fd_pressure",
             Cause::FileMax => "file_max",
             Cause::EphemeralPorts => "ephemeral_ports",
             Cause::TimeWaitPressure => "time_wait_pressure",
@@ -76,10 +83,13 @@ impl Cause {
     }
 }
 
-/// A verdict is active while its failures go on (or its prediction holds), then resolved.
+/// A verdict is active while its failures go on, a warning while its prediction holds, then
+/// resolved.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VerdictState {
     Active,
+    /// A limit not reached yet: nothing failed, the trend says it will.
+    Warning,
     Resolved,
 }
 
@@ -88,6 +98,7 @@ impl VerdictState {
     pub fn as_str(self) -> &'static str {
         match self {
             VerdictState::Active => "active",
+            VerdictState::Warning => "warning",
             VerdictState::Resolved => "resolved",
         }
     }
@@ -111,6 +122,8 @@ pub struct Verdict {
     pub fix: Vec<String>,
     /// How long it lasted, for resolved verdicts.
     pub duration_s: Option<f64>,
+    /// Why a warning ended (the rate fell, the limit was raised, ...), for resolved ones.
+    pub resolution: Option<String>,
 }
 
 /// What one interval brought.
@@ -131,6 +144,9 @@ pub struct Window {
     /// Listeners that dropped SYNs/ACKs this interval: (owner pid, the listener, its
     /// namespace's TcpExt growth).
     pub listener_drops: Vec<(u32, ListenerDelta, NsDelta)>,
+    /// Open fds and RLIMIT_NOFILE of the processes read this interval (active ones, and
+    /// those already at a quarter of their limit), for the fd warning.
+    pub fd_readings: Vec<FdReading>,
 }
 
 pub use crate::domain::net::Nofile;
@@ -204,6 +220,7 @@ fn base(cause: Cause, pid: u32, comm: String, since: SystemTime, failures: u64, 
         evidence,
         fix: Vec::new(),
         duration_s: None,
+        resolution: None,
     }
 }
 

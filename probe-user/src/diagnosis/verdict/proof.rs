@@ -11,6 +11,7 @@ use serde::Serialize;
 #[serde(untagged)]
 pub enum Proof {
     FdLimit(FdLimitProof),
+    FdPressure(FdPressureProof),
     FileMax(FileMaxProof),
     /// Ephemeral ports toward a destination (ephemeral_ports).
     Ports(PortProof),
@@ -34,6 +35,18 @@ pub struct FdLimitProof {
     pub nofile_soft: Option<u64>,
     pub nofile_hard: Option<u64>,
     pub open_fds: Option<u64>,
+}
+
+/// Open fds growing toward RLIMIT_NOFILE (fd_pressure).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FdPressureProof {
+    pub open_fds: u64,
+    pub nofile_soft: u64,
+    pub nofile_hard: Option<u64>,
+    /// fds opened per second over the last readings (one decimal).
+    pub rate_per_s: f64,
+    /// Until the limit at that rate.
+    pub seconds_left: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

@@ -63,8 +63,10 @@ pub(super) fn time_wait_pressure(
         seconds_left: left.round() as u64,
         predicted_time_wait: (rate * TIME_WAIT_S).round() as u64,
     });
+    let when =
+        if left < 1.0 { "every port is in use now".to_string() } else { format!("ports run out in about {left:.0} s") };
     let summary = format!(
-        "{comm}[{pid}] is creating {:.0} TIME_WAIT sockets/s toward {}: at 60 s each that needs {} ports but {}-{} has {} ({} in use now); ports run out in about {:.0} s",
+        "{comm}[{pid}] is creating {:.0} TIME_WAIT sockets/s toward {}: at 60 s each that needs {} ports but {}-{} has {} ({} in use now); {when}",
         rate,
         dest.endpoint(),
         thousands((rate * TIME_WAIT_S) as u64),
@@ -72,7 +74,6 @@ pub(super) fn time_wait_pressure(
         u.range.1,
         thousands(u.usable),
         thousands(u.in_use()),
-        left
     );
     let mut fix = vec![format!(
         "reuse connections to {} (keepalive, pooling): each short connection keeps its port in TIME_WAIT for 60 s",
@@ -87,7 +88,7 @@ pub(super) fn time_wait_pressure(
         "the side that closes first keeps the TIME_WAIT: let the server close first where the protocol allows".into(),
     );
     Verdict {
-        state: VerdictState::Active,
+        state: VerdictState::Warning,
         cause: Cause::TimeWaitPressure,
         pid,
         comm,
@@ -99,5 +100,6 @@ pub(super) fn time_wait_pressure(
         evidence,
         fix,
         duration_s: None,
+        resolution: None,
     }
 }

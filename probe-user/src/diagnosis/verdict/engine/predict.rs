@@ -1,0 +1,127 @@
+//! Warnings: limits not reached yet that the current trend will reach (TIME_WAIT churn
+//! exhausting a destination's ports, open fds growing toward RLIMIT_NOFILE), kept while the
+//! trend holds, resolved with the reason it stopped.
+
+use std::time::{Duration, SystemTime};
+
+use super::super::*;
+use super::{Active, Engine, Key};
+use crate::diagnosis::check::tw_reuse_applies;
+
+impl Engine {
+    pub(super) fn predict_time_wait(
+        &mut self,
+        w: &Window,
+        now: SystemTime,
+        ev: &mut dyn Evidence,
+        seen: &mut Vec<Key>,
+    ) {
+        // Per process and destination: namespace inode numbers are reused as soon as a
+        // namespace dies, so a destination alone could mix two unrelated namespaces' churn.
+        for ((pid, dest), &n) in &w.time_waits {
+            self.tw_history.entry((*pid, dest.clone())).or_default().push_back((now, n, w.interval_s));
+        }
+        // Keep ~10 s of history; forget quiet ones.
+        let horizon = Duration::from_secs(10);
+        self.tw_history.retain(|_, h| {
+            while h.front().is_some_and(|(t, _, _)| now.duration_since(*t).unwrap_or_default() > horizon) {
+                h.pop_front();
+            }
+            !h.is_empty()
+        });
+        let active: Vec<(u32, Dest)> = w.time_waits.keys().cloned().collect();
+        for (pid, dest) in active {
+            let Some(h) = self.tw_history.get(&(pid, dest.clone())) else { continue };
+            let total: u64 = h.iter().map(|(_, n, _)| n).sum();
+            let span: f64 = h.iter().map(|(_, _, s)| s).sum::<f64>().max(0.001);
+            let rate = total as f64 / span;
+            // A prediction is about a process still churning; an exited one's namespace may
+            // even be gone, its inode number taken by another.
+            if !ev.alive(pid) {
+                continue;
+            }
+            // TIME_WAIT ports toward this destination stay taken for 60 s: at this rate the
+            // range fills when rate × 60 exceeds it, unless connect() may reuse them. Decided
+            // on the sysctls alone: the sockets are read (a walk of every TCP socket of the
+            // host) only for a prediction.
+            let Ok(limits) = ev.port_limits(pid, dest.netns) else { continue };
+            let Some(room) = PortUse::of(&limits, &dest) else { continue };
+            if tw_reuse_applies(limits.tcp_tw_reuse, dest.addr) || rate * TIME_WAIT_S < room.usable as f64 {
+                continue;
+            }
+            let Ok(net) = ev.net(pid, dest.netns) else { continue };
+            let Some(u) = PortUse::of(&net, &dest) else { continue };
+            let key = (Cause::TimeWaitPressure, pid, Some(dest.clone()));
+            let verdict = time_wait_pressure(pid, ev.comm(pid), now, &dest, rate, &u, &net);
+            self.warn(key, verdict, now, seen);
+        }
+    }
+
+    /// Warns about processes whose open fds grow toward their limit (not those already
+    /// failing with EMFILE: their fd_limit verdict says it all).
+    pub(super) fn predict_fds(&mut self, w: &Window, now: SystemTime, ev: &mut dyn Evidence, seen: &mut Vec<Key>) {
+        self.fd_trend.observe(now, &w.fd_readings);
+        for pid in self.fd_trend.pids() {
+            let Some(f) = self.fd_trend.forecast(pid) else { continue };
+            if self.is_active(pid, Cause::FdLimit) {
+                continue;
+            }
+            let key = (Cause::FdPressure, pid, None);
+            let since = self.active.get(&key).map_or(now, |a| a.verdict.since);
+            let verdict = fd_pressure(pid, ev.comm(pid), since, &f, ev.nofile(pid).hard);
+            self.warn(key, verdict, now, seen);
+        }
+    }
+
+    /// Keeps a warning (a prediction) active with its latest figures.
+    fn warn(&mut self, key: Key, verdict: Verdict, now: SystemTime, seen: &mut Vec<Key>) {
+        match self.active.get_mut(&key) {
+            Some(a) => {
+                a.last_failure = now;
+                a.verdict.head = verdict.head;
+                a.verdict.evidence = verdict.evidence;
+            }
+            None => {
+                self.active.insert(
+                    key.clone(),
+                    Active { verdict, last_failure: now, last_emit: SystemTime::UNIX_EPOCH, emitted_failures: 0 },
+                );
+            }
+        }
+        seen.push(key);
+    }
+
+    /// Why the warning `key` ended.
+    pub(super) fn calm_reason(&self, key: &Key, v: &Verdict, now: SystemTime, ev: &mut dyn Evidence) -> String {
+        let (cause, pid, dest) = key;
+        match cause {
+            Cause::FdPressure => {
+                let limit = match &v.evidence {
+                    Proof::FdPressure(p) => p.nofile_soft,
+                    _ => 0,
+                };
+                let failing = self.is_active(*pid, Cause::FdLimit);
+                fd_calm_reason(&v.comm, *pid, &self.fd_trend.calm(*pid, limit), failing)
+            }
+            _ if !ev.alive(*pid) => format!("{}[{pid}] has exited", v.comm),
+            _ => {
+                // Over the quiet period that ended the warning (intervals without TIME_WAIT
+                // leave no entry).
+                let recent = |t: &SystemTime| now.duration_since(*t).unwrap_or_default() <= self.quiet;
+                let n: u64 = dest
+                    .as_ref()
+                    .and_then(|d| self.tw_history.get(&(*pid, d.clone())))
+                    .map(|h| h.iter().filter(|(t, ..)| recent(t)).map(|(_, n, _)| n).sum())
+                    .unwrap_or(0);
+                let rate = n as f64 / self.quiet.as_secs_f64();
+                format!(
+                    "{}[{pid}] created {rate:.0} TIME_WAIT sockets/s toward {} over the last {:.0} s: no longer enough \
+                     to exhaust its ports (or tcp_tw_reuse now applies, or the range was widened)",
+                    v.comm,
+                    dest.as_ref().map(Dest::endpoint).unwrap_or_default(),
+                    self.quiet.as_secs_f64()
+                )
+            }
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! Warnings (predictions): they come before the first failure, carry the time left, stay
+//! silent for steady processes, and say why they ended.
+
+use std::time::{Duration, SystemTime};
+
+use super::fake::FakeEvidence as Fake;
+use super::*;
+
+fn at(s: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(1_790_000_000 + s)
+}
+
+fn window(t: u64, readings: &[(u32, u64, u64)]) -> Window {
+    Window {
+        now: Some(at(t)),
+        interval_s: 1.0,
+        fd_readings: readings.iter().map(|&(pid, open, limit)| FdReading { pid, open, limit }).collect(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_leaking_process_is_warned_with_the_time_left_then_the_warning_resolves_when_it_fails() {
+    let mut e = Engine::new(Duration::from_secs(1));
+    let mut fake = Fake::new(Err(String::new()));
+    fake.comm = "python3";
+    // +30 fds/s from 400 of 1,024.
+    let mut warned = None;
+    for t in 0..6 {
+        let out = e.tick(&window(t, &[(1904, 400 + 30 * t, 1024)]), &mut fake);
+        if let Some(v) = out.iter().find(|v| v.cause == Cause::FdPressure) {
+            warned.get_or_insert((t, v.clone()));
+        }
+    }
+    let (t, v) = warned.expect("a warning before the limit");
+    assert_eq!(t, 3, "warned once the trend spans 3 s");
+    assert_eq!(v.state, VerdictState::Warning);
+    let Proof::FdPressure(p) = &v.evidence else { panic!("{:?}", v.evidence) };
+    assert_eq!((p.open_fds, p.nofile_soft, p.nofile_hard), (490, 1024, Some(4096)));
+    assert_eq!(p.rate_per_s, 30.0);
+    assert_eq!(p.seconds_left, 18, "(1,024 - 490) / 30");
+    assert!(v.summary().contains("490 of 1,024 open"), "{}", v.summary());
+    assert!(v.fix.iter().any(|f| f.contains("/proc/1904/fd")), "{:?}", v.fix);
+
+    // Then EMFILE: the fd_limit verdict takes over and the warning resolves, saying so.
+    let mut out = Vec::new();
+    for t in 6..20 {
+        let mut w = window(t, &[(1904, 1024, 1024)]);
+        w.counts.insert(1904, crate::domain::model::Counts { emfile: 5, ..Default::default() });
+        out.extend(e.tick(&w, &mut fake));
+    }
+    let resolved = out.iter().find(|v| v.cause == Cause::FdPressure).expect("the warning resolves");
+    assert_eq!(resolved.state, VerdictState::Resolved);
+    let why = resolved.resolution.as_deref().unwrap();
+    assert!(why.contains("EMFILE failures began"), "{why}");
+    assert!(resolved.summary().starts_with("warning over: "), "{}", resolved.summary());
+    assert!(!resolved.summary().contains("about"), "no stale time left: {}", resolved.summary());
+    assert!(out.iter().any(|v| v.cause == Cause::FdLimit && v.state == VerdictState::Active));
+}
+
+#[test]
+fn a_raised_limit_or_a_leak_that_stops_resolves_the_warning_with_the_reason() {
+    for (after, expect) in
+        [((1000, 4096), "raised from 1,024 to 4,096"), ((700, 1024), "stopped growing, at 700 of 1,024")]
+    {
+        let mut e = Engine::new(Duration::from_secs(1));
+        let mut fake = Fake::new(Err(String::new()));
+        for t in 0..5 {
+            e.tick(&window(t, &[(7, 400 + 100 * t, 1024)]), &mut fake);
+        }
+        assert!(e.is_active(7, Cause::FdPressure));
+        let mut out = Vec::new();
+        for t in 5..40 {
+            out.extend(e.tick(&window(t, &[(7, after.0, after.1)]), &mut fake));
+        }
+        let v = out.iter().find(|v| v.cause == Cause::FdPressure).expect("resolved");
+        assert!(v.resolution.as_deref().unwrap().contains(expect), "{:?}", v.resolution);
+    }
+}
+
+#[test]
+fn steady_processes_and_slow_growth_far_from_the_limit_are_not_warned() {
+    let mut e = Engine::new(Duration::from_secs(1));
+    let mut fake = Fake::new(Err(String::new()));
+    for t in 0..60 {
+        let busy = 300 + (t * 37 % 50);
+        let out = e.tick(&window(t, &[(1, busy, 1024), (2, 500, 1024), (3, 1000 + t, 1_048_576)]), &mut fake);
+        assert!(out.is_empty(), "t={t}: {out:?}");
+    }
+}
