@@ -4,7 +4,8 @@ use super::*;
 
 /// Lowers RLIMIT_NOFILE, opens sockets until EMFILE, then keeps trying until `--failures`
 /// attempts have failed. With `--ramp N --wait-stdin`: opens N first, says "ready" and waits
-/// for a line on stdin before going on.
+/// for a line on stdin before going on. With `--rate R`: R sockets a second (a leak), and the
+/// report says when the first EMFILE came (`first_failure_ms`, Unix time).
 pub(super) fn emfile(args: &[String]) {
     let nofile: u64 = req(args, "--nofile");
     let failures: u64 = req(args, "--failures");
@@ -20,7 +21,16 @@ pub(super) fn emfile(args: &[String]) {
     let mut errors = Errors::new();
     let mut failed = 0;
     let mut waited = ramp.is_none();
+    let rate: Option<f64> = arg(args, "--rate").map(|v| v.parse().expect("bad value for --rate"));
+    let start = std::time::Instant::now();
+    let mut first_failure_ms = None;
+    let mut n = 0u64;
     while failed < failures {
+        if let Some(r) = rate {
+            n += 1;
+            let due = start + std::time::Duration::from_secs_f64(n as f64 / r);
+            std::thread::sleep(due.saturating_duration_since(std::time::Instant::now()));
+        }
         if !waited && Some(fds.len()) == ramp {
             wait_stdin(args);
             waited = true;
@@ -30,12 +40,18 @@ pub(super) fn emfile(args: &[String]) {
         if fd < 0 {
             *errors.entry(errno_name(&std::io::Error::last_os_error())).or_default() += 1;
             failed += 1;
+            first_failure_ms.get_or_insert_with(|| {
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+            });
         } else {
             // SAFETY: fd is a fresh descriptor we own.
             fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
         }
     }
-    println!("{}", json!({"pid": pid(), "limit": nofile, "opened": fds.len(), "errors": errors}));
+    println!(
+        "{}",
+        json!({"pid": pid(), "limit": nofile, "opened": fds.len(), "errors": errors, "first_failure_ms": first_failure_ms})
+    );
     hold(args);
 }
 

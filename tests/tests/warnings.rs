@@ -1,0 +1,72 @@
+//! Warnings before a limit is reached: a process leaking sockets under a low RLIMIT_NOFILE is
+//! warned about (fd_pressure) before its first EMFILE, with the time left; the warning ends
+//! when the failures begin, saying so.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+fn unix_s(ts: &Value) -> f64 {
+    let t = humantime::parse_rfc3339(ts.as_str().expect("timestamp")).expect("RFC 3339");
+    t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64()
+}
+
+#[test]
+fn a_leaking_process_is_warned_before_its_first_emfile() {
+    let name = "a_leaking_process_is_warned_before_its_first_emfile";
+    if !require_root(name) {
+        return;
+    }
+    let ct = Conntrace::start(&["--syscall-hooks", "on-demand"]);
+    // 20 sockets a second under a limit of 512: EMFILE after ~25 s.
+    let out = in_netns("$WL emfile --nofile 512 --failures 5 --rate 20 --hold-ms 7000");
+    let lines = ct.stop();
+    let wl = report(&out);
+    let pid = wl["pid"].as_u64().unwrap();
+    let first_failure = wl["first_failure_ms"].as_u64().expect("the workload failed") as f64 / 1000.0;
+    assert_eq!(wl["errors"]["EMFILE"], 5, "{wl}");
+
+    let warnings: Vec<&Value> = verdicts(&lines, pid, "fd_pressure");
+    let first = warnings.iter().find(|v| v["state"] == "warning").unwrap_or_else(|| panic!("no warning: {warnings:?}"));
+    let warned_at = unix_s(&first["ts"]);
+    let ev = &first["evidence"];
+    let left = ev["seconds_left"].as_f64().unwrap();
+    eprintln!(
+        "warned {:.1} s before the first EMFILE, predicting {left} s: {}",
+        first_failure - warned_at,
+        first["summary"]
+    );
+    assert!(warned_at < first_failure, "the warning came after the first failure");
+    assert_eq!(ev["nofile_soft"], 512, "{ev}");
+    let rate = ev["rate_per_s"].as_f64().unwrap();
+    assert!((15.0..=25.0).contains(&rate), "the workload opens 20 fds/s: {ev}");
+    // The prediction holds: the failure came when it said, give or take the readings' delay.
+    let predicted = warned_at + left;
+    assert!(
+        (predicted - first_failure).abs() <= 3.0,
+        "predicted at {predicted:.1}, failed at {first_failure:.1}: {ev}"
+    );
+    // Then the failures: the fd_limit verdict, and the warning ends saying why.
+    assert_eq!(activations(&lines, pid, "fd_limit").len(), 1);
+    let resolved = warnings.iter().find(|v| v["state"] == "resolved").expect("the warning resolves");
+    let why = resolved["resolution"].as_str().unwrap_or_default();
+    assert!(why.contains("EMFILE failures began"), "{resolved}");
+}
+
+/// A process holding a steady number of fds, however close to its limit, is not warned.
+#[test]
+fn a_steady_process_is_not_warned() {
+    let name = "a_steady_process_is_not_warned";
+    if !require_root(name) {
+        return;
+    }
+    let ct = Conntrace::start(&["--syscall-hooks", "on-demand"]);
+    // 400 of 512 opened at once, held for 8 s (near the limit, not moving), then the rest at
+    // once up to EMFILE.
+    let out = in_netns("(sleep 8; echo) | $WL emfile --nofile 512 --failures 1 --ramp 400 --wait-stdin");
+    let lines = ct.stop();
+    let wl = report(&out);
+    let pid = wl["pid"].as_u64().unwrap();
+    assert!(verdicts(&lines, pid, "fd_pressure").is_empty(), "{:?}", verdicts(&lines, pid, "fd_pressure"));
+}
