@@ -296,7 +296,7 @@ fn evidence_with_a_hundred_thousand_sockets_takes_under_100_ms() {
     // sock_diag walks the whole host's socket tables whatever the namespace: what other
     // namespaces hold (containers, another test's TIME_WAITs) costs every read. That cost is
     // measured first, on an empty namespace, and left out of the budget.
-    let baseline = median_ms(&read_times(&mut std::process::Command::new("unshare").args(["-n", "sleep", "60"]), 5).0);
+    let baseline = median_ms(&read_times(std::process::Command::new("unshare").args(["-n", "sleep", "60"]), 5).0);
     let ready = std::env::temp_dir().join(format!("conntrace-evidence-{}", std::process::id()));
     let _ = std::fs::remove_file(&ready);
     let mut netns = std::process::Command::new("unshare")
