@@ -55,10 +55,33 @@ fn fd_limit_verdict_with_evidence_then_resolution() {
     assert_eq!(active["evidence"]["nofile_soft"], 64);
     assert!(active["evidence"]["nofile_hard"].as_u64().unwrap() >= 64);
     assert!(active["evidence"]["open_fds"].as_u64().unwrap() >= 64, "{active}");
+    // The plateau in connections: every socket the workload opened, read while it was stuck.
+    assert_eq!(active["evidence"]["sockets"], wl["opened"], "{active}");
+    let stuck = format!("is stuck at {} concurrent connections", wl["opened"]);
+    assert!(active["summary"].as_str().unwrap().contains(&stuck), "{active}");
     assert!(active["fix"][0].as_str().unwrap().contains(&format!("prlimit --pid {pid}")));
     assert_eq!(resolved["state"], "resolved");
     assert_eq!(resolved["failures"], 10);
     assert!(resolved["duration_s"].as_f64().is_some());
+}
+
+/// A process that exits right after its failures: the verdict still has the limit (carried by
+/// the failure itself), says in words what could not be read, and has no "?" or null.
+#[test]
+fn fd_limit_of_a_process_that_exits_at_once_still_has_numbers() {
+    if !require_root("fd_limit_of_a_process_that_exits_at_once_still_has_numbers") {
+        return;
+    }
+    let ct = Conntrace::start(&[]);
+    let out = in_netns("$WL emfile --nofile 64 --failures 10");
+    let lines = ct.stop();
+    let pid = report(&out)["pid"].as_u64().unwrap();
+    let vs = activations(&lines, pid, "fd_limit");
+    assert_eq!(vs.len(), 1, "{vs:?}");
+    let v = vs[0];
+    assert_eq!(v["evidence"]["nofile_soft"], 64, "{v}");
+    let text = format!("{} {} {}", v["summary"], v["evidence"], v["fix"]);
+    assert!(!text.contains('?') && !text.contains("null"), "{v}");
 }
 
 #[test]

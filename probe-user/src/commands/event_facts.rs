@@ -22,6 +22,8 @@ use crate::{
 pub struct EarlyEvidence {
     pub net: BTreeMap<u32, Result<NetFacts, String>>,
     pub nofile: BTreeMap<u32, Nofile>,
+    /// Socket fds of the processes in `nofile`, read at the same moment.
+    pub sockets: BTreeMap<u32, Option<u64>>,
     pub file_nr: Option<Option<(u64, u64)>>,
 }
 
@@ -106,7 +108,8 @@ impl EventFacts {
         self.carried_net = net.keys().copied().collect();
         self.carried_nofile = nofile.keys().copied().collect();
         self.carried_file_nr = file_nr.is_some();
-        self.early = EarlyEvidence { net, nofile, file_nr };
+        let sockets = cache.sockets.into_iter().filter(|(pid, _)| nofile.contains_key(pid)).collect();
+        self.early = EarlyEvidence { net, nofile, sockets, file_nr };
         self.carried_first_seen = unused(fresh.first_seen, |(pid, cause)| engine.failed_last_tick(*pid, *cause));
         self.carried_addrs = unused(fresh.addrs, |pid| engine.failed_last_tick(*pid, Cause::AddressUnavailable));
     }

@@ -39,6 +39,10 @@ impl Evidence for Cached<'_> {
         *self.cache.nofile.entry(pid).or_insert_with(|| self.host.nofile(pid))
     }
 
+    fn socket_fds(&mut self, pid: u32) -> Option<u64> {
+        *self.cache.sockets.entry(pid).or_insert_with(|| self.host.socket_fds(pid))
+    }
+
     fn file_nr(&mut self) -> Option<(u64, u64)> {
         *self.cache.file_nr.get_or_insert_with(|| self.host.file_nr())
     }

@@ -16,6 +16,10 @@ pub trait Host {
     fn comm(&mut self, pid: u32) -> Option<String>;
     /// RLIMIT_NOFILE and open fds, now.
     fn nofile(&mut self, pid: u32) -> Nofile;
+    /// How many of its open fds are sockets (its connections), now.
+    fn socket_fds(&mut self, _pid: u32) -> Option<u64> {
+        None
+    }
     /// Network namespace inode of a running process.
     fn netns(&mut self, pid: u32) -> Option<u32>;
     /// Facts of namespace `netns`, entered through `pid` or any process still in it.
@@ -82,6 +86,10 @@ impl Host for LiveHost<'_> {
 
     fn nofile(&mut self, pid: u32) -> Nofile {
         nofile_now(pid)
+    }
+
+    fn socket_fds(&mut self, pid: u32) -> Option<u64> {
+        procinfo::socket_fds(pid)
     }
 
     fn netns(&mut self, pid: u32) -> Option<u32> {

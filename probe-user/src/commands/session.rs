@@ -150,7 +150,12 @@ impl Session {
                     early.net.entry(ns).or_insert_with(|| host.net(rec.pid, ns));
                 }
                 (Cause::FdLimit, _) => {
-                    early.nofile.entry(rec.pid).or_insert_with(|| host.nofile(rec.pid));
+                    let mut n = host.nofile(rec.pid);
+                    // The limit the kernel compared with, from the event: known even when the
+                    // process is already gone.
+                    n.soft = n.soft.or(rec.limit);
+                    early.nofile.entry(rec.pid).or_insert(n);
+                    early.sockets.entry(rec.pid).or_insert_with(|| host.socket_fds(rec.pid));
                 }
                 (Cause::FileMax, _) => {
                     early.file_nr.get_or_insert_with(|| host.file_nr());

@@ -29,6 +29,15 @@ pub fn open_fds(pid: u32) -> Option<u64> {
     Some(fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64)
 }
 
+/// How many of the process's open fds are sockets (one readlink per fd: for a verdict's
+/// evidence, not every interval).
+pub fn socket_fds(pid: u32) -> Option<u64> {
+    let dir = fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    let is_socket =
+        |e: &fs::DirEntry| fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().starts_with("socket:"));
+    Some(dir.filter_map(|e| e.ok()).filter(is_socket).count() as u64)
+}
+
 /// The process holding socket `inode` (the lowest pid when several share it, e.g. pre-forked
 /// workers; pid 1 only when nothing else holds it, as with socket activation), found through
 /// the /proc/PID/fd links ("socket:[INODE]"). Scans every process: callers cache the answer.

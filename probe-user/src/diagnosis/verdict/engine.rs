@@ -104,7 +104,14 @@ impl Engine {
             self.failure((Cause::FdLimit, pid, None), c.emfile, t.now, since, &mut t.seen, || {
                 let comm = ev.comm(pid);
                 let Nofile { soft, hard, open } = ev.nofile(pid);
-                fd_limit(pid, comm, since, c.emfile, soft, hard, open)
+                let sockets = ev.socket_fds(pid);
+                fd_limit(
+                    pid,
+                    comm,
+                    since,
+                    c.emfile,
+                    FdLimitProof { nofile_soft: soft, nofile_hard: hard, open_fds: open, sockets, note: None },
+                )
             });
         }
         if c.enfile > 0 {

@@ -4,35 +4,50 @@ use std::time::SystemTime;
 
 use super::*;
 
-pub fn fd_limit(
-    pid: u32,
-    comm: String,
-    since: SystemTime,
-    n: u64,
-    soft: Option<u64>,
-    hard: Option<u64>,
-    open: Option<u64>,
-) -> Verdict {
-    let proof = FdLimitProof { nofile_soft: soft, nofile_hard: hard, open_fds: open };
-    let mut v = base(Cause::FdLimit, pid, comm.clone(), since, n, Proof::FdLimit(proof));
-    let of = |x: Option<u64>| x.map(thousands).unwrap_or_else(|| "?".into());
-    v.set_summary(
-        format!(
-            "{comm}[{pid}] hit its open-file limit: {} of {} file descriptors open (RLIMIT_NOFILE, hard limit {})",
-            of(open),
-            of(soft),
-            of(hard)
+/// EMFILE: the process holds as many fds as RLIMIT_NOFILE allows. The summary gives the
+/// plateau in the numbers people compare with their load test: the connections (socket fds)
+/// it is stuck at, and what the rest of the limit holds.
+pub fn fd_limit(pid: u32, comm: String, since: SystemTime, n: u64, mut proof: FdLimitProof) -> Verdict {
+    let FdLimitProof { nofile_soft: soft, nofile_hard: hard, open_fds: open, sockets, .. } = proof;
+    let hard_s = hard.map(thousands).unwrap_or_else(|| "unknown".into());
+    let head = match (soft, open, sockets) {
+        (Some(soft), Some(open), Some(sockets)) => format!(
+            "{comm}[{pid}] is stuck at {} concurrent connections: {} file descriptors open at RLIMIT_NOFILE {} \
+             (hard limit {hard_s}), {} of them sockets and {} other files",
+            thousands(sockets),
+            thousands(open),
+            thousands(soft),
+            thousands(sockets),
+            thousands(open.saturating_sub(sockets))
         ),
-        "{n} calls failed with EMFILE".into(),
-    );
-    let hard_s = hard.map(|h| h.to_string()).unwrap_or_else(|| "unlimited".into());
+        (Some(soft), Some(open), None) => format!(
+            "{comm}[{pid}] hit its open-file limit: {} of {} file descriptors open (RLIMIT_NOFILE, hard limit {hard_s})",
+            thousands(open),
+            thousands(soft)
+        ),
+        (Some(soft), None, _) => {
+            proof.note = Some("the process had exited before its open files could be counted".into());
+            format!(
+                "{comm}[{pid}] hit its open-file limit of {} file descriptors (RLIMIT_NOFILE at the failure; it has \
+                 exited since, so what it held is not known)",
+                thousands(soft)
+            )
+        }
+        (None, ..) => {
+            proof.note = Some("the process had exited before its limits could be read".into());
+            format!("{comm}[{pid}] hit its open-file limit (RLIMIT_NOFILE; it has exited, its limit could not be read)")
+        }
+    };
+    let mut v = base(Cause::FdLimit, pid, comm.clone(), since, n, Proof::FdLimit(proof));
+    v.set_summary(head, "{n} calls failed with EMFILE".into());
+    let hard_fix = hard.map(|h| h.to_string()).unwrap_or_else(|| "unlimited".into());
     if soft.is_some() && soft == hard {
         v.fix.push(format!(
-            "the hard limit ({hard_s}) is reached too: raise both (LimitNOFILE=N in the systemd unit, or prlimit --pid {pid} --nofile=N:N as root); fs.nr_open caps N"
+            "the hard limit ({hard_fix}) is reached too: raise both (LimitNOFILE=N in the systemd unit, or prlimit --pid {pid} --nofile=N:N as root); fs.nr_open caps N"
         ));
     } else {
         v.fix.push(format!(
-            "raise the soft limit up to the hard limit ({hard_s}): LimitNOFILE= in the systemd unit, `ulimit -n` before start, or now: prlimit --pid {pid} --nofile={hard_s}:{hard_s}"
+            "raise the soft limit up to the hard limit ({hard_fix}): LimitNOFILE= in the systemd unit, `ulimit -n` before start, or now: prlimit --pid {pid} --nofile={hard_fix}:{hard_fix}"
         ));
     }
     v.fix.push(format!("if the open count only grows, it is an fd leak: see what is open in /proc/{pid}/fd"));

@@ -156,6 +156,10 @@ pub trait Evidence {
     fn comm(&mut self, pid: u32) -> String;
     /// (soft, hard) RLIMIT_NOFILE and open fds.
     fn nofile(&mut self, pid: u32) -> Nofile;
+    /// How many of its open fds are sockets (its concurrent connections).
+    fn socket_fds(&mut self, _pid: u32) -> Option<u64> {
+        None
+    }
     /// (allocated, fs.file-max).
     fn file_nr(&mut self) -> Option<(u64, u64)>;
     /// Facts of namespace `netns`, entered through `pid` or, if it has exited, any process

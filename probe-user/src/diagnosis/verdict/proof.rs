@@ -30,11 +30,20 @@ pub enum Proof {
 /// Per-namespace counters by name (TcpExt, conntrack statistics).
 pub type NamedCounters = BTreeMap<&'static str, u64>;
 
+/// What is not known is left out, and `note` says why.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct FdLimitProof {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub nofile_soft: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub nofile_hard: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub open_fds: Option<u64>,
+    /// Open fds that are sockets: its concurrent connections.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sockets: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// Open fds growing toward RLIMIT_NOFILE (fd_pressure).

@@ -88,3 +88,33 @@ fn steady_processes_and_slow_growth_far_from_the_limit_are_not_warned() {
         assert!(out.is_empty(), "t={t}: {out:?}");
     }
 }
+
+/// The fd_limit plateau in the numbers people compare with their load test, and an exited
+/// process's verdict without a "?".
+#[test]
+fn fd_limit_names_the_connection_plateau_and_never_prints_a_question_mark() {
+    let proof = |soft, open, sockets| FdLimitProof {
+        nofile_soft: soft,
+        nofile_hard: Some(4096),
+        open_fds: open,
+        sockets,
+        note: None,
+    };
+    let v = fd_limit(1904, "python3".into(), at(0), 3, proof(Some(1024), Some(1024), Some(1021)));
+    assert!(
+        v.summary().starts_with(
+            "python3[1904] is stuck at 1,021 concurrent connections: 1,024 file descriptors open at RLIMIT_NOFILE \
+             1,024 (hard limit 4,096), 1,021 of them sockets and 3 other files"
+        ),
+        "{}",
+        v.summary()
+    );
+    let gone = fd_limit(1904, "python3".into(), at(0), 3, proof(Some(1024), None, None));
+    assert!(gone.summary().contains("limit of 1,024 file descriptors"), "{}", gone.summary());
+    let json = serde_json::to_string(&gone.evidence).unwrap();
+    assert!(!json.contains("null") && json.contains("exited"), "{json}");
+    for v in [&v, &gone, &fd_limit(1, "x".into(), at(0), 1, proof(None, None, None))] {
+        assert!(!v.summary().contains('?'), "{}", v.summary());
+        assert!(v.fix.iter().all(|f| !f.contains('?')), "{:?}", v.fix);
+    }
+}
