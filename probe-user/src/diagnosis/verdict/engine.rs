@@ -85,6 +85,8 @@ impl Engine {
         let now = w.now.unwrap_or_else(SystemTime::now);
         let start = now - Duration::from_secs_f64(w.interval_s.max(0.0));
         let mut t = Tick { w, now, start, seen: Vec::new() };
+        // Port exhaustion first: address failures of the same process may join it.
+        self.port_failures(&mut t, ev);
         for (&pid, c) in &w.counts {
             self.fd_failures(&mut t, ev, pid, c);
             self.namespace_failures(&mut t, ev, pid, c);
@@ -92,7 +94,6 @@ impl Engine {
             self.address_failures(&mut t, ev, pid, c);
         }
         self.listener_failures(&mut t, ev);
-        self.port_failures(&mut t, ev);
         self.predict_time_wait(w, now, ev, &mut t.seen);
         self.predict_fds(w, now, ev, &mut t.seen);
         self.report(now, &t.seen, ev)
@@ -192,10 +193,28 @@ impl Engine {
     /// local, or connect() refused before any port was looked for.
     fn address_failures(&mut self, t: &mut Tick, ev: &mut dyn Evidence, pid: u32, c: &Counts) {
         let bind_n = c.bind_errors.get("EADDRNOTAVAIL").copied().unwrap_or(0);
-        let connect_n = c.connect_addr_unavailable;
+        let mut connect_n = c.connect_addr_unavailable;
+        // Positive evidence only: an address the process asked for. A wildcard is none.
+        let addrs: std::collections::BTreeSet<String> =
+            t.w.unavailable_addrs.get(&pid).into_iter().flatten().filter(|a| !is_wildcard(a)).cloned().collect();
+        // connect() failures without an address while the same process exhausts its ports are
+        // port failures whose port search conntrace did not see (a hook skipped under load):
+        // they join that verdict instead of contradicting it.
+        if connect_n > 0 && addrs.is_empty() {
+            // The busiest of its port verdicts (this interval's are built already).
+            let port = self
+                .active
+                .iter_mut()
+                .filter(|((c, p, _), _)| *c == Cause::EphemeralPorts && *p == pid)
+                .max_by_key(|(_, a)| a.verdict.failures);
+            if let Some((_, a)) = port {
+                a.verdict.failures += connect_n;
+                a.last_failure = t.now;
+                connect_n = 0;
+            }
+        }
         if bind_n + connect_n > 0 {
             let since = t.since(pid, Cause::AddressUnavailable);
-            let addrs = t.w.unavailable_addrs.get(&pid).cloned().unwrap_or_default();
             self.failure((Cause::AddressUnavailable, pid, None), bind_n + connect_n, t.now, since, &mut t.seen, || {
                 let comm = ev.comm(pid);
                 address_unavailable(pid, comm, since, bind_n, connect_n, &addrs)
@@ -293,4 +312,10 @@ impl Engine {
         }
         seen.push(key);
     }
+}
+
+/// An endpoint on the wildcard address (an unbound socket): names no address the process
+/// asked for.
+fn is_wildcard(endpoint: &str) -> bool {
+    endpoint.starts_with("0.0.0.0:") || endpoint.starts_with("[::]:")
 }

@@ -14,6 +14,8 @@ use crate::domain::{
     time::rfc3339,
 };
 
+#[cfg(test)]
+mod depth_tests;
 mod engine;
 #[cfg(test)]
 pub mod fake;
@@ -26,8 +28,6 @@ mod proof;
 #[cfg(test)]
 mod tests;
 mod time_wait;
-#[cfg(test)]
-mod warning_tests;
 
 pub use engine::*;
 pub use fd_trend::{FdCalm, FdForecast, FdReading, FdTrend};

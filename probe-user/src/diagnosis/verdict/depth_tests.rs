@@ -1,5 +1,5 @@
-//! Warnings (predictions): they come before the first failure, carry the time left, stay
-//! silent for steady processes, and say why they ended.
+//! Diagnosis depth: warnings (predictions) that come before the first failure, carry the time
+//! left and say why they ended; plateaus in numbers; one cause per plateau.
 
 use std::time::{Duration, SystemTime};
 
@@ -117,4 +117,35 @@ fn fd_limit_names_the_connection_plateau_and_never_prints_a_question_mark() {
         assert!(!v.summary().contains('?'), "{}", v.summary());
         assert!(v.fix.iter().all(|f| !f.contains('?')), "{:?}", v.fix);
     }
+}
+
+/// One plateau, one cause: a few connect() EADDRNOTAVAIL whose port search went unseen, from a
+/// process exhausting its ports, join the ephemeral_ports verdict instead of making an
+/// address_unavailable one with no address; with an address asked for, that verdict stands.
+#[test]
+fn unmatched_eaddrnotavail_joins_the_port_exhaustion_it_belongs_to() {
+    use crate::domain::model::Counts;
+    use std::net::{IpAddr, Ipv4Addr};
+    let dest = Dest { netns: 7, addr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 5)), port: 6379 };
+    let mut e = Engine::new(Duration::from_secs(1));
+    let mut fake = Fake::new(Err("no namespace in this test".into()));
+    let mut w = window(0, &[]);
+    w.counts.insert(15120, Counts { port_assign_failures: 28_518, connect_addr_unavailable: 4, ..Default::default() });
+    w.port_failures.insert((15120, dest.clone()), 28_518);
+    // The unmatched failures' events: an unbound socket, no address asked for.
+    w.unavailable_addrs.insert(15120, ["0.0.0.0:0".to_string()].into());
+    let out = e.tick(&w, &mut fake);
+    assert!(out.iter().all(|v| v.cause != Cause::AddressUnavailable), "{out:?}");
+    let v = out.iter().find(|v| v.cause == Cause::EphemeralPorts).expect("ephemeral_ports");
+    assert_eq!(v.failures, 28_522, "every EADDRNOTAVAIL of the plateau in its verdict");
+
+    // A real foreign address is positive evidence: its own verdict, naming it.
+    let mut e = Engine::new(Duration::from_secs(1));
+    let mut w = window(0, &[]);
+    w.counts.insert(15120, Counts { port_assign_failures: 10, connect_addr_unavailable: 4, ..Default::default() });
+    w.port_failures.insert((15120, dest), 10);
+    w.unavailable_addrs.insert(15120, ["192.0.2.1:0".to_string()].into());
+    let out = e.tick(&w, &mut fake);
+    let v = out.iter().find(|v| v.cause == Cause::AddressUnavailable).expect("address_unavailable");
+    assert!(v.summary().contains("192.0.2.1:0"), "{}", v.summary());
 }
