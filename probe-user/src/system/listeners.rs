@@ -157,14 +157,20 @@ impl Tracker {
             }
         }
         // Syncookies leave no trace on the listener: give the namespace's count to the
-        // listener whose SYN queue is fullest (with several full at once this is a guess).
+        // listener whose SYN queue is fullest now (with several full at once this is a guess),
+        // else to one that dropped, else to the only one: never to nobody (the queue may have
+        // drained by the time it is read).
         if let Some(&cookies) = ns_delta.get("TCPReqQFullDoCookies") {
-            let fullest = socks
+            let listeners: Vec<&TcpSocket> = socks.iter().filter(|l| l.state == LISTEN).collect();
+            let by_queue = listeners
                 .iter()
-                .filter(|l| l.state == LISTEN)
-                .map(|l| (syn_recv_of(l), l))
-                .filter(|(n, l)| *n > l.wqueue as u64)
+                .map(|l| (syn_recv_of(l), *l))
+                .filter(|(n, _)| *n > 0)
                 .max_by_key(|(n, l)| n * 1000 / (l.wqueue as u64 + 1));
+            let dropped =
+                out.first().and_then(|d| listeners.iter().find(|l| l.inode == d.inode)).map(|l| (syn_recv_of(l), *l));
+            let only = (listeners.len() == 1).then(|| (syn_recv_of(listeners[0]), listeners[0]));
+            let fullest = by_queue.or(dropped).or(only);
             if let Some((n, l)) = fullest {
                 match out.iter_mut().find(|d| d.inode == l.inode) {
                     Some(d) => d.cookies = cookies,
@@ -187,8 +193,19 @@ impl Tracker {
         for (k, v) in &ns_delta {
             *context.entry(k).or_default() += v;
         }
+        // sk_drops counts a final ACK dropped on a full accept queue twice (tcp_listendrop in
+        // tcp_v4_syn_recv_sock, then sk_drops_add at tcp_v4_rcv's discard_and_relse) and
+        // counts packets a listener discards for other reasons: it says which listeners
+        // dropped, the namespace's ListenDrops says how many.
+        if out.iter().any(|d| d.drops > 0) && tcp_ext.contains_key("ListenDrops") {
+            let listen_drops = context.get("ListenDrops").copied().unwrap_or(0);
+            split_drops(&mut out, listen_drops);
+            out.retain(|d| d.drops > 0 || d.cookies > 0);
+        }
         if out.is_empty() {
-            let carry: NsDelta = context.iter().filter(|(k, _)| CARRIED.contains(k)).map(|(k, v)| (*k, *v)).collect();
+            // One poll: the read skew it covers is shorter. Growth no listener shows by then
+            // was a listener closed meanwhile: it stays in the namespace's totals only.
+            let carry: NsDelta = ns_delta.iter().filter(|(k, _)| CARRIED.contains(k)).map(|(k, v)| (*k, *v)).collect();
             if !carry.is_empty() {
                 self.carried.insert(netns, carry);
             }
@@ -208,6 +225,21 @@ impl Tracker {
     pub fn forget(&mut self, netns: u32) {
         self.ns.remove(&netns);
         self.drops.retain(|k, _| k.0 != netns);
+    }
+}
+
+/// Shares `total` (the namespace's ListenDrops growth) among the listeners in proportion to
+/// their sk_drops growth; the remainder of the division goes to the largest.
+fn split_drops(out: &mut [ListenerDelta], total: u64) {
+    let sum: u64 = out.iter().map(|d| d.drops).sum();
+    if sum == 0 {
+        return;
+    }
+    let shares: Vec<u64> = out.iter().map(|d| d.drops * total / sum).collect();
+    let rest = total - shares.iter().sum::<u64>();
+    let largest = (0..out.len()).max_by_key(|&i| out[i].drops).unwrap_or(0);
+    for (i, d) in out.iter_mut().enumerate() {
+        d.drops = shares[i] + if i == largest { rest } else { 0 };
     }
 }
 
@@ -319,6 +351,7 @@ mod tests {
         assert!(d[0].syn_queue_full());
         // Closed and re-created with the same inode number much later: starts again.
         t.update(7, &[], &ext(3));
+        t.update(7, &[], &ext(3));
         let d = t.update(7, &[listener(443, 2, 1, 0, 8)], &ext(4)).listeners;
         assert_eq!(d[0].drops, 1);
     }
@@ -328,7 +361,8 @@ mod tests {
     #[test]
     fn namespace_growth_waits_for_the_listener_that_shows_it() {
         let mut t = Tracker::default();
-        let full: BTreeMap<String, u64> = [("TCPReqQFullDrop".to_string(), 21)].into();
+        // A SYN dropped on a full SYN queue counts in both (tcp_syn_flood_action, tcp_listendrop).
+        let full: BTreeMap<String, u64> = [("TCPReqQFullDrop".to_string(), 21), ("ListenDrops".to_string(), 21)].into();
         t.baseline(7, &[listener(9000, 3, 0, 0, 8)], &BTreeMap::new());
         let p = t.update(7, &[listener(9000, 3, 0, 0, 8)], &full);
         assert!(p.listeners.is_empty());
@@ -340,5 +374,44 @@ mod tests {
         // Used once.
         let p = t.update(7, &[listener(9000, 3, 22, 0, 8)], &full);
         assert!(!p.context.contains_key("TCPReqQFullDrop"));
+    }
+
+    /// The listener's sk_drops counts a final ACK dropped on a full accept queue twice: the
+    /// drops reported are the namespace's ListenDrops, shared by the listeners that dropped.
+    #[test]
+    fn drops_are_the_namespaces_listen_drops_shared_by_the_listeners() {
+        let mut t = Tracker::default();
+        let ext = |drops: u64| -> BTreeMap<String, u64> { [("ListenDrops".to_string(), drops)].into() };
+        t.baseline(7, &[listener(80, 1, 0, 0, 16), listener(81, 2, 0, 0, 16)], &ext(0));
+        // 2,759 on the listener for 2,591 real drops (168 ACKs counted twice).
+        let d = t.update(7, &[listener(80, 1, 2759, 16, 16), listener(81, 2, 0, 0, 16)], &ext(2591)).listeners;
+        assert_eq!((d.len(), d[0].drops), (1, 2591));
+        // Two listeners: shared in proportion, every drop given out.
+        let d = t
+            .update(7, &[listener(80, 1, 2759 + 300, 16, 16), listener(81, 2, 100, 16, 16)], &ext(2591 + 200))
+            .listeners;
+        assert_eq!(d.iter().map(|x| x.drops).collect::<Vec<_>>(), vec![150, 50]);
+        // sk_drops grew without any listen drop (a packet discarded for another reason).
+        assert!(t
+            .update(7, &[listener(80, 1, 3100, 0, 16), listener(81, 2, 100, 0, 16)], &ext(2791))
+            .listeners
+            .is_empty());
+        // Syncookies go to a listener even when its SYN queue has drained by the poll.
+        let mut cookies = ext(2791);
+        cookies.insert("TCPReqQFullDoCookies".into(), 265);
+        let mut t2 = Tracker::default();
+        t2.baseline(9, &[listener(80, 1, 0, 0, 16)], &ext(0));
+        let d = t2.update(9, &[listener(80, 1, 0, 0, 16)], &cookies).listeners;
+        assert_eq!((d.len(), d[0].cookies), (1, 265));
+    }
+
+    #[test]
+    fn drops_are_charged_to_the_workers_not_the_master() {
+        // master 100 (parent 1) forked workers 101 and 102: all three hold the listener.
+        assert_eq!(crate::system::procinfo::acceptor(&[(100, 1), (101, 100), (102, 100)]), Some(101));
+        // One process: that one; socket activation: pid 1 only when alone.
+        assert_eq!(crate::system::procinfo::acceptor(&[(300, 1)]), Some(300));
+        assert_eq!(crate::system::procinfo::acceptor(&[(1, 0), (300, 1)]), Some(300));
+        assert_eq!(crate::system::procinfo::acceptor(&[]), None);
     }
 }

@@ -38,23 +38,46 @@ pub fn socket_fds(pid: u32) -> Option<u64> {
     Some(dir.filter_map(|e| e.ok()).filter(is_socket).count() as u64)
 }
 
-/// The process holding socket `inode` (the lowest pid when several share it, e.g. pre-forked
-/// workers; pid 1 only when nothing else holds it, as with socket activation), found through
-/// the /proc/PID/fd links ("socket:[INODE]"). Scans every process: callers cache the answer.
+/// The process to charge a listener's drops to: the one that accepts from it. Found through
+/// the /proc/PID/fd links ("socket:[INODE]") of every process (callers cache the answer); see
+/// [`acceptor`] for which holder that is.
 pub fn socket_owner(inode: u32) -> Option<u32> {
     let want = format!("socket:[{inode}]");
-    let mut pids: Vec<u32> =
+    let pids: Vec<u32> =
         fs::read_dir("/proc").ok()?.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
-    // Ascending, with pid 1 last.
+    let holders: Vec<(u32, u32)> = pids
+        .into_iter()
+        .filter(|pid| {
+            fs::read_dir(format!("/proc/{pid}/fd"))
+                .map(|fds| {
+                    fds.filter_map(|e| e.ok())
+                        .any(|e| fs::read_link(e.path()).is_ok_and(|l| l.as_os_str() == want.as_str()))
+                })
+                .unwrap_or(false)
+        })
+        .map(|pid| (pid, parent(pid).unwrap_or(0)))
+        .collect();
+    acceptor(&holders)
+}
+
+/// The parent pid of `pid` (/proc/PID/stat's 4th field).
+pub fn parent(pid: u32) -> Option<u32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?.1.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Of the processes holding a listener, (pid, parent pid) each, the one that accepts: a
+/// pre-forking server's master creates the listener and its workers inherit it and accept,
+/// so a holder whose child holds it too is passed over; of the rest, the lowest pid. Pid 1
+/// only when nothing else holds it (socket activation hands the listener on).
+pub fn acceptor(holders: &[(u32, u32)]) -> Option<u32> {
+    let forked = |pid: u32| holders.iter().any(|&(p, ppid)| ppid == pid && p != pid);
+    let mut pids: Vec<u32> = holders.iter().map(|h| h.0).filter(|&p| !forked(p)).collect();
+    if pids.is_empty() {
+        pids = holders.iter().map(|h| h.0).collect();
+    }
     pids.sort_unstable_by_key(|&p| (p == 1, p));
-    pids.into_iter().find(|pid| {
-        fs::read_dir(format!("/proc/{pid}/fd"))
-            .map(|fds| {
-                fds.filter_map(|e| e.ok())
-                    .any(|e| fs::read_link(e.path()).is_ok_and(|l| l.as_os_str() == want.as_str()))
-            })
-            .unwrap_or(false)
-    })
+    pids.first().copied()
 }
 
 pub fn kernel_release() -> String {

@@ -27,6 +27,66 @@ pub(super) fn backlog(args: &[String]) {
     server.wait().ok();
 }
 
+/// A pre-forking server: this process (the master) creates the listener and forks a worker
+/// (`accept-slow`, which inherits it) that accepts one connection every `--handle-ms`; then
+/// `--clients N` non-blocking connects arrive at once. After `--wait-ms` the clients are
+/// closed and the namespace's listen counters reported, with both pids.
+pub(super) fn prefork(args: &[String]) {
+    let addr: std::net::SocketAddrV4 = req(args, "--listen");
+    let clients: u32 = req(args, "--clients");
+    let wait_ms: u64 = req(args, "--wait-ms");
+    let backlog: i32 = req(args, "--backlog");
+    let handle_ms: String = req(args, "--handle-ms");
+    let fd = tcp_socket(libc::AF_INET).expect("socket");
+    sys_addr(&fd, addr, false).expect("bind");
+    // SAFETY: listen on our own bound socket, then clear FD_CLOEXEC so the worker inherits it.
+    unsafe {
+        assert_eq!(libc::listen(fd.as_raw_fd(), backlog), 0, "listen");
+        assert_eq!(libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, 0), 0, "fcntl");
+    }
+    let mut worker = spawn_ready(&["accept-slow", "--fd", &fd.as_raw_fd().to_string(), "--handle-ms", &handle_ms]);
+    let socks: Vec<OwnedFd> = (0..clients).map(|_| nonblocking_connect(SocketAddr::V4(addr), None)).collect();
+    std::thread::sleep(Duration::from_millis(wait_ms));
+    drop(socks);
+    // The queue drains and retransmitted handshakes keep arriving for a while: report once
+    // the namespace's ListenDrops has not moved for 4 s (retransmits back off past 1 s).
+    let (mut last, mut still) = (tcp_ext("ListenDrops"), 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while still < 20 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = tcp_ext("ListenDrops");
+        still = if now == last { still + 1 } else { 0 };
+        last = now;
+    }
+    println!(
+        "{}",
+        json!({"pid": pid(), "worker_pid": worker.id(),
+               "listen_overflows": tcp_ext("ListenOverflows"), "listen_drops": tcp_ext("ListenDrops"),
+               "reqq_full_drop": tcp_ext("TCPReqQFullDrop"), "cookies": tcp_ext("TCPReqQFullDoCookies")})
+    );
+    hold(args);
+    worker.kill().ok();
+    worker.wait().ok();
+}
+
+/// The worker of `prefork`: accepts from the inherited listener `--fd`, one connection every
+/// `--handle-ms` (closing each).
+pub(super) fn accept_slow(args: &[String]) {
+    let fd: i32 = req(args, "--fd");
+    let handle_ms: u64 = req(args, "--handle-ms");
+    println!("ready");
+    std::io::stdout().flush().ok();
+    loop {
+        // SAFETY: accept(2) on the inherited listener; the result is closed at once.
+        let c = unsafe { libc::accept(fd, std::ptr::null_mut(), std::ptr::null_mut()) };
+        if c >= 0 {
+            std::thread::sleep(Duration::from_millis(handle_ms));
+            // SAFETY: closing the descriptor accept(2) just returned.
+            unsafe { libc::close(c) };
+        }
+    }
+}
+
 /// A listener that never accepts: `--backlog` is the listen() backlog.
 pub(super) fn listen_only(args: &[String]) {
     let addr: std::net::SocketAddrV4 = req(args, "--listen");

@@ -159,6 +159,8 @@ fn main() {
         Some("resets") => resets(&args),
         Some("backlog") => backlog(&args),
         Some("listen-only") => listen_only(&args),
+        Some("prefork") => prefork(&args),
+        Some("accept-slow") => accept_slow(&args),
         Some("syn-flood") => syn_flood(&args),
         Some("mem-hog") => mem_hog(&args),
         Some("ct-fill") => ct_fill(&args),
@@ -168,7 +170,7 @@ fn main() {
         Some("procs") => procs(&args),
         Some("procs-child") => procs_child(&args),
         _ => {
-            eprintln!("usage: conntrace-workload ports|tw|tw-server|emfile|enfile|async|churn|bind-connect|bind-addr|resets|backlog|listen-only|syn-flood|mem-hog|ct-fill|getppid|blocked-connects|scale|procs [options]");
+            eprintln!("usage: conntrace-workload ports|tw|tw-server|emfile|enfile|async|churn|bind-connect|bind-addr|resets|backlog|listen-only|prefork|syn-flood|mem-hog|ct-fill|getppid|blocked-connects|scale|procs [options]");
             std::process::exit(2);
         }
     }
