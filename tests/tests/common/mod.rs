@@ -241,6 +241,11 @@ pub fn activations<'a>(lines: &'a [Value], pid: u64, cause: &str) -> Vec<&'a Val
     verdicts(lines, pid, cause).into_iter().filter(|v| v["state"] == "active").collect()
 }
 
+/// Predictions (`state` "warning") of `cause` for `pid`.
+pub fn warnings<'a>(lines: &'a [Value], pid: u64, cause: &str) -> Vec<&'a Value> {
+    verdicts(lines, pid, cause).into_iter().filter(|v| v["state"] == "warning").collect()
+}
+
 /// Runs the kernel skipped for conntrace's programs whose name starts with `prefix`, from the
 /// last status line (`lost_updates.skipped_runs`; kprobe skips are counted since Linux 6.7).
 pub fn skipped_runs(lines: &[Value], prefix: &str) -> u64 {
