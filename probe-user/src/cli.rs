@@ -30,6 +30,14 @@ pub struct CheckArgs {
     /// Print one JSON document instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Check for a target load: can the machine (and --pid's process) hold N concurrent
+    /// connections? Each limit with what N needs, pass/warn/fail and the fix.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub connections: Option<u64>,
+    /// With --connections: M of them toward one destination (address and port) from one
+    /// source address, which the ephemeral port range must hold.
+    #[arg(long, value_name = "M", requires = "connections", value_parser = clap::value_parser!(u64).range(1..))]
+    pub outbound_per_destination: Option<u64>,
 }
 
 #[derive(clap::Args, Debug, Clone)]

@@ -116,6 +116,7 @@ proptest! {
             let _ = facts::parse_netstat(t, "TcpExt:");
             let _ = facts::parse_sockstat(t);
             let _ = facts::parse_triple(t);
+            let _ = crate::system::systemd::parse_unit(t);
         }
     }
 }

@@ -120,3 +120,47 @@ fn check_with_an_unknown_pid_exits_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no process with pid 999999999"));
 }
+
+/// `check --connections N --outbound-per-destination M` for a process in a namespace: with a
+/// 100-port range and tcp_tw_reuse 0 the port item fails (exit 1) and tcp_tw_reuse warns;
+/// tuned (the whole range, reuse on, RLIMIT_NOFILE 20,000) every target item passes.
+#[test]
+fn check_for_ten_thousand_connections_fails_on_a_narrow_range_and_passes_when_tuned() {
+    if !require_root("check_for_ten_thousand_connections_fails_on_a_narrow_range_and_passes_when_tuned") {
+        return;
+    }
+    let run = |range: &str, reuse: u32| -> (Option<i32>, serde_json::Value) {
+        let out = in_netns(&format!(
+            "sysctl -qw net.ipv4.ip_local_port_range='{range}'\n\
+             sysctl -qw net.ipv4.tcp_tw_reuse={reuse}\n\
+             sh -c 'ulimit -n 20000; exec sleep 30' & p=$!\n\
+             sleep 0.2\n\
+             code=0; {ct} check --json --pid $p --connections 10000 --outbound-per-destination 10000 || code=$?\n\
+             echo \"exit $code\"\n\
+             kill $p",
+            ct = conntrace_bin().display()
+        ));
+        let code = out.lines().find_map(|l| l.strip_prefix("exit ")).and_then(|c| c.parse().ok());
+        let json = out.lines().find(|l| l.starts_with('{')).expect("check --json output");
+        (code, serde_json::from_str(json).unwrap())
+    };
+    let status = |doc: &serde_json::Value, id: &str| -> String {
+        let items = doc["items"].as_array().unwrap();
+        let i = items.iter().find(|i| i["id"] == id).unwrap_or_else(|| panic!("no {id}: {doc}"));
+        i["status"].as_str().unwrap().to_string()
+    };
+    let (code, narrow) = run("40000 40099", 0);
+    assert_eq!(code, Some(1), "{narrow}");
+    assert_eq!(status(&narrow, "target_ports"), "fail");
+    assert_eq!(status(&narrow, "tcp_tw_reuse"), "warn", "a 100-port range without reuse");
+    assert_eq!(status(&narrow, "target_nofile"), "ok", "RLIMIT_NOFILE 20,000 holds 10,000");
+    let (_, tuned) = run("1024 65535", 1);
+    let targets: Vec<&serde_json::Value> = tuned["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["id"].as_str().unwrap().starts_with("target_"))
+        .collect();
+    assert!(targets.len() >= 3, "{tuned}");
+    assert!(targets.iter().all(|i| i["status"] == "ok"), "{targets:#?}");
+}

@@ -8,7 +8,7 @@ use crate::{
     commands::host::nofile_now,
     diagnosis::check::{self, ProcFds},
     domain::net::Nofile,
-    system::{facts, procinfo},
+    system::{facts, procinfo, systemd},
 };
 
 /// One process's fds against its RLIMIT_NOFILE, from /proc.
@@ -43,7 +43,20 @@ pub fn check(args: CheckArgs) -> Result<u8> {
     };
     let net = facts::read_net_of(args.pid)?;
     let sys = facts::read_system();
-    let items = check::run(&sys, &net, &procs);
+    let mut items = check::run(&sys, &net, &procs);
+    if let Some(connections) = args.connections {
+        let target = check::Target { connections, per_destination: args.outbound_per_destination };
+        let proc =
+            args.pid.and_then(|pid| procs.iter().find(|p| p.pid == pid)).map(|p| (p, procinfo::socket_fds(p.pid)));
+        let source = args.pid.map(|pid| match systemd::unit_of(pid) {
+            Some(unit) => {
+                let limit_nofile = systemd::limit_nofile_of(std::path::Path::new("/"), &unit);
+                check::LimitSource::Systemd { unit, limit_nofile }
+            }
+            None => check::LimitSource::Inherited,
+        });
+        items.extend(check::target_items(target, &sys, &net, proc, source.as_ref()));
+    }
     if args.json {
         println!("{}", crate::render::check::to_json(&items));
     } else {

@@ -111,6 +111,10 @@ pub fn tw_reuse_applies(tw_reuse: Option<u32>, dst: IpAddr) -> bool {
     }
 }
 
+pub use target::{target_items, LimitSource, Target};
+
+mod target;
+
 pub fn run(sys: &SystemFacts, net: &NetFacts, procs: &[ProcFds]) -> Vec<Item> {
     let mut items = nofile_items(procs, sys.nr_open);
     items.extend(file_items(sys));
@@ -207,13 +211,30 @@ fn time_wait_items(sys: &SystemFacts, net: &NetFacts) -> Vec<Item> {
             2 => "loopback destinations only (the default)",
             _ => "unknown value",
         };
+        // Off, TIME_WAIT holds an outbound connection's port for 60 s: a narrow range (or one
+        // already taken a tenth by TIME_WAIT) runs out under churn.
+        let usable = net.port_range.map(|r| usable_ports(r, &net.reserved)).unwrap_or(0);
+        let tw = net.time_wait.unwrap_or(0);
+        let tight = r == 0 && usable > 0 && (usable < 10_000 || tw * 10 >= usable);
         items.push(item(
             "tcp_tw_reuse",
-            Level::Ok,
+            if tight { Level::Warn } else { Level::Ok },
             json!(r),
             None,
-            format!("net.ipv4.tcp_tw_reuse = {r}: {meaning}; it only helps connect() (never the server side or bind()), and needs TCP timestamps"),
-            None,
+            format!(
+                "net.ipv4.tcp_tw_reuse = {r}: {meaning}; it only helps connect() (never the server side or bind()), and \
+                 needs TCP timestamps{}",
+                if tight {
+                    format!(
+                        "; off, each outbound connection keeps its port 60 s in TIME_WAIT after it closes: {usable} \
+                         usable ports allow about {} new connections a second toward one destination",
+                        usable / 60
+                    )
+                } else {
+                    String::new()
+                }
+            ),
+            tight.then_some("sysctl -w net.ipv4.tcp_tw_reuse=1 (outbound connections may reuse TIME_WAIT ports), and persist it in /etc/sysctl.d"),
         ));
     }
     if sys.tw_recycle_configs.is_empty() {

@@ -7,3 +7,4 @@ pub mod facts;
 pub mod listeners;
 pub mod netdiag;
 pub mod procinfo;
+pub mod systemd;
