@@ -1,6 +1,7 @@
-//! The fd-limit warning: a process whose open fds keep growing toward its RLIMIT_NOFILE (a
-//! leak, a connection ramp) is warned about with the time left at its current rate, before
-//! its first EMFILE. Pure: fed with readings of open fds and the soft limit.
+//! Trends toward a limit, for warnings: a process whose open fds keep growing toward its
+//! RLIMIT_NOFILE (a leak, a connection ramp), a namespace whose TIME_WAIT table fills toward
+//! tcp_max_tw_buckets. Each is warned about with the time left at its current rate, before
+//! the first failure. Pure: fed with readings of (key, value, limit).
 
 use std::{
     collections::{BTreeMap, VecDeque},
@@ -26,10 +27,9 @@ const MIN_GROWTH: f64 = 0.02;
 /// Warn when the limit is this close at the current rate.
 pub const WARN_AHEAD_S: f64 = 300.0;
 
-/// A process heading for its fd limit.
+/// A value heading for its limit (open fds, TIME_WAIT sockets).
 #[derive(Clone, Debug, PartialEq)]
 pub struct FdForecast {
-    pub pid: u32,
     pub open: u64,
     pub limit: u64,
     pub rate_per_s: f64,
@@ -49,21 +49,37 @@ pub enum FdCalm {
     Gone,
 }
 
-#[derive(Default)]
-pub struct FdTrend {
-    history: BTreeMap<u32, VecDeque<(SystemTime, u64, u64)>>,
+/// The fd trend of each process.
+pub type FdTrend = Trend<u32>;
+
+pub struct Trend<K> {
+    history: BTreeMap<K, VecDeque<(SystemTime, u64, u64)>>,
 }
 
-impl FdTrend {
-    /// Adds the readings taken at `now`; forgets processes not read for `HISTORY`.
+impl<K> Default for Trend<K> {
+    fn default() -> Self {
+        Trend { history: BTreeMap::new() }
+    }
+}
+
+impl Trend<u32> {
+    /// Adds the fd readings taken at `now` (see [`Trend::observe_values`]).
     pub fn observe(&mut self, now: SystemTime, readings: &[FdReading]) {
-        for r in readings.iter().filter(|r| r.limit > 0) {
-            let h = self.history.entry(r.pid).or_default();
+        let values: Vec<(u32, u64, u64)> = readings.iter().map(|r| (r.pid, r.open, r.limit)).collect();
+        self.observe_values(now, &values);
+    }
+}
+
+impl<K: Ord + Copy> Trend<K> {
+    /// Adds (key, value, limit) readings taken at `now`; forgets keys not read for `HISTORY`.
+    pub fn observe_values(&mut self, now: SystemTime, readings: &[(K, u64, u64)]) {
+        for &(key, open, limit) in readings.iter().filter(|r| r.2 > 0) {
+            let h = self.history.entry(key).or_default();
             // The limit changed: the old trend says nothing about the new one.
-            if h.back().is_some_and(|&(_, _, limit)| limit != r.limit) {
-                h.retain(|&(_, _, limit)| limit == r.limit);
+            if h.back().is_some_and(|&(_, _, l)| l != limit) {
+                h.retain(|&(_, _, l)| l == limit);
             }
-            h.push_back((now, r.open, r.limit));
+            h.push_back((now, open, limit));
         }
         self.history.retain(|_, h| {
             while h.front().is_some_and(|(t, ..)| now.duration_since(*t).unwrap_or_default() > HISTORY) {
@@ -73,10 +89,10 @@ impl FdTrend {
         });
     }
 
-    /// The process's forecast, if its fds are rising steadily toward the limit and reach it
-    /// within [`WARN_AHEAD_S`].
-    pub fn forecast(&self, pid: u32) -> Option<FdForecast> {
-        let h = self.history.get(&pid)?;
+    /// The forecast for `key`, if its value is rising steadily toward the limit and reaches
+    /// it within [`WARN_AHEAD_S`].
+    pub fn forecast(&self, key: K) -> Option<FdForecast> {
+        let h = self.history.get(&key)?;
         let (&(t0, first, _), &(t1, open, limit)) = (h.front()?, h.back()?);
         let span = t1.duration_since(t0).unwrap_or_default().as_secs_f64();
         if span < MIN_SPAN_S || open <= first || open >= limit {
@@ -89,12 +105,12 @@ impl FdTrend {
         }
         let rate = (open - first) as f64 / span;
         let seconds_left = (limit - open) as f64 / rate;
-        (seconds_left <= WARN_AHEAD_S).then_some(FdForecast { pid, open, limit, rate_per_s: rate, seconds_left })
+        (seconds_left <= WARN_AHEAD_S).then_some(FdForecast { open, limit, rate_per_s: rate, seconds_left })
     }
 
-    /// Why `pid` has no forecast now (for a warning that ends).
-    pub fn calm(&self, pid: u32, warned_limit: u64) -> FdCalm {
-        match self.history.get(&pid).and_then(|h| h.back()) {
+    /// Why `key` has no forecast now (for a warning that ends).
+    pub fn calm(&self, key: K, warned_limit: u64) -> FdCalm {
+        match self.history.get(&key).and_then(|h| h.back()) {
             None => FdCalm::Gone,
             Some(&(_, _, limit)) if limit != warned_limit => FdCalm::Raised { from: warned_limit, to: limit },
             Some(&(_, open, limit)) if open >= limit => FdCalm::Reached { limit },
@@ -102,8 +118,8 @@ impl FdTrend {
         }
     }
 
-    /// Processes with readings.
-    pub fn pids(&self) -> Vec<u32> {
+    /// Keys with readings.
+    pub fn pids(&self) -> Vec<K> {
         self.history.keys().copied().collect()
     }
 }
