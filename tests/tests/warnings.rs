@@ -70,3 +70,35 @@ fn a_steady_process_is_not_warned() {
     let pid = wl["pid"].as_u64().unwrap();
     assert!(verdicts(&lines, pid, "fd_pressure").is_empty(), "{:?}", verdicts(&lines, pid, "fd_pressure"));
 }
+
+/// 150 TIME_WAITs a second into a table of 3,000 (tcp_max_tw_buckets), for 15 s: full in
+/// ~20 s; a warning comes while it fills, charged to the process closing first, and nothing
+/// overflows (the churn stops at 2,250).
+#[test]
+fn a_filling_time_wait_table_is_warned_before_it_overflows() {
+    let name = "a_filling_time_wait_table_is_warned_before_it_overflows";
+    if !require_root(name) {
+        return;
+    }
+    let ct = Conntrace::start(&["--syscall-hooks", "never"]);
+    let out = in_netns(
+        "sysctl -qw net.ipv4.tcp_max_tw_buckets=3000\n\
+         sysctl -qw net.ipv4.tcp_tw_reuse=0\n\
+         $WL tw --addr 127.0.0.1:9000 --count 2250 --rate 150",
+    );
+    let lines = ct.stop();
+    let wl = report(&out);
+    let pid = wl["pid"].as_u64().unwrap();
+    assert_eq!(wl["ok"], 2250, "{wl}");
+    let ws = warnings(&lines, pid, "tw_table_pressure");
+    let w = ws.first().unwrap_or_else(|| panic!("no warning: {:?}", verdicts(&lines, pid, "tw_table_pressure")));
+    let e = &w["evidence"];
+    eprintln!("{}", w["summary"]);
+    assert_eq!(e["tcp_max_tw_buckets"], 3000, "{e}");
+    let rate = e["rate_per_s"].as_f64().unwrap();
+    assert!((100.0..=200.0).contains(&rate), "the workload closes 150 a second: {e}");
+    // Full at ~20 s from the start; the warning needs 3 s of readings.
+    let left = e["seconds_left"].as_u64().unwrap();
+    assert!((3..=20).contains(&left), "{e}");
+    assert!(verdicts(&lines, pid, "tw_buckets").is_empty(), "nothing overflowed");
+}

@@ -15,11 +15,21 @@ pub struct ListenPoll {
     /// (owner pid, the listener, its namespace's counter growth).
     pub dropped: Vec<(u32, listeners::ListenerDelta, listeners::NsDelta)>,
     pub by_ns: BTreeMap<u32, listeners::NsDelta>,
+    /// Each namespace's TIME_WAIT table: (sockets in it, tcp_max_tw_buckets).
+    pub tw_tables: BTreeMap<u32, (u64, u64)>,
 }
 
 /// Listeners and TcpExt counters of the calling thread's network namespace.
 fn read_listen_counters() -> (Result<Vec<netdiag::TcpSocket>>, BTreeMap<String, u64>) {
     (netdiag::listeners(), crate::system::facts::read_tcp_ext())
+}
+
+/// The same, with the namespace's TIME_WAIT table (for the tw table warning).
+type Counters = (Result<Vec<netdiag::TcpSocket>>, BTreeMap<String, u64>, Option<(u64, u64)>);
+
+fn read_counters() -> Counters {
+    let (socks, ext) = read_listen_counters();
+    (socks, ext, crate::system::facts::read_tw_table())
 }
 
 #[derive(Default)]
@@ -73,6 +83,7 @@ impl ListenPoller {
         }
         let mut out = Vec::new();
         let mut by_ns = BTreeMap::new();
+        let mut tw_tables = BTreeMap::new();
         let mut gone = Vec::new();
         for (&ns, &via) in &self.netns {
             let enter = if Some(ns) == own { None } else { Some(via) };
@@ -87,8 +98,11 @@ impl ListenPoller {
                 },
                 e => e,
             };
-            let read = netdiag::in_netns_of(enter, read_listen_counters);
-            let Ok((Ok(mut socks), ext)) = read else { continue };
+            let read = netdiag::in_netns_of(enter, read_counters);
+            let Ok((Ok(mut socks), ext, tw)) = read else { continue };
+            if let Some(tw) = tw {
+                tw_tables.insert(ns, tw);
+            }
             if self.tracker.needs_requests(ns, &socks, &ext) {
                 if let Ok(Ok(reqs)) = netdiag::in_netns_of(enter, netdiag::request_sockets) {
                     socks.extend(reqs);
@@ -113,6 +127,6 @@ impl ListenPoller {
             self.tracker.forget(ns);
             self.owner.retain(|k, _| k.0 != ns);
         }
-        ListenPoll { dropped: out, by_ns }
+        ListenPoll { dropped: out, by_ns, tw_tables }
     }
 }

@@ -128,6 +128,12 @@ fn port_sockets(range: Option<(u16, u16)>) -> Vec<crate::domain::net::TcpSocket>
     all
 }
 
+/// The calling thread's namespace's TIME_WAIT table: (sockets in it, net.ipv4.tcp_max_tw_buckets).
+pub fn read_tw_table() -> Option<(u64, u64)> {
+    let tw = read("/proc/thread-self/net/sockstat").and_then(|s| parse_sockstat(&s).get("tw").copied())?;
+    Some((tw, read_u64("/proc/sys/net/ipv4/tcp_max_tw_buckets")?))
+}
+
 /// The namespace's port sysctls alone: what `read_net` reads without walking every TCP socket
 /// (a sock_diag dump walks the host's whole established hash, TIME_WAITs included).
 pub fn read_port_limits() -> NetFacts {

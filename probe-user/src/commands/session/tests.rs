@@ -75,7 +75,11 @@ impl Host for FakeHost {
         Some(crate::diagnosis::verdict::TwTable { count: 10, max: 10, netns, _pad: 0 })
     }
     fn poll_listeners(&mut self, _watched: &[u32]) -> ListenPoll {
-        self.poll.take().unwrap_or(ListenPoll { dropped: Vec::new(), by_ns: BTreeMap::new() })
+        self.poll.take().unwrap_or(ListenPoll {
+            dropped: Vec::new(),
+            by_ns: BTreeMap::new(),
+            tw_tables: BTreeMap::new(),
+        })
     }
 }
 
@@ -294,7 +298,8 @@ fn listener_drops_are_charged_to_the_listeners_owner() {
         cookies: 0,
     };
     let ns: NsDelta = [("ListenOverflows", 3)].into();
-    host.poll = Some(ListenPoll { dropped: vec![(11, l, ns.clone())], by_ns: [(NS, ns)].into() });
+    host.poll =
+        Some(ListenPoll { dropped: vec![(11, l, ns.clone())], by_ns: [(NS, ns)].into(), tw_tables: BTreeMap::new() });
     let mut s = session(&[]);
     let out = step(&mut s, &mut host, Snapshot::new(), BTreeMap::new(), 1);
     assert_eq!((out.samples[0].pid, out.samples[0].counts.listen_drops), (11, 3));
@@ -306,7 +311,11 @@ fn listener_drops_are_charged_to_the_listeners_owner() {
 fn inferred_tw_overflows_are_corrected_by_the_namespace_count_only_when_inferred() {
     for (infer, want) in [(true, (12, 3)), (false, (10, 5))] {
         let mut host = FakeHost::default().with(9, "churn", nofile(1024, 10));
-        host.poll = Some(ListenPoll { dropped: Vec::new(), by_ns: [(NS, [("TCPTimeWaitOverflow", 3)].into())].into() });
+        host.poll = Some(ListenPoll {
+            dropped: Vec::new(),
+            by_ns: [(NS, [("TCPTimeWaitOverflow", 3)].into())].into(),
+            tw_tables: BTreeMap::new(),
+        });
         let filter = Filter::default();
         let mut s = Session::new(filter, Duration::from_secs(1), Snapshot::new(), BTreeMap::new(), infer);
         let cur: Snapshot = [(key(9, kind::TIME_WAIT), 10), (key(9, kind::TW_OVERFLOW), 5)].into();
@@ -321,7 +330,11 @@ fn overflows_counted_by_the_namespace_before_the_counters_are_claimed_by_an_exit
     let mut host = FakeHost::default().with(9, "churn", nofile(1024, 10));
     let mut s = Session::new(Filter::default(), Duration::from_secs(1), Snapshot::new(), BTreeMap::new(), true);
     // 17 overflows happened between the counters' read and TcpExt's.
-    let poll = |n: u64| ListenPoll { dropped: Vec::new(), by_ns: [(NS, [("TCPTimeWaitOverflow", n)].into())].into() };
+    let poll = |n: u64| ListenPoll {
+        dropped: Vec::new(),
+        by_ns: [(NS, [("TCPTimeWaitOverflow", n)].into())].into(),
+        tw_tables: BTreeMap::new(),
+    };
     host.poll = Some(poll(17));
     let out = step(&mut s, &mut host, [(key(9, kind::CONNECT_ATTEMPT), 30)].into(), BTreeMap::new(), 1);
     assert_eq!(out.samples[0].counts.tw_overflows, 0);

@@ -149,3 +149,36 @@ fn unmatched_eaddrnotavail_joins_the_port_exhaustion_it_belongs_to() {
     let v = out.iter().find(|v| v.cause == Cause::AddressUnavailable).expect("address_unavailable");
     assert!(v.summary().contains("192.0.2.1:0"), "{}", v.summary());
 }
+
+/// A namespace's TIME_WAIT table filling toward tcp_max_tw_buckets: a warning charged to the
+/// process creating the TIME_WAITs, resolved when the table stops growing.
+#[test]
+fn a_filling_tw_table_is_warned_and_charged_to_its_creator() {
+    use crate::domain::model::Counts;
+    let mut e = Engine::new(Duration::from_secs(1));
+    let mut fake = Fake::new(Err(String::new()));
+    fake.comm = "php-fpm";
+    let mut warned = None;
+    for t in 0..6 {
+        let mut w = window(t, &[]);
+        w.tw_tables.insert(7, (1000 + 150 * t, 5000));
+        w.counts.insert(9, Counts { time_wait_created: 150, ..Default::default() });
+        w.counts.insert(10, Counts { time_wait_created: 3, ..Default::default() });
+        for v in e.tick(&w, &mut fake) {
+            warned.get_or_insert(v);
+        }
+    }
+    let v = warned.expect("a warning");
+    assert_eq!((v.cause, v.pid, v.state), (Cause::TwTablePressure, 9, VerdictState::Warning));
+    let Proof::TwTablePressure(p) = &v.evidence else { panic!("{:?}", v.evidence) };
+    assert_eq!((p.time_wait, p.tcp_max_tw_buckets, p.rate_per_s, p.seconds_left, p.netns), (1450, 5000, 150.0, 24, 7));
+    assert!(v.summary().contains("1,450 of net.ipv4.tcp_max_tw_buckets 5,000"), "{}", v.summary());
+    let mut out = Vec::new();
+    for t in 6..30 {
+        let mut w = window(t, &[]);
+        w.tw_tables.insert(7, (1750, 5000));
+        out.extend(e.tick(&w, &mut fake));
+    }
+    let r = out.iter().find(|v| v.cause == Cause::TwTablePressure).expect("resolved");
+    assert!(r.resolution.as_deref().unwrap().contains("stopped growing, at 1,750 of 5,000"), "{:?}", r.resolution);
+}

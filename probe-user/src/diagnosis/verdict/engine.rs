@@ -35,6 +35,9 @@ pub struct Engine {
     failed: std::collections::BTreeSet<(Cause, u32)>,
     /// Open fds over time per process, for the fd warning.
     fd_trend: FdTrend,
+    /// TIME_WAIT sockets over time per namespace, and the process each warning is charged to.
+    tw_trend: Trend<u32>,
+    tw_charged: BTreeMap<u32, u32>,
 }
 
 /// One interval being diagnosed: its window, its end and start, and the (cause, process,
@@ -63,6 +66,8 @@ impl Engine {
             ct_refused: BTreeMap::new(),
             failed: Default::default(),
             fd_trend: FdTrend::default(),
+            tw_trend: Trend::default(),
+            tw_charged: BTreeMap::new(),
         }
     }
 
@@ -96,6 +101,7 @@ impl Engine {
         self.listener_failures(&mut t, ev);
         self.predict_time_wait(w, now, ev, &mut t.seen);
         self.predict_fds(w, now, ev, &mut t.seen);
+        self.predict_tw_tables(w, now, ev, &mut t.seen);
         self.report(now, &t.seen, ev)
     }
 

@@ -30,7 +30,7 @@ mod tests;
 mod time_wait;
 
 pub use engine::*;
-pub use fd_trend::{FdCalm, FdForecast, FdReading, FdTrend};
+pub use fd_trend::{FdCalm, FdForecast, FdReading, FdTrend, Trend};
 pub use fds::*;
 use listen::*;
 pub use memory::*;
@@ -49,6 +49,8 @@ pub enum Cause {
     FileMax,
     EphemeralPorts,
     TimeWaitPressure,
+    /// A prediction: a namespace's TIME_WAIT table filling toward tcp_max_tw_buckets.
+    TwTablePressure,
     TwBuckets,
     BindHoarding,
     AddressUnavailable,
@@ -66,6 +68,7 @@ impl Cause {
             Cause::FileMax => "file_max",
             Cause::EphemeralPorts => "ephemeral_ports",
             Cause::TimeWaitPressure => "time_wait_pressure",
+            Cause::TwTablePressure => "tw_table_pressure",
             Cause::TwBuckets => "tw_buckets",
             Cause::BindHoarding => "bind_hoarding",
             Cause::AddressUnavailable => "address_unavailable",
@@ -147,6 +150,8 @@ pub struct Window {
     /// Open fds and RLIMIT_NOFILE of the processes read this interval (active ones, and
     /// those already at a quarter of their limit), for the fd warning.
     pub fd_readings: Vec<FdReading>,
+    /// Each watched namespace's TIME_WAIT table: (sockets in it, tcp_max_tw_buckets).
+    pub tw_tables: BTreeMap<u32, (u64, u64)>,
 }
 
 pub use crate::domain::net::Nofile;

@@ -19,6 +19,7 @@ pub enum Proof {
     PortsUnknown(UnreadableNet),
     TimeWaitPressure(TimeWaitPressureProof),
     TwBuckets(TwBucketsProof),
+    TwTablePressure(TwTablePressureProof),
     BindHoarding(BindHoardingProof),
     AddressUnavailable(AddressProof),
     /// accept_queue and syn_queue.
@@ -56,6 +57,18 @@ pub struct FdPressureProof {
     pub rate_per_s: f64,
     /// Until the limit at that rate.
     pub seconds_left: u64,
+}
+
+/// A namespace's TIME_WAIT table filling (tw_table_pressure).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TwTablePressureProof {
+    /// TIME_WAIT sockets in the namespace (/proc/net/sockstat `tw`).
+    pub time_wait: u64,
+    pub tcp_max_tw_buckets: u64,
+    /// Net growth of the table per second over the last readings (one decimal).
+    pub rate_per_s: f64,
+    pub seconds_left: u64,
+    pub netns: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

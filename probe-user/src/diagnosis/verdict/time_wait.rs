@@ -103,3 +103,57 @@ pub(super) fn time_wait_pressure(
         resolution: None,
     }
 }
+
+/// The warning for a namespace whose TIME_WAIT table fills toward tcp_max_tw_buckets, charged
+/// to the process creating most of its TIME_WAITs.
+pub fn tw_table_pressure(pid: u32, comm: String, since: SystemTime, netns: u32, f: &FdForecast) -> Verdict {
+    let proof = TwTablePressureProof {
+        time_wait: f.open,
+        tcp_max_tw_buckets: f.limit,
+        rate_per_s: (f.rate_per_s * 10.0).round() / 10.0,
+        seconds_left: f.seconds_left.round() as u64,
+        netns,
+    };
+    let mut v = base(Cause::TwTablePressure, pid, comm.clone(), since, 0, Proof::TwTablePressure(proof));
+    v.state = VerdictState::Warning;
+    v.set_summary(
+        format!(
+            "the TIME_WAIT table of {comm}[{pid}]'s namespace is filling: {} of net.ipv4.tcp_max_tw_buckets {}, \
+             {:.0} more a second; full in about {:.0} s, then closing connections skip TIME_WAIT \
+             (TCPTimeWaitOverflow) and late segments of old connections can reach new ones",
+            thousands(f.open),
+            thousands(f.limit),
+            f.rate_per_s,
+            f.seconds_left
+        ),
+        String::new(),
+    );
+    v.fix.push(format!(
+        "reuse connections (keepalive, pooling): each connection {comm} closes first stays 60 s in TIME_WAIT"
+    ));
+    v.fix.push(format!(
+        "raise the limit in that namespace: sysctl -w net.ipv4.tcp_max_tw_buckets={} (a TIME_WAIT socket takes \
+         about 200 bytes)",
+        (f.limit * 4).max(262_144)
+    ));
+    v
+}
+
+/// Why a tw table warning ended, as a sentence.
+pub fn tw_table_calm_reason(comm: &str, pid: u32, calm: &FdCalm) -> String {
+    match calm {
+        FdCalm::Steady { open, limit } => format!(
+            "the TIME_WAIT table of {comm}[{pid}]'s namespace stopped growing, at {} of {}",
+            thousands(*open),
+            thousands(*limit)
+        ),
+        FdCalm::Raised { from, to } => {
+            format!("net.ipv4.tcp_max_tw_buckets was raised from {} to {}", thousands(*from), thousands(*to))
+        }
+        FdCalm::Reached { limit } => format!(
+            "the table is full ({} TIME_WAIT sockets): closes skip TIME_WAIT now (see the tw_buckets verdict)",
+            thousands(*limit)
+        ),
+        FdCalm::Gone => format!("{comm}[{pid}]'s namespace is no longer watched (it is gone)"),
+    }
+}

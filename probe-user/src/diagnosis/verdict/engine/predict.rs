@@ -73,6 +73,39 @@ impl Engine {
         }
     }
 
+    /// Warns about namespaces whose TIME_WAIT table fills toward tcp_max_tw_buckets (not
+    /// those already refusing TIME_WAITs: tw_buckets says it), charged to the process that
+    /// created most TIME_WAITs there this interval (or the one charged before).
+    pub(super) fn predict_tw_tables(
+        &mut self,
+        w: &Window,
+        now: SystemTime,
+        ev: &mut dyn Evidence,
+        seen: &mut Vec<Key>,
+    ) {
+        let readings: Vec<(u32, u64, u64)> = w.tw_tables.iter().map(|(&ns, &(tw, max))| (ns, tw, max)).collect();
+        self.tw_trend.observe_values(now, &readings);
+        for (&ns, _) in &w.tw_tables {
+            let Some(f) = self.tw_trend.forecast(ns) else { continue };
+            let creator = w
+                .counts
+                .iter()
+                .filter(|(_, c)| c.time_wait_created > 0)
+                .filter(|(&pid, _)| ev.netns(pid) == Some(ns))
+                .max_by_key(|(_, c)| c.time_wait_created)
+                .map(|(&pid, _)| pid);
+            let Some(pid) = creator.or_else(|| self.tw_charged.get(&ns).copied()) else { continue };
+            self.tw_charged.insert(ns, pid);
+            if self.is_active(pid, Cause::TwBuckets) {
+                continue;
+            }
+            let key = (Cause::TwTablePressure, pid, None);
+            let since = self.active.get(&key).map_or(now, |a| a.verdict.since);
+            let verdict = tw_table_pressure(pid, ev.comm(pid), since, ns, &f);
+            self.warn(key, verdict, now, seen);
+        }
+    }
+
     /// Keeps a warning (a prediction) active with its latest figures.
     fn warn(&mut self, key: Key, verdict: Verdict, now: SystemTime, seen: &mut Vec<Key>) {
         match self.active.get_mut(&key) {
@@ -102,6 +135,18 @@ impl Engine {
                 };
                 let failing = self.is_active(*pid, Cause::FdLimit);
                 fd_calm_reason(&v.comm, *pid, &self.fd_trend.calm(*pid, limit), failing)
+            }
+            Cause::TwTablePressure => {
+                let (ns, limit) = match &v.evidence {
+                    Proof::TwTablePressure(p) => (p.netns, p.tcp_max_tw_buckets),
+                    _ => (0, 0),
+                };
+                let calm = if self.is_active(*pid, Cause::TwBuckets) {
+                    FdCalm::Reached { limit }
+                } else {
+                    self.tw_trend.calm(ns, limit)
+                };
+                tw_table_calm_reason(&v.comm, *pid, &calm)
             }
             _ if !ev.alive(*pid) => format!("{}[{pid}] has exited", v.comm),
             _ => {
