@@ -85,7 +85,7 @@ impl Engine {
     ) {
         let readings: Vec<(u32, u64, u64)> = w.tw_tables.iter().map(|(&ns, &(tw, max))| (ns, tw, max)).collect();
         self.tw_trend.observe_values(now, &readings);
-        for (&ns, _) in &w.tw_tables {
+        for &ns in w.tw_tables.keys() {
             let Some(f) = self.tw_trend.forecast(ns) else { continue };
             let creator = w
                 .counts
