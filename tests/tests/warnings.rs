@@ -102,3 +102,28 @@ fn a_filling_time_wait_table_is_warned_before_it_overflows() {
     assert!((3..=20).contains(&left), "{e}");
     assert!(verdicts(&lines, pid, "tw_buckets").is_empty(), "nothing overflowed");
 }
+
+/// A listener (backlog 16) that never accepts and 15 clients: its accept queue stays at 15 of
+/// 16 without overflowing: `accept_queue_pressure` on the listener's process after 3 s, no
+/// `accept_queue` verdict (nothing dropped).
+#[test]
+fn an_accept_queue_staying_near_its_backlog_is_warned() {
+    let name = "an_accept_queue_staying_near_its_backlog_is_warned";
+    if !require_root(name) {
+        return;
+    }
+    let ct = Conntrace::start(&["--syscall-hooks", "never"]);
+    let out = in_netns("$WL backlog --listen 127.0.0.1:9000 --backlog 16 --clients 15 --wait-ms 5000");
+    let lines = ct.stop();
+    let wl = report(&out);
+    let server = wl["server_pid"].as_u64().unwrap();
+    assert_eq!(wl["listen_drops"], 0, "{wl}");
+    let ws = warnings(&lines, server, "accept_queue_pressure");
+    let w = ws.first().unwrap_or_else(|| panic!("no warning: {:?}", verdicts(&lines, server, "accept_queue_pressure")));
+    eprintln!("{}", w["summary"]);
+    assert_eq!(w["listener"], "127.0.0.1:9000");
+    let e = &w["evidence"];
+    assert_eq!((e["queue_len"].as_u64(), e["backlog"].as_u64()), (Some(15), Some(16)), "{e}");
+    assert!(e["for_s"].as_u64().unwrap() >= 3, "{e}");
+    assert!(verdicts(&lines, server, "accept_queue").is_empty());
+}

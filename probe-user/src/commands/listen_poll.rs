@@ -17,6 +17,8 @@ pub struct ListenPoll {
     pub by_ns: BTreeMap<u32, listeners::NsDelta>,
     /// Each namespace's TIME_WAIT table: (sockets in it, tcp_max_tw_buckets).
     pub tw_tables: BTreeMap<u32, (u64, u64)>,
+    /// (owner pid, listener) of the listeners whose accept queue is at least 4/5 full now.
+    pub busy: Vec<(u32, listeners::ListenerDelta)>,
 }
 
 /// Listeners and TcpExt counters of the calling thread's network namespace.
@@ -84,6 +86,7 @@ impl ListenPoller {
         let mut out = Vec::new();
         let mut by_ns = BTreeMap::new();
         let mut tw_tables = BTreeMap::new();
+        let mut busy = Vec::new();
         let mut gone = Vec::new();
         for (&ns, &via) in &self.netns {
             let enter = if Some(ns) == own { None } else { Some(via) };
@@ -110,14 +113,14 @@ impl ListenPoller {
             }
             let poll = self.tracker.update(ns, &socks, &ext);
             by_ns.insert(ns, poll.delta);
+            for l in poll.busy {
+                if let Some(pid) = owner_of(&mut self.owner, ns, l.inode) {
+                    busy.push((pid, l));
+                }
+            }
             let ns_delta = poll.context;
             for l in poll.listeners {
-                // Cached while the owner lives; looked up again otherwise (not found yet, or
-                // exited and the socket passed on).
-                let cached = self.owner.get(&(ns, l.inode)).copied().flatten().filter(|p| procinfo::exists(*p));
-                let owner = cached.or_else(|| procinfo::socket_owner(l.inode));
-                self.owner.insert((ns, l.inode), owner);
-                if let Some(pid) = owner {
+                if let Some(pid) = owner_of(&mut self.owner, ns, l.inode) {
                     out.push((pid, l, ns_delta.clone()));
                 }
             }
@@ -127,6 +130,15 @@ impl ListenPoller {
             self.tracker.forget(ns);
             self.owner.retain(|k, _| k.0 != ns);
         }
-        ListenPoll { dropped: out, by_ns, tw_tables }
+        ListenPoll { dropped: out, by_ns, tw_tables, busy }
     }
+}
+
+/// The process a listener's drops are charged to: cached while it lives; looked up again
+/// otherwise (not found yet, or exited and the socket passed on).
+fn owner_of(cache: &mut BTreeMap<(u32, u32), Option<u32>>, ns: u32, inode: u32) -> Option<u32> {
+    let cached = cache.get(&(ns, inode)).copied().flatten().filter(|p| procinfo::exists(*p));
+    let owner = cached.or_else(|| procinfo::socket_owner(inode));
+    cache.insert((ns, inode), owner);
+    owner
 }

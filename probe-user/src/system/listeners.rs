@@ -87,6 +87,9 @@ pub struct NsPoll {
     pub listeners: Vec<ListenerDelta>,
     /// The namespace's counter growth since the previous poll.
     pub delta: NsDelta,
+    /// Listeners whose accept queue is at least 4/5 full now (drops and cookies 0): the
+    /// accept queue warning's readings.
+    pub busy: Vec<ListenerDelta>,
     /// What the listeners' drops are judged with: `delta`, plus the listen-queue growth of
     /// earlier polls in which no listener showed drops. A listener's sk_drops is read (sock_diag)
     /// before the namespace's TcpExt, so a drop between the two reads shows in TcpExt one poll
@@ -210,7 +213,22 @@ impl Tracker {
                 self.carried.insert(netns, carry);
             }
         }
-        NsPoll { listeners: out, delta: ns_delta, context }
+        let busy = socks
+            .iter()
+            .filter(|l| l.state == LISTEN && l.wqueue > 0 && l.rqueue as u64 * 5 >= l.wqueue as u64 * 4)
+            .map(|l| ListenerDelta {
+                netns,
+                inode: l.inode,
+                addr: l.src,
+                port: l.sport,
+                drops: 0,
+                queue_len: l.rqueue,
+                backlog: l.wqueue,
+                syn_recv: syn_recv_of(l),
+                cookies: 0,
+            })
+            .collect();
+        NsPoll { listeners: out, busy, delta: ns_delta, context }
     }
 
     /// Records the counters of a namespace that exists as conntrace starts.

@@ -79,6 +79,7 @@ impl Host for FakeHost {
             dropped: Vec::new(),
             by_ns: BTreeMap::new(),
             tw_tables: BTreeMap::new(),
+            busy: Vec::new(),
         })
     }
 }
@@ -298,8 +299,12 @@ fn listener_drops_are_charged_to_the_listeners_owner() {
         cookies: 0,
     };
     let ns: NsDelta = [("ListenOverflows", 3)].into();
-    host.poll =
-        Some(ListenPoll { dropped: vec![(11, l, ns.clone())], by_ns: [(NS, ns)].into(), tw_tables: BTreeMap::new() });
+    host.poll = Some(ListenPoll {
+        dropped: vec![(11, l, ns.clone())],
+        by_ns: [(NS, ns)].into(),
+        tw_tables: BTreeMap::new(),
+        busy: Vec::new(),
+    });
     let mut s = session(&[]);
     let out = step(&mut s, &mut host, Snapshot::new(), BTreeMap::new(), 1);
     assert_eq!((out.samples[0].pid, out.samples[0].counts.listen_drops), (11, 3));
@@ -315,6 +320,7 @@ fn inferred_tw_overflows_are_corrected_by_the_namespace_count_only_when_inferred
             dropped: Vec::new(),
             by_ns: [(NS, [("TCPTimeWaitOverflow", 3)].into())].into(),
             tw_tables: BTreeMap::new(),
+            busy: Vec::new(),
         });
         let filter = Filter::default();
         let mut s = Session::new(filter, Duration::from_secs(1), Snapshot::new(), BTreeMap::new(), infer);
@@ -334,6 +340,7 @@ fn overflows_counted_by_the_namespace_before_the_counters_are_claimed_by_an_exit
         dropped: Vec::new(),
         by_ns: [(NS, [("TCPTimeWaitOverflow", n)].into())].into(),
         tw_tables: BTreeMap::new(),
+        busy: Vec::new(),
     };
     host.poll = Some(poll(17));
     let out = step(&mut s, &mut host, [(key(9, kind::CONNECT_ATTEMPT), 30)].into(), BTreeMap::new(), 1);

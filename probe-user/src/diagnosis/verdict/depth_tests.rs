@@ -182,3 +182,49 @@ fn a_filling_tw_table_is_warned_and_charged_to_its_creator() {
     let r = out.iter().find(|v| v.cause == Cause::TwTablePressure).expect("resolved");
     assert!(r.resolution.as_deref().unwrap().contains("stopped growing, at 1,750 of 5,000"), "{:?}", r.resolution);
 }
+
+/// An accept queue near its backlog for 3 s in a row is warned; a shorter burst is not, and a
+/// drained queue resolves the warning.
+#[test]
+fn only_a_queue_that_stays_near_full_is_warned() {
+    use crate::domain::listen::ListenerDelta;
+    use std::net::{IpAddr, Ipv4Addr};
+    let l = |queue| ListenerDelta {
+        netns: 7,
+        inode: 42,
+        addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        port: 8080,
+        drops: 0,
+        queue_len: queue,
+        backlog: 16,
+        syn_recv: 0,
+        cookies: 0,
+    };
+    let mut e = Engine::new(Duration::from_secs(1));
+    let mut fake = Fake::new(Err(String::new()));
+    let tick = |e: &mut Engine, fake: &mut Fake, t: u64, busy: bool| {
+        let mut w = window(t, &[]);
+        if busy {
+            w.busy_listeners.push((5, l(15)));
+        }
+        e.tick(&w, fake)
+    };
+    // A 2-second burst, then quiet: nothing.
+    for t in 0..3 {
+        assert!(tick(&mut e, &mut fake, t, true).is_empty());
+    }
+    assert!(tick(&mut e, &mut fake, 3, false).is_empty());
+    // Sustained: warned at 3 s.
+    let mut out = Vec::new();
+    for t in 4..9 {
+        out.extend(tick(&mut e, &mut fake, t, true));
+    }
+    let w = out.iter().find(|v| v.cause == Cause::AcceptQueuePressure).expect("warned");
+    assert_eq!((w.pid, w.state), (5, VerdictState::Warning));
+    let mut out = Vec::new();
+    for t in 9..20 {
+        out.extend(tick(&mut e, &mut fake, t, false));
+    }
+    let r = out.iter().find(|v| v.cause == Cause::AcceptQueuePressure).expect("resolved");
+    assert!(r.resolution.as_deref().unwrap().contains("drained"), "{:?}", r.resolution);
+}

@@ -38,6 +38,8 @@ pub struct Engine {
     /// TIME_WAIT sockets over time per namespace, and the process each warning is charged to.
     tw_trend: Trend<u32>,
     tw_charged: BTreeMap<u32, u32>,
+    /// Since when each listener (namespace, inode) has been read at least 4/5 full, every poll.
+    queue_busy: BTreeMap<(u32, u32), SystemTime>,
 }
 
 /// One interval being diagnosed: its window, its end and start, and the (cause, process,
@@ -68,6 +70,7 @@ impl Engine {
             fd_trend: FdTrend::default(),
             tw_trend: Trend::default(),
             tw_charged: BTreeMap::new(),
+            queue_busy: BTreeMap::new(),
         }
     }
 
@@ -102,6 +105,7 @@ impl Engine {
         self.predict_time_wait(w, now, ev, &mut t.seen);
         self.predict_fds(w, now, ev, &mut t.seen);
         self.predict_tw_tables(w, now, ev, &mut t.seen);
+        self.predict_queues(w, now, ev, &mut t.seen);
         self.report(now, &t.seen, ev)
     }
 

@@ -98,3 +98,32 @@ pub(super) fn listen_queue(
     }
     v
 }
+
+/// The warning for a listener whose accept queue has stayed at least 4/5 full for `for_s`:
+/// its process accepts no faster than connections arrive; once the queue is over its backlog
+/// the kernel drops SYNs and handshake ACKs.
+pub fn accept_queue_pressure(pid: u32, comm: String, since: SystemTime, l: &ListenerDelta, for_s: f64) -> Verdict {
+    let proof =
+        QueuePressureProof { queue_len: l.queue_len, backlog: l.backlog, for_s: for_s.round() as u64, netns: l.netns };
+    let mut v = base(Cause::AcceptQueuePressure, pid, comm.clone(), since, 0, Proof::AcceptQueuePressure(proof));
+    v.state = VerdictState::Warning;
+    v.destination = Some(Dest { netns: l.netns, addr: l.addr, port: l.port });
+    let listener = crate::domain::net::endpoint(&l.addr.to_string(), l.port);
+    v.set_summary(
+        format!(
+            "the accept queue of {comm}[{pid}]'s listener {listener} has stayed near its backlog for {:.0} s ({} of \
+             {} waiting for accept()): it accepts no faster than connections arrive; past the backlog the kernel \
+             drops SYNs and handshake ACKs",
+            for_s, l.queue_len, l.backlog
+        ),
+        String::new(),
+    );
+    v.fix.push(format!(
+        "accept faster: more workers or threads calling accept() in {comm}, or less work before each accept"
+    ));
+    v.fix.push(format!(
+        "a deeper queue absorbs bursts: a larger listen() backlog ({} now), capped by net.core.somaxconn",
+        l.backlog
+    ));
+    v
+}

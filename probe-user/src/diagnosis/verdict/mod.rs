@@ -55,6 +55,8 @@ pub enum Cause {
     BindHoarding,
     AddressUnavailable,
     AcceptQueue,
+    /// A prediction: a listener's accept queue staying near its backlog.
+    AcceptQueuePressure,
     SynQueue,
     TcpMem,
     ConntrackFull,
@@ -73,6 +75,7 @@ impl Cause {
             Cause::BindHoarding => "bind_hoarding",
             Cause::AddressUnavailable => "address_unavailable",
             Cause::AcceptQueue => "accept_queue",
+            Cause::AcceptQueuePressure => "accept_queue_pressure",
             Cause::SynQueue => "syn_queue",
             Cause::TcpMem => "tcp_mem",
             Cause::ConntrackFull => "conntrack_full",
@@ -82,7 +85,7 @@ impl Cause {
     /// Causes whose verdict is about one of the process's listeners (`Verdict::destination`
     /// holds the listener's address then).
     pub fn is_listener(self) -> bool {
-        matches!(self, Cause::AcceptQueue | Cause::SynQueue)
+        matches!(self, Cause::AcceptQueue | Cause::AcceptQueuePressure | Cause::SynQueue)
     }
 }
 
@@ -152,6 +155,8 @@ pub struct Window {
     pub fd_readings: Vec<FdReading>,
     /// Each watched namespace's TIME_WAIT table: (sockets in it, tcp_max_tw_buckets).
     pub tw_tables: BTreeMap<u32, (u64, u64)>,
+    /// (owner pid, listener) of listeners whose accept queue is at least 4/5 full now.
+    pub busy_listeners: Vec<(u32, ListenerDelta)>,
 }
 
 pub use crate::domain::net::Nofile;

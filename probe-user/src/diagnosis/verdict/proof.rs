@@ -20,6 +20,7 @@ pub enum Proof {
     TimeWaitPressure(TimeWaitPressureProof),
     TwBuckets(TwBucketsProof),
     TwTablePressure(TwTablePressureProof),
+    AcceptQueuePressure(QueuePressureProof),
     BindHoarding(BindHoardingProof),
     AddressUnavailable(AddressProof),
     /// accept_queue and syn_queue.
@@ -57,6 +58,16 @@ pub struct FdPressureProof {
     pub rate_per_s: f64,
     /// Until the limit at that rate.
     pub seconds_left: u64,
+}
+
+/// A listener's accept queue staying near its backlog (accept_queue_pressure).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct QueuePressureProof {
+    pub queue_len: u32,
+    pub backlog: u32,
+    /// How long every reading has found it at least 4/5 full.
+    pub for_s: u64,
+    pub netns: u32,
 }
 
 /// A namespace's TIME_WAIT table filling (tw_table_pressure).

@@ -8,6 +8,9 @@ use super::super::*;
 use super::{Active, Engine, Key};
 use crate::diagnosis::check::tw_reuse_applies;
 
+/// A listener's accept queue must stay near full this long to be warned about.
+const QUEUE_SUSTAINED_S: f64 = 3.0;
+
 impl Engine {
     pub(super) fn predict_time_wait(
         &mut self,
@@ -106,6 +109,25 @@ impl Engine {
         }
     }
 
+    /// Warns about listeners whose accept queue stays at least 4/5 full for 3 s (every poll):
+    /// not a passing burst. Not those already dropping (accept_queue says it).
+    pub(super) fn predict_queues(&mut self, w: &Window, now: SystemTime, ev: &mut dyn Evidence, seen: &mut Vec<Key>) {
+        let busy: std::collections::BTreeSet<(u32, u32)> =
+            w.busy_listeners.iter().map(|(_, l)| (l.netns, l.inode)).collect();
+        self.queue_busy.retain(|k, _| busy.contains(k));
+        for (pid, l) in &w.busy_listeners {
+            let since = *self.queue_busy.entry((l.netns, l.inode)).or_insert(now);
+            let for_s = now.duration_since(since).unwrap_or_default().as_secs_f64();
+            let dest = Dest { netns: l.netns, addr: l.addr, port: l.port };
+            if for_s < QUEUE_SUSTAINED_S || self.active.contains_key(&(Cause::AcceptQueue, *pid, Some(dest.clone()))) {
+                continue;
+            }
+            let key = (Cause::AcceptQueuePressure, *pid, Some(dest));
+            let verdict = accept_queue_pressure(*pid, ev.comm(*pid), since, l, for_s);
+            self.warn(key, verdict, now, seen);
+        }
+    }
+
     /// Keeps a warning (a prediction) active with its latest figures.
     fn warn(&mut self, key: Key, verdict: Verdict, now: SystemTime, seen: &mut Vec<Key>) {
         match self.active.get_mut(&key) {
@@ -147,6 +169,17 @@ impl Engine {
                     self.tw_trend.calm(ns, limit)
                 };
                 tw_table_calm_reason(&v.comm, *pid, &calm)
+            }
+            Cause::AcceptQueuePressure => {
+                let listener = dest.as_ref().map(Dest::endpoint).unwrap_or_default();
+                if self.active.contains_key(&(Cause::AcceptQueue, *pid, dest.clone())) {
+                    format!("the queue of {listener} overflowed: drops began (see the accept_queue verdict)")
+                } else {
+                    format!(
+                        "the accept queue of {}[{pid}]'s listener {listener} drained below 4/5 of its backlog",
+                        v.comm
+                    )
+                }
             }
             _ if !ev.alive(*pid) => format!("{}[{pid}] has exited", v.comm),
             _ => {
