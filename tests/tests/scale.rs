@@ -16,16 +16,19 @@ use serde_json::Value;
 /// The conntrace interval the tests run with (common::Conntrace::start).
 const INTERVAL_S: f64 = 0.2;
 
-/// False (after saying why) where these tests cannot run.
-fn can_run(test: &str) -> bool {
+/// None (after saying why) where these tests cannot run; else a guard that runs them one at a
+/// time: each loads the whole machine (tens of thousands of sockets host-wide, which every
+/// sock_diag walk covers, and both CPUs), so side by side they would measure each other.
+fn can_run(test: &str) -> Option<std::sync::MutexGuard<'static, ()>> {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
     if !require_root(test) {
-        return false;
+        return None;
     }
     if std::env::var("CONNTRACE_IN_VM").is_ok() {
         eprintln!("SKIPPED {test}: tens of thousands of connections and processes are too slow under TCG emulation");
-        return false;
+        return None;
     }
-    true
+    Some(ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner()))
 }
 
 /// VmRSS of a process, in KiB.
@@ -111,9 +114,7 @@ fn errno_map(v: &Value) -> BTreeMap<String, u64> {
 #[test]
 fn twenty_thousand_held_plus_churn_counts_exactly() {
     let name = "twenty_thousand_held_plus_churn_counts_exactly";
-    if !can_run(name) {
-        return;
-    }
+    let Some(_one_at_a_time) = can_run(name) else { return };
     const HOLD: u64 = 20_000;
     const CHURN: u64 = 50_000;
     const EMFILE: u64 = 5;
@@ -206,9 +207,7 @@ fn twenty_thousand_held_plus_churn_counts_exactly() {
 #[test]
 fn ten_thousand_short_lived_processes_leave_no_state() {
     let name = "ten_thousand_short_lived_processes_leave_no_state";
-    if !can_run(name) {
-        return;
-    }
+    let Some(_one_at_a_time) = can_run(name) else { return };
     const COUNT: u64 = 10_000;
     let ct = Conntrace::start(&[]);
     let ct_pid = ct.pid();
@@ -289,14 +288,16 @@ fn ten_thousand_short_lived_processes_leave_no_state() {
 #[test]
 fn evidence_with_a_hundred_thousand_sockets_takes_under_100_ms() {
     let name = "evidence_with_a_hundred_thousand_sockets_takes_under_100_ms";
-    if !can_run(name) {
-        return;
-    }
+    let Some(_one_at_a_time) = can_run(name) else { return };
     const HOLD: u64 = 50_000;
     // sock_diag walks the whole host's socket tables whatever the namespace: what other
     // namespaces hold (containers, another test's TIME_WAITs) costs every read. That cost is
     // measured first, on an empty namespace, and left out of the budget.
-    let baseline = median_ms(&read_times(std::process::Command::new("unshare").args(["-n", "sleep", "60"]), 5).0);
+    let mut empty = std::process::Command::new("unshare").args(["-n", "sleep", "120"]).spawn().expect("unshare");
+    wait_for_own_netns(empty.id());
+    let baseline = median_ms(&read_namespace(empty.id(), 7).0);
+    let _ = empty.kill();
+    let _ = empty.wait();
     let ready = std::env::temp_dir().join(format!("conntrace-evidence-{}", std::process::id()));
     let _ = std::fs::remove_file(&ready);
     let mut netns = std::process::Command::new("unshare")
@@ -370,20 +371,14 @@ fn read_namespace(pid: u32, n: usize) -> (Vec<f64>, probe_user::domain::net::Net
     (runs, facts.unwrap())
 }
 
-/// Starts `cmd` (a process in a namespace of its own), times `n` reads of its namespace, kills it.
-fn read_times(cmd: &mut std::process::Command, n: usize) -> (Vec<f64>, probe_user::domain::net::NetFacts) {
-    let mut child = cmd.spawn().expect("starting the namespace's process");
-    // Until it has entered its namespace.
+/// Waits until `pid` (started by `unshare -n`) is in a network namespace of its own.
+fn wait_for_own_netns(pid: u32) {
     let own = probe_user::system::netdiag::netns_inode(std::process::id());
     let deadline = Instant::now() + Duration::from_secs(10);
-    while probe_user::system::netdiag::netns_inode(child.id()) == own || own.is_none() {
+    while own.is_none() || probe_user::system::netdiag::netns_inode(pid) == own {
         assert!(Instant::now() < deadline, "the process never entered its namespace");
         std::thread::sleep(Duration::from_millis(10));
     }
-    let out = read_namespace(child.id(), n);
-    let _ = child.kill();
-    let _ = child.wait();
-    out
 }
 
 fn median_ms(runs: &[f64]) -> f64 {
