@@ -209,12 +209,14 @@ pub fn ephemeral_ports(
             let mut v = base(Cause::EphemeralPorts, pid, comm.clone(), since, n, Proof::Ports(u.proof(f, dest)));
             v.set_summary(
                 format!(
-                    "{comm}[{pid}] cannot get an ephemeral port toward {d}: {} of {} ports in {}-{} are in use ({})",
+                    "{comm}[{pid}] cannot get an ephemeral port toward {d}: {} of {} ports in {}-{} are in use ({}); \
+                     at most {} concurrent connections to {d} from one source address",
                     thousands(u.in_use()),
                     thousands(u.usable),
                     u.range.0,
                     u.range.1,
-                    u.states_text()
+                    u.states_text(),
+                    thousands(u.usable)
                 ),
                 tally,
             );

@@ -68,7 +68,7 @@ fn port_exhaustion_by_time_wait_names_tw_reuse() {
     assert_eq!((v.state, v.cause, v.pid, v.failures), (VerdictState::Active, Cause::EphemeralPorts, 5688, 10));
     assert_eq!(v.destination.as_ref().unwrap().endpoint(), "127.0.0.2:9000");
     assert!(v.summary().starts_with(
-        "nginx[5688] cannot get an ephemeral port toward 127.0.0.2:9000: 50 of 50 ports in 40000-40049 are in use (2 ESTABLISHED, 48 TIME_WAIT); 10 connects failed"
+        "nginx[5688] cannot get an ephemeral port toward 127.0.0.2:9000: 50 of 50 ports in 40000-40049 are in use (2 ESTABLISHED, 48 TIME_WAIT); at most 50 concurrent connections to 127.0.0.2:9000 from one source address; 10 connects failed"
     ), "{}", v.summary());
     assert_eq!(proof!(v, Ports).time_wait, 48);
     assert_eq!(proof!(v, Ports).range_size, 50);
