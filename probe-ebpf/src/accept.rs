@@ -59,6 +59,17 @@ pub fn closing(sk: u64) {
     }
 }
 
+/// With connect and accept hooks: a socket closing first without a recorded owner existed
+/// before conntrace started (or its owner was evicted). The closing task holds it: it becomes
+/// the owner, so its TIME_WAIT is charged to it rather than to nobody.
+#[inline(always)]
+pub fn closing_unowned(sk: u64) {
+    if OWNERS.get_ptr(sk).is_none() {
+        let (tgid, _) = current();
+        record_owner(sk, &SockOwner::new(tgid, phase::ACCEPTED, current_comm()));
+    }
+}
+
 /// Records the process that accepted `sk`, so TIME_WAIT created later in softirq is charged
 /// to it.
 #[inline(always)]

@@ -24,8 +24,12 @@ pub fn on_set_state(sk: u64, oldstate: i32, newstate: i32) {
             return;
         }
         (_, tcp_state::FIN_WAIT1) => {
-            if role_on(role::OWNERS_VIA_SET_STATE) && sk_is_tcp(sk) {
-                accept::closing(sk);
+            if sk_is_tcp(sk) {
+                if role_on(role::OWNERS_VIA_SET_STATE) {
+                    accept::closing(sk);
+                } else {
+                    accept::closing_unowned(sk);
+                }
             }
             return;
         }

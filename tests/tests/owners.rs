@@ -70,3 +70,49 @@ fn a_bad_owner_map_size_is_refused_with_the_fix() {
     assert!(err.contains("CONNTRACE_OWNERS_MAX=12") && err.contains("1024"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
+
+/// Connections opened before conntrace starts: their closes (client first) still charge each
+/// TIME_WAIT to the process that closed it, never to nobody, in every attach mode.
+#[test]
+fn connections_older_than_conntrace_charge_their_time_wait_to_the_closer() {
+    let name = "connections_older_than_conntrace_charge_their_time_wait_to_the_closer";
+    if !require_root(name) {
+        return;
+    }
+    const HOLD: u64 = 200;
+    let ready = std::env::temp_dir().join(format!("conntrace-preexisting-{}", std::process::id()));
+    let _ = std::fs::remove_file(&ready);
+    // Opened first, closed (clients first) 15 s later: after conntrace has attached, which
+    // can take seconds (the per-system-call tracepoints).
+    let mut netns = std::process::Command::new("unshare")
+        .args([
+            "-n",
+            "sh",
+            "-ec",
+            &format!(
+                "ip link set lo up\nexec $WL scale --hold {HOLD} --churn 0 --ready-file {} --open-ms 15000",
+                ready.display()
+            ),
+        ])
+        .env("WL", workload_bin())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("unshare");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !ready.exists() {
+        assert!(std::time::Instant::now() < deadline, "the workload never opened its connections");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let ct = Conntrace::start(&[]);
+    let out = netns.wait_with_output().expect("the workload");
+    let _ = std::fs::remove_file(&ready);
+    let lines = ct.stop();
+    let wl = report(&String::from_utf8_lossy(&out.stdout));
+    let pid = wl["pid"].as_u64().unwrap();
+    assert_eq!(wl["tw_growth"], HOLD, "every client closed first: {wl}");
+    assert_signal_exact(&lines, "time_wait", &NETWORK_MODES);
+    let mine = total(&lines, pid, "time_wait_created");
+    let nobody = total(&lines, 0, "time_wait_created");
+    eprintln!("TIME_WAIT of connections older than conntrace: {mine} charged to the workload, {nobody} unattributed");
+    assert_eq!((mine, nobody), (HOLD, 0));
+}
