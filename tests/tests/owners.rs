@@ -84,7 +84,7 @@ fn connections_older_than_conntrace_charge_their_time_wait_to_the_closer() {
     let _ = std::fs::remove_file(&ready);
     // Opened first, closed (clients first) 15 s later: after conntrace has attached, which
     // can take seconds (the per-system-call tracepoints).
-    let mut netns = std::process::Command::new("unshare")
+    let netns = std::process::Command::new("unshare")
         .args([
             "-n",
             "sh",
