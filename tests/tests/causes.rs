@@ -401,6 +401,8 @@ fn prefork_listen_drops_match_listen_drops_and_go_to_the_accepting_worker() {
     assert_eq!(total(&lines, worker, "listen_drops"), drops);
     assert_eq!(total(&lines, worker, "syncookies"), cookies);
     assert_eq!(total(&lines, master, "listen_drops") + total(&lines, master, "syncookies"), 0);
-    assert_eq!(activations(&lines, worker, "accept_queue").len(), 1);
+    // Retransmitted handshakes come in waves (their timers back off): a quiet spell longer than
+    // the resolve delay between two waves makes a second activation, as it should.
+    assert!(!activations(&lines, worker, "accept_queue").is_empty());
     assert!(activations(&lines, master, "accept_queue").is_empty());
 }
