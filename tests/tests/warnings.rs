@@ -80,6 +80,10 @@ fn a_filling_time_wait_table_is_warned_before_it_overflows() {
     if !require_root(name) {
         return;
     }
+    if std::env::var("CONNTRACE_IN_VM").is_ok() {
+        eprintln!("SKIPPED {name}: 150 connections a second is more than TCG emulation sustains (the rule reads /proc/net/sockstat, the same on every kernel)");
+        return;
+    }
     let ct = Conntrace::start(&["--syscall-hooks", "never"]);
     let out = in_netns(
         "sysctl -qw net.ipv4.tcp_max_tw_buckets=3000\n\

@@ -228,3 +228,19 @@ fn only_a_queue_that_stays_near_full_is_warned() {
     let r = out.iter().find(|v| v.cause == Cause::AcceptQueuePressure).expect("resolved");
     assert!(r.resolution.as_deref().unwrap().contains("drained"), "{:?}", r.resolution);
 }
+
+/// A table whose steady state (TIME_WAITs per second × 60 s) stays below its limit levels off:
+/// no warning, however steadily it grows in the first minute.
+#[test]
+fn a_tw_table_that_levels_off_below_its_limit_is_not_warned() {
+    use crate::domain::model::Counts;
+    let mut e = Engine::new(Duration::from_secs(1));
+    let mut fake = Fake::new(Err(String::new()));
+    for t in 0..30 {
+        let mut w = window(t, &[]);
+        // 10 a second into 1,000: 600 at most.
+        w.tw_tables.insert(7, (10 * t, 1000));
+        w.counts.insert(9, Counts { time_wait_created: 10, ..Default::default() });
+        assert!(e.tick(&w, &mut fake).is_empty(), "t={t}");
+    }
+}

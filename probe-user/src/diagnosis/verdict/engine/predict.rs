@@ -90,6 +90,11 @@ impl Engine {
         self.tw_trend.observe_values(now, &readings);
         for &ns in w.tw_tables.keys() {
             let Some(f) = self.tw_trend.forecast(ns) else { continue };
+            // A TIME_WAIT lasts 60 s: below max / 60 a second the table levels off before it
+            // is full, however it grows in the first minute.
+            if f.rate_per_s * TIME_WAIT_S < f.limit as f64 {
+                continue;
+            }
             let creator = w
                 .counts
                 .iter()
