@@ -83,7 +83,7 @@ fn nofile_items(procs: &[ProcFds], nr_open: Option<u64>) -> Vec<Item> {
                  `ulimit -n` before start, or prlimit --pid {} --nofile=N:N; fs.nr_open ({}) caps the hard limit; \
                  if the count only grows, look for an fd leak in /proc/{}/fd",
                 p.pid,
-                nr_open.map(|n| n.to_string()).unwrap_or_else(|| "?".into()),
+                nr_open.map(|n| n.to_string()).unwrap_or_else(|| "unknown".into()),
                 p.pid
             );
             Some(item(

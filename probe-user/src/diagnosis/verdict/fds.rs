@@ -57,7 +57,9 @@ pub fn fd_limit(pid: u32, comm: String, since: SystemTime, n: u64, mut proof: Fd
 pub fn file_max(pid: u32, comm: String, since: SystemTime, n: u64, file_nr: Option<(u64, u64)>) -> Verdict {
     let proof = FileMaxProof { file_nr: file_nr.map(|f| f.0), file_max: file_nr.map(|f| f.1) };
     let mut v = base(Cause::FileMax, pid, comm.clone(), since, n, Proof::FileMax(proof));
-    let (nr, max) = file_nr.map(|(a, b)| (thousands(a), thousands(b))).unwrap_or(("?".into(), "?".into()));
+    let (nr, max) = file_nr
+        .map(|(a, b)| (thousands(a), thousands(b)))
+        .unwrap_or(("an unknown number".into(), "an unknown limit".into()));
     v.set_summary(
         format!("the system-wide file table is full: {nr} of {max} file handles in use (fs.file-nr, fs.file-max)"),
         format!("{comm}[{pid}] got ENFILE {{n}} times"),

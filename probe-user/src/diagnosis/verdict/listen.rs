@@ -43,7 +43,7 @@ pub(super) fn listen_queue(
     };
     let mut v = base(cause, pid, comm.clone(), since, l.drops + l.cookies, Proof::ListenQueue(proof));
     v.destination = Some(listener.clone());
-    let of = |x: Option<u64>| x.map(thousands).unwrap_or_else(|| "?".into());
+    let of = |x: Option<u64>| x.map(thousands).unwrap_or_else(|| "unknown".into());
     let ep = listener.endpoint();
     if cause == Cause::AcceptQueue {
         v.set_summary(

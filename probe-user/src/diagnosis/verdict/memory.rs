@@ -34,7 +34,7 @@ pub(super) fn conntrack_verdict(
         netns,
     };
     let mut v = base(Cause::ConntrackFull, pid, comm.clone(), since, n, Proof::Conntrack(proof));
-    let of = |x: Option<u64>| x.map(thousands).unwrap_or_else(|| "?".into());
+    let of = |x: Option<u64>| x.map(thousands).unwrap_or_else(|| "unknown".into());
     v.set_summary(
         format!(
             "the conntrack table is full (\"nf_conntrack: table full, dropping packet\"): {} of {} entries in {comm}[{pid}]'s namespace",
@@ -86,7 +86,7 @@ pub fn tcp_mem(
         Some((lo, pr, hi)) => (format!("tcp_mem is {lo} {pr} {hi} pages"), Some(hi)),
         None => ("tcp_mem unknown".into(), None),
     };
-    let used = mem_pages.map(pages).unwrap_or_else(|| "?".into());
+    let used = mem_pages.map(pages).unwrap_or_else(|| "unknown".into());
     // The send/receive split is in the evidence; the tally counts both.
     v.set_summary(
         format!("TCP memory is exhausted machine-wide: {used} in use, {limit_text}"),

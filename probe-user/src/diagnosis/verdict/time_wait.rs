@@ -25,7 +25,7 @@ pub fn tw_buckets(
     };
     let (tw, max) = (proof.time_wait, proof.tcp_max_tw_buckets);
     let mut v = base(Cause::TwBuckets, pid, comm.clone(), since, n, Proof::TwBuckets(proof));
-    let of = |x: Option<u64>| x.map(thousands).unwrap_or_else(|| "?".into());
+    let of = |x: Option<u64>| x.map(thousands).unwrap_or_else(|| "unknown".into());
     v.set_summary(
         format!(
             "the TIME_WAIT table of {comm}[{pid}]'s namespace is full: {} TIME_WAIT sockets, net.ipv4.tcp_max_tw_buckets is {}",
