@@ -155,12 +155,19 @@ fn check_for_ten_thousand_connections_fails_on_a_narrow_range_and_passes_when_tu
     assert_eq!(status(&narrow, "tcp_tw_reuse"), "warn", "a 100-port range without reuse");
     assert_eq!(status(&narrow, "target_nofile"), "ok", "RLIMIT_NOFILE 20,000 holds 10,000");
     let (_, tuned) = run("1024 65535", 1);
-    let targets: Vec<&serde_json::Value> = tuned["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|i| i["id"].as_str().unwrap().starts_with("target_"))
-        .collect();
-    assert!(targets.len() >= 3, "{tuned}");
-    assert!(targets.iter().all(|i| i["status"] == "ok"), "{targets:#?}");
+    for id in ["target_ports", "target_nofile"] {
+        assert_eq!(status(&tuned, id), "ok", "tuned in the namespace: {tuned}");
+    }
+    // Machine-wide limits the namespace cannot tune: graded on their own numbers (a small VM
+    // has nf_conntrack_max 7,680).
+    let items = tuned["items"].as_array().unwrap();
+    for i in items.iter().filter(|i| i["id"] == "target_conntrack" || i["id"] == "target_file_max") {
+        let v = &i["value"];
+        let free = match i["id"].as_str().unwrap() {
+            "target_conntrack" => v["max"].as_u64().unwrap() - v["count"].as_u64().unwrap(),
+            _ => v["file_max"].as_u64().unwrap() - v["file_nr"].as_u64().unwrap(),
+        };
+        let want = if free >= 10_000 { "ok" } else { "fail" };
+        assert_eq!(i["status"], want, "{i}");
+    }
 }

@@ -102,8 +102,13 @@ pub async fn watch(args: WatchArgs) -> Result<()> {
             _ = sleep_until_deadline => break,
         }
     }
-    // The last, partial interval.
+    // The last, partial interval, and the last word on what was lost.
     end_interval(&mut st, &mut probe, ring.get_mut(), offset, &mut out)?;
+    let losses = probe.final_losses()?;
+    if losses != st.status.losses {
+        st.status.losses = losses;
+        out.status(&st.status)?;
+    }
     if args.bpf_stats {
         let stats = probe.program_stats();
         if out.json {
