@@ -7,6 +7,26 @@ mod common;
 use common::*;
 use serde_json::Value;
 
+/// The tests here run one at a time: each starts its own conntrace and workload, and a second
+/// instance attaching its programs in the middle of another's run is a scenario of its own
+/// (see inflight.rs), not what these measure. The guard also serializes their workloads.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// TIME_WAITs charged to each process other than `pid` (for a failure message).
+fn time_waits_elsewhere(lines: &[Value], pid: u64) -> std::collections::BTreeMap<String, u64> {
+    let mut by = std::collections::BTreeMap::new();
+    for s in lines.iter().filter(|v| v["type"] == "sample" && v["pid"] != pid) {
+        let n = s["time_wait_created"].as_u64().unwrap_or(0);
+        if n > 0 {
+            *by.entry(format!("{}[{}]", s["comm"].as_str().unwrap_or(""), s["pid"])).or_default() += n;
+        }
+    }
+    by
+}
+
 /// The last status line's `lost_updates.owners_evicted`.
 fn owners_evicted(lines: &[Value]) -> u64 {
     let last = lines.iter().rev().find(|v| v["type"] == "status").expect("a status line");
@@ -23,6 +43,7 @@ fn owners_evicted_from_a_full_owner_map_are_reported() {
     if !require_root(name) {
         return;
     }
+    let _serial = one_at_a_time();
     const HOLD: u64 = 3_000;
     const CAPACITY: u64 = 1_024;
     let ct = Conntrace::start_with_env(&["--syscall-hooks", "never"], &[("CONNTRACE_OWNERS_MAX", "1024")]);
@@ -43,7 +64,13 @@ fn owners_evicted_from_a_full_owner_map_are_reported() {
     eprintln!(
         "TIME_WAIT: {mine} charged to the workload, {nobody} unattributed (TcpExt +{truth}); owners evicted: {evicted}"
     );
-    assert_eq!(mine + nobody, truth, "every TIME_WAIT counted once");
+    let last = lines.iter().rev().find(|v| v["type"] == "status").map(|s| s["lost_updates"].clone());
+    assert_eq!(
+        mine + nobody,
+        truth,
+        "every TIME_WAIT counted once; charged elsewhere: {:?}; lost updates: {last:?}",
+        time_waits_elsewhere(&lines, pid)
+    );
     assert!(
         evicted >= HOLD - CAPACITY,
         "{HOLD} owners held at once in {CAPACITY} entries: {evicted} evictions reported"
@@ -79,6 +106,7 @@ fn connections_older_than_conntrace_charge_their_time_wait_to_the_closer() {
     if !require_root(name) {
         return;
     }
+    let _serial = one_at_a_time();
     const HOLD: u64 = 200;
     let ready = std::env::temp_dir().join(format!("conntrace-preexisting-{}", std::process::id()));
     let _ = std::fs::remove_file(&ready);
