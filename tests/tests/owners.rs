@@ -65,12 +65,17 @@ fn owners_evicted_from_a_full_owner_map_are_reported() {
         "TIME_WAIT: {mine} charged to the workload, {nobody} unattributed (TcpExt +{truth}); owners evicted: {evicted}"
     );
     let last = lines.iter().rev().find(|v| v["type"] == "status").map(|s| s["lost_updates"].clone());
-    assert_eq!(
-        mine + nobody,
-        truth,
-        "every TIME_WAIT counted once; charged elsewhere: {:?}; lost updates: {last:?}",
-        time_waits_elsewhere(&lines, pid)
-    );
+    let why = format!("charged elsewhere: {:?}; lost updates: {last:?}", time_waits_elsewhere(&lines, pid));
+    // Each TIME_WAIT is counted once, or its set_state run was skipped by the kernel and
+    // reported (lost_updates.skipped_runs): under emulation interrupts land inside the program
+    // often enough for that.
+    let skipped = skipped_runs(&lines, "set_state");
+    if skipped == 0 {
+        assert_eq!(mine + nobody, truth, "every TIME_WAIT counted once; {why}");
+    } else {
+        eprintln!("{skipped} set_state runs skipped; {} of {truth} TIME_WAITs counted", mine + nobody);
+        assert!(mine + nobody <= truth && mine + nobody + skipped >= truth, "{skipped} skipped; {why}");
+    }
     assert!(
         evicted >= HOLD - CAPACITY,
         "{HOLD} owners held at once in {CAPACITY} entries: {evicted} evictions reported"
