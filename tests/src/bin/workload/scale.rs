@@ -201,7 +201,16 @@ pub(super) fn scale(args: &[String]) {
         std::fs::write(f, pid().to_string()).expect("writing --ready-file");
     }
     let open_ms: u64 = arg(args, "--open-ms").and_then(|v| v.parse().ok()).unwrap_or(0);
-    std::thread::sleep(Duration::from_millis(open_ms));
+    // With --close-when PATH: close as soon as PATH exists (at most --open-ms).
+    let until = std::time::Instant::now() + Duration::from_millis(open_ms);
+    match arg(args, "--close-when") {
+        Some(path) => {
+            while !std::path::Path::new(path).exists() && std::time::Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        None => std::thread::sleep(Duration::from_millis(open_ms)),
+    }
 
     // (d) Close everything, client sides first.
     close_holders(clients);
