@@ -59,15 +59,19 @@ pub(super) fn tw(args: &[String]) {
         server_args.push("--close-first");
     }
     let mut server = spawn_ready(&server_args);
-    let start = std::time::Instant::now();
     let mut ok = 0;
     let mut errors = Errors::new();
-    for i in 0..count {
+    // Paced at most `rate` a second, never catching up: after a stall (an emulated machine
+    // pausing) the next connections do not come in a burst above the rate.
+    let mut next = std::time::Instant::now();
+    for _ in 0..count {
         if let Some(r) = rate {
-            let due = Duration::from_secs_f64(i as f64 / r);
-            if let Some(wait) = due.checked_sub(start.elapsed()) {
-                std::thread::sleep(wait);
+            let now = std::time::Instant::now();
+            match next.checked_duration_since(now) {
+                Some(wait) => std::thread::sleep(wait),
+                None => next = now,
             }
+            next += Duration::from_secs_f64(1.0 / r);
         }
         match TcpStream::connect(addr) {
             Ok(mut s) => {
