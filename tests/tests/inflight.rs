@@ -46,8 +46,13 @@ fn blocking_connects(name: &str, second_instance: bool) {
     let timeouts = total_errno(&lines, pid, "ETIMEDOUT");
     let last = lines.iter().rev().find(|v| v["type"] == "status").unwrap();
     let returns_lost = last["lost_updates"]["connect_returns_lost"].as_u64().unwrap();
-    let skipped = skipped_runs(&lines, "connect_k");
-    eprintln!("{attempts} attempts, {timeouts} ETIMEDOUT counted; {returns_lost} returns lost, {skipped} runs skipped");
+    // Every connect program's skipped runs: kprobes', and fentry/fexit's (on PREEMPT_RT a
+    // task preempted inside the program makes the next one on that CPU skip it).
+    let skipped = skipped_runs(&lines, "connect_");
+    eprintln!(
+        "{attempts} attempts, {timeouts} ETIMEDOUT counted; {returns_lost} returns lost, {skipped} runs skipped ({})",
+        last["lost_updates"]
+    );
     // The 40, and the one connect that filled the accept queue; never more than happened.
     assert!(attempts <= 41 && timeouts <= 40, "{attempts} {timeouts}: {wl}");
     if kprobe_mode(&lines, "connect") {
@@ -57,7 +62,11 @@ fn blocking_connects(name: &str, second_instance: bool) {
         assert!(attempts + skipped >= 41, "{attempts} counted, {skipped} skipped: {wl}");
     } else {
         assert_signal_exact(&lines, "connect", &NETWORK_MODES);
-        assert_eq!(attempts, 41, "attempts are counted on entry: {wl}");
+        // Counted on entry, or the entry program's run was skipped and reported.
+        assert!(attempts + skipped >= 41, "attempts are counted on entry: {attempts} counted, {skipped} skipped: {wl}");
+        if skipped == 0 {
+            assert_eq!(attempts, 41, "attempts are counted on entry: {wl}");
+        }
     }
     assert!(timeouts + returns_lost + skipped >= 40, "{timeouts} counted, {returns_lost} + {skipped} lost: {wl}");
     if returns_lost == 0 && skipped == 0 {
