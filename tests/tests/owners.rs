@@ -15,18 +15,6 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// TIME_WAITs charged to each process other than `pid` (for a failure message).
-fn time_waits_elsewhere(lines: &[Value], pid: u64) -> std::collections::BTreeMap<String, u64> {
-    let mut by = std::collections::BTreeMap::new();
-    for s in lines.iter().filter(|v| v["type"] == "sample" && v["pid"] != pid) {
-        let n = s["time_wait_created"].as_u64().unwrap_or(0);
-        if n > 0 {
-            *by.entry(format!("{}[{}]", s["comm"].as_str().unwrap_or(""), s["pid"])).or_default() += n;
-        }
-    }
-    by
-}
-
 /// The last status line's `lost_updates.owners_evicted`.
 fn owners_evicted(lines: &[Value]) -> u64 {
     let last = lines.iter().rev().find(|v| v["type"] == "status").expect("a status line");

@@ -51,18 +51,6 @@ fn dump(test: &str, lines: &[Value], out: &str) {
     std::fs::write(format!("{dir}/{test}.out"), out).expect("writing the dump");
 }
 
-/// TIME_WAITs charged to every process but `pid`: where a miscount went, if anywhere.
-fn time_waits_elsewhere(lines: &[Value], pid: u64) -> BTreeMap<String, u64> {
-    let mut by = BTreeMap::new();
-    for s in lines.iter().filter(|v| v["type"] == "sample" && v["pid"] != pid) {
-        let n = s["time_wait_created"].as_u64().unwrap_or(0);
-        if n > 0 {
-            *by.entry(format!("{}[{}]", s["comm"].as_str().unwrap_or("?"), s["pid"])).or_default() += n;
-        }
-    }
-    by
-}
-
 fn secs(ts: &Value) -> f64 {
     let t = humantime::parse_rfc3339(ts.as_str().expect("timestamp")).expect("RFC 3339");
     t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64()

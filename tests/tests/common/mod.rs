@@ -262,3 +262,15 @@ pub fn kernel_at_least(lines: &[Value], major: u32, minor: u32) -> bool {
     let mut nums = release.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse::<u32>().ok());
     (nums.next().unwrap_or(0), nums.next().unwrap_or(0)) >= (major, minor)
 }
+
+/// TIME_WAITs charged to every process but `pid`: where a miscount went, if anywhere.
+pub fn time_waits_elsewhere(lines: &[Value], pid: u64) -> std::collections::BTreeMap<String, u64> {
+    let mut by = std::collections::BTreeMap::new();
+    for s in lines.iter().filter(|v| v["type"] == "sample" && v["pid"] != pid) {
+        let n = s["time_wait_created"].as_u64().unwrap_or(0);
+        if n > 0 {
+            *by.entry(format!("{}[{}]", s["comm"].as_str().unwrap_or("?"), s["pid"])).or_default() += n;
+        }
+    }
+    by
+}
