@@ -156,24 +156,43 @@ fn time_wait_pressure_record() {
     insta::assert_snapshot!("verdict_time_wait_pressure", render(&e.tick(&w, &mut fake())));
 }
 
-/// A warning (TIME_WAIT churn, then a leaking process), and both resolved with the reason.
+/// Ports in use toward an upstream: `n` established.
+fn port_reading(n: u64) -> crate::domain::net::PortReading {
+    let upstream = crate::domain::net::Dest { netns: 7, addr: "10.0.0.5".parse().unwrap(), port: 6379 };
+    crate::domain::net::PortReading {
+        dest: upstream,
+        in_use: n,
+        usable: 28_232,
+        range: (32768, 60999),
+        states: [("ESTABLISHED", n)].into(),
+        inode: Some(1),
+    }
+}
+
+/// Warnings (TIME_WAIT churn, a leaking process, a pool ramping toward the port range), and
+/// each resolved with the reason.
 #[test]
 fn warning_records() {
     let mut e = Engine::new(Duration::from_secs(1));
     let mut out = Vec::new();
+    let mut ev = fake();
+    ev.socket_owner = Some(122);
     for t in 0..5 {
         let mut w = Window { now: Some(at(t)), interval_s: 1.0, ..Default::default() };
         w.counts.insert(120, Counts { time_wait_created: 20, ..Default::default() });
         w.time_waits.insert((120, dest()), 20);
         w.fd_readings.push(FdReading { pid: 121, open: 500 + 40 * t, limit: 1024 });
-        out.extend(e.tick(&w, &mut fake()));
+        w.port_readings.push(port_reading(20_000 + 250 * t));
+        out.extend(e.tick(&w, &mut ev));
     }
     for t in 5..30 {
         let mut w = Window { now: Some(at(t)), interval_s: 1.0, ..Default::default() };
         w.fd_readings.push(FdReading { pid: 121, open: 660, limit: 1024 });
-        out.extend(e.tick(&w, &mut fake()));
+        w.port_readings.push(port_reading(21_250));
+        out.extend(e.tick(&w, &mut ev));
     }
     insta::assert_snapshot!("verdict_warnings", render(&out));
+    assert!(out.iter().any(|v| v.cause == crate::diagnosis::verdict::Cause::PortPressure));
 }
 
 #[test]

@@ -144,5 +144,16 @@ fn connections_older_than_conntrace_charge_their_time_wait_to_the_closer() {
     let mine = total(&lines, pid, "time_wait_created");
     let nobody = total(&lines, 0, "time_wait_created");
     eprintln!("TIME_WAIT of connections older than conntrace: {mine} charged to the workload, {nobody} unattributed");
-    assert_eq!((mine, nobody), (HOLD, 0));
+    let last = lines.iter().rev().find(|v| v["type"] == "status").map(|s| s["lost_updates"].clone());
+    let why = format!("charged elsewhere: {:?}; lost updates: {last:?}", time_waits_elsewhere(&lines, pid));
+    // Each counted once, or its set_state run was skipped by the kernel and reported (see the
+    // eviction test above); never unattributed.
+    assert_eq!(nobody, 0, "{why}");
+    let skipped = skipped_runs(&lines, "set_state");
+    if skipped == 0 {
+        assert_eq!(mine, HOLD, "{why}");
+    } else {
+        eprintln!("{skipped} set_state runs skipped; {mine} of {HOLD} TIME_WAITs counted");
+        assert!(mine <= HOLD && mine + skipped >= HOLD, "{skipped} skipped; {why}");
+    }
 }

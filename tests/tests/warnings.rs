@@ -138,3 +138,54 @@ fn an_accept_queue_staying_near_its_backlog_is_warned() {
     assert!(e["for_s"].as_u64().unwrap() >= 3, "{e}");
     assert!(verdicts(&lines, server, "accept_queue").is_empty());
 }
+
+/// A process opening 25 connections a second toward one destination and keeping them, in a
+/// namespace with 400 usable ports: `port_pressure` before its first EADDRNOTAVAIL (~16 s),
+/// charged to it, with the time left; then the ephemeral_ports verdict, and the warning ends
+/// saying the ports ran out.
+#[test]
+fn connections_growing_toward_the_port_range_are_warned_before_connect_fails() {
+    let name = "connections_growing_toward_the_port_range_are_warned_before_connect_fails";
+    if !require_root(name) {
+        return;
+    }
+    if std::env::var("CONNTRACE_IN_VM").is_ok() {
+        eprintln!(
+            "SKIPPED {name}: a 16 s ramp under TCG emulation; the rule reads sock_diag (the same on every kernel) and \
+             port exhaustion is counted in every row by the ports tests"
+        );
+        return;
+    }
+    let ct = Conntrace::start(&["--syscall-hooks", "never"]);
+    let out = in_netns(
+        "sysctl -qw net.ipv4.ip_local_port_range='40000 40399'\n\
+         $WL ports --listen 127.0.0.1:9000 --connect 127.0.0.1:9000 --count 410 --rate 25 --hold-ms 3000",
+    );
+    let lines = ct.stop();
+    let wl = report(&out);
+    let pid = wl["pid"].as_u64().unwrap();
+    assert_eq!((wl["ok"].as_u64(), wl["errors"]["EADDRNOTAVAIL"].as_u64()), (Some(400), Some(10)), "{wl}");
+    let first_failure = wl["first_failure_ms"].as_u64().expect("connect failed") as f64 / 1000.0;
+    let ws = warnings(&lines, pid, "port_pressure");
+    let w = ws.first().unwrap_or_else(|| panic!("no warning: {:?}", verdicts(&lines, pid, "port_pressure")));
+    let warned_at = unix_s(&w["ts"]);
+    let e = &w["evidence"];
+    let left = e["seconds_left"].as_f64().unwrap();
+    eprintln!(
+        "warned {:.1} s before the first EADDRNOTAVAIL, predicting {left} s: {}",
+        first_failure - warned_at,
+        w["summary"]
+    );
+    assert_eq!(w["destination"], "127.0.0.1:9000", "{w}");
+    assert_eq!((e["usable"].as_u64(), e["range"].as_str()), (Some(400), Some("40000-40399")), "{e}");
+    assert!(warned_at < first_failure, "the warning came after the first failure");
+    let rate = e["rate_per_s"].as_f64().unwrap();
+    assert!((18.0..=32.0).contains(&rate), "the workload connects 25 times a second: {e}");
+    let predicted = warned_at + left;
+    assert!((predicted - first_failure).abs() <= 3.0, "predicted at {predicted:.1}, failed at {first_failure:.1}: {e}");
+    assert_eq!(activations(&lines, pid, "ephemeral_ports").len(), 1);
+    let all = verdicts(&lines, pid, "port_pressure");
+    let resolved = all.iter().find(|v| v["state"] == "resolved").expect("the warning resolves");
+    let why = resolved["resolution"].as_str().unwrap_or_default();
+    assert!(why.contains("ran out"), "{resolved}");
+}

@@ -58,6 +58,10 @@ impl Evidence for Cached<'_> {
         self.limits.entry(netns).or_insert_with(|| self.host.port_limits(pid, netns)).clone()
     }
 
+    fn socket_owner(&mut self, inode: u32) -> Option<u32> {
+        self.host.socket_owner(inode)
+    }
+
     fn alive(&mut self, pid: u32) -> bool {
         self.host.exists(pid)
     }

@@ -12,6 +12,10 @@ use crate::{
 pub trait Host {
     /// Whether the process still runs.
     fn exists(&mut self, pid: u32) -> bool;
+    /// The process holding the socket with this inode.
+    fn socket_owner(&mut self, _inode: u32) -> Option<u32> {
+        None
+    }
     /// Its name: procfs, else what the kernel recorded at its last event.
     fn comm(&mut self, pid: u32) -> Option<String>;
     /// RLIMIT_NOFILE and open fds, now.
@@ -78,6 +82,10 @@ fn via(pid: u32, netns: u32) -> Option<u32> {
 impl Host for LiveHost<'_> {
     fn exists(&mut self, pid: u32) -> bool {
         procinfo::exists(pid)
+    }
+
+    fn socket_owner(&mut self, inode: u32) -> Option<u32> {
+        procinfo::socket_owner(inode)
     }
 
     fn comm(&mut self, pid: u32) -> Option<String> {

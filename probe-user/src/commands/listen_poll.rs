@@ -2,12 +2,13 @@
 //! every namespace conntrace watches (sock_diag listeners with their `sk_drops`, and the
 //! namespace's TcpExt), and are charged to the process holding the listener.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Instant};
 
 use anyhow::Result;
 use probe_common::counters::UNATTRIBUTED;
 
-use crate::system::{listeners, netdiag, procinfo};
+use crate::domain::net::PortReading;
+use crate::system::{facts, listeners, netdiag, procinfo};
 
 /// One poll of the watched namespaces: listeners that dropped (with their owner and their
 /// namespace's counter growth), and each namespace's counter growth.
@@ -19,7 +20,14 @@ pub struct ListenPoll {
     pub tw_tables: BTreeMap<u32, (u64, u64)>,
     /// (owner pid, listener) of the listeners whose accept queue is at least 4/5 full now.
     pub busy: Vec<(u32, listeners::ListenerDelta)>,
+    /// Ports in use toward the busiest destinations of the namespaces walked this poll.
+    pub ports: Vec<PortReading>,
 }
+
+/// The share of one CPU the walk for ports in use may take: after a walk that took `d`, the
+/// next one in that namespace waits `d × PORT_WALK_SPACING` (a walk reads every socket of the
+/// host's established hash: ~66 ms at 100,000 sockets, so one every ~7 s there).
+const PORT_WALK_SPACING: u32 = 100;
 
 /// Listeners and TcpExt counters of the calling thread's network namespace.
 fn read_listen_counters() -> (Result<Vec<netdiag::TcpSocket>>, BTreeMap<String, u64>) {
@@ -42,6 +50,8 @@ pub struct ListenPoller {
     netns: BTreeMap<u32, u32>,
     /// Owner of each listener socket (namespace, inode), once looked up.
     owner: BTreeMap<(u32, u32), Option<u32>>,
+    /// When each namespace's ports may be walked again (see `PORT_WALK_SPACING`).
+    port_walk_at: BTreeMap<u32, Instant>,
 }
 
 impl ListenPoller {
@@ -87,7 +97,9 @@ impl ListenPoller {
         let mut by_ns = BTreeMap::new();
         let mut tw_tables = BTreeMap::new();
         let mut busy = Vec::new();
+        let mut ports = Vec::new();
         let mut gone = Vec::new();
+        let now = Instant::now();
         for (&ns, &via) in &self.netns {
             let enter = if Some(ns) == own { None } else { Some(via) };
             // The process we entered through may have left; find another one in there.
@@ -101,8 +113,18 @@ impl ListenPoller {
                 },
                 e => e,
             };
-            let read = netdiag::in_netns_of(enter, read_counters);
-            let Ok((Ok(mut socks), ext, tw)) = read else { continue };
+            let walk = self.port_walk_at.get(&ns).is_none_or(|t| now >= *t);
+            let read = netdiag::in_netns_of(enter, move || {
+                let counters = read_counters();
+                let t = Instant::now();
+                let ports = if walk { facts::read_port_use() } else { None };
+                (counters, ports, t.elapsed())
+            });
+            let Ok(((Ok(mut socks), ext, tw), port_use, took)) = read else { continue };
+            if walk {
+                self.port_walk_at.insert(ns, now + took * PORT_WALK_SPACING);
+            }
+            ports.extend(port_use.into_iter().flatten());
             if let Some(tw) = tw {
                 tw_tables.insert(ns, tw);
             }
@@ -129,8 +151,9 @@ impl ListenPoller {
             self.netns.remove(&ns);
             self.tracker.forget(ns);
             self.owner.retain(|k, _| k.0 != ns);
+            self.port_walk_at.remove(&ns);
         }
-        ListenPoll { dropped: out, by_ns, tw_tables, busy }
+        ListenPoll { dropped: out, by_ns, tw_tables, busy, ports }
     }
 }
 

@@ -204,8 +204,9 @@ impl Session {
         }
         let mut window = Window { now: Some(now), interval_s, ..Default::default() };
         let watched: Vec<u32> = deltas.keys().chain(&self.filter.pids).copied().collect();
-        let ListenPoll { dropped, by_ns, tw_tables, busy } = host.poll_listeners(&watched);
+        let ListenPoll { dropped, by_ns, tw_tables, busy, ports } = host.poll_listeners(&watched);
         window.tw_tables = tw_tables;
+        window.port_readings = ports;
         window.busy_listeners = busy
             .into_iter()
             .filter(|(owner, _)| self.filter.is_all() || self.filter.matches(*owner, &Self::comm_of(host, *owner)))

@@ -141,6 +141,48 @@ pub fn endpoint(ip: &str, port: u16) -> String {
     }
 }
 
+/// Ports held toward one destination of a namespace, read by the periodic poll (see
+/// [`port_walk_due`]), for the warning that ports run out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortReading {
+    pub dest: Dest,
+    /// Sockets holding an ephemeral port toward it, every state.
+    pub in_use: u64,
+    /// Ports of the range connect() may use.
+    pub usable: u64,
+    pub range: (u16, u16),
+    pub states: StateCounts,
+    /// A socket toward it that has an inode (not TIME_WAIT): who holds it can be looked up.
+    pub inode: Option<u32>,
+}
+
+/// Whether a namespace's sockets are worth walking for ports in use: a destination can hold at
+/// most every TCP socket of the namespace (sockstat `inuse`, connected and listening, plus
+/// `tw`), so below a quarter of the usable range none is near it, and the walk (every
+/// socket of the host's established hash) is skipped.
+pub fn port_walk_due(inuse: u64, time_wait: u64, usable: u64) -> bool {
+    usable > 0 && (inuse + time_wait) * 4 >= usable
+}
+
+/// The destinations of `u` holding at least a tenth of the usable range: those a warning may
+/// be about (with `inodes`, a socket inode per destination, for its owner).
+pub fn port_readings(u: &EphemeralUse, netns: u32, inodes: &BTreeMap<(IpAddr, u16), u32>) -> Vec<PortReading> {
+    u.by_dest
+        .iter()
+        .filter_map(|(&(addr, port), states)| {
+            let in_use: u64 = states.values().sum();
+            (in_use * 10 >= u.usable).then(|| PortReading {
+                dest: Dest { netns, addr, port },
+                in_use,
+                usable: u.usable,
+                range: u.range,
+                states: states.clone(),
+                inode: inodes.get(&(addr, port)).copied(),
+            })
+        })
+        .collect()
+}
+
 /// A process's RLIMIT_NOFILE and open file descriptors (None: not readable, or unlimited).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Nofile {
@@ -215,5 +257,44 @@ impl EphemeralUse {
         v.sort_by_key(|(_, states)| std::cmp::Reverse(states.values().sum::<u64>()));
         v.truncate(n);
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    #[test]
+    fn ports_are_walked_only_when_a_destination_could_hold_a_quarter_of_the_range() {
+        assert!(!port_walk_due(6_000, 1_000, 28_232));
+        assert!(port_walk_due(6_000, 1_058, 28_232));
+        assert!(port_walk_due(25, 0, 100));
+        assert!(!port_walk_due(1_000_000, 0, 0), "no usable port: nothing to warn about");
+    }
+
+    #[test]
+    fn destinations_below_a_tenth_of_the_range_are_not_read() {
+        let sock = |dst: [u8; 4], sport, state| TcpSocket {
+            state,
+            src: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+            sport,
+            dst: IpAddr::V4(Ipv4Addr::from(dst)),
+            dport: 6379,
+            rqueue: 0,
+            wqueue: 0,
+            inode: if state == TIME_WAIT { 0 } else { u32::from(sport) },
+            drops: None,
+        };
+        let mut sockets: Vec<TcpSocket> = (0..10).map(|i| sock([10, 0, 0, 5], 40_000 + i, TIME_WAIT)).collect();
+        sockets.push(sock([10, 0, 0, 5], 40_050, TcpState::Established as u8));
+        sockets.push(sock([10, 0, 0, 6], 40_060, TcpState::Established as u8));
+        let net = NetFacts { port_range: Some((40_000, 40_099)), sockets, ..Default::default() };
+        let u = EphemeralUse::of(&net).expect("a range");
+        let inodes = [((IpAddr::V4(Ipv4Addr::new(10, 0, 0, 5)), 6379), 40_050)].into();
+        let r = port_readings(&u, 7, &inodes);
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert_eq!((r[0].dest.netns, r[0].in_use, r[0].usable, r[0].inode), (7, 11, 100, Some(40_050)));
+        assert_eq!(r[0].states.get("TIME_WAIT"), Some(&10));
     }
 }

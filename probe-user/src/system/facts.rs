@@ -134,6 +134,26 @@ pub fn read_tw_table() -> Option<(u64, u64)> {
     Some((tw, read_u64("/proc/sys/net/ipv4/tcp_max_tw_buckets")?))
 }
 
+/// Ports in use toward the busiest destinations of the calling thread's namespace, when its
+/// sockets could hold enough of the range to matter (see `port_walk_due`); None: not walked.
+pub fn read_port_use() -> Option<Vec<crate::domain::net::PortReading>> {
+    use crate::domain::net::{port_readings, port_walk_due, usable_ports, EphemeralUse, TIME_WAIT};
+    let limits = read_port_limits();
+    let range = limits.port_range?;
+    let stat = parse_sockstat(&read("/proc/thread-self/net/sockstat")?);
+    let get = |k: &str| stat.get(k).copied().unwrap_or(0);
+    if !port_walk_due(get("inuse"), get("tw"), usable_ports(range, &limits.reserved)) {
+        return None;
+    }
+    let net = NetFacts { sockets: port_sockets(Some(range)), ..limits };
+    let u = EphemeralUse::of(&net)?;
+    let mut inodes = BTreeMap::new();
+    for s in net.sockets.iter().filter(|s| s.state != TIME_WAIT && s.inode != 0) {
+        inodes.entry((s.dst, s.dport)).or_insert(s.inode);
+    }
+    Some(port_readings(&u, net.netns.unwrap_or(0), &inodes))
+}
+
 /// The namespace's port sysctls alone: what `read_net` reads without walking every TCP socket
 /// (a sock_diag dump walks the host's whole established hash, TIME_WAITs included).
 pub fn read_port_limits() -> NetFacts {

@@ -80,6 +80,7 @@ impl Host for FakeHost {
             by_ns: BTreeMap::new(),
             tw_tables: BTreeMap::new(),
             busy: Vec::new(),
+            ports: Vec::new(),
         })
     }
 }
@@ -304,6 +305,7 @@ fn listener_drops_are_charged_to_the_listeners_owner() {
         by_ns: [(NS, ns)].into(),
         tw_tables: BTreeMap::new(),
         busy: Vec::new(),
+        ports: Vec::new(),
     });
     let mut s = session(&[]);
     let out = step(&mut s, &mut host, Snapshot::new(), BTreeMap::new(), 1);
@@ -321,6 +323,7 @@ fn inferred_tw_overflows_are_corrected_by_the_namespace_count_only_when_inferred
             by_ns: [(NS, [("TCPTimeWaitOverflow", 3)].into())].into(),
             tw_tables: BTreeMap::new(),
             busy: Vec::new(),
+            ports: Vec::new(),
         });
         let filter = Filter::default();
         let mut s = Session::new(filter, Duration::from_secs(1), Snapshot::new(), BTreeMap::new(), infer);
@@ -341,6 +344,7 @@ fn overflows_counted_by_the_namespace_before_the_counters_are_claimed_by_an_exit
         by_ns: [(NS, [("TCPTimeWaitOverflow", n)].into())].into(),
         tw_tables: BTreeMap::new(),
         busy: Vec::new(),
+        ports: Vec::new(),
     };
     host.poll = Some(poll(17));
     let out = step(&mut s, &mut host, [(key(9, kind::CONNECT_ATTEMPT), 30)].into(), BTreeMap::new(), 1);

@@ -40,7 +40,13 @@ pub struct Engine {
     tw_charged: BTreeMap<u32, u32>,
     /// Since when each listener (namespace, inode) has been read at least 4/5 full, every poll.
     queue_busy: BTreeMap<(u32, u32), SystemTime>,
+    /// Ports in use over time per destination, and the process each warning is charged to.
+    port_trend: Trend<PortKey>,
+    port_charged: BTreeMap<PortKey, u32>,
 }
+
+/// A destination as a trend key: (namespace, address, port).
+pub(super) type PortKey = (u32, std::net::IpAddr, u16);
 
 /// One interval being diagnosed: its window, its end and start, and the (cause, process,
 /// destination) keys that failed in it.
@@ -71,6 +77,8 @@ impl Engine {
             tw_trend: Trend::default(),
             tw_charged: BTreeMap::new(),
             queue_busy: BTreeMap::new(),
+            port_trend: Trend::default(),
+            port_charged: BTreeMap::new(),
         }
     }
 
@@ -106,6 +114,7 @@ impl Engine {
         self.predict_fds(w, now, ev, &mut t.seen);
         self.predict_tw_tables(w, now, ev, &mut t.seen);
         self.predict_queues(w, now, ev, &mut t.seen);
+        self.predict_ports(w, now, ev, &mut t.seen);
         self.report(now, &t.seen, ev)
     }
 
@@ -260,6 +269,14 @@ impl Engine {
     fn report(&mut self, now: SystemTime, seen: &[Key], ev: &mut dyn Evidence) -> Vec<Verdict> {
         let mut out = Vec::new();
         let mut resolved = Vec::new();
+        // A warning whose failures have begun ends at once: the verdict of the failures
+        // takes over (and its resolution says so).
+        let realized: Vec<Key> = self
+            .active
+            .keys()
+            .filter(|(c, p, d)| c.realized_by().is_some_and(|f| self.active.contains_key(&(f, *p, d.clone()))))
+            .cloned()
+            .collect();
         for (key, a) in self.active.iter_mut() {
             let fresh = a.verdict.failures != a.emitted_failures || a.last_emit == a.verdict.since;
             if seen.contains(key) {
@@ -270,7 +287,7 @@ impl Engine {
                     a.emitted_failures = a.verdict.failures;
                     out.push(a.verdict.clone());
                 }
-            } else if now.duration_since(a.last_failure).unwrap_or_default() >= self.quiet {
+            } else if now.duration_since(a.last_failure).unwrap_or_default() >= self.quiet || realized.contains(key) {
                 resolved.push(key.clone());
             }
         }

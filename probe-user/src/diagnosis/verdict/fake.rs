@@ -16,6 +16,8 @@ pub struct FakeEvidence {
     pub tw_table: Option<TwTable>,
     /// How many times the rules asked for a namespace's facts.
     pub net_calls: u32,
+    /// The holder of every socket inode.
+    pub socket_owner: Option<u32>,
 }
 
 impl FakeEvidence {
@@ -35,6 +37,7 @@ impl FakeEvidence {
             },
             tw_table: None,
             net_calls: 0,
+            socket_owner: None,
         }
     }
 }
@@ -52,6 +55,9 @@ impl Evidence for FakeEvidence {
     }
     fn file_nr(&mut self) -> Option<(u64, u64)> {
         self.file_nr
+    }
+    fn socket_owner(&mut self, _inode: u32) -> Option<u32> {
+        self.socket_owner
     }
     fn net(&mut self, _pid: u32, _netns: u32) -> Result<NetFacts, String> {
         self.net_calls += 1;

@@ -5,7 +5,7 @@
 
 use std::{collections::BTreeMap, time::SystemTime};
 
-pub use crate::domain::net::Dest;
+pub use crate::domain::net::{Dest, PortReading};
 pub use crate::domain::time::thousands;
 use crate::domain::{
     listen::{ListenerDelta, NsDelta},
@@ -23,6 +23,9 @@ mod fd_trend;
 mod fds;
 mod listen;
 mod memory;
+mod port_pressure;
+#[cfg(test)]
+mod port_pressure_tests;
 mod ports;
 mod proof;
 #[cfg(test)]
@@ -34,6 +37,7 @@ pub use fd_trend::{FdCalm, FdForecast, FdReading, FdTrend, Trend};
 pub use fds::*;
 use listen::*;
 pub use memory::*;
+pub use port_pressure::*;
 pub use ports::*;
 pub use proof::*;
 pub use time_wait::*;
@@ -49,6 +53,8 @@ pub enum Cause {
     FileMax,
     EphemeralPorts,
     TimeWaitPressure,
+    /// A prediction: ports in use toward a destination growing toward the usable range.
+    PortPressure,
     /// A prediction: a namespace's TIME_WAIT table filling toward tcp_max_tw_buckets.
     TwTablePressure,
     TwBuckets,
@@ -71,6 +77,7 @@ impl Cause {
             Cause::EphemeralPorts => "ephemeral_ports",
             Cause::TimeWaitPressure => "time_wait_pressure",
             Cause::TwTablePressure => "tw_table_pressure",
+            Cause::PortPressure => "port_pressure",
             Cause::TwBuckets => "tw_buckets",
             Cause::BindHoarding => "bind_hoarding",
             Cause::AddressUnavailable => "address_unavailable",
@@ -79,6 +86,17 @@ impl Cause {
             Cause::SynQueue => "syn_queue",
             Cause::TcpMem => "tcp_mem",
             Cause::ConntrackFull => "conntrack_full",
+        }
+    }
+
+    /// For a warning, the verdict of the failures it predicts (same process and destination).
+    pub fn realized_by(self) -> Option<Cause> {
+        match self {
+            Cause::FdPressure => Some(Cause::FdLimit),
+            Cause::PortPressure | Cause::TimeWaitPressure => Some(Cause::EphemeralPorts),
+            Cause::TwTablePressure => Some(Cause::TwBuckets),
+            Cause::AcceptQueuePressure => Some(Cause::AcceptQueue),
+            _ => None,
         }
     }
 
@@ -157,6 +175,8 @@ pub struct Window {
     pub tw_tables: BTreeMap<u32, (u64, u64)>,
     /// (owner pid, listener) of listeners whose accept queue is at least 4/5 full now.
     pub busy_listeners: Vec<(u32, ListenerDelta)>,
+    /// Ports in use toward the busiest destinations of the namespaces walked this interval.
+    pub port_readings: Vec<PortReading>,
 }
 
 pub use crate::domain::net::Nofile;
@@ -179,6 +199,11 @@ pub trait Evidence {
     /// sockets: cheap where `net` walks every TCP socket of the host.
     fn port_limits(&mut self, pid: u32, netns: u32) -> Result<NetFacts, String> {
         self.net(pid, netns)
+    }
+    /// The process holding the socket with this inode (looked up for a warning only: it reads
+    /// every process's fd table).
+    fn socket_owner(&mut self, _inode: u32) -> Option<u32> {
+        None
     }
     /// Whether the process still runs.
     fn alive(&mut self, pid: u32) -> bool;

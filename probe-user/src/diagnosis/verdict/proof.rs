@@ -20,6 +20,7 @@ pub enum Proof {
     TimeWaitPressure(TimeWaitPressureProof),
     TwBuckets(TwBucketsProof),
     TwTablePressure(TwTablePressureProof),
+    PortPressure(PortPressureProof),
     AcceptQueuePressure(QueuePressureProof),
     BindHoarding(BindHoardingProof),
     AddressUnavailable(AddressProof),
@@ -77,6 +78,22 @@ pub struct TwTablePressureProof {
     pub time_wait: u64,
     pub tcp_max_tw_buckets: u64,
     /// Net growth of the table per second over the last readings (one decimal).
+    pub rate_per_s: f64,
+    pub seconds_left: u64,
+    pub netns: u32,
+}
+
+/// Ports in use toward a destination growing toward the usable range (port_pressure).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PortPressureProof {
+    /// Sockets holding an ephemeral port toward the destination, every state.
+    pub in_use: u64,
+    /// `low-high` of net.ipv4.ip_local_port_range.
+    pub range: String,
+    /// Ports of the range that are not reserved.
+    pub usable: u64,
+    pub states: BTreeMap<&'static str, u64>,
+    /// Net growth per second over the last readings (one decimal).
     pub rate_per_s: f64,
     pub seconds_left: u64,
     pub netns: u32,

@@ -4,22 +4,40 @@
 use super::*;
 
 /// Blocking connects that keep their sockets: with a narrowed ip_local_port_range the range
-/// runs out and connect() fails with EADDRNOTAVAIL.
+/// runs out and connect() fails with EADDRNOTAVAIL. With `--rate R`: R connects a second
+/// (a pool growing without bound), never catching up after a stall, and the report says when
+/// the first failure came (`first_failure_ms`, Unix time).
 pub(super) fn ports(args: &[String]) {
     let listen: SocketAddr = req(args, "--listen");
     let target: SocketAddr = req(args, "--connect");
     let count: u32 = req(args, "--count");
-    let _listener = TcpListener::bind(listen).expect("bind listener");
+    let rate: Option<f64> = arg(args, "--rate").map(|v| v.parse().expect("bad value for --rate"));
+    // Never accepted: a deep backlog keeps the handshakes completing for all of them.
+    let _listener = super::scale::deep_listener(listen);
     wait_stdin(args);
     let mut held = Vec::new();
     let mut errors = Errors::new();
+    let mut first_failure_ms = None;
+    let mut next = std::time::Instant::now();
     for _ in 0..count {
+        if let Some(r) = rate {
+            let now = std::time::Instant::now();
+            if next > now {
+                std::thread::sleep(next - now);
+            }
+            next = next.max(now) + Duration::from_secs_f64(1.0 / r);
+        }
         match TcpStream::connect(target) {
             Ok(s) => held.push(s),
-            Err(e) => *errors.entry(errno_name(&e)).or_default() += 1,
+            Err(e) => {
+                *errors.entry(errno_name(&e)).or_default() += 1;
+                first_failure_ms.get_or_insert_with(|| {
+                    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+                });
+            }
         }
     }
-    println!("{}", json!({"pid": pid(), "ok": held.len(), "errors": errors}));
+    println!("{}", json!({"pid": pid(), "ok": held.len(), "errors": errors, "first_failure_ms": first_failure_ms}));
     hold(args);
 }
 

@@ -68,7 +68,7 @@ fn set_nofile_soft(n: u64) {
 
 /// A listener with the deepest accept queue the namespace allows (net.core.somaxconn), so a
 /// burst of connects is never slowed by dropped SYNs.
-fn deep_listener(addr: SocketAddr) -> TcpListener {
+pub(super) fn deep_listener(addr: SocketAddr) -> TcpListener {
     let l = TcpListener::bind(addr).expect("bind");
     // SAFETY: listen(2) again on a listener we own: only the backlog changes.
     assert_eq!(unsafe { libc::listen(l.as_raw_fd(), 65535) }, 0, "listen");

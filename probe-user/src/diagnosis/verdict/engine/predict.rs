@@ -5,7 +5,7 @@
 use std::time::{Duration, SystemTime};
 
 use super::super::*;
-use super::{Active, Engine, Key};
+use super::{Active, Engine, Key, PortKey};
 use crate::diagnosis::check::tw_reuse_applies;
 
 /// A listener's accept queue must stay near full this long to be warned about.
@@ -133,6 +133,41 @@ impl Engine {
         }
     }
 
+    /// Warns about destinations whose ports in use (every state) grow toward the usable range,
+    /// charged to the process holding one of those sockets (or the one creating TIME_WAITs
+    /// toward it). Not those already failing (ephemeral_ports) nor those whose TIME_WAIT churn
+    /// is already predicted to exhaust them (time_wait_pressure says more).
+    pub(super) fn predict_ports(&mut self, w: &Window, now: SystemTime, ev: &mut dyn Evidence, seen: &mut Vec<Key>) {
+        let key_of = |r: &PortReading| (r.dest.netns, r.dest.addr, r.dest.port);
+        let readings: Vec<(PortKey, u64, u64)> =
+            w.port_readings.iter().map(|r| (key_of(r), r.in_use, r.usable)).collect();
+        self.port_trend.observe_values(now, &readings);
+        self.port_charged.retain(|k, _| readings.iter().any(|r| r.0 == *k));
+        for r in &w.port_readings {
+            let k = key_of(r);
+            let Some(f) = self.port_trend.forecast(k) else { continue };
+            let creator = || {
+                w.time_waits.iter().filter(|((_, d), _)| *d == r.dest).max_by_key(|(_, n)| **n).map(|((p, _), _)| *p)
+            };
+            let pid = match self.port_charged.get(&k).copied().filter(|p| ev.alive(*p)) {
+                Some(p) => Some(p),
+                None => r.inode.and_then(|i| ev.socket_owner(i)).or_else(creator),
+            };
+            let Some(pid) = pid else { continue };
+            self.port_charged.insert(k, pid);
+            let dest = Some(r.dest.clone());
+            if self.active.contains_key(&(Cause::EphemeralPorts, pid, dest.clone()))
+                || self.active.contains_key(&(Cause::TimeWaitPressure, pid, dest.clone()))
+            {
+                continue;
+            }
+            let key = (Cause::PortPressure, pid, dest);
+            let since = self.active.get(&key).map_or(now, |a| a.verdict.since);
+            let verdict = port_pressure(pid, ev.comm(pid), since, r, &f);
+            self.warn(key, verdict, now, seen);
+        }
+    }
+
     /// Keeps a warning (a prediction) active with its latest figures.
     fn warn(&mut self, key: Key, verdict: Verdict, now: SystemTime, seen: &mut Vec<Key>) {
         match self.active.get_mut(&key) {
@@ -174,6 +209,16 @@ impl Engine {
                     self.tw_trend.calm(ns, limit)
                 };
                 tw_table_calm_reason(&v.comm, *pid, &calm)
+            }
+            Cause::PortPressure => {
+                let (usable, key) = match (&v.evidence, dest) {
+                    (Proof::PortPressure(p), Some(d)) => (p.usable, Some((d.netns, d.addr, d.port))),
+                    _ => (0, None),
+                };
+                let calm = key.map_or(FdCalm::Gone, |k| self.port_trend.calm(k, usable));
+                let failing = self.active.contains_key(&(Cause::EphemeralPorts, *pid, dest.clone()));
+                let endpoint = dest.as_ref().map(Dest::endpoint).unwrap_or_default();
+                port_calm_reason(&v.comm, *pid, &endpoint, &calm, failing)
             }
             Cause::AcceptQueuePressure => {
                 let listener = dest.as_ref().map(Dest::endpoint).unwrap_or_default();
