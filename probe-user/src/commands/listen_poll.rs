@@ -22,6 +22,10 @@ pub struct ListenPoll {
     pub busy: Vec<(u32, listeners::ListenerDelta)>,
     /// Ports in use toward the busiest destinations of the namespaces walked this poll.
     pub ports: Vec<PortReading>,
+    /// Each watched namespace's conntrack table: (entries, nf_conntrack_max).
+    pub conntrack: BTreeMap<u32, (u64, u64)>,
+    /// TCP memory of the machine: (pages in use, tcp_mem's pressure threshold, page size).
+    pub tcp_mem: Option<(u64, u64, u64)>,
 }
 
 /// The share of one CPU the walk for ports in use may take: after a walk that took `d`, the
@@ -34,12 +38,12 @@ fn read_listen_counters() -> (Result<Vec<netdiag::TcpSocket>>, BTreeMap<String, 
     (netdiag::listeners(), crate::system::facts::read_tcp_ext())
 }
 
-/// The same, with the namespace's TIME_WAIT table (for the tw table warning).
-type Counters = (Result<Vec<netdiag::TcpSocket>>, BTreeMap<String, u64>, Option<(u64, u64)>);
+/// The same, with the namespace's TIME_WAIT table and conntrack table (for the warnings).
+type Counters = (Result<Vec<netdiag::TcpSocket>>, BTreeMap<String, u64>, Option<(u64, u64)>, Option<(u64, u64)>);
 
 fn read_counters() -> Counters {
     let (socks, ext) = read_listen_counters();
-    (socks, ext, crate::system::facts::read_tw_table())
+    (socks, ext, facts::read_tw_table(), facts::read_conntrack_count())
 }
 
 #[derive(Default)]
@@ -98,6 +102,7 @@ impl ListenPoller {
         let mut tw_tables = BTreeMap::new();
         let mut busy = Vec::new();
         let mut ports = Vec::new();
+        let mut conntrack = BTreeMap::new();
         let mut gone = Vec::new();
         let now = Instant::now();
         for (&ns, &via) in &self.netns {
@@ -120,7 +125,10 @@ impl ListenPoller {
                 let ports = if walk { facts::read_port_use() } else { None };
                 (counters, ports, t.elapsed())
             });
-            let Ok(((Ok(mut socks), ext, tw), port_use, took)) = read else { continue };
+            let Ok(((Ok(mut socks), ext, tw, ct), port_use, took)) = read else { continue };
+            if let Some(ct) = ct {
+                conntrack.insert(ns, ct);
+            }
             if walk {
                 self.port_walk_at.insert(ns, now + took * PORT_WALK_SPACING);
             }
@@ -153,7 +161,7 @@ impl ListenPoller {
             self.owner.retain(|k, _| k.0 != ns);
             self.port_walk_at.remove(&ns);
         }
-        ListenPoll { dropped: out, by_ns, tw_tables, busy, ports }
+        ListenPoll { dropped: out, by_ns, tw_tables, busy, ports, conntrack, tcp_mem: facts::read_tcp_mem_use() }
     }
 }
 

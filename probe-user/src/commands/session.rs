@@ -174,8 +174,14 @@ impl Session {
         let (samples, mut window) = self.window(host, &cur, &cur_dest, now, interval_s);
         let (fresh, early) = self.facts.fill(&mut window);
         let mut evidence = Cached::new(host, early);
-        let verdicts = self.engine.tick(&window, &mut evidence);
+        let mut verdicts = self.engine.tick(&window, &mut evidence);
         self.facts.settle(&self.engine, &window, fresh, evidence.into_cache());
+        // Warnings read from a watched namespace may be charged to a process outside the
+        // filter (the holder of the sockets): only the watched ones' are reported, and those
+        // charged to nobody in particular (a table of the namespace or the machine).
+        if !self.filter.is_all() {
+            verdicts.retain(|v| v.pid == UNATTRIBUTED || self.filter.matches(v.pid, &v.comm));
+        }
         let (forget, forget_dest) = self.next_baseline(&gone_before, cur, cur_dest);
         Step { samples, verdicts, forget, forget_dest }
     }
@@ -204,9 +210,11 @@ impl Session {
         }
         let mut window = Window { now: Some(now), interval_s, ..Default::default() };
         let watched: Vec<u32> = deltas.keys().chain(&self.filter.pids).copied().collect();
-        let ListenPoll { dropped, by_ns, tw_tables, busy, ports } = host.poll_listeners(&watched);
+        let ListenPoll { dropped, by_ns, tw_tables, busy, ports, conntrack, tcp_mem } = host.poll_listeners(&watched);
         window.tw_tables = tw_tables;
         window.port_readings = ports;
+        window.conntrack_tables = conntrack;
+        window.tcp_mem_use = tcp_mem;
         window.busy_listeners = busy
             .into_iter()
             .filter(|(owner, _)| self.filter.is_all() || self.filter.matches(*owner, &Self::comm_of(host, *owner)))

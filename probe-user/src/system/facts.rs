@@ -154,6 +154,24 @@ pub fn read_port_use() -> Option<Vec<crate::domain::net::PortReading>> {
     Some(port_readings(&u, net.netns.unwrap_or(0), &inodes))
 }
 
+/// The calling thread's namespace's conntrack table: (entries, net.netfilter.nf_conntrack_max);
+/// None without conntrack (the module not loaded). The count is per namespace, the limit the
+/// one global value each namespace's count is held to (`__nf_conntrack_alloc`).
+pub fn read_conntrack_count() -> Option<(u64, u64)> {
+    Some((
+        read_u64("/proc/sys/net/netfilter/nf_conntrack_count")?,
+        read_u64("/proc/sys/net/netfilter/nf_conntrack_max")?,
+    ))
+}
+
+/// Machine-wide TCP memory now: (pages in use, tcp_mem's pressure threshold, page size).
+pub fn read_tcp_mem_use() -> Option<(u64, u64, u64)> {
+    let mem = read_tcp_mem();
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some((mem.sockstat.get("mem").copied()?, mem.limits?.1, u64::try_from(page).ok().filter(|p| *p > 0)?))
+}
+
 /// The namespace's port sysctls alone: what `read_net` reads without walking every TCP socket
 /// (a sock_diag dump walks the host's whole established hash, TIME_WAITs included).
 pub fn read_port_limits() -> NetFacts {

@@ -161,7 +161,7 @@ fn guest_script(stage: &Path, mode: &str, exes: &BTreeMap<String, PathBuf>, opts
     let mut script = format!(
         "#!/bin/sh\nmount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null\n\
          export CONNTRACE_BIN={bin}\nexport CONNTRACE_WORKLOAD_BIN={wl}\n\
-         export CONNTRACE_EXPECT_MODE={expect}\nexport CONNTRACE_IN_VM=1\n",
+         export CONNTRACE_EXPECT_MODE={expect}\nexport CONNTRACE_VM_MODE={mode}\nexport CONNTRACE_IN_VM=1\n",
         bin = stage.join("conntrace").display(),
         wl = stage.join("conntrace-workload").display()
     );

@@ -81,6 +81,8 @@ impl Host for FakeHost {
             tw_tables: BTreeMap::new(),
             busy: Vec::new(),
             ports: Vec::new(),
+            conntrack: BTreeMap::new(),
+            tcp_mem: None,
         })
     }
 }
@@ -306,6 +308,8 @@ fn listener_drops_are_charged_to_the_listeners_owner() {
         tw_tables: BTreeMap::new(),
         busy: Vec::new(),
         ports: Vec::new(),
+        conntrack: BTreeMap::new(),
+        tcp_mem: None,
     });
     let mut s = session(&[]);
     let out = step(&mut s, &mut host, Snapshot::new(), BTreeMap::new(), 1);
@@ -324,6 +328,8 @@ fn inferred_tw_overflows_are_corrected_by_the_namespace_count_only_when_inferred
             tw_tables: BTreeMap::new(),
             busy: Vec::new(),
             ports: Vec::new(),
+            conntrack: BTreeMap::new(),
+            tcp_mem: None,
         });
         let filter = Filter::default();
         let mut s = Session::new(filter, Duration::from_secs(1), Snapshot::new(), BTreeMap::new(), infer);
@@ -345,6 +351,8 @@ fn overflows_counted_by_the_namespace_before_the_counters_are_claimed_by_an_exit
         tw_tables: BTreeMap::new(),
         busy: Vec::new(),
         ports: Vec::new(),
+        conntrack: BTreeMap::new(),
+        tcp_mem: None,
     };
     host.poll = Some(poll(17));
     let out = step(&mut s, &mut host, [(key(9, kind::CONNECT_ATTEMPT), 30)].into(), BTreeMap::new(), 1);

@@ -10,6 +10,7 @@ use std::{
 use super::*;
 
 mod predict;
+mod predict_tables;
 
 pub(super) struct Active {
     verdict: Verdict,
@@ -43,6 +44,11 @@ pub struct Engine {
     /// Ports in use over time per destination, and the process each warning is charged to.
     port_trend: Trend<PortKey>,
     port_charged: BTreeMap<PortKey, u32>,
+    /// Conntrack entries over time per namespace, and the process each warning is charged to.
+    ct_trend: Trend<u32>,
+    ct_charged: BTreeMap<u32, u32>,
+    /// The machine's TCP memory pages over time (one key).
+    tcp_mem_trend: Trend<u32>,
 }
 
 /// A destination as a trend key: (namespace, address, port).
@@ -79,6 +85,9 @@ impl Engine {
             queue_busy: BTreeMap::new(),
             port_trend: Trend::default(),
             port_charged: BTreeMap::new(),
+            ct_trend: Trend::default(),
+            ct_charged: BTreeMap::new(),
+            tcp_mem_trend: Trend::default(),
         }
     }
 
@@ -115,6 +124,7 @@ impl Engine {
         self.predict_tw_tables(w, now, ev, &mut t.seen);
         self.predict_queues(w, now, ev, &mut t.seen);
         self.predict_ports(w, now, ev, &mut t.seen);
+        self.predict_tables(w, now, ev, &mut t.seen);
         self.report(now, &t.seen, ev)
     }
 

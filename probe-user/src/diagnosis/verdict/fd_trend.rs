@@ -24,6 +24,8 @@ const MIN_SPAN_S: f64 = 3.0;
 const RISING_SHARE: f64 = 0.75;
 /// ...by at least this share of the limit in all (not a few fds).
 const MIN_GROWTH: f64 = 0.02;
+/// The shortest step the rising share looks at.
+const STEP: Duration = Duration::from_secs(1);
 /// Warn when the limit is this close at the current rate.
 pub const WARN_AHEAD_S: f64 = 300.0;
 
@@ -93,12 +95,28 @@ impl<K: Ord + Copy> Trend<K> {
     /// it within [`WARN_AHEAD_S`].
     pub fn forecast(&self, key: K) -> Option<FdForecast> {
         let h = self.history.get(&key)?;
-        let (&(t0, first, _), &(t1, open, limit)) = (h.front()?, h.back()?);
+        // The trend since its latest low: a ramp that starts after a quiet spell is measured
+        // from where it began, not diluted by the flat readings before it.
+        let low = h.iter().map(|r| r.1).min()?;
+        let from = h.iter().rposition(|r| r.1 == low)?;
+        let h: Vec<_> = h.iter().skip(from).copied().collect();
+        let (&(t0, first, _), &(t1, open, limit)) = (h.first()?, h.last()?);
         let span = t1.duration_since(t0).unwrap_or_default().as_secs_f64();
         if span < MIN_SPAN_S || open <= first || open >= limit {
             return None;
         }
-        let steps: Vec<i64> = h.iter().zip(h.iter().skip(1)).map(|(a, b)| b.1 as i64 - a.1 as i64).collect();
+        // Steps of at least a second: a value the kernel moves in batches (TCP memory by 1 MiB
+        // per CPU, `sk_memory_allocated_add`) stays put between some readings a short
+        // interval apart however fast it grows.
+        let mut thinned = vec![h[0]];
+        for r in &h[1..] {
+            let last = thinned[thinned.len() - 1];
+            if r.0.duration_since(last.0).unwrap_or_default() >= STEP {
+                thinned.push(*r);
+            }
+        }
+        let steps: Vec<i64> =
+            thinned.iter().zip(thinned.iter().skip(1)).map(|(a, b)| b.1 as i64 - a.1 as i64).collect();
         let rising = steps.iter().filter(|d| **d > 0).count() as f64 / steps.len().max(1) as f64;
         if rising < RISING_SHARE || ((open - first) as f64) < MIN_GROWTH * limit as f64 {
             return None;
@@ -136,6 +154,30 @@ mod tests {
         for (i, &open) in opens.iter().enumerate() {
             t.observe(at(i as u64), &[FdReading { pid, open, limit }]);
         }
+    }
+
+    #[test]
+    fn a_ramp_after_a_quiet_spell_is_measured_from_where_it_began() {
+        let mut t = FdTrend::default();
+        // Ten flat readings, then +50/s for 4 s: the flat ones do not dilute the ramp.
+        let mut opens = vec![100; 10];
+        opens.extend([150, 200, 250, 300]);
+        feed(&mut t, 7, &opens, 1024);
+        let f = t.forecast(7).expect("forecast");
+        assert!((f.rate_per_s - 50.0).abs() < 1e-9, "{f:?}");
+        // Read every 200 ms, moving in batches (+256 every 500 ms): rising in every 1 s step.
+        let mut t = FdTrend::default();
+        let start = at(0);
+        for i in 0..25u64 {
+            let now = start + Duration::from_millis(200 * i);
+            t.observe(now, &[FdReading { pid: 9, open: 1000 + 256 * (i * 200 / 500), limit: 20_000 }]);
+        }
+        let f = t.forecast(9).expect("a batched ramp is a ramp");
+        assert!((f.rate_per_s - 512.0).abs() < 60.0, "{f:?}");
+        // Up and down around a level: no trend, however long.
+        let mut t = FdTrend::default();
+        feed(&mut t, 8, &[500, 520, 505, 530, 510, 525, 515, 535, 512, 540], 1024);
+        assert_eq!(t.forecast(8), None);
     }
 
     #[test]

@@ -28,6 +28,9 @@ mod port_pressure;
 mod port_pressure_tests;
 mod ports;
 mod proof;
+mod table_pressure;
+#[cfg(test)]
+mod table_pressure_tests;
 #[cfg(test)]
 mod tests;
 mod time_wait;
@@ -40,6 +43,7 @@ pub use memory::*;
 pub use port_pressure::*;
 pub use ports::*;
 pub use proof::*;
+pub use table_pressure::*;
 pub use time_wait::*;
 
 /// TIME_WAIT lasts TCP_TIMEWAIT_LEN = 60 s (include/net/tcp.h).
@@ -65,7 +69,11 @@ pub enum Cause {
     AcceptQueuePressure,
     SynQueue,
     TcpMem,
+    /// A prediction: TCP memory growing toward tcp_mem's pressure threshold.
+    TcpMemPressure,
     ConntrackFull,
+    /// A prediction: a namespace's conntrack entries growing toward nf_conntrack_max.
+    ConntrackPressure,
 }
 
 impl Cause {
@@ -86,6 +94,8 @@ impl Cause {
             Cause::SynQueue => "syn_queue",
             Cause::TcpMem => "tcp_mem",
             Cause::ConntrackFull => "conntrack_full",
+            Cause::ConntrackPressure => "conntrack_pressure",
+            Cause::TcpMemPressure => "tcp_mem_pressure",
         }
     }
 
@@ -96,6 +106,8 @@ impl Cause {
             Cause::PortPressure | Cause::TimeWaitPressure => Some(Cause::EphemeralPorts),
             Cause::TwTablePressure => Some(Cause::TwBuckets),
             Cause::AcceptQueuePressure => Some(Cause::AcceptQueue),
+            Cause::ConntrackPressure => Some(Cause::ConntrackFull),
+            Cause::TcpMemPressure => Some(Cause::TcpMem),
             _ => None,
         }
     }
@@ -177,6 +189,10 @@ pub struct Window {
     pub busy_listeners: Vec<(u32, ListenerDelta)>,
     /// Ports in use toward the busiest destinations of the namespaces walked this interval.
     pub port_readings: Vec<PortReading>,
+    /// Each watched namespace's conntrack table: (entries, nf_conntrack_max).
+    pub conntrack_tables: BTreeMap<u32, (u64, u64)>,
+    /// TCP memory of the machine: (pages in use, tcp_mem's pressure threshold, page size).
+    pub tcp_mem_use: Option<(u64, u64, u64)>,
 }
 
 pub use crate::domain::net::Nofile;

@@ -21,6 +21,8 @@ pub enum Proof {
     TwBuckets(TwBucketsProof),
     TwTablePressure(TwTablePressureProof),
     PortPressure(PortPressureProof),
+    /// conntrack_pressure and tcp_mem_pressure: a table filling toward its limit.
+    TablePressure(TablePressureProof),
     AcceptQueuePressure(QueuePressureProof),
     BindHoarding(BindHoardingProof),
     AddressUnavailable(AddressProof),
@@ -97,6 +99,22 @@ pub struct PortPressureProof {
     pub rate_per_s: f64,
     pub seconds_left: u64,
     pub netns: u32,
+}
+
+/// A kernel table filling toward its limit (conntrack_pressure: entries toward
+/// nf_conntrack_max; tcp_mem_pressure: pages toward tcp_mem's pressure threshold).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TablePressureProof {
+    pub value: u64,
+    pub limit: u64,
+    /// What `value` and `limit` count.
+    pub unit: &'static str,
+    /// Net growth per second over the last readings (one decimal).
+    pub rate_per_s: f64,
+    pub seconds_left: u64,
+    /// The namespace (conntrack; TCP memory is machine-wide).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub netns: Option<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

@@ -163,6 +163,7 @@ fn main() {
         Some("accept-slow") => accept_slow(&args),
         Some("syn-flood") => syn_flood(&args),
         Some("mem-hog") => mem_hog(&args),
+        Some("mem-ramp") => mem_ramp(&args),
         Some("ct-fill") => ct_fill(&args),
         Some("getppid") => getppid(&args),
         Some("blocked-connects") => blocked_connects(&args),

@@ -41,6 +41,63 @@ pub(super) fn mem_hog(args: &[String]) {
     hold(args);
 }
 
+/// TCP memory growing at a steady rate: `--conns N` loopback connections to a listener in this
+/// process that never reads; every 100 ms the clients write `--bytes-per-s`/10 more between
+/// them, for `--seconds`. The data waits in the receivers' queues, charged to TCP memory.
+pub(super) fn mem_ramp(args: &[String]) {
+    let addr: SocketAddr = req(args, "--addr");
+    let conns: u32 = req(args, "--conns");
+    let rate: usize = req(args, "--bytes-per-s");
+    let seconds: u64 = req(args, "--seconds");
+    let l = TcpListener::bind(addr).expect("bind");
+    let mut pairs = Vec::new();
+    for _ in 0..conns {
+        let c = TcpStream::connect(addr).expect("connect");
+        let (s, _) = l.accept().expect("accept");
+        c.set_nonblocking(true).expect("nonblocking");
+        pairs.push((c, s));
+    }
+    let step = rate / 10 / conns as usize;
+    let chunk = vec![0u8; step];
+    let start = std::time::Instant::now();
+    let mut written = 0usize;
+    let mut next = start;
+    // TCP memory in pages (machine-wide) at each second, as /proc/net/sockstat says.
+    let mem = || {
+        let text = std::fs::read_to_string("/proc/net/sockstat").unwrap_or_default();
+        text.lines().find(|l| l.starts_with("TCP:")).and_then(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+    };
+    let mut pages = Vec::new();
+    let mut tick = 0u32;
+    while start.elapsed() < Duration::from_secs(seconds) {
+        if tick % 10 == 0 {
+            pages.push(mem());
+        }
+        tick += 1;
+        for (c, _) in pairs.iter_mut() {
+            let mut mine = 0;
+            while mine < step {
+                match c.write(&chunk[mine..]) {
+                    Ok(n) => mine += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => panic!("write: {e}"),
+                }
+            }
+            written += mine;
+        }
+        next += Duration::from_millis(100);
+        if let Some(d) = next.checked_duration_since(std::time::Instant::now()) {
+            std::thread::sleep(d);
+        }
+    }
+    println!(
+        "{}",
+        json!({"pid": pid(), "written": written, "seconds": start.elapsed().as_secs_f64(), "mem_pages": pages,
+               "memory_pressures": tcp_ext("TCPMemoryPressures")})
+    );
+    hold(args);
+}
+
 /// Summed per-CPU column `name` of /proc/net/stat/nf_conntrack (hex values).
 pub(super) fn ct_stat(name: &str) -> u64 {
     let text = std::fs::read_to_string("/proc/net/stat/nf_conntrack").unwrap_or_default();

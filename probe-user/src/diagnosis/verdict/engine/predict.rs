@@ -169,7 +169,7 @@ impl Engine {
     }
 
     /// Keeps a warning (a prediction) active with its latest figures.
-    fn warn(&mut self, key: Key, verdict: Verdict, now: SystemTime, seen: &mut Vec<Key>) {
+    pub(super) fn warn(&mut self, key: Key, verdict: Verdict, now: SystemTime, seen: &mut Vec<Key>) {
         match self.active.get_mut(&key) {
             Some(a) => {
                 a.last_failure = now;
@@ -210,6 +210,7 @@ impl Engine {
                 };
                 tw_table_calm_reason(&v.comm, *pid, &calm)
             }
+            Cause::ConntrackPressure | Cause::TcpMemPressure => self.table_calm_reason(key, v),
             Cause::PortPressure => {
                 let (usable, key) = match (&v.evidence, dest) {
                     (Proof::PortPressure(p), Some(d)) => (p.usable, Some((d.netns, d.addr, d.port))),
