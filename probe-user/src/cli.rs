@@ -38,6 +38,11 @@ pub struct CheckArgs {
     /// source address, which the ephemeral port range must hold.
     #[arg(long, value_name = "M", requires = "connections", value_parser = clap::value_parser!(u64).range(1..))]
     pub outbound_per_destination: Option<u64>,
+    /// With --connections: R new outbound connections a second, closed by this side first.
+    /// Each leaves a TIME_WAIT socket (and its port) for 60 s: R × 60 of them against
+    /// net.ipv4.tcp_max_tw_buckets, and with --outbound-per-destination in the port range too.
+    #[arg(long, value_name = "R", requires = "connections", value_parser = clap::value_parser!(u64).range(1..))]
+    pub new_per_second: Option<u64>,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -153,6 +158,12 @@ mod tests {
         let Command::Check(c) = cli.command else { panic!("not check") };
         assert_eq!((c.pid, c.json), (Some(9), true));
         assert!(Cli::try_parse_from(["conntrace", "check", "--pid", "-1"]).is_err());
+        let cli =
+            Cli::try_parse_from(["conntrace", "check", "--connections", "100", "--new-per-second", "50"]).unwrap();
+        let Command::Check(c) = cli.command else { panic!("not check") };
+        assert_eq!((c.connections, c.new_per_second), (Some(100), Some(50)));
+        assert!(Cli::try_parse_from(["conntrace", "check", "--new-per-second", "50"]).is_err(), "needs --connections");
+        assert!(Cli::try_parse_from(["conntrace", "check", "--connections", "1", "--new-per-second", "0"]).is_err());
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::{
     diagnosis::verdict::{self, fake::FakeEvidence, Engine, FdReading, Verdict, Window},
     domain::model::{Counts, EventRecord, Sample},
     domain::net::{self as netdiag, TcpSocket},
-    domain::net::{Conntrack, NetFacts, SystemFacts},
+    domain::net::{Conntrack, NetFacts, SysctlLine, SystemFacts},
     domain::status::{Losses, Mode, Signal, SignalStatus, Status},
     domain::{listen::ListenerDelta, net::Dest},
     render::output,
@@ -354,10 +354,35 @@ fn check_records() {
         conntrack: Some((65_000, 65_536)),
         tcp_mem: Some((8, 16, 24)),
         sockstat: [("mem".to_string(), 20), ("tw".to_string(), 30), ("inuse".to_string(), 50)].into(),
-        tw_recycle_configs: vec!["/etc/sysctl.d/99-old.conf".into()],
+        tw_recycle_lines: vec![SysctlLine { file: "/etc/sysctl.d/99-old.conf".into(), line: 3, value: "1".into() }],
+        kernel_release: Some("6.1.0-18-amd64".into()),
+        page_size: Some(4096),
     };
     let procs = [ProcFds { pid: 1234, comm: "nginx".into(), open: 1000, soft: Some(1024), hard: Some(4096) }];
     let items = check::run(&sys, &net(), &procs);
     let out = format!("{}\n{}", crate::render::check::to_json(&items), crate::render::check::to_text(&items));
     insta::assert_snapshot!("check", out);
+}
+
+/// `check --pid 1234 --connections 10000 --outbound-per-destination 1000 --new-per-second 100`
+/// in `net()` with a listener capped by somaxconn 128.
+#[test]
+fn check_target_records() {
+    let sys = SystemFacts {
+        file_nr: Some((9_000, 100_000)),
+        nr_open: Some(1_048_576),
+        conntrack: Some((65_000, 65_536)),
+        tcp_mem: Some((8_000, 16_000, 24_000)),
+        sockstat: [("mem".to_string(), 200), ("alloc".to_string(), 100), ("inuse".to_string(), 50)].into(),
+        page_size: Some(4096),
+        ..Default::default()
+    };
+    let mut net = net();
+    net.somaxconn = Some(128);
+    net.sockets.push(TcpSocket { state: netdiag::LISTEN, sport: 8080, wqueue: 128, ..sock(netdiag::LISTEN, 8080) });
+    let p = ProcFds { pid: 1234, comm: "nginx".into(), open: 20, soft: Some(1024), hard: Some(4096) };
+    let t = check::Target { connections: 10_000, per_destination: Some(1_000), new_per_second: Some(100) };
+    let items = check::target_items(t, &sys, &net, Some((&p, Some(10))), Some(&check::LimitSource::Inherited));
+    let out = format!("{}\n{}", crate::render::check::to_json(&items), crate::render::check::to_text(&items));
+    insta::assert_snapshot!("check_target", out);
 }

@@ -68,6 +68,25 @@ fn netlink_message() -> impl Strategy<Value = Vec<u8>> {
     })
 }
 
+/// A sysctl.d line: a prefix (comment, `-`, spaces), a key (the wanted one with `.` or `/`,
+/// another, a near miss), a separator, a value; and the value the parser should find there.
+fn sysctl_line() -> impl Strategy<Value = (String, Option<String>)> {
+    let prefix = prop_oneof![Just(""), Just("  "), Just("-"), Just("- "), Just("#"), Just(";"), Just(" # ")];
+    let key = prop_oneof![
+        Just("net.ipv4.tcp_tw_recycle"),
+        Just("net/ipv4/tcp_tw_recycle"),
+        Just("net.ipv4.tcp_tw_reuse"),
+        Just("net.ipv4.tcp_tw_recycled"),
+    ];
+    let sep = prop_oneof![Just("="), Just(" = "), Just("\t=\t"), Just(" ")];
+    (prefix, key, sep, "[0-9a-z]{0,3}").prop_map(|(prefix, key, sep, value)| {
+        let line = format!("{prefix}{key}{sep}{value}");
+        let comment = prefix.trim_start().starts_with('#') || prefix.trim_start().starts_with(';');
+        let hit = !comment && key.replace('/', ".") == "net.ipv4.tcp_tw_recycle" && sep.contains('=');
+        (line, hit.then_some(value))
+    })
+}
+
 proptest! {
     #[test]
     fn btf_of_random_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
@@ -102,6 +121,27 @@ proptest! {
     }
 
     #[test]
+    fn sysctl_conf_of_random_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        // What lines_setting does with a file's bytes.
+        let text = String::from_utf8_lossy(&bytes);
+        for (line, _) in crate::system::sysctl_conf::parse_sysctl_conf(&text, "net.ipv4.tcp_tw_recycle") {
+            prop_assert!(line >= 1 && line <= text.lines().count());
+        }
+        let _ = crate::domain::net::kernel_version(&text);
+    }
+
+    #[test]
+    fn sysctl_conf_of_generated_lines(lines in proptest::collection::vec(sysctl_line(), 0..8)) {
+        // Found exactly where the line is no comment, names the key (either separator) and has
+        // an `=`; the value comes back trimmed.
+        let text: String = lines.iter().map(|(l, _)| format!("{l}\n")).collect();
+        let found = crate::system::sysctl_conf::parse_sysctl_conf(&text, "net.ipv4.tcp_tw_recycle");
+        let want: Vec<(usize, String)> =
+            lines.iter().enumerate().filter_map(|(i, (_, v))| Some((i + 1, v.clone()?))).collect();
+        prop_assert_eq!(found, want);
+    }
+
+    #[test]
     fn text_parsers_of_random_text(s in "\\PC{0,200}", lines in proptest::collection::vec("[a-zA-Z_:0-9 \\t;]{0,40}", 0..8)) {
         let joined = lines.join("\n");
         for t in [s.as_str(), joined.as_str()] {
@@ -117,6 +157,8 @@ proptest! {
             let _ = facts::parse_sockstat(t);
             let _ = facts::parse_triple(t);
             let _ = crate::system::systemd::parse_unit(t);
+            let _ = crate::system::sysctl_conf::parse_sysctl_conf(t, "net.ipv4.tcp_tw_recycle");
+            let _ = crate::domain::net::kernel_version(t);
         }
     }
 }

@@ -171,3 +171,42 @@ fn check_for_ten_thousand_connections_fails_on_a_narrow_range_and_passes_when_tu
         assert_eq!(i["status"], want, "{i}");
     }
 }
+
+/// `check --connections 100 --new-per-second 100`: 100 closes a second hold 6,000 TIME_WAIT
+/// sockets (60 s each); a namespace with tcp_max_tw_buckets 1,000 fails `target_tw_buckets`
+/// (exit 1), one with 100,000 passes it.
+#[test]
+fn check_for_a_close_rate_fails_on_a_small_time_wait_table() {
+    if !require_root("check_for_a_close_rate_fails_on_a_small_time_wait_table") {
+        return;
+    }
+    let run = |buckets: u64| -> (Option<i32>, serde_json::Value) {
+        let out = in_netns(&format!(
+            "sysctl -qw net.ipv4.tcp_max_tw_buckets={buckets}\n\
+             code=0; {ct} check --json --connections 100 --new-per-second 100 || code=$?\n\
+             echo \"exit $code\"",
+            ct = conntrace_bin().display()
+        ));
+        let code = out.lines().find_map(|l| l.strip_prefix("exit ")).and_then(|c| c.parse().ok());
+        let json = out.lines().find(|l| l.starts_with('{')).expect("check --json output");
+        (code, serde_json::from_str(json).unwrap())
+    };
+    let tw_item = |doc: &serde_json::Value| -> serde_json::Value {
+        let items = doc["items"].as_array().unwrap();
+        items.iter().find(|i| i["id"] == "target_tw_buckets").cloned().unwrap_or_else(|| panic!("no item: {doc}"))
+    };
+    let (code, small) = run(1000);
+    let item = tw_item(&small);
+    assert_eq!(code, Some(1), "{small}");
+    assert_eq!(item["status"], "fail", "{item}");
+    assert_eq!(
+        (item["value"]["time_wait_needed"].as_u64(), item["value"]["tcp_max_tw_buckets"].as_u64()),
+        (Some(6000), Some(1000))
+    );
+    assert!(item["fix"].as_str().unwrap().starts_with("sysctl -w net.ipv4.tcp_max_tw_buckets=12000"), "{item}");
+    let (_, large) = run(100_000);
+    let item = tw_item(&large);
+    assert_eq!(item["status"], "ok", "{item}");
+    assert_eq!(item["value"]["tcp_max_tw_buckets"], 100_000);
+    assert!(item["fix"].is_null(), "{item}");
+}

@@ -45,7 +45,11 @@ pub fn check(args: CheckArgs) -> Result<u8> {
     let sys = facts::read_system();
     let mut items = check::run(&sys, &net, &procs);
     if let Some(connections) = args.connections {
-        let target = check::Target { connections, per_destination: args.outbound_per_destination };
+        let target = check::Target {
+            connections,
+            per_destination: args.outbound_per_destination,
+            new_per_second: args.new_per_second,
+        };
         let proc =
             args.pid.and_then(|pid| procs.iter().find(|p| p.pid == pid)).map(|p| (p, procinfo::socket_fds(p.pid)));
         let source = args.pid.map(|pid| match systemd::unit_of(pid) {

@@ -113,6 +113,7 @@ pub fn tw_reuse_applies(tw_reuse: Option<u32>, dst: IpAddr) -> bool {
 
 pub use target::{target_items, LimitSource, Target};
 
+mod recycle;
 mod target;
 
 pub fn run(sys: &SystemFacts, net: &NetFacts, procs: &[ProcFds]) -> Vec<Item> {
@@ -237,25 +238,7 @@ fn time_wait_items(sys: &SystemFacts, net: &NetFacts) -> Vec<Item> {
             tight.then_some("sysctl -w net.ipv4.tcp_tw_reuse=1 (outbound connections may reuse TIME_WAIT ports), and persist it in /etc/sysctl.d"),
         ));
     }
-    if sys.tw_recycle_configs.is_empty() {
-        items.push(item(
-            "tcp_tw_recycle",
-            Level::Ok,
-            json!(null),
-            None,
-            "not set anywhere (it was removed in Linux 4.12)".into(),
-            None,
-        ));
-    } else {
-        items.push(item(
-            "tcp_tw_recycle",
-            Level::Warn,
-            json!(sys.tw_recycle_configs),
-            None,
-            format!("{} still set net.ipv4.tcp_tw_recycle, removed in Linux 4.12 (it broke clients behind NAT): the line does nothing or fails at boot", sys.tw_recycle_configs.join(", ")),
-            Some("delete the tcp_tw_recycle line"),
-        ));
-    }
+    items.extend(recycle::tw_recycle_items(sys));
 
     if let (Some(max), Some(time_wait)) = (net.tcp_max_tw_buckets, net.time_wait) {
         let level = Level::of(pct(time_wait, max), 0.8, 1.0);

@@ -82,8 +82,31 @@ pub struct SystemFacts {
     pub tcp_mem: Option<(u64, u64, u64)>,
     /// /proc/net/sockstat TCP line: inuse, orphan, tw, alloc, mem (pages).
     pub sockstat: BTreeMap<String, u64>,
-    /// Config files that still set net.ipv4.tcp_tw_recycle (removed in Linux 4.12).
-    pub tw_recycle_configs: Vec<String>,
+    /// Lines of the sysctl configuration files that set net.ipv4.tcp_tw_recycle (removed in
+    /// Linux 4.12).
+    pub tw_recycle_lines: Vec<SysctlLine>,
+    /// The kernel release (uname -r), e.g. "6.1.0-18-amd64".
+    pub kernel_release: Option<String>,
+    /// Bytes per page (sysconf(_SC_PAGESIZE)): the unit of tcp_mem and sockstat `mem`.
+    pub page_size: Option<u64>,
+}
+
+/// One line of a sysctl configuration file that sets a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SysctlLine {
+    pub file: String,
+    /// 1-based.
+    pub line: usize,
+    /// The value it sets, as written.
+    pub value: String,
+}
+
+/// (major, minor) of a kernel release: "6.1.0-18-amd64" → (6, 1), "4.12" → (4, 12).
+pub fn kernel_version(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.trim().splitn(3, '.');
+    let major = parts.next()?.parse().ok()?;
+    let minor: String = parts.next()?.chars().take_while(|c| c.is_ascii_digit()).collect();
+    Some((major, minor.parse().ok()?))
 }
 
 /// Machine-wide TCP memory.
@@ -296,5 +319,17 @@ mod tests {
         assert_eq!(r.len(), 1, "{r:?}");
         assert_eq!((r[0].dest.netns, r[0].in_use, r[0].usable, r[0].inode), (7, 11, 100, Some(40_050)));
         assert_eq!(r[0].states.get("TIME_WAIT"), Some(&10));
+    }
+
+    #[test]
+    fn kernel_versions_from_releases() {
+        assert_eq!(kernel_version("6.1.0-18-amd64"), Some((6, 1)));
+        assert_eq!(kernel_version("4.12"), Some((4, 12)));
+        assert_eq!(kernel_version("4.9.337\n"), Some((4, 9)));
+        assert_eq!(kernel_version("5.15rc1"), Some((5, 15)));
+        assert_eq!(kernel_version("6"), None);
+        assert_eq!(kernel_version("x.y"), None);
+        assert_eq!(kernel_version(""), None);
+        assert!((4, 9) < (4, 12) && (5, 0) > (4, 12), "compared as numbers, not strings");
     }
 }

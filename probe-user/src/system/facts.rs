@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, fs};
 
 use crate::{
     domain::net::{NetFacts, SystemFacts, TcpMem},
-    system::netdiag,
+    system::{netdiag, sysctl_conf},
 };
 
 pub use crate::domain::net::{reserved_strings, usable_ports, Conntrack};
@@ -199,26 +199,15 @@ pub fn read_tcp_mem() -> TcpMem {
     }
 }
 
+/// Bytes per page, the unit of net.ipv4.tcp_mem and of sockstat's `mem`.
+pub fn page_size() -> Option<u64> {
+    // SAFETY: sysconf has no preconditions; it returns -1 for an unknown name.
+    let v = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(v).ok().filter(|&v| v > 0)
+}
+
 pub fn read_system() -> SystemFacts {
     let TcpMem { limits: tcp_mem, sockstat } = read_tcp_mem();
-    let mut tw_recycle_configs = Vec::new();
-    let mut files = vec!["/etc/sysctl.conf".to_string()];
-    for dir in ["/etc/sysctl.d", "/run/sysctl.d", "/usr/lib/sysctl.d"] {
-        if let Ok(rd) = fs::read_dir(dir) {
-            files.extend(rd.filter_map(|e| Some(e.ok()?.path().to_str()?.to_string())));
-        }
-    }
-    for f in files {
-        if let Some(text) = read(&f) {
-            let sets = text.lines().any(|l| {
-                let l = l.trim();
-                !l.starts_with('#') && !l.starts_with(';') && l.contains("tcp_tw_recycle")
-            });
-            if sets {
-                tw_recycle_configs.push(f);
-            }
-        }
-    }
     SystemFacts {
         file_nr: read("/proc/sys/fs/file-nr").and_then(|s| parse_file_nr(&s)),
         nr_open: read_u64("/proc/sys/fs/nr_open"),
@@ -226,7 +215,10 @@ pub fn read_system() -> SystemFacts {
             .zip(read_u64("/proc/sys/net/netfilter/nf_conntrack_max")),
         tcp_mem,
         sockstat,
-        tw_recycle_configs,
+        tw_recycle_lines: sysctl_conf::lines_setting(std::path::Path::new("/"), "net.ipv4.tcp_tw_recycle"),
+        // uname(2)'s release: the same string.
+        kernel_release: read("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).filter(|s| !s.is_empty()),
+        page_size: page_size(),
     }
 }
 

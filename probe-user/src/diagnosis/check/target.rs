@@ -1,17 +1,23 @@
-//! `check --connections N [--outbound-per-destination M]`: can this machine (and `--pid`'s
-//! process) hold N concurrent connections, M of them toward one upstream? Per limit: what is
-//! in force, what the target needs, and the exact fix, naming where the limit comes from.
+//! `check --connections N [--outbound-per-destination M] [--new-per-second R]`: can this
+//! machine (and `--pid`'s process) hold N concurrent connections, M of them toward one
+//! upstream, R new ones a second? Per limit: what is in force, what the target needs, and the
+//! exact fix, naming where the limit comes from.
 
 use serde_json::json;
 
 use super::{item, Item, Level, ProcFds};
 use crate::domain::net::{usable_ports, NetFacts, SystemFacts};
 
+mod tcp;
+
 /// The load to check for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Target {
     pub connections: u64,
     pub per_destination: Option<u64>,
+    /// New outbound connections a second, closed by this side first (each leaves a
+    /// TIME_WAIT socket, and its port, for 60 s).
+    pub new_per_second: Option<u64>,
 }
 
 /// Where a process's RLIMIT_NOFILE comes from, as far as it can be told.
@@ -42,7 +48,7 @@ pub fn target_items(
     // Every connection is one fd, plus what the process holds besides sockets now (or a
     // small allowance for stdin/stdout/stderr, logs, config).
     let others = proc.map(|(p, sockets)| p.open.saturating_sub(sockets.unwrap_or(0))).unwrap_or(16);
-    let need = n + others;
+    let need = n.saturating_add(others);
     match proc {
         Some((p, _)) => {
             let soft = p.soft.unwrap_or(0);
@@ -119,7 +125,7 @@ pub fn target_items(
             "target_file_max",
             level,
             json!({"file_nr": used, "file_max": max, "needed": n}),
-            Some(format!("{}/{}", thousands(used + n), thousands(max))),
+            Some(format!("{}/{}", thousands(used.saturating_add(n)), thousands(max))),
             format!(
                 "the system-wide file table has {} of {} handles free; {} connections take {}",
                 thousands(free),
@@ -128,55 +134,17 @@ pub fn target_items(
                 thousands(n)
             ),
             (level != Level::Ok)
-                .then(|| format!("sysctl -w fs.file-max={} (persist it in /etc/sysctl.d)", (used + n) * 2))
+                .then(|| {
+                    format!(
+                        "sysctl -w fs.file-max={} (persist it in /etc/sysctl.d)",
+                        used.saturating_add(n).saturating_mul(2)
+                    )
+                })
                 .as_deref(),
         ));
     }
     if let (Some(m), Some(range)) = (t.per_destination, net.port_range) {
-        let usable = usable_ports(range, &net.reserved);
-        let level = if usable >= m { Level::Ok } else { Level::Fail };
-        let reuse = net.tcp_tw_reuse.unwrap_or(0);
-        // 1 covers every destination; 2 (the default) loopback ones only.
-        let (level, churn) = if level == Level::Ok && reuse != 1 {
-            (
-                Level::Warn,
-                format!(
-                    "; with tcp_tw_reuse={reuse}{} every connection closed holds its port 60 s in TIME_WAIT: the {} \
-                     ports left beside the {} connections allow about {} new connections a second",
-                    if reuse == 2 { " (loopback destinations only)" } else { "" },
-                    thousands(usable - m),
-                    thousands(m),
-                    (usable - m) / 60
-                ),
-            )
-        } else {
-            (level, String::new())
-        };
-        items.push(item(
-            "target_ports",
-            level,
-            json!({"range": format!("{}-{}", range.0, range.1), "usable": usable, "needed": m, "tcp_tw_reuse": reuse}),
-            Some(format!("{}/{}", thousands(m), thousands(usable))),
-            format!(
-                "{} concurrent connections toward one destination (address and port) from one source address need \
-                 {} ephemeral ports; ip_local_port_range {}-{} has {} usable{churn}",
-                thousands(m),
-                thousands(m),
-                range.0,
-                range.1,
-                thousands(usable)
-            ),
-            match level {
-                Level::Fail => Some(format!(
-                    "widen net.ipv4.ip_local_port_range (e.g. sysctl -w net.ipv4.ip_local_port_range=\"1024 65535\": {} ports), \
-                     or spread the connections over more destination addresses/ports or source addresses",
-                    thousands(65535 - 1024 + 1)
-                )),
-                Level::Warn => Some("sysctl -w net.ipv4.tcp_tw_reuse=1 (persist it in /etc/sysctl.d)".into()),
-                Level::Ok => None,
-            }
-            .as_deref(),
-        ));
+        items.push(ports_item(m, t.new_per_second, range, net));
     }
     if let Some((count, max)) = net.conntrack.as_ref().and_then(|c| Some((c.count?, c.max?))).or(sys.conntrack) {
         let level = if max.saturating_sub(count) >= n { Level::Ok } else { Level::Fail };
@@ -184,7 +152,7 @@ pub fn target_items(
             "target_conntrack",
             level,
             json!({"count": count, "max": max, "needed": n}),
-            Some(format!("{}/{}", thousands(count + n), thousands(max))),
+            Some(format!("{}/{}", thousands(count.saturating_add(n)), thousands(max))),
             format!(
                 "connection tracking holds {} of nf_conntrack_max {} entries; {} tracked connections need as many",
                 thousands(count),
@@ -195,63 +163,119 @@ pub fn target_items(
                 .then(|| {
                     format!(
                         "sysctl -w net.netfilter.nf_conntrack_max={} (and nf_conntrack_buckets about a quarter of it)",
-                        (count + n) * 2
+                        count.saturating_add(n).saturating_mul(2)
                     )
                 })
                 .as_deref(),
         ));
     }
+    items.push(tcp::tcp_mem_item(n, sys));
+    if let Some(rate) = t.new_per_second {
+        items.push(tcp::tw_buckets_item(rate, net));
+    }
+    items.extend(tcp::backlog_items(n, net));
     items
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn proc(soft: u64, open: u64) -> ProcFds {
-        ProcFds { pid: 1904, comm: "python3".into(), open, soft: Some(soft), hard: Some(soft) }
+/// M connections toward one destination against the usable ephemeral ports, and with a close
+/// rate R the ports TIME_WAIT holds besides them.
+fn ports_item(m: u64, rate: Option<u64>, range: (u16, u16), net: &NetFacts) -> Item {
+    let usable = usable_ports(range, &net.reserved);
+    let reuse = net.tcp_tw_reuse.unwrap_or(0);
+    // `tw_reuse_applies(reuse, dst)` for a destination other than loopback: the target's is
+    // not known, and 2 (the default) covers loopback ones only.
+    let reuse_applies = reuse == 1;
+    let loopback_only = if reuse == 2 { " (loopback destinations only)" } else { "" };
+    let (level, need, churn) = match rate {
+        // No rate: warn that churn costs ports, with the rate the spare ports allow.
+        None if usable >= m && !reuse_applies => (
+            Level::Warn,
+            m,
+            format!(
+                "; with tcp_tw_reuse={reuse}{loopback_only} every connection closed holds its port 60 s in \
+                 TIME_WAIT: the {} ports left beside the {} connections allow about {} new connections a second",
+                thousands(usable - m),
+                thousands(m),
+                (usable - m) / tcp::TIME_WAIT_SECS
+            ),
+        ),
+        None => (if usable >= m { Level::Ok } else { Level::Fail }, m, String::new()),
+        Some(r) => {
+            // A port closed by this side stays in TIME_WAIT for TCP_TIMEWAIT_LEN; tcp_tw_reuse=1
+            // lets connect() take it over once its last timestamp is a second old
+            // (tcp_twsk_unique), so the churn holds about one second's worth instead.
+            let (secs, how) = if reuse_applies {
+                (1, "tcp_tw_reuse=1 lets connect() take a TIME_WAIT port over after about 1 s".to_string())
+            } else {
+                (
+                    tcp::TIME_WAIT_SECS,
+                    format!(
+                        "each port stays 60 s in TIME_WAIT, and tcp_tw_reuse={reuse}{loopback_only} does not let \
+                         connect() take it over"
+                    ),
+                )
+            };
+            let held = r.saturating_mul(secs);
+            let need = m.saturating_add(held);
+            let level = if need > usable {
+                Level::Fail
+            } else if need as u128 * 5 >= usable as u128 * 4 {
+                Level::Warn
+            } else {
+                Level::Ok
+            };
+            let churn = format!(
+                "; closing {} a second (at worst all toward that destination) takes about {} more ports, {} in all: \
+                 {how}",
+                thousands(r),
+                thousands(held),
+                thousands(need)
+            );
+            (level, need, churn)
+        }
+    };
+    let widen = format!(
+        "widen net.ipv4.ip_local_port_range (e.g. sysctl -w net.ipv4.ip_local_port_range=\"1024 65535\": {} ports, \
+         and persist it in /etc/sysctl.d), or spread the connections over more destination addresses/ports or source \
+         addresses",
+        thousands(65535 - 1024 + 1)
+    );
+    let fix = match (level, rate) {
+        (Level::Ok, _) => None,
+        (Level::Warn, None) => Some("sysctl -w net.ipv4.tcp_tw_reuse=1 (persist it in /etc/sysctl.d)".to_string()),
+        (_, None) => Some(widen),
+        // With a rate, reuse cuts what TIME_WAIT holds from 60 s of closes to about one.
+        (_, Some(r)) if !reuse_applies && m.saturating_add(r) <= usable => Some(format!(
+            "sysctl -w net.ipv4.tcp_tw_reuse=1 and persist it in /etc/sysctl.d (outbound connections then need about \
+             {} ports; it needs TCP timestamps, on by default); or {widen}; or reuse connections (keepalive, pooling) \
+             so fewer close",
+            thousands(m.saturating_add(r))
+        )),
+        (_, Some(_)) => Some(format!("{widen}; or reuse connections (keepalive, pooling) so fewer close")),
+    };
+    let mut value =
+        json!({"range": format!("{}-{}", range.0, range.1), "usable": usable, "needed": m, "tcp_tw_reuse": reuse});
+    if let Some(r) = rate {
+        value["new_per_second"] = json!(r);
+        value["needed_with_time_wait"] = json!(need);
     }
-
-    fn find<'a>(items: &'a [Item], id: &str) -> &'a Item {
-        items.iter().find(|i| i.id == id).unwrap_or_else(|| panic!("no {id}: {items:#?}"))
-    }
-
-    #[test]
-    fn ten_thousand_connections_need_the_fds_and_the_ports() {
-        let sys = SystemFacts { file_nr: Some((5_000, 100_000)), nr_open: Some(1_048_576), ..Default::default() };
-        let net = NetFacts { port_range: Some((40000, 40099)), tcp_tw_reuse: Some(0), ..Default::default() };
-        let t = Target { connections: 10_000, per_destination: Some(10_000) };
-        let unit = LimitSource::Systemd { unit: "app.service".into(), limit_nofile: Some("1024".into()) };
-        let items = target_items(t, &sys, &net, Some((&proc(1024, 1000), Some(990))), Some(&unit));
-        let nofile = find(&items, "target_nofile");
-        assert_eq!(nofile.status, Level::Fail);
-        assert_eq!(nofile.value["needed"], 10_010, "10,000 connections and the 10 other fds it holds");
-        let fix = nofile.fix.as_deref().unwrap();
-        assert!(fix.contains("LimitNOFILE=10010") && fix.contains("systemctl edit app.service"), "{fix}");
-        assert!(fix.contains("limits.conf does not apply"), "{fix}");
-        let ports = find(&items, "target_ports");
-        assert_eq!((ports.status, ports.value["usable"].as_u64()), (Level::Fail, Some(100)));
-        assert!(ports.fix.as_deref().unwrap().contains("ip_local_port_range"));
-        assert_eq!(find(&items, "target_nr_open").status, Level::Ok);
-        assert_eq!(find(&items, "target_file_max").status, Level::Ok);
-
-        // Tuned: all pass, but tcp_tw_reuse=0 still warns for the churn.
-        let net = NetFacts { port_range: Some((1024, 65535)), tcp_tw_reuse: Some(1), ..Default::default() };
-        let items = target_items(t, &sys, &net, Some((&proc(65_536, 10), Some(0))), Some(&LimitSource::Inherited));
-        assert!(items.iter().all(|i| i.status == Level::Ok), "{items:#?}");
-        let net = NetFacts { port_range: Some((1024, 65535)), tcp_tw_reuse: Some(0), ..Default::default() };
-        let items = target_items(t, &sys, &net, None, None);
-        assert_eq!(find(&items, "target_ports").status, Level::Warn);
-    }
-
-    #[test]
-    fn a_limit_above_nr_open_and_a_full_file_table_fail() {
-        let sys = SystemFacts { file_nr: Some((95_000, 100_000)), nr_open: Some(65_536), ..Default::default() };
-        let t = Target { connections: 100_000, per_destination: None };
-        let items = target_items(t, &sys, &NetFacts::default(), Some((&proc(1_048_576, 3), Some(0))), None);
-        assert_eq!(find(&items, "target_nr_open").status, Level::Fail);
-        assert_eq!(find(&items, "target_file_max").status, Level::Fail);
-        let fix = find(&items, "target_nofile").fix.clone();
-        assert_eq!(fix, None, "its own limit is high enough: {fix:?}");
-    }
+    item(
+        "target_ports",
+        level,
+        value,
+        Some(format!("{}/{}", thousands(need), thousands(usable))),
+        format!(
+            "{} concurrent connections toward one destination (address and port) from one source address need {} \
+             ephemeral ports; ip_local_port_range {}-{} has {} usable{churn}",
+            thousands(m),
+            thousands(m),
+            range.0,
+            range.1,
+            thousands(usable)
+        ),
+        fix.as_deref(),
+    )
 }
+
+#[cfg(test)]
+mod tests;

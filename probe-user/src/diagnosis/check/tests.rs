@@ -3,7 +3,7 @@
 use std::net::Ipv4Addr;
 
 use super::*;
-use crate::domain::net::TcpSocket;
+use crate::domain::net::{SysctlLine, TcpSocket};
 
 fn sock(state: u8, sport: u16, dst: [u8; 4], dport: u16) -> TcpSocket {
     TcpSocket {
@@ -50,7 +50,9 @@ fn sys() -> SystemFacts {
         conntrack: None,
         tcp_mem: Some((100, 200, 300)),
         sockstat: [("mem".to_string(), 250u64)].into(),
-        tw_recycle_configs: vec!["/etc/sysctl.d/99-tuning.conf".into()],
+        tw_recycle_lines: vec![SysctlLine { file: "/etc/sysctl.d/99-tuning.conf".into(), line: 7, value: "1".into() }],
+        kernel_release: Some("6.1.0-18-amd64".into()),
+        page_size: Some(4096),
     }
 }
 
@@ -77,7 +79,11 @@ fn every_item_has_the_right_level() {
     // TIME_WAIT holds the ports and tw_reuse is off: the fix names it.
     assert!(ports[0].fix.as_ref().unwrap().contains("tcp_tw_reuse=1"));
     assert_eq!(ports[1].status, Level::Ok);
-    assert_eq!(find(&items, "tcp_tw_recycle")[0].status, Level::Warn);
+    // The line that still sets tcp_tw_recycle fails on 6.1, in place of the tcp_tw_recycle item.
+    let recycle = find(&items, "tcp_tw_recycle_config");
+    assert_eq!(recycle[0].status, Level::Fail);
+    assert_eq!(recycle[0].fix.as_deref(), Some("delete line 7 of /etc/sysctl.d/99-tuning.conf"));
+    assert!(find(&items, "tcp_tw_recycle").is_empty());
     assert_eq!(find(&items, "tcp_max_tw_buckets")[0].status, Level::Warn);
     assert_eq!(find(&items, "accept_queue")[0].status, Level::Fail);
     assert_eq!(find(&items, "tcp_syncookies")[0].status, Level::Warn);
@@ -105,7 +111,7 @@ fn healthy_machine_exits_zero() {
     let mut s = sys();
     s.file_nr = Some((10, 1000));
     s.sockstat.clear();
-    s.tw_recycle_configs.clear();
+    s.tw_recycle_lines.clear();
     let mut n = net();
     n.sockets.clear();
     n.time_wait = Some(0);
@@ -115,4 +121,5 @@ fn healthy_machine_exits_zero() {
     assert!(items.iter().all(|i| i.status == Level::Ok), "{items:#?}");
     assert_eq!(exit_code(&items), 0);
     assert!(items.iter().any(|i| i.id == "ip_local_port_range"));
+    assert!(items.iter().any(|i| i.id == "tcp_tw_recycle"));
 }

@@ -70,7 +70,7 @@ pub(super) fn mem_ramp(args: &[String]) {
     let mut pages = Vec::new();
     let mut tick = 0u32;
     while start.elapsed() < Duration::from_secs(seconds) {
-        if tick % 10 == 0 {
+        if tick.is_multiple_of(10) {
             pages.push(mem());
         }
         tick += 1;
