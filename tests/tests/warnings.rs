@@ -189,3 +189,52 @@ fn connections_growing_toward_the_port_range_are_warned_before_connect_fails() {
     let why = resolved["resolution"].as_str().unwrap_or_default();
     assert!(why.contains("ran out"), "{resolved}");
 }
+
+/// A process binding to port 0 before each connect, 25 times a second toward 4 destinations,
+/// in a namespace with 400 usable ports: every bind() takes a port of the range whatever the
+/// destination, so the range runs out at 400 connections (~16 s): `bind_pressure` before the
+/// first EADDRINUSE, no per-destination warning, then the bind_hoarding verdict.
+#[test]
+fn binding_before_connect_toward_the_port_range_is_warned_before_bind_fails() {
+    let name = "binding_before_connect_toward_the_port_range_is_warned_before_bind_fails";
+    if !require_root(name) {
+        return;
+    }
+    if std::env::var("CONNTRACE_IN_VM").is_ok() {
+        eprintln!(
+            "SKIPPED {name}: a 16 s ramp under TCG emulation; the rule reads sock_diag, the same on every kernel"
+        );
+        return;
+    }
+    // With the bind() hooks, for the failures that end the warning.
+    let ct = Conntrace::start(&["--syscall-hooks", "always"]);
+    let out = in_netns(
+        "sysctl -qw net.ipv4.ip_local_port_range='40000 40399'\n\
+         $WL bind-connect --bind 0.0.0.0:0 --dests 127.0.0.1:9000,127.0.0.2:9000,127.0.0.3:9000,127.0.0.4:9000 \
+         --count 410 --rate 25 --hold-ms 1500",
+    );
+    let lines = ct.stop();
+    let wl = report(&out);
+    let pid = wl["pid"].as_u64().unwrap();
+    assert_eq!((wl["ok"].as_u64(), wl["bind_errors"]["EADDRINUSE"].as_u64()), (Some(400), Some(10)), "{wl}");
+    let first_failure = wl["first_failure_ms"].as_u64().expect("bind failed") as f64 / 1000.0;
+    let ws = warnings(&lines, pid, "bind_pressure");
+    let w = ws.first().unwrap_or_else(|| panic!("no warning: {:?}", verdicts(&lines, pid, "bind_pressure")));
+    let warned_at = unix_s(&w["ts"]);
+    let e = &w["evidence"];
+    let left = e["seconds_left"].as_f64().unwrap();
+    eprintln!(
+        "warned {:.1} s before the first EADDRINUSE, predicting {left} s: {}",
+        first_failure - warned_at,
+        w["summary"]
+    );
+    assert_eq!((e["limit"].as_u64(), e["unit"].as_str()), (Some(400), Some("ports")), "{e}");
+    assert!(warned_at < first_failure, "the warning came after the first failure");
+    let predicted = warned_at + left;
+    assert!((predicted - first_failure).abs() <= 3.0, "predicted at {predicted:.1}, failed at {first_failure:.1}: {e}");
+    assert!(warnings(&lines, pid, "port_pressure").is_empty(), "{:?}", warnings(&lines, pid, "port_pressure"));
+    assert_eq!(activations(&lines, pid, "bind_hoarding").len(), 1);
+    let resolved = verdicts(&lines, pid, "bind_pressure").into_iter().find(|v| v["state"] == "resolved");
+    let why = resolved.expect("the warning ends")["resolution"].as_str().unwrap_or_default().to_string();
+    assert!(why.contains("bind() failures began"), "{why}");
+}

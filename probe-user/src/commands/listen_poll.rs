@@ -22,6 +22,8 @@ pub struct ListenPoll {
     pub busy: Vec<(u32, listeners::ListenerDelta)>,
     /// Ports in use toward the busiest destinations of the namespaces walked this poll.
     pub ports: Vec<PortReading>,
+    /// Distinct ports of the range in use and the usable count, per namespace walked.
+    pub range_use: BTreeMap<u32, (u64, u64)>,
     /// Each watched namespace's conntrack table: (entries, nf_conntrack_max).
     pub conntrack: BTreeMap<u32, (u64, u64)>,
     /// TCP memory of the machine: (pages in use, tcp_mem's pressure threshold, page size).
@@ -103,6 +105,7 @@ impl ListenPoller {
         let mut busy = Vec::new();
         let mut ports = Vec::new();
         let mut conntrack = BTreeMap::new();
+        let mut range_use = BTreeMap::new();
         let mut gone = Vec::new();
         let now = Instant::now();
         for (&ns, &via) in &self.netns {
@@ -132,7 +135,10 @@ impl ListenPoller {
             if walk {
                 self.port_walk_at.insert(ns, now + took * PORT_WALK_SPACING);
             }
-            ports.extend(port_use.into_iter().flatten());
+            if let Some((readings, taken)) = port_use {
+                ports.extend(readings);
+                range_use.insert(ns, taken);
+            }
             if let Some(tw) = tw {
                 tw_tables.insert(ns, tw);
             }
@@ -161,7 +167,8 @@ impl ListenPoller {
             self.owner.retain(|k, _| k.0 != ns);
             self.port_walk_at.remove(&ns);
         }
-        ListenPoll { dropped: out, by_ns, tw_tables, busy, ports, conntrack, tcp_mem: facts::read_tcp_mem_use() }
+        let tcp_mem = facts::read_tcp_mem_use();
+        ListenPoll { dropped: out, by_ns, tw_tables, busy, ports, range_use, conntrack, tcp_mem }
     }
 }
 

@@ -210,7 +210,9 @@ impl Session {
         }
         let mut window = Window { now: Some(now), interval_s, ..Default::default() };
         let watched: Vec<u32> = deltas.keys().chain(&self.filter.pids).copied().collect();
-        let ListenPoll { dropped, by_ns, tw_tables, busy, ports, conntrack, tcp_mem } = host.poll_listeners(&watched);
+        let ListenPoll { dropped, by_ns, tw_tables, busy, ports, range_use, conntrack, tcp_mem } =
+            host.poll_listeners(&watched);
+        window.range_use = range_use;
         window.tw_tables = tw_tables;
         window.port_readings = ports;
         window.conntrack_tables = conntrack;

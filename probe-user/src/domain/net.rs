@@ -274,6 +274,15 @@ impl EphemeralUse {
         all
     }
 
+    /// Distinct ports of the range held by `net`'s sockets (listeners too; an accepted
+    /// socket shares its listener's): what bind() to port 0 must avoid, whatever the
+    /// destination (`inet_csk_find_open_port`).
+    pub fn distinct_ports(&self, net: &NetFacts) -> u64 {
+        let ports: std::collections::BTreeSet<u16> =
+            net.sockets.iter().map(|s| s.sport).filter(|p| *p >= self.range.0 && *p <= self.range.1).collect();
+        ports.len() as u64
+    }
+
     /// The `n` destinations holding the most ports, busiest first.
     pub fn busiest(&self, n: usize) -> Vec<((IpAddr, u16), StateCounts)> {
         let mut v: Vec<_> = self.by_dest.iter().map(|(d, s)| (*d, s.clone())).collect();

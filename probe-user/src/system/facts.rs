@@ -134,9 +134,11 @@ pub fn read_tw_table() -> Option<(u64, u64)> {
     Some((tw, read_u64("/proc/sys/net/ipv4/tcp_max_tw_buckets")?))
 }
 
-/// Ports in use toward the busiest destinations of the calling thread's namespace, when its
-/// sockets could hold enough of the range to matter (see `port_walk_due`); None: not walked.
-pub fn read_port_use() -> Option<Vec<crate::domain::net::PortReading>> {
+/// Ports in use toward the busiest destinations of the calling thread's namespace, and the
+/// distinct ports of the range in use there with the usable count (what bind() to port 0
+/// chooses from), when its sockets could hold enough of the range to matter (see
+/// `port_walk_due`); None: not walked.
+pub fn read_port_use() -> Option<(Vec<crate::domain::net::PortReading>, (u64, u64))> {
     use crate::domain::net::{port_readings, port_walk_due, usable_ports, EphemeralUse, TIME_WAIT};
     let limits = read_port_limits();
     let range = limits.port_range?;
@@ -151,7 +153,8 @@ pub fn read_port_use() -> Option<Vec<crate::domain::net::PortReading>> {
     for s in net.sockets.iter().filter(|s| s.state != TIME_WAIT && s.inode != 0) {
         inodes.entry((s.dst, s.dport)).or_insert(s.inode);
     }
-    Some(port_readings(&u, net.netns.unwrap_or(0), &inodes))
+    let taken = u.distinct_ports(&net);
+    Some((port_readings(&u, net.netns.unwrap_or(0), &inodes), (taken, u.usable)))
 }
 
 /// The calling thread's namespace's conntrack table: (entries, net.netfilter.nf_conntrack_max);

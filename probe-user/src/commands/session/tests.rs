@@ -81,6 +81,7 @@ impl Host for FakeHost {
             tw_tables: BTreeMap::new(),
             busy: Vec::new(),
             ports: Vec::new(),
+            range_use: BTreeMap::new(),
             conntrack: BTreeMap::new(),
             tcp_mem: None,
         })
@@ -308,6 +309,7 @@ fn listener_drops_are_charged_to_the_listeners_owner() {
         tw_tables: BTreeMap::new(),
         busy: Vec::new(),
         ports: Vec::new(),
+        range_use: BTreeMap::new(),
         conntrack: BTreeMap::new(),
         tcp_mem: None,
     });
@@ -328,6 +330,7 @@ fn inferred_tw_overflows_are_corrected_by_the_namespace_count_only_when_inferred
             tw_tables: BTreeMap::new(),
             busy: Vec::new(),
             ports: Vec::new(),
+            range_use: BTreeMap::new(),
             conntrack: BTreeMap::new(),
             tcp_mem: None,
         });
@@ -351,6 +354,7 @@ fn overflows_counted_by_the_namespace_before_the_counters_are_claimed_by_an_exit
         tw_tables: BTreeMap::new(),
         busy: Vec::new(),
         ports: Vec::new(),
+        range_use: BTreeMap::new(),
         conntrack: BTreeMap::new(),
         tcp_mem: None,
     };

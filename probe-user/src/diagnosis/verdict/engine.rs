@@ -49,6 +49,10 @@ pub struct Engine {
     ct_charged: BTreeMap<u32, u32>,
     /// The machine's TCP memory pages over time (one key).
     tcp_mem_trend: Trend<u32>,
+    /// Distinct ports of the range in use per namespace, and the connects on bound sockets
+    /// per (namespace, process) seen so far.
+    range_trend: Trend<u32>,
+    binders: BTreeMap<(u32, u32), u64>,
 }
 
 /// A destination as a trend key: (namespace, address, port).
@@ -88,6 +92,8 @@ impl Engine {
             ct_trend: Trend::default(),
             ct_charged: BTreeMap::new(),
             tcp_mem_trend: Trend::default(),
+            range_trend: Trend::default(),
+            binders: BTreeMap::new(),
         }
     }
 
@@ -123,6 +129,9 @@ impl Engine {
         self.predict_fds(w, now, ev, &mut t.seen);
         self.predict_tw_tables(w, now, ev, &mut t.seen);
         self.predict_queues(w, now, ev, &mut t.seen);
+        // Before the per-destination ports: a process that binds first runs out of the whole
+        // range before any one destination's share.
+        self.predict_bind(w, now, ev, &mut t.seen);
         self.predict_ports(w, now, ev, &mut t.seen);
         self.predict_tables(w, now, ev, &mut t.seen);
         self.report(now, &t.seen, ev)

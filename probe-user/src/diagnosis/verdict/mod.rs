@@ -59,6 +59,9 @@ pub enum Cause {
     TimeWaitPressure,
     /// A prediction: ports in use toward a destination growing toward the usable range.
     PortPressure,
+    /// A prediction: a process binding before connect() while the namespace's ports in use
+    /// grow toward the usable range.
+    BindPressure,
     /// A prediction: a namespace's TIME_WAIT table filling toward tcp_max_tw_buckets.
     TwTablePressure,
     TwBuckets,
@@ -86,6 +89,7 @@ impl Cause {
             Cause::TimeWaitPressure => "time_wait_pressure",
             Cause::TwTablePressure => "tw_table_pressure",
             Cause::PortPressure => "port_pressure",
+            Cause::BindPressure => "bind_pressure",
             Cause::TwBuckets => "tw_buckets",
             Cause::BindHoarding => "bind_hoarding",
             Cause::AddressUnavailable => "address_unavailable",
@@ -107,6 +111,7 @@ impl Cause {
             Cause::TwTablePressure => Some(Cause::TwBuckets),
             Cause::AcceptQueuePressure => Some(Cause::AcceptQueue),
             Cause::ConntrackPressure => Some(Cause::ConntrackFull),
+            Cause::BindPressure => Some(Cause::BindHoarding),
             Cause::TcpMemPressure => Some(Cause::TcpMem),
             _ => None,
         }
@@ -189,6 +194,9 @@ pub struct Window {
     pub busy_listeners: Vec<(u32, ListenerDelta)>,
     /// Ports in use toward the busiest destinations of the namespaces walked this interval.
     pub port_readings: Vec<PortReading>,
+    /// Distinct ports of the ephemeral range in use and the usable count, per namespace
+    /// walked this interval (what bind() to port 0 picks from).
+    pub range_use: BTreeMap<u32, (u64, u64)>,
     /// Each watched namespace's conntrack table: (entries, nf_conntrack_max).
     pub conntrack_tables: BTreeMap<u32, (u64, u64)>,
     /// TCP memory of the machine: (pages in use, tcp_mem's pressure threshold, page size).

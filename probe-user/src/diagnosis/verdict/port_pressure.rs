@@ -75,3 +75,42 @@ pub fn port_calm_reason(comm: &str, pid: u32, dest: &str, calm: &FdCalm, failing
         FdCalm::Gone => format!("no socket toward {dest} is left to read (or its namespace is gone)"),
     }
 }
+
+/// The warning for a process that binds before connect() (every bind() to port 0 takes a port
+/// of the range for itself, whatever the destination: `inet_csk_get_port` cannot share it)
+/// while the namespace's ports in use grow toward the usable range: bind() then fails with
+/// EADDRINUSE long before any one destination runs out.
+pub fn bind_pressure(pid: u32, comm: String, since: SystemTime, netns: u32, bound: u64, f: &FdForecast) -> Verdict {
+    let proof = TablePressureProof {
+        value: f.open,
+        limit: f.limit,
+        unit: "ports",
+        rate_per_s: (f.rate_per_s * 10.0).round() / 10.0,
+        seconds_left: f.seconds_left.round() as u64,
+        netns: Some(netns),
+    };
+    let mut v = base(Cause::BindPressure, pid, comm.clone(), since, 0, Proof::TablePressure(proof));
+    v.state = VerdictState::Warning;
+    v.set_summary(
+        format!(
+            "{comm}[{pid}] binds before connect() ({} such connects so far): each takes a port of the range for itself, \
+             whatever the destination, and {} of the {} usable ports of its namespace are in use, {:.0} more a second; \
+             none left in about {:.0} s, then bind() fails with EADDRINUSE (at most {} connections in all, however many \
+             destinations)",
+            thousands(bound),
+            thousands(f.open),
+            thousands(f.limit),
+            f.rate_per_s,
+            f.seconds_left,
+            thousands(f.limit)
+        ),
+        String::new(),
+    );
+    v.fix.push(
+        "set IP_BIND_ADDRESS_NO_PORT on the socket before bind() (the port is then chosen at connect(), per \
+         destination), or do not bind() outbound sockets at all"
+            .into(),
+    );
+    v.fix.push("widen net.ipv4.ip_local_port_range: sysctl -w net.ipv4.ip_local_port_range=\"1024 65535\"".into());
+    v
+}

@@ -110,3 +110,27 @@ fn without_a_known_holder_the_time_wait_creator_is_charged_or_nobody() {
         assert!(e.tick(&window(t, vec![r]), &mut fake).is_empty());
     }
 }
+
+#[test]
+fn a_process_binding_before_connect_is_warned_about_the_whole_range() {
+    use crate::domain::model::Counts;
+    let mut e = Engine::new(Duration::from_secs(1));
+    let mut fake = Fake::new(Err(String::new()));
+    fake.comm = "envoy";
+    fake.socket_owner = Some(50);
+    let mut out = Vec::new();
+    // 4 destinations, 25 bound connects a second in all: the range (400) runs out at 400
+    // connections, each destination's share long before its own 400.
+    for t in 0..5 {
+        let mut w = window(t, vec![reading(100 + 25 * t, 0)]);
+        w.range_use.insert(7, (100 + 25 * t, 400));
+        w.counts.insert(50, Counts { bound_connects: 25, ..Default::default() });
+        out.extend(e.tick(&w, &mut fake));
+    }
+    let v = out.iter().find(|v| v.cause == Cause::BindPressure).expect("a warning");
+    assert_eq!((v.pid, v.state), (50, VerdictState::Warning));
+    let Proof::TablePressure(p) = &v.evidence else { panic!("{:?}", v.evidence) };
+    assert_eq!((p.value, p.limit, p.unit, p.seconds_left, p.netns), (175, 400, "ports", 9, Some(7)));
+    assert!(v.summary().contains("envoy[50] binds before connect()"), "{}", v.summary());
+    assert!(!out.iter().any(|v| v.cause == Cause::PortPressure), "the whole range runs out first: {out:?}");
+}

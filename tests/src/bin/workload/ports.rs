@@ -11,34 +11,52 @@ pub(super) fn ports(args: &[String]) {
     let listen: SocketAddr = req(args, "--listen");
     let target: SocketAddr = req(args, "--connect");
     let count: u32 = req(args, "--count");
-    let rate: Option<f64> = arg(args, "--rate").map(|v| v.parse().expect("bad value for --rate"));
+    let mut pace = Pacer::new(args);
     // Never accepted: a deep backlog keeps the handshakes completing for all of them.
     let _listener = super::scale::deep_listener(listen);
     wait_stdin(args);
     let mut held = Vec::new();
     let mut errors = Errors::new();
     let mut first_failure_ms = None;
-    let mut next = std::time::Instant::now();
     for _ in 0..count {
-        if let Some(r) = rate {
-            let now = std::time::Instant::now();
-            if next > now {
-                std::thread::sleep(next - now);
-            }
-            next = next.max(now) + Duration::from_secs_f64(1.0 / r);
-        }
+        pace.wait();
         match TcpStream::connect(target) {
             Ok(s) => held.push(s),
             Err(e) => {
                 *errors.entry(errno_name(&e)).or_default() += 1;
-                first_failure_ms.get_or_insert_with(|| {
-                    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
-                });
+                first_failure_ms.get_or_insert_with(unix_ms);
             }
         }
     }
     println!("{}", json!({"pid": pid(), "ok": held.len(), "errors": errors, "first_failure_ms": first_failure_ms}));
     hold(args);
+}
+
+/// `--rate R` (optional): at most R actions a second, never catching up after a stall.
+struct Pacer {
+    rate: Option<f64>,
+    next: std::time::Instant,
+}
+
+impl Pacer {
+    fn new(args: &[String]) -> Pacer {
+        let rate = arg(args, "--rate").map(|v| v.parse().expect("bad value for --rate"));
+        Pacer { rate, next: std::time::Instant::now() }
+    }
+
+    fn wait(&mut self) {
+        let Some(r) = self.rate else { return };
+        let now = std::time::Instant::now();
+        if self.next > now {
+            std::thread::sleep(self.next - now);
+        }
+        self.next = self.next.max(now) + Duration::from_secs_f64(1.0 / r);
+    }
+}
+
+/// Unix time in milliseconds.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
 }
 
 /// `--hold-ms N`: stay alive (sockets open) so conntrace can gather evidence in this namespace.
@@ -50,7 +68,7 @@ pub(super) fn hold(args: &[String]) {
 }
 
 /// Bind-before-connect: `--count N` sockets, each bound to `--bind` (port 0) and then
-/// connected to the next of `--dests` in turn; all are kept open. A listener on 0.0.0.0 at
+/// connected to the next of `--dests` in turn (`--rate R`: R a second); all are kept open. A listener on 0.0.0.0 at
 /// the destinations' port accepts them. Reports bind and connect errors separately.
 pub(super) fn bind_connect(args: &[String]) {
     let bind: std::net::SocketAddrV4 = req(args, "--bind");
@@ -66,10 +84,14 @@ pub(super) fn bind_connect(args: &[String]) {
     });
     wait_stdin(args);
     let (mut held, mut bind_errors, mut connect_errors) = (Vec::new(), Errors::new(), Errors::new());
+    let mut pace = Pacer::new(args);
+    let mut first_failure_ms = None;
     for i in 0..count as usize {
+        pace.wait();
         let fd = tcp_socket(libc::AF_INET).expect("socket");
         if let Err(e) = sys_addr(&fd, bind, false) {
             *bind_errors.entry(errno_name(&e)).or_default() += 1;
+            first_failure_ms.get_or_insert_with(unix_ms);
             continue;
         }
         match sys_addr(&fd, dests[i % dests.len()], true) {
@@ -79,7 +101,8 @@ pub(super) fn bind_connect(args: &[String]) {
     }
     println!(
         "{}",
-        json!({"pid": pid(), "ok": held.len(), "bind_errors": bind_errors, "connect_errors": connect_errors})
+        json!({"pid": pid(), "ok": held.len(), "bind_errors": bind_errors, "connect_errors": connect_errors,
+               "first_failure_ms": first_failure_ms})
     );
     hold(args);
     drop(accepted);

@@ -157,6 +157,8 @@ impl Engine {
             self.port_charged.insert(k, pid);
             let dest = Some(r.dest.clone());
             if self.active.contains_key(&(Cause::EphemeralPorts, pid, dest.clone()))
+                || self.active.contains_key(&(Cause::BindPressure, pid, None))
+                || self.is_active(pid, Cause::BindHoarding)
                 || self.active.contains_key(&(Cause::TimeWaitPressure, pid, dest.clone()))
             {
                 continue;
@@ -210,7 +212,7 @@ impl Engine {
                 };
                 tw_table_calm_reason(&v.comm, *pid, &calm)
             }
-            Cause::ConntrackPressure | Cause::TcpMemPressure => self.table_calm_reason(key, v),
+            Cause::ConntrackPressure | Cause::TcpMemPressure | Cause::BindPressure => self.table_calm_reason(key, v),
             Cause::PortPressure => {
                 let (usable, key) = match (&v.evidence, dest) {
                     (Proof::PortPressure(p), Some(d)) => (p.usable, Some((d.netns, d.addr, d.port))),

@@ -59,6 +59,39 @@ impl Engine {
         }
     }
 
+    /// The ports in use of a namespace growing toward its usable range, for a process there
+    /// that binds before connect() (the one with the most such connects this interval, or
+    /// the one charged before): its bind() calls fail first.
+    pub(super) fn predict_bind(&mut self, w: &Window, now: SystemTime, ev: &mut dyn Evidence, seen: &mut Vec<Key>) {
+        let readings: Vec<(u32, u64, u64)> = w.range_use.iter().map(|(&ns, &(n, usable))| (ns, n, usable)).collect();
+        self.range_trend.observe_values(now, &readings);
+        for &ns in w.range_use.keys() {
+            let binder = w
+                .counts
+                .iter()
+                .filter(|(_, c)| c.bound_connects > 0)
+                .filter(|(&pid, _)| ev.netns(pid) == Some(ns))
+                .max_by_key(|(_, c)| c.bound_connects)
+                .map(|(&pid, c)| (pid, c.bound_connects));
+            if let Some((pid, n)) = binder {
+                *self.binders.entry((ns, pid)).or_default() += n;
+            }
+            self.binders.retain(|(_, pid), _| ev.alive(*pid));
+            let Some(f) = self.range_trend.forecast(ns) else { continue };
+            let Some((&(_, pid), &bound)) = self.binders.iter().filter(|((n, _), _)| *n == ns).max_by_key(|(_, b)| **b)
+            else {
+                continue;
+            };
+            if self.is_active(pid, Cause::BindHoarding) {
+                continue;
+            }
+            let key = (Cause::BindPressure, pid, None);
+            let since = self.active.get(&key).map_or(now, |a| a.verdict.since);
+            let verdict = bind_pressure(pid, ev.comm(pid), since, ns, bound, &f);
+            self.warn(key, verdict, now, seen);
+        }
+    }
+
     /// Why a table warning ended.
     pub(super) fn table_calm_reason(&self, key: &Key, v: &Verdict) -> String {
         let (cause, pid, _) = key;
@@ -76,6 +109,17 @@ impl Engine {
                     &format!("the conntrack table of namespace {ns}"),
                     "net.netfilter.nf_conntrack_max",
                     &self.ct_trend.calm(ns, limit),
+                )
+            }
+            Cause::BindPressure => {
+                if self.is_active(*pid, Cause::BindHoarding) {
+                    return "the ports ran out: bind() failures began (see the bind_hoarding verdict)".into();
+                }
+                let ns = ns.unwrap_or(0);
+                table_calm_reason(
+                    &format!("the ports in use of namespace {ns}"),
+                    "the usable range",
+                    &self.range_trend.calm(ns, limit),
                 )
             }
             _ => {
