@@ -99,6 +99,15 @@ pub mod pending {
     pub const FAILED: u8 = 2;
 }
 
+/// Key of the `LISTENERS` map: a listening port of a network namespace (by inode, so user
+/// space can record the listeners that existed before conntrace started).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListenKey {
+    pub netns: u32,
+    pub port: u32,
+}
+
 /// Value of the `OWNERS` LRU map, keyed by `struct sock *`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -156,6 +165,8 @@ pub struct BindCall {
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for SockOwner {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for ListenKey {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for BindCall {}
 #[cfg(feature = "user")]

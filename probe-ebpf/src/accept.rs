@@ -3,16 +3,16 @@
 //! listen() caller and then whoever closes first.
 
 use crate::shared::count::{current, current_comm};
-use crate::shared::kernel::{current_stream_sock, sk_is_tcp, sk_net, sk_ports, socket_stream_sk};
-use crate::shared::maps::{record_owner, ListenKey, LISTENERS, OWNERS};
+use crate::shared::kernel::{current_stream_sock, sk_is_tcp, sk_netns, sk_ports, socket_stream_sk};
+use crate::shared::maps::{record_owner, LISTENERS, OWNERS};
 use crate::shared::stash::{stash, unstash, SLOT_ACCEPT};
 use aya_ebpf::macros::{fexit, kprobe, kretprobe, tracepoint};
 use aya_ebpf::programs::{FExitContext, ProbeContext, RetProbeContext, TracePointContext};
-use probe_common::sock::{phase, SockOwner};
+use probe_common::sock::{phase, ListenKey, SockOwner};
 
 #[inline(always)]
 fn listen_key(sk: u64) -> ListenKey {
-    ListenKey { net: sk_net(sk), port: sk_ports(sk).0 as u32, _pad: 0 }
+    ListenKey { netns: sk_netns(sk), port: sk_ports(sk).0 as u32 }
 }
 
 /// CLOSE→LISTEN, in the task that called listen() (inet_csk_listen_start).

@@ -47,9 +47,9 @@ pub fn on_set_state(sk: u64, oldstate: i32, newstate: i32) {
         // inet_csk_listen_start() runs in the listen() caller's context.
         let (tgid, _) = current();
         bump(tgid, kind::LISTEN, 0, &current_comm());
-        if role_on(role::OWNERS_VIA_SET_STATE) {
-            accept::listening(sk);
-        }
+        // In every mode: a socket nobody recorded (accepted before conntrace started, or its
+        // owner evicted) is charged to its listener's process (`owner_of`).
+        accept::listening(sk);
         return;
     }
     if oldstate == tcp_state::SYN_SENT
@@ -62,9 +62,7 @@ pub fn on_set_state(sk: u64, oldstate: i32, newstate: i32) {
         return;
     }
     if oldstate == tcp_state::LISTEN {
-        if role_on(role::OWNERS_VIA_SET_STATE) {
-            accept::not_listening(sk);
-        }
+        accept::not_listening(sk);
         return;
     }
     // Only sockets in these states are marked (see `on_send_reset`): the lookup is skipped
@@ -175,10 +173,9 @@ fn owner_of(sk: u64) -> Option<(u32, [u8; 16])> {
         let o = unsafe { &*o };
         return Some((o.tgid, o.comm));
     }
-    if role_on(role::OWNERS_VIA_SET_STATE) {
-        return accept::listener_owner(sk).map(|o| (o.tgid, o.comm));
-    }
-    None
+    // Accepted before conntrace started, evicted, or (without accept hooks) never recorded:
+    // the process listening on its port.
+    accept::listener_owner(sk).map(|o| (o.tgid, o.comm))
 }
 
 /// Counts a refused TIME_WAIT for the owner of `sk`, and records the namespace's table as

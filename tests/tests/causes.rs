@@ -259,15 +259,6 @@ fn full_syn_queue_with_syncookies_is_still_named() {
     syn_flood(true);
 }
 
-/// Restores a global sysctl when the test ends, pass or fail.
-struct Sysctl(&'static str, String);
-
-impl Drop for Sysctl {
-    fn drop(&mut self) {
-        let _ = std::fs::write(self.0, &self.1);
-    }
-}
-
 #[test]
 fn exhausted_tcp_memory_is_named_with_tcp_mem() {
     if !require_root("exhausted_tcp_memory_is_named_with_tcp_mem") {

@@ -157,3 +157,62 @@ fn connections_older_than_conntrace_charge_their_time_wait_to_the_closer() {
         assert!(mine <= HOLD && mine + skipped >= HOLD, "{skipped} skipped; {why}");
     }
 }
+
+/// A server whose connections were accepted before conntrace started: what its accepted
+/// sockets incur is charged to it (the process holding the listener, recorded at start-up),
+/// not to nobody. Here the receive-buffer allocations TCP memory refuses (tcp_mem lowered
+/// to 20/40/60 pages), in any mode with the tcp_mem hook.
+#[test]
+fn a_server_older_than_conntrace_is_charged_for_its_accepted_connections() {
+    let name = "a_server_older_than_conntrace_is_charged_for_its_accepted_connections";
+    if !require_root(name) || !the_row(name) {
+        return;
+    }
+    let _serial = one_at_a_time();
+    let ready = std::env::temp_dir().join(format!("conntrace-oldserver-{}", std::process::id()));
+    let go = std::env::temp_dir().join(format!("conntrace-oldserver-go-{}", std::process::id()));
+    let _ = std::fs::remove_file(&ready);
+    let _ = std::fs::remove_file(&go);
+    let wl = std::process::Command::new("unshare")
+        .args([
+            "-n",
+            "sh",
+            "-ec",
+            &format!(
+                "ip link set lo up\nexec $WL mem-hog --addr 127.0.0.1:9000 --conns 8 --bytes 1000000 --ready-file {} --go-file {} --hold-ms 1000",
+                ready.display(),
+                go.display()
+            ),
+        ])
+        .env("WL", workload_bin())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("unshare");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !ready.exists() {
+        assert!(std::time::Instant::now() < deadline, "the workload never opened its connections");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let ct = Conntrace::start(&[]);
+    const TCP_MEM: &str = "/proc/sys/net/ipv4/tcp_mem";
+    let restore = Sysctl(TCP_MEM, std::fs::read_to_string(TCP_MEM).unwrap());
+    std::fs::write(TCP_MEM, "20 40 60").unwrap();
+    std::fs::write(&go, "").expect("writing the go file");
+    let out = wl.wait_with_output().expect("the workload");
+    drop(restore);
+    let _ = std::fs::remove_file(&go);
+    let _ = std::fs::remove_file(&ready);
+    let lines = ct.stop();
+    let wl = report(&String::from_utf8_lossy(&out.stdout));
+    let pid = wl["pid"].as_u64().unwrap();
+    let recv = total(&lines, pid, "tcp_mem_recv_refused");
+    let nobody_recv = total(&lines, 0, "tcp_mem_recv_refused");
+    eprintln!(
+        "receive allocations refused: {recv} charged to the server, {nobody_recv} to nobody; sends refused: {} to it, \
+         {} to nobody (its client sockets, also older than conntrace, have no listener)",
+        total(&lines, pid, "tcp_mem_send_refused"),
+        total(&lines, 0, "tcp_mem_send_refused")
+    );
+    assert!(recv > 0, "the accepted sockets had receive allocations refused: {wl}");
+    assert_eq!(nobody_recv, 0, "every refusal on an accepted socket is the server's");
+}

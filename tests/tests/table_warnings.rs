@@ -7,31 +7,6 @@ mod common;
 
 use common::*;
 
-/// Restores a global sysctl when the test ends, pass or fail.
-struct Sysctl(&'static str, String);
-
-impl Drop for Sysctl {
-    fn drop(&mut self) {
-        let _ = std::fs::write(self.0, &self.1);
-    }
-}
-
-/// Whether this run is the one that runs these tests: the VM's 6.12 kernel in auto mode.
-fn the_row(name: &str) -> bool {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let row = std::env::var("CONNTRACE_IN_VM").is_ok()
-        && std::env::var("CONNTRACE_VM_MODE").as_deref() == Ok("auto")
-        && release.starts_with("6.12")
-        && !release.contains("-rt");
-    if !row {
-        eprintln!(
-            "SKIPPED {name}: lowers a global sysctl, so it runs inside the kernel-matrix VM, in its 6.12 auto row only \
-             (the rule reads /proc, the same in every row)"
-        );
-    }
-    row
-}
-
 /// 10 connections a second kept open in a namespace whose conntrack is on, against
 /// nf_conntrack_max 300: a warning charged to the connecting process, with the time left, and
 /// nothing dropped (it stops at 150).

@@ -175,12 +175,6 @@ pub fn sk_nonblocking(sk: u64) -> bool {
     read::<u32>(file, off!(file_f_flags)).is_some_and(|f| f & O_NONBLOCK != 0)
 }
 
-/// `struct net *` of the socket's namespace.
-#[inline(always)]
-pub fn sk_net(sk: u64) -> u64 {
-    read::<u64>(sk, off!(sk_net)).unwrap_or(0)
-}
-
 /// Soft RLIMIT_NOFILE of the current process (`current->signal->rlim[RLIMIT_NOFILE]`).
 #[inline(always)]
 pub fn current_nofile_limit() -> u64 {

@@ -9,7 +9,7 @@ use aya_ebpf::{
 use probe_common::{
     config::{role, stat, OWNERS_MAX},
     counters::{CountKey, DestKey, TwTable},
-    sock::{BindCall, Inflight, SockOwner},
+    sock::{BindCall, Inflight, ListenKey, SockOwner},
     COMM_LEN,
 };
 
@@ -38,14 +38,6 @@ pub static OWNERS: LruHashMap<u64, SockOwner> = LruHashMap::with_max_entries(OWN
 /// accepted socket is charged to it until someone closes the socket.
 #[map]
 pub static LISTENERS: LruHashMap<ListenKey, SockOwner> = LruHashMap::with_max_entries(4096, 0);
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct ListenKey {
-    pub net: u64,
-    pub port: u32,
-    pub _pad: u32,
-}
 
 /// connect() calls in progress, keyed by thread id: bounded by the threads inside connect() at
 /// once, so a plain (cheaper) hash; a full map is counted in STATS.

@@ -62,8 +62,10 @@ pub struct ListenPoller {
 
 impl ListenPoller {
     /// Baseline of the listen counters of every namespace that exists now, so that later
-    /// growth is exact and a namespace not seen here is known to be new.
-    pub fn baseline(&mut self) {
+    /// growth is exact and a namespace not seen here is known to be new. Returns the listeners
+    /// that exist now: (namespace, port, socket inode).
+    pub fn baseline(&mut self) -> Vec<(u32, u16, u32)> {
+        let mut listening = Vec::new();
         let own = netdiag::ns_link_inode("/proc/self/ns/net");
         let mut by_ns: BTreeMap<u32, u32> = BTreeMap::new();
         if let Ok(rd) = std::fs::read_dir("/proc") {
@@ -82,8 +84,10 @@ impl ListenPoller {
                 if socks.iter().any(|s| s.state == netdiag::LISTEN) {
                     self.netns.insert(ns, pid);
                 }
+                listening.extend(socks.iter().filter(|s| s.state == netdiag::LISTEN).map(|s| (ns, s.sport, s.inode)));
             }
         }
+        listening
     }
 
     /// Reads the listeners of every namespace conntrace watches (its own, and those of the

@@ -75,7 +75,7 @@ pub async fn watch(args: WatchArgs) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("registering the ring buffer: {e}"))?;
     let offset = boot_offset();
 
-    let mut st = Watch::new(&args, &probe)?;
+    let mut st = Watch::new(&args, &mut probe)?;
     let mut out = Printer::new(args.json, std::io::stdout().lock());
     out.status(&st.status)?;
 
@@ -136,7 +136,7 @@ struct Watch {
 impl Watch {
     /// The state before the first interval: counter baselines, listen counter baselines of
     /// every namespace that exists now, and the status.
-    fn new(args: &WatchArgs, probe: &Probe) -> Result<Watch> {
+    fn new(args: &WatchArgs, probe: &mut Probe) -> Result<Watch> {
         // Only the set_state fallback infers tw-bucket overflows; the others see
         // inet_twsk_alloc's own result.
         let infer_tw =
@@ -151,7 +151,8 @@ impl Watch {
             listen: ListenPoller::default(),
             last: Instant::now(),
         };
-        st.listen.baseline();
+        let listening = st.listen.baseline();
+        seed_listeners(probe, &listening);
         st.refresh_status(probe)?;
         Ok(st)
     }
@@ -227,4 +228,24 @@ fn drain<W: Write>(
         }
     }
     Ok(())
+}
+
+/// Records the owners of the listeners that existed before conntrace started (see
+/// `Probe::seed_listeners`); the processes holding them are found in one pass over /proc.
+fn seed_listeners(probe: &mut Probe, listening: &[(u32, u16, u32)]) {
+    let inodes: std::collections::BTreeSet<u32> = listening.iter().map(|l| l.2).filter(|i| *i != 0).collect();
+    if inodes.is_empty() {
+        return;
+    }
+    let owners = procinfo::socket_owners(&inodes);
+    let seeds: Vec<(u32, u16, u32, String)> = listening
+        .iter()
+        .filter_map(|&(ns, port, inode)| {
+            let pid = *owners.get(&inode)?;
+            Some((ns, port, pid, procinfo::comm(pid).unwrap_or_default()))
+        })
+        .collect();
+    if let Err(e) = probe.seed_listeners(&seeds) {
+        eprintln!("conntrace: the listeners that existed before start-up were not recorded: {e:#}");
+    }
 }

@@ -166,6 +166,9 @@ fn has(fields: &[u32]) -> bool {
 
 /// Entries of the socket-owner map: `CONNTRACE_OWNERS_MAX`, for hosts with more sockets open
 /// at once than the default holds (each entry ~100 bytes of kernel memory).
+/// The map update flag that creates an entry only if the key has none (include/uapi/linux/bpf.h).
+const BPF_NOEXIST: u64 = 1;
+
 fn owners_max() -> Result<u32> {
     match std::env::var("CONNTRACE_OWNERS_MAX") {
         Err(_) => Ok(OWNERS_MAX),
@@ -283,6 +286,29 @@ impl Probe {
         let map: aya::maps::HashMap<_, u32, probe_common::counters::TwTable> =
             aya::maps::HashMap::try_from(self.ebpf.map("TW_TABLES")?).ok()?;
         map.get(&tgid, 0).ok()
+    }
+
+    /// Records the owners of listeners that existed before conntrace started, as the kernel
+    /// programs record those created later (at CLOSE→LISTEN): without accept hooks, what
+    /// their accepted connections incur is charged to them from the first interval. A listener
+    /// the programs recorded meanwhile keeps its entry. Returns how many were recorded.
+    pub fn seed_listeners(&mut self, listeners: &[(u32, u16, u32, String)]) -> Result<usize> {
+        let mut map: aya::maps::HashMap<_, probe_common::sock::ListenKey, probe_common::sock::SockOwner> =
+            aya::maps::HashMap::try_from(self.ebpf.map_mut("LISTENERS").context("LISTENERS map")?)?;
+        let mut n = 0;
+        for (netns, port, pid, comm) in listeners {
+            let key = probe_common::sock::ListenKey { netns: *netns, port: u32::from(*port) };
+            let mut c = [0u8; probe_common::COMM_LEN];
+            for (d, s) in c.iter_mut().zip(comm.bytes().take(probe_common::COMM_LEN - 1)) {
+                *d = s;
+            }
+            let owner = probe_common::sock::SockOwner::new(*pid, probe_common::sock::phase::ACCEPTED, c);
+            // BPF_NOEXIST: the kernel's own record (a listen() seen since) wins.
+            if map.insert(key, owner, BPF_NOEXIST).is_ok() {
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     pub fn kernel_comm(&self, tgid: u32) -> Option<String> {

@@ -60,6 +60,27 @@ pub fn socket_owner(inode: u32) -> Option<u32> {
     acceptor(&holders)
 }
 
+/// The accepting process of each of `inodes` (listener sockets), in one pass over every
+/// process's fds (see [`acceptor`]); inodes nobody holds are left out.
+pub fn socket_owners(inodes: &std::collections::BTreeSet<u32>) -> std::collections::BTreeMap<u32, u32> {
+    let mut holders: std::collections::BTreeMap<u32, Vec<(u32, u32)>> = Default::default();
+    let Ok(rd) = fs::read_dir("/proc") else { return Default::default() };
+    for pid in rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()) {
+        let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
+        for e in fds.filter_map(|e| e.ok()) {
+            let Ok(l) = fs::read_link(e.path()) else { continue };
+            let inode = l.to_str().and_then(|l| l.strip_prefix("socket:[")?.strip_suffix(']')?.parse::<u32>().ok());
+            if let Some(i) = inode.filter(|i| inodes.contains(i)) {
+                let h = holders.entry(i).or_default();
+                if !h.iter().any(|&(p, _)| p == pid) {
+                    h.push((pid, parent(pid).unwrap_or(0)));
+                }
+            }
+        }
+    }
+    holders.into_iter().filter_map(|(i, h)| Some((i, acceptor(&h)?))).collect()
+}
+
 /// The parent pid of `pid` (/proc/PID/stat's 4th field).
 pub fn parent(pid: u32) -> Option<u32> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

@@ -274,3 +274,30 @@ pub fn time_waits_elsewhere(lines: &[Value], pid: u64) -> std::collections::BTre
     }
     by
 }
+
+/// Restores a global sysctl when the test ends, pass or fail.
+pub struct Sysctl(pub &'static str, pub String);
+
+impl Drop for Sysctl {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.0, &self.1);
+    }
+}
+
+/// Whether this run is the one that runs tests needed in one kernel-matrix row only (they
+/// lower a global sysctl and read what is the same on every kernel): the VM's 6.12 kernel in
+/// auto mode.
+pub fn the_row(name: &str) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let row = std::env::var("CONNTRACE_IN_VM").is_ok()
+        && std::env::var("CONNTRACE_VM_MODE").as_deref() == Ok("auto")
+        && release.starts_with("6.12")
+        && !release.contains("-rt");
+    if !row {
+        eprintln!(
+            "SKIPPED {name}: lowers a global sysctl, so it runs inside the kernel-matrix VM, in its 6.12 auto row only \
+             (the rule reads /proc, the same in every row)"
+        );
+    }
+    row
+}

@@ -6,6 +6,7 @@ use super::*;
 /// that never reads; each client writes up to `--bytes` without blocking. With
 /// net.ipv4.tcp_mem lowered, the kernel refuses buffer memory long before the socket
 /// buffers are full. Reports what was written and the namespace's TcpExt memory counters.
+/// `--ready-file`/`--go-file`: see below.
 pub(super) fn mem_hog(args: &[String]) {
     let addr: SocketAddr = req(args, "--addr");
     let conns: u32 = req(args, "--conns");
@@ -17,6 +18,16 @@ pub(super) fn mem_hog(args: &[String]) {
         let (s, _) = l.accept().expect("accept");
         c.set_nonblocking(true).expect("nonblocking");
         pairs.push((c, s));
+    }
+    // With --ready-file R --go-file G: say the connections are open (R), and write only once
+    // G exists (at most 60 s): connections older than whoever watches.
+    if let Some(r) = arg(args, "--ready-file") {
+        std::fs::write(r, pid().to_string()).expect("writing --ready-file");
+        let go = req::<String>(args, "--go-file");
+        let until = std::time::Instant::now() + Duration::from_secs(60);
+        while !std::path::Path::new(&go).exists() && std::time::Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
     let chunk = vec![0u8; 64 * 1024];
     let mut written = 0usize;
