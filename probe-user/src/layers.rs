@@ -6,12 +6,13 @@ use std::{fs, path::Path};
 
 /// Each layer (a folder) and what it may import. Diagnosis reaches the machine only through
 /// its `Evidence` trait, so it names neither `system` nor `kernel`.
-const LAYERS: [(&str, &[&str]); 6] = [
+const LAYERS: [(&str, &[&str]); 7] = [
     ("domain", &["domain"]),
     ("system", &["domain", "system"]),
     ("kernel", &["domain", "system", "kernel"]),
     ("diagnosis", &["domain", "diagnosis"]),
     ("render", &["domain", "diagnosis", "render"]),
+    ("record", &["domain", "record"]),
     ("commands", &["domain", "system", "kernel", "diagnosis", "render", "commands", "cli"]),
 ];
 

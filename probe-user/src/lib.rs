@@ -6,6 +6,8 @@
 //! - `kernel`: BTF, tracefs formats, the loader and its attach ladder;
 //! - `diagnosis`: the verdict engine and the `check` rules;
 //! - `render`: NDJSON and text;
+//! - `record`: the recording of `watch --record` (gzip segments on disk, the flight recorder's
+//!   ring), an output beside `render` that needs only `domain`;
 //! - `commands` (`watch`, `check`) and `cli`: wire a source to diagnosis and the sinks.
 
 pub mod cli;
@@ -19,5 +21,6 @@ pub mod kernel;
 mod layers;
 #[cfg(test)]
 mod parsers_never_panic;
+pub mod record;
 pub mod render;
 pub mod system;

@@ -1,10 +1,38 @@
 //! Property tests: every parser of kernel or /proc input returns an error (or nothing) on
 //! arbitrary bytes, never panics. The kernel is not an adversary, but a newer kernel, a
-//! truncated read or a foreign file must not take conntrace down.
+//! truncated read or a foreign file must not take conntrace down. The same holds for the reader
+//! of recordings, whose files come from disks that fill and processes that get killed.
 
 use proptest::prelude::*;
 
 use crate::{kernel::btf::Btf, kernel::tpformat, system::facts, system::netdiag, system::procinfo};
+
+/// `bytes` written to a file of their own, then read as a recording.
+fn read_as_recording(bytes: &[u8]) -> crate::record::ReadOutcome {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = std::env::temp_dir().join(format!("conntrace-proptest-{}-{n}.ndjson.gz", std::process::id()));
+    std::fs::write(&path, bytes).expect("temp file");
+    let out = crate::record::read_paths(std::slice::from_ref(&path));
+    let _ = std::fs::remove_file(&path);
+    out
+}
+
+/// A finished recording segment: a header and 40 sample lines.
+fn recording() -> Vec<u8> {
+    use std::io::Write as _;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    let mut text =
+        String::from("{\"type\":\"header\",\"ts\":\"2026-09-21T14:13:20.000Z\",\"format\":1,\"segment\":1}\n");
+    for i in 0..40 {
+        text.push_str(&format!(
+            "{{\"type\":\"sample\",\"pid\":{i},\"comm\":\"nginx\",\"connect_attempts\":{}}}\n",
+            i * 7
+        ));
+    }
+    enc.write_all(text.as_bytes()).expect("in memory");
+    enc.finish().expect("in memory")
+}
 
 /// A BTF header (magic, version, flags, hdr_len 24) over a random type and string section, so
 /// the type walker runs instead of failing at the magic.
@@ -160,5 +188,29 @@ proptest! {
             let _ = crate::system::sysctl_conf::parse_sysctl_conf(t, "net.ipv4.tcp_tw_recycle");
             let _ = crate::domain::net::kernel_version(t);
         }
+    }
+
+    #[test]
+    fn recording_of_random_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512), gzip_magic in any::<bool>()) {
+        // Behind a gzip magic and header the bytes reach the inflater; without, the first check.
+        let mut file = if gzip_magic { vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3] } else { Vec::new() };
+        file.extend_from_slice(&bytes);
+        let out = read_as_recording(&file);
+        prop_assert_eq!((out.files_read, out.files_failed, out.lines.len()), (0, 1, 0));
+        prop_assert!(out.warnings.len() == 1 && out.warnings[0].contains("not a conntrace recording"));
+    }
+
+    #[test]
+    fn recording_damaged_anywhere(flips in proptest::collection::vec((any::<prop::sample::Index>(), 1u8..=255), 1..4),
+                                  cut in any::<prop::sample::Index>()) {
+        // A segment with bytes changed and its end cut off: read as far as it goes, or refused.
+        let mut file = recording();
+        for (at, x) in flips {
+            let i = at.index(file.len());
+            file[i] ^= x;
+        }
+        file.truncate(cut.index(file.len() + 1));
+        let out = read_as_recording(&file);
+        prop_assert_eq!(out.files_read + out.files_failed, 1);
     }
 }
