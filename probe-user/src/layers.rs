@@ -6,13 +6,15 @@ use std::{fs, path::Path};
 
 /// Each layer (a folder) and what it may import. Diagnosis reaches the machine only through
 /// its `Evidence` trait, so it names neither `system` nor `kernel`.
-const LAYERS: [(&str, &[&str]); 6] = [
+const LAYERS: [(&str, &[&str]); 7] = [
     ("domain", &["domain"]),
     ("system", &["domain", "system"]),
     ("kernel", &["domain", "system", "kernel"]),
     ("diagnosis", &["domain", "diagnosis"]),
     ("render", &["domain", "diagnosis", "render"]),
-    ("commands", &["domain", "system", "kernel", "diagnosis", "render", "commands", "cli"]),
+    // Reads records back: the contract's JSON is its input, so it needs no engine type.
+    ("report", &["domain", "report"]),
+    ("commands", &["domain", "system", "kernel", "diagnosis", "render", "report", "commands", "cli"]),
 ];
 
 /// Top-level modules a layer's files name through `crate::`.

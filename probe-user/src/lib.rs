@@ -6,6 +6,8 @@
 //! - `kernel`: BTF, tracefs formats, the loader and its attach ladder;
 //! - `diagnosis`: the verdict engine and the `check` rules;
 //! - `render`: NDJSON and text;
+//! - `report`: the report of a run (text, JSON, HTML) from its NDJSON records, beside `render`:
+//!   it reads records back, so it needs nothing but `domain`;
 //! - `commands` (`watch`, `check`) and `cli`: wire a source to diagnosis and the sinks.
 
 pub mod cli;
@@ -20,4 +22,5 @@ mod layers;
 #[cfg(test)]
 mod parsers_never_panic;
 pub mod render;
+pub mod report;
 pub mod system;
