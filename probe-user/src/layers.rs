@@ -6,14 +6,17 @@ use std::{fs, path::Path};
 
 /// Each layer (a folder) and what it may import. Diagnosis reaches the machine only through
 /// its `Evidence` trait, so it names neither `system` nor `kernel`.
-const LAYERS: [(&str, &[&str]); 7] = [
+const LAYERS: [(&str, &[&str]); 9] = [
     ("domain", &["domain"]),
     ("system", &["domain", "system"]),
     ("kernel", &["domain", "system", "kernel"]),
     ("diagnosis", &["domain", "diagnosis"]),
     ("render", &["domain", "diagnosis", "render"]),
     ("record", &["domain", "record"]),
-    ("commands", &["domain", "system", "kernel", "diagnosis", "render", "commands", "cli"]),
+    // Reads records back: the contract's JSON is its input, so it needs no engine type.
+    ("report", &["domain", "report"]),
+    ("sinks", &["domain", "render", "record", "report", "diagnosis", "sinks"]),
+    ("commands", &["domain", "system", "kernel", "diagnosis", "render", "record", "report", "sinks", "commands", "cli"]),
 ];
 
 /// Top-level modules a layer's files name through `crate::`.

@@ -8,6 +8,10 @@
 //! - `render`: NDJSON and text;
 //! - `record`: the recording of `watch --record` (gzip segments on disk, the flight recorder's
 //!   ring), an output beside `render` that needs only `domain`;
+//! - `report`: the report of a run (text, JSON, HTML) from its NDJSON records, beside `render`:
+//!   it reads records back, so it needs nothing but `domain`;
+//! - `sinks`: the outputs of `watch` beside the terminal (recorder, flight recorder, the
+//!   session's report), fed the stream's JSON records;
 //! - `commands` (`watch`, `check`) and `cli`: wire a source to diagnosis and the sinks.
 
 pub mod cli;
@@ -23,4 +27,5 @@ mod layers;
 mod parsers_never_panic;
 pub mod record;
 pub mod render;
+pub mod report;
 pub mod system;

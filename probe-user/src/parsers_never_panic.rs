@@ -1,9 +1,13 @@
 //! Property tests: every parser of kernel or /proc input returns an error (or nothing) on
 //! arbitrary bytes, never panics. The kernel is not an adversary, but a newer kernel, a
 //! truncated read or a foreign file must not take conntrace down. The same holds for the reader
-//! of recordings, whose files come from disks that fill and processes that get killed.
+//! of recordings, whose files come from disks that fill and processes that get killed, and for
+//! `conntrace report` on a recording of another version or a hand-edited one.
+
+use std::time::{Duration, SystemTime};
 
 use proptest::prelude::*;
+use serde_json::Value;
 
 use crate::{kernel::btf::Btf, kernel::tpformat, system::facts, system::netdiag, system::procinfo};
 
@@ -115,7 +119,119 @@ fn sysctl_line() -> impl Strategy<Value = (String, Option<String>)> {
     })
 }
 
+/// Field names of the records (and a few others), so generated records hit the readers' fields.
+fn record_field() -> impl Strategy<Value = String> {
+    let known = prop::sample::select(vec![
+        "ts",
+        "pid",
+        "comm",
+        "interval_s",
+        "emfile",
+        "enfile",
+        "port_assign_failures",
+        "connect_errors",
+        "bind_errors",
+        "time_wait_created",
+        "listen_drops",
+        "open_fds",
+        "nofile_limit",
+        "suppressed",
+        "kind",
+        "daddr",
+        "dport",
+        "cause",
+        "state",
+        "since",
+        "failures",
+        "destination",
+        "listener",
+        "summary",
+        "evidence",
+        "fix",
+        "duration_s",
+        "resolution",
+        "limits",
+        "signals",
+        "mode",
+        "hostname",
+        "kernel",
+        "attach_mode",
+        "in_use",
+        "usable",
+        "established",
+        "EADDRNOTAVAIL",
+    ]);
+    prop_oneof![4 => known.prop_map(str::to_string), 1 => "[a-z_]{1,8}"]
+}
+
+/// Times within two minutes, so records of one case overlap and merge.
+fn at(s: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(1_790_000_000 + s)
+}
+
+/// Any JSON value, with valid stamps and verdict states among the strings.
+fn json_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<u64>().prop_map(Value::from),
+        (0u64..100).prop_map(Value::from),
+        any::<f64>().prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+        (0u64..120).prop_map(|s| Value::from(crate::domain::time::rfc3339(at(s)))),
+        prop::sample::select(vec!["active", "warning", "resolved", "fd_limit", "10.0.0.5", ""]).prop_map(Value::from),
+        "\\PC{0,12}".prop_map(Value::from),
+    ];
+    leaf.prop_recursive(3, 32, 4, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+            proptest::collection::btree_map(record_field(), inner, 0..5)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+/// A record: a `type` of the contract (or another), usually a valid `ts` and `pid`, and random
+/// fields; now and then not an object at all.
+fn report_record() -> impl Strategy<Value = Value> {
+    let ty = prop::sample::select(vec!["header", "status", "sample", "event", "verdict", "bpf_stats"]);
+    let ts = proptest::option::weighted(0.9, (0u64..120).prop_map(|s| crate::domain::time::rfc3339(at(s))));
+    let pid = proptest::option::weighted(0.9, 0u32..4);
+    let fields = proptest::collection::btree_map(record_field(), json_value(), 0..12);
+    let record = (ty, ts, pid, fields).prop_map(|(ty, ts, pid, fields)| {
+        let mut o: serde_json::Map<String, Value> = fields.into_iter().collect();
+        o.insert("type".into(), Value::from(ty));
+        if let Some(ts) = ts {
+            o.insert("ts".into(), Value::from(ts));
+        }
+        if let Some(pid) = pid {
+            o.insert("pid".into(), Value::from(pid));
+        }
+        Value::Object(o)
+    });
+    prop_oneof![9 => record, 1 => json_value()]
+}
+
 proptest! {
+    #[test]
+    fn report_of_random_records(
+        records in proptest::collection::vec(report_record(), 0..24),
+        since in proptest::option::of(0u64..120),
+        until in proptest::option::of(0u64..120),
+        pid in proptest::option::of(0u32..4),
+    ) {
+        use crate::report::{self, Filter, ReportBuilder};
+        let mut b = ReportBuilder::new(Filter { since: since.map(at), until: until.map(at), pid });
+        for r in &records {
+            b.add(r);
+        }
+        let r = b.finish();
+        let _ = report::to_text(&r);
+        prop_assert_eq!(&report::to_json(&r)["type"], "report");
+        let html = report::to_html(&r);
+        prop_assert!(html.starts_with("<!DOCTYPE html>") && html.ends_with("</html>\n"));
+    }
+
     #[test]
     fn btf_of_random_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
         let _ = Btf::parse(&bytes);

@@ -11,7 +11,7 @@ use crate::domain::{
     listen::{ListenerDelta, NsDelta},
     model::Counts,
     net::NetFacts,
-    time::rfc3339,
+    time::clock,
 };
 
 #[cfg(test)]
@@ -244,11 +244,6 @@ pub trait Evidence {
 pub use probe_common::counters::TwTable;
 
 pub use crate::domain::net::TcpMem as TcpMemFacts;
-
-fn clock(t: SystemTime) -> String {
-    // HH:MM:SS (UTC) out of the RFC 3339 stamp.
-    rfc3339(t).get(11..19).unwrap_or("?").to_string()
-}
 
 impl Verdict {
     /// Sets what the summary says: `head` (the limit and its numbers), then `tally` with
