@@ -11,6 +11,20 @@ pub mod kind {
     pub use crate::counters::kind::{BIND_ERROR, CONNECT_ERROR, EMFILE, ENFILE, PORT_ASSIGN_FAILURE};
 }
 
+/// Event rate limiter state per (process, kind), keyed by `tgid << 16 | kind`: the events
+/// sent in the current one-second window from `window_start` (CLOCK_MONOTONIC ns), and the
+/// failures not sent since the last event that was, which the next event carries.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Limiter {
+    pub window_start: u64,
+    pub sent: u32,
+    pub suppressed: u32,
+}
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for Limiter {}
+
 /// `Event::flags` bits.
 pub mod flag {
     /// The connect failed after connect() returned EINPROGRESS.

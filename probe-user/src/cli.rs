@@ -19,6 +19,31 @@ pub enum Command {
     Watch(WatchArgs),
     /// Audit connection limits now (no eBPF): exit 0 when nothing fails, 1 when an item fails.
     Check(CheckArgs),
+    /// Report on recordings made with `watch --record` or `--flight-recorder`: the plateaus
+    /// (verdicts) over time, per process and destination, the limits in force.
+    Report(ReportArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ReportArgs {
+    /// Recording directories or segment files.
+    #[arg(required = true, value_name = "DIR|FILE")]
+    pub paths: Vec<std::path::PathBuf>,
+    /// Only what happened from then on: RFC 3339 (2026-11-30T12:00:00Z) or a time ago (10m).
+    #[arg(long, value_parser = parse_when)]
+    pub since: Option<std::time::SystemTime>,
+    /// Only what happened until then (same forms as --since).
+    #[arg(long, value_parser = parse_when)]
+    pub until: Option<std::time::SystemTime>,
+    /// Only this process.
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// One JSON document instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Also write a self-contained HTML report with charts to this file.
+    #[arg(long, value_name = "OUT")]
+    pub html: Option<std::path::PathBuf>,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -85,6 +110,30 @@ pub struct WatchArgs {
     /// from the kernel's BPF run-time statistics (enabled for the duration of the run).
     #[arg(long)]
     pub bpf_stats: bool,
+    /// Record the NDJSON stream (whatever is printed) into compressed, rotated segment files
+    /// in DIR; `conntrace report DIR` reads them.
+    #[arg(long, value_name = "DIR")]
+    pub record: Option<std::path::PathBuf>,
+    /// Bound of the recording directory: the oldest segments are deleted beyond it.
+    #[arg(long, default_value = "100MB", value_parser = parse_size, requires = "record")]
+    pub max_size: u64,
+    /// At most this many segment files in the recording directory.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=100_000), requires = "record")]
+    pub max_files: u64,
+    /// Start a new segment after this long.
+    #[arg(long, default_value = "1h", value_parser = parse_duration, requires = "record")]
+    pub rotate: Duration,
+    /// With --record: write nothing while healthy; keep this much of the stream in memory and
+    /// write it (then everything until --post-trigger after the last verdict resolves) when
+    /// a verdict becomes active or on SIGUSR1.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "record")]
+    pub flight_recorder: Option<Duration>,
+    /// How long the flight recorder keeps writing after the last verdict resolved.
+    #[arg(long, default_value = "2m", value_parser = parse_duration, requires = "flight_recorder")]
+    pub post_trigger: Duration,
+    /// Do not print the report of the session at the end.
+    #[arg(long)]
+    pub no_report: bool,
 }
 
 impl WatchArgs {
@@ -95,6 +144,40 @@ impl WatchArgs {
         } else {
             self.syscall_hooks
         }
+    }
+}
+
+/// A size: bytes, or with a unit (kB, MB, GB: powers of 1,000; KiB, MiB, GiB: of 1,024).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a size (examples: 100MB, 1GiB, 500000)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "m" | "mb" => 1_000_000,
+        "g" | "gb" => 1_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        u => return Err(format!("unknown size unit `{u}` (use B, kB, MB, GB, KiB, MiB or GiB)")),
+    };
+    let bytes = n.checked_mul(mult).ok_or_else(|| format!("`{s}` is too large"))?;
+    if bytes < 16 * 1024 {
+        return Err("must be at least 16KiB".into());
+    }
+    Ok(bytes)
+}
+
+/// A point in time: RFC 3339, or a duration ago ("10m").
+pub fn parse_when(s: &str) -> Result<std::time::SystemTime, String> {
+    if let Ok(t) = humantime::parse_rfc3339_weak(s) {
+        return Ok(t);
+    }
+    match humantime::parse_duration(s) {
+        Ok(d) => std::time::SystemTime::now().checked_sub(d).ok_or_else(|| format!("`{s}` ago is before the epoch")),
+        Err(_) => Err(format!("`{s}` is neither a time (2026-11-30T12:00:00Z) nor a duration ago (10m, 2h)")),
     }
 }
 
@@ -150,6 +233,45 @@ mod tests {
         assert_eq!(parse(&["conntrace", "watch", "--syscall-hooks", "fd"]), Ok(SyscallHooks::Fd));
         assert!(parse(&["conntrace", "watch", "--light", "--syscall-hooks", "always"]).is_err());
         assert!(parse(&["conntrace", "watch", "--syscall-hooks", "sometimes"]).is_err());
+    }
+
+    #[test]
+    fn parses_record_flags_and_sizes() {
+        let cli = Cli::try_parse_from([
+            "conntrace",
+            "watch",
+            "--record",
+            "/var/lib/ct",
+            "--max-size",
+            "20MiB",
+            "--max-files",
+            "3",
+            "--rotate",
+            "10m",
+            "--flight-recorder",
+            "10m",
+        ])
+        .unwrap();
+        let Command::Watch(w) = cli.command else { panic!("not watch") };
+        assert_eq!(w.record.as_deref(), Some(std::path::Path::new("/var/lib/ct")));
+        assert_eq!((w.max_size, w.max_files, w.rotate), (20 << 20, 3, Duration::from_secs(600)));
+        assert_eq!((w.flight_recorder, w.post_trigger), (Some(Duration::from_secs(600)), Duration::from_secs(120)));
+        // The recording's bounds make no sense without a recording.
+        assert!(Cli::try_parse_from(["conntrace", "watch", "--max-size", "1GB"]).is_err());
+        assert!(Cli::try_parse_from(["conntrace", "watch", "--flight-recorder", "10m"]).is_err());
+        assert_eq!(parse_size("100MB"), Ok(100_000_000));
+        assert_eq!(parse_size("64KiB"), Ok(65_536));
+        assert!(parse_size("15KiB").is_err());
+        assert!(parse_size("10").is_err(), "too small");
+        assert!(parse_size("12 parsecs").unwrap_err().contains("unknown size unit"));
+        assert!(parse_size("99999999999999999999GB").is_err());
+        let cli = Cli::try_parse_from(["conntrace", "report", "/d", "--since", "2026-11-30T12:00:00Z", "--pid", "7"])
+            .unwrap();
+        let Command::Report(r) = cli.command else { panic!("not report") };
+        assert_eq!(r.pid, Some(7));
+        assert!(r.since.is_some());
+        assert!(Cli::try_parse_from(["conntrace", "report"]).is_err(), "a path is required");
+        assert!(parse_when("yesterday-ish").is_err());
     }
 
     #[test]

@@ -233,6 +233,7 @@ fn status_record() {
         },
         watched: vec![(1234, true), (99, false)],
         missing_offsets: vec!["sock.sk_drops".into()],
+        recording: None,
     };
     let out = format!("{}\n{}", crate::render::status::status_json(at(0), &s), crate::render::status::status_text(&s));
     insta::assert_snapshot!("status", out);

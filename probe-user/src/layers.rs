@@ -16,7 +16,10 @@ const LAYERS: [(&str, &[&str]); 9] = [
     // Reads records back: the contract's JSON is its input, so it needs no engine type.
     ("report", &["domain", "report"]),
     ("sinks", &["domain", "render", "record", "report", "diagnosis", "sinks"]),
-    ("commands", &["domain", "system", "kernel", "diagnosis", "render", "record", "report", "sinks", "commands", "cli"]),
+    (
+        "commands",
+        &["domain", "system", "kernel", "diagnosis", "render", "record", "report", "sinks", "commands", "cli"],
+    ),
 ];
 
 /// Top-level modules a layer's files name through `crate::`.

@@ -28,4 +28,5 @@ mod parsers_never_panic;
 pub mod record;
 pub mod render;
 pub mod report;
+pub mod sinks;
 pub mod system;

@@ -15,6 +15,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Watch(args) => runtime.block_on(probe_user::commands::watch::watch(args)).map(|()| 0),
         Command::Check(args) => probe_user::commands::check::check(args),
+        Command::Report(args) => probe_user::commands::report::report(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

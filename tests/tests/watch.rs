@@ -289,3 +289,30 @@ fn enfile_is_counted_with_file_max_lowered() {
     // The failures seen up to the verdict's interval (all 5 unless they spanned intervals).
     assert!((1..=5).contains(&v["failures"].as_u64().unwrap()), "{v}");
 }
+
+/// 300 EMFILE in a burst against the default event rate limit (20 a second per process and
+/// kind): the events printed, the `suppressed` counts they carry and the `suppressed`
+/// records that settle what the limit kept back (once the process is quiet, and at the end of
+/// the run) add up to the exact count of the samples: nothing is lost from the stream.
+#[test]
+fn rate_limited_events_add_up_to_the_exact_count() {
+    if !require_root("rate_limited_events_add_up_to_the_exact_count") {
+        return;
+    }
+    let ct = Conntrace::start(&["--syscall-hooks", "fd"]);
+    let out = in_netns("$WL emfile --nofile 64 --failures 300 --hold-ms 3000");
+    let lines = ct.stop();
+    let wl = report(&out);
+    let pid = wl["pid"].as_u64().unwrap();
+    assert_eq!(wl["errors"]["EMFILE"], 300, "workload: {wl}");
+    assert_eq!(total(&lines, pid, "emfile"), 300);
+    let evs = events(&lines, pid, "emfile");
+    let carried: u64 = evs.iter().map(|e| e["suppressed"].as_u64().unwrap_or(0)).sum();
+    let settled: Vec<&serde_json::Value> =
+        lines.iter().filter(|v| v["type"] == "suppressed" && v["pid"] == pid && v["kind"] == "emfile").collect();
+    let settled_n: u64 = settled.iter().map(|v| v["count"].as_u64().unwrap_or(0)).sum();
+    eprintln!("{} events, {carried} carried, {settled_n} settled in {} records", evs.len(), settled.len());
+    assert!(evs.len() <= 40, "the rate limit held: {}", evs.len());
+    assert!(!settled.is_empty(), "what the limit kept back is settled");
+    assert_eq!(evs.len() as u64 + carried + settled_n, 300);
+}

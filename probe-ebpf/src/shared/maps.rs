@@ -86,14 +86,7 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 
 #[map]
 pub static ROLES: Array<u32> = Array::with_max_entries(role::COUNT, 0);
 
-/// Event rate limiter state per (process, kind): see `count::event_allowed`.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct Limiter {
-    pub window_start: u64,
-    pub sent: u32,
-    pub suppressed: u32,
-}
+pub use probe_common::event::Limiter;
 
 #[map]
 pub static LIMITER: LruHashMap<u64, Limiter> = LruHashMap::with_max_entries(8192, 0);

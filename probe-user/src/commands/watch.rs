@@ -18,14 +18,18 @@ use crate::{
     commands::{
         arming::LiveArming,
         filter::Filter,
+        header,
         host::LiveHost,
         listen_poll::ListenPoller,
+        owed::Owed,
         session::{Read, Session},
     },
     domain::model,
-    domain::status::{Mode, Signal, Status},
+    domain::status::{Mode, RecordingStatus, Signal, Status},
     kernel::probe::{self, Probe},
+    record::{Bounds, Recorder},
     render::{printer::Printer, status},
+    sinks::{flight::FlightSink, recorder::RecordSink, session_report::SessionReport, JsonSink, Outputs},
     system::procinfo,
 };
 
@@ -76,8 +80,14 @@ pub async fn watch(args: WatchArgs) -> Result<()> {
     let offset = boot_offset();
 
     let mut st = Watch::new(&args, &mut probe)?;
-    let mut out = Printer::new(args.json, std::io::stdout().lock());
+    let sinks = sinks_of(&args, &st.status)?;
+    let mut out = Outputs::new(Printer::new(args.json, std::io::stdout().lock()), sinks);
+    st.status.recording = out.recording();
     out.status(&st.status)?;
+    let mut sigusr1 = signal(SignalKind::user_defined1()).context("installing the SIGUSR1 handler")?;
+    // Recordings are made durable every second, whatever the interval.
+    let mut second = tokio::time::interval(Duration::from_secs(1));
+    second.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + args.interval, args.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -97,27 +107,61 @@ pub async fn watch(args: WatchArgs) -> Result<()> {
                 guard.clear_ready();
             }
             _ = tick.tick() => end_interval(&mut st, &mut probe, ring.get_mut(), offset, &mut out)?,
+            _ = second.tick() => out.tick(),
+            _ = sigusr1.recv() => out.trigger(),
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
             _ = sleep_until_deadline => break,
         }
     }
-    // The last, partial interval, and the last word on what was lost.
+    // The last, partial interval, what the event rate limit still owes, and the last word on
+    // what was lost.
     end_interval(&mut st, &mut probe, ring.get_mut(), offset, &mut out)?;
+    settle_owed(&mut st, &probe, &mut out, true)?;
     let losses = probe.final_losses()?;
-    if losses != st.status.losses {
+    let recording = out.recording();
+    if losses != st.status.losses || recording != st.status.recording {
         st.status.losses = losses;
+        st.status.recording = recording;
         out.status(&st.status)?;
     }
     if args.bpf_stats {
         let stats = probe.program_stats();
-        if out.json {
+        if out.printer.json {
             out.line(&status::bpf_stats_json(SystemTime::now(), &stats).to_string())?;
         } else {
             out.line(status::bpf_stats_text(&stats).trim_end())?;
         }
     }
-    Ok(())
+    out.finish()
+}
+
+/// The sinks the arguments ask for: the recorder (continuous or flight), the session's report.
+fn sinks_of(args: &WatchArgs, status: &Status) -> Result<Vec<Box<dyn JsonSink>>> {
+    let mut sinks: Vec<Box<dyn JsonSink>> = Vec::new();
+    if let Some(dir) = &args.record {
+        let bounds = Bounds {
+            max_bytes: args.max_size,
+            max_files: usize::try_from(args.max_files).unwrap_or(usize::MAX),
+            rotate: args.rotate,
+        };
+        let header = header::header(status, &args.pids);
+        match args.flight_recorder {
+            Some(keep) => {
+                // Nothing is written before a trigger: say now if it could not be.
+                header::check_writable(dir)?;
+                sinks.push(Box::new(FlightSink::new(keep, dir.clone(), bounds, header, args.post_trigger)));
+            }
+            None => {
+                let r = Recorder::create(dir, bounds, header)?;
+                sinks.push(Box::new(RecordSink::new(r, dir.display().to_string())));
+            }
+        }
+    }
+    if !args.no_report {
+        sinks.push(Box::new(SessionReport::new(args.json)));
+    }
+    Ok(sinks)
 }
 
 /// What `watch` keeps between intervals besides the session: the status it printed, the
@@ -131,6 +175,8 @@ struct Watch {
     status: Status,
     listen: ListenPoller,
     last: Instant,
+    /// Rate-limited failures reported since (see `commands::owed`).
+    owed: Owed,
 }
 
 impl Watch {
@@ -150,6 +196,7 @@ impl Watch {
             status: probe.status.clone(),
             listen: ListenPoller::default(),
             last: Instant::now(),
+            owed: Owed::default(),
         };
         let listening = st.listen.baseline();
         seed_listeners(probe, &listening);
@@ -176,7 +223,7 @@ fn end_interval<W: Write>(
     probe: &mut Probe,
     ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
     offset: Duration,
-    out: &mut Printer<W>,
+    out: &mut Outputs<W>,
 ) -> Result<()> {
     let gone_before = st.session.exited(&mut LiveHost { probe, listen: &mut st.listen });
     let read = Read { gone_before, cur: probe.snapshot()?, cur_dest: probe.dest_snapshot()? };
@@ -189,6 +236,7 @@ fn end_interval<W: Write>(
         probe.forget(&step.forget, &step.forget_dest)?;
     }
     out.samples(&step.samples)?;
+    settle_owed(st, probe, out, false)?;
     out.verdicts(&step.verdicts)?;
     probe.sweep_inflight()?;
     let mut changed = st.refresh_status(probe)?;
@@ -199,10 +247,40 @@ fn end_interval<W: Write>(
         changed = true;
     }
     st.session.set_fd_readings(readings);
+    // A recording's losses and rotations show in status (its line counts alone do not
+    // warrant one).
+    let rec = out.recording();
+    let key = |r: &Option<RecordingStatus>| r.as_ref().map(|r| (r.lines_lost, r.segments, r.segments_deleted));
+    if key(&rec) != key(&st.status.recording) {
+        changed = true;
+    }
+    st.status.recording = rec;
     if changed {
         out.status(&st.status)?;
     }
     Ok(())
+}
+
+/// Prints the failures the event rate limit kept off the stream of processes that have gone
+/// quiet (or of all, at the end of the run), for the watched processes.
+fn settle_owed<W: Write>(st: &mut Watch, probe: &Probe, out: &mut Outputs<W>, all: bool) -> Result<()> {
+    let entries = probe.limiter()?;
+    for (pid, kind, count) in st.owed.settle(&entries, monotonic_ns(), all) {
+        let comm = probe.kernel_comm(pid).or_else(|| procinfo::comm(pid)).unwrap_or_else(|| "unknown".into());
+        if st.session.filter().matches(pid, &comm) {
+            out.suppressed(pid, &comm, model::event_kind_name(kind), count)?;
+        }
+    }
+    st.owed.forget(|pid| !procinfo::exists(pid) && !entries.iter().any(|e| e.0 == pid && e.2.suppressed > 0));
+    Ok(())
+}
+
+/// CLOCK_MONOTONIC now, in ns: the clock of bpf_ktime_get_ns().
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes the struct we pass; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Passes every event in the ring buffer to the session, and prints those of watched
@@ -212,7 +290,7 @@ fn drain<W: Write>(
     offset: Duration,
     st: &mut Watch,
     probe: &Probe,
-    out: &mut Printer<W>,
+    out: &mut Outputs<W>,
 ) -> Result<()> {
     let mut host = LiveHost { probe, listen: &mut st.listen };
     while let Some(item) = ring.next() {
@@ -222,7 +300,8 @@ fn drain<W: Write>(
         // SAFETY: the kernel wrote a whole `Event` (checked length); read_unaligned copes with
         // the ring buffer's 8-byte alignment.
         let ev: Event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-        let rec = model::decode(&ev, offset);
+        let mut rec = model::decode(&ev, offset);
+        rec.suppressed = st.owed.on_event(ev.pid, ev.kind, ev.suppressed);
         if st.session.event(&rec, &mut host) {
             out.event(&rec)?;
         }

@@ -192,17 +192,22 @@ fn addr(family: u16, raw: &[u8; 16]) -> Option<String> {
     }
 }
 
-/// Converts a kernel event; `boot_offset` maps CLOCK_MONOTONIC (bpf_ktime_get_ns) to wall
-/// time.
-pub fn decode(ev: &Event, boot_offset: Duration) -> EventRecord {
-    let kind = match ev.kind {
+/// The contract's name of an event kind.
+pub fn event_kind_name(kind: u16) -> &'static str {
+    match kind {
         event::kind::PORT_ASSIGN_FAILURE => "port_assign_failure",
         event::kind::EMFILE => "emfile",
         event::kind::ENFILE => "enfile",
         event::kind::CONNECT_ERROR => "connect_error",
         event::kind::BIND_ERROR => "bind_error",
         _ => "unknown",
-    };
+    }
+}
+
+/// Converts a kernel event; `boot_offset` maps CLOCK_MONOTONIC (bpf_ktime_get_ns) to wall
+/// time.
+pub fn decode(ev: &Event, boot_offset: Duration) -> EventRecord {
+    let kind = event_kind_name(ev.kind);
     let network = ev.family != 0;
     // A bind has no destination: saddr/sport are what was asked for.
     let has_dest = network && ev.kind != event::kind::BIND_ERROR;

@@ -176,6 +176,27 @@ pub struct Status {
     pub watched: Vec<(u32, bool)>,
     /// Kernel struct members missing from BTF (the features needing them are off).
     pub missing_offsets: Vec<String>,
+    /// What `--record` wrote and could not write.
+    pub recording: Option<RecordingStatus>,
+}
+
+/// A recording's figures for `status` (nothing the user asked to record is lost silently).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecordingStatus {
+    pub dir: String,
+    /// "continuous" (`--record`) or "flight" (`--flight-recorder`: written around verdicts).
+    pub mode: &'static str,
+    pub lines: u64,
+    pub bytes: u64,
+    /// Lines that could not be written (disk full, directory gone).
+    pub lines_lost: u64,
+    pub segments: u64,
+    pub segments_deleted: u64,
+    pub last_error: Option<String>,
+    /// Flight recorder: memory held by the kept minutes, and lines dropped from them early
+    /// because that memory hit its bound.
+    pub kept_bytes: Option<u64>,
+    pub kept_dropped: Option<u64>,
 }
 
 impl Status {

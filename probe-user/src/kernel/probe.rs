@@ -237,6 +237,7 @@ impl Probe {
             losses: Losses::default(),
             watched: Vec::new(),
             missing_offsets: resolved.missing,
+            recording: None,
         };
         Ok(Probe { ebpf, status, returns_swept: 0, fd_on_demand, owners_evicted: OwnersEvicted::new(owners_max) })
     }
@@ -309,6 +310,13 @@ impl Probe {
             }
         }
         Ok(n)
+    }
+
+    /// The event rate limiter's state: (tgid, event kind, state) per entry.
+    pub fn limiter(&self) -> Result<Vec<(u32, u16, probe_common::event::Limiter)>> {
+        let map: aya::maps::HashMap<_, u64, probe_common::event::Limiter> =
+            aya::maps::HashMap::try_from(self.ebpf.map("LIMITER").context("LIMITER map")?)?;
+        Ok(map.iter().filter_map(|e| e.ok()).map(|(k, v)| ((k >> 16) as u32, (k & 0xffff) as u16, v)).collect())
     }
 
     pub fn kernel_comm(&self, tgid: u32) -> Option<String> {

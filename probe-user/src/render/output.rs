@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use crate::{
     domain::model::{EventRecord, Sample},
     domain::net::endpoint,
-    domain::time::rfc3339,
+    domain::time::{rfc3339, thousands},
 };
 
 pub fn sample_json(ts: SystemTime, s: &Sample) -> Value {
@@ -43,6 +43,16 @@ pub fn sample_json(ts: SystemTime, s: &Sample) -> Value {
         "nofile_limit": s.nofile_limit,
         "open_fds": s.open_fds,
     })
+}
+
+/// Failures of one process and kind the event rate limit kept off the stream since its last
+/// event (the process went quiet, or the run ended): with them, a stream's events add up.
+pub fn suppressed_json(now: SystemTime, pid: u32, comm: &str, kind: &str, count: u64) -> Value {
+    json!({"type": "suppressed", "ts": rfc3339(now), "pid": pid, "comm": comm, "kind": kind, "count": count})
+}
+
+pub fn suppressed_text(pid: u32, comm: &str, kind: &str, count: u64) -> String {
+    format!("  … {} more {kind} failures of {comm}[{pid}] not shown (--events-per-sec)", thousands(count))
 }
 
 pub fn event_json(e: &EventRecord) -> Value {

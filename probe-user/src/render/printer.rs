@@ -54,6 +54,15 @@ impl<W: Write> Printer<W> {
         }
     }
 
+    /// Failures kept off the stream by the event rate limit, settled (see `commands::owed`).
+    pub fn suppressed(&mut self, pid: u32, comm: &str, kind: &str, count: u64) -> Result<()> {
+        if self.json {
+            self.line(&output::suppressed_json(SystemTime::now(), pid, comm, kind, count).to_string())
+        } else {
+            self.line(&output::suppressed_text(pid, comm, kind, count))
+        }
+    }
+
     pub fn verdicts(&mut self, verdicts: &[Verdict]) -> Result<()> {
         for v in verdicts {
             if self.json {

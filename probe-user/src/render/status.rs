@@ -23,7 +23,7 @@ pub fn status_json(ts: SystemTime, s: &Status) -> Value {
         });
     }
     let slowing = s.slowing_every_syscall();
-    json!({
+    let mut v = json!({
         "type": "status",
         "ts": rfc3339(ts),
         "signals": signals,
@@ -40,7 +40,13 @@ pub fn status_json(ts: SystemTime, s: &Status) -> Value {
         "kernel": s.kernel,
         "watched": s.watched.iter().map(|(pid, alive)| json!({"pid": pid, "alive": alive})).collect::<Vec<_>>(),
         "btf_missing": s.missing_offsets,
-    })
+    });
+    if let Some(r) = &s.recording {
+        v["recording"] = json!({"dir": r.dir, "mode": r.mode, "lines": r.lines, "bytes": r.bytes,
+            "lines_lost": r.lines_lost, "segments": r.segments, "segments_deleted": r.segments_deleted,
+            "last_error": r.last_error, "kept_bytes": r.kept_bytes, "kept_dropped": r.kept_dropped});
+    }
+    v
 }
 
 pub fn status_text(s: &Status) -> String {
@@ -87,6 +93,22 @@ pub fn status_text(s: &Status) -> String {
     }
     if s.losses.dropped_events > 0 {
         let _ = writeln!(out, "  dropped events: {} (counts stay exact)", s.losses.dropped_events);
+    }
+    if let Some(r) = &s.recording {
+        let _ = write!(
+            out,
+            "  recording ({}) to {}: {} lines, {} bytes in {} segments",
+            r.mode, r.dir, r.lines, r.bytes, r.segments
+        );
+        if r.lines_lost > 0 {
+            let _ = write!(
+                out,
+                "; {} lines NOT written ({})",
+                r.lines_lost,
+                r.last_error.as_deref().unwrap_or("write error")
+            );
+        }
+        let _ = writeln!(out);
     }
     for (pid, alive) in &s.watched {
         if !alive {
@@ -150,6 +172,7 @@ mod tests {
             losses: Losses { dropped_events: 3, ..Default::default() },
             watched: vec![(7, false)],
             missing_offsets: vec![],
+            recording: None,
         }
     }
 

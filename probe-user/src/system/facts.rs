@@ -187,6 +187,15 @@ pub fn read_port_limits() -> NetFacts {
     }
 }
 
+/// The namespace's port and table sysctls, no sockets (for a recording's header).
+pub fn read_port_limits_and_tables() -> NetFacts {
+    NetFacts {
+        tcp_max_tw_buckets: read_u64("/proc/sys/net/ipv4/tcp_max_tw_buckets"),
+        somaxconn: read_u64("/proc/sys/net/core/somaxconn"),
+        ..read_port_limits()
+    }
+}
+
 /// Namespace facts as seen from inside the namespace of `pid` (None: conntrace's own).
 pub fn read_net_of(pid: Option<u32>) -> anyhow::Result<NetFacts> {
     let mut f = netdiag::in_netns_of(pid, read_net)?;

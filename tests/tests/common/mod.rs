@@ -77,7 +77,8 @@ impl Conntrace {
         };
         let mut child = Command::new(conntrace_bin())
             .envs(env.iter().copied())
-            .args(["watch", "--json", "--interval", "200ms"])
+            .args(["watch", "--json"])
+            .args(if args.contains(&"--interval") { &[][..] } else { &["--interval", "200ms"][..] })
             .args(hooks)
             .args(args)
             .stdout(Stdio::piped())
@@ -128,6 +129,18 @@ impl Conntrace {
     /// The conntrace process's pid (its /proc/PID/status says its memory).
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// SIGKILL (no chance to flush anything), then everything it had printed.
+    pub fn kill(mut self) -> (Vec<Value>, std::time::SystemTime) {
+        let at = std::time::SystemTime::now();
+        // SAFETY: plain kill(2) on our child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
+        let _ = self.child.wait();
+        while let Ok(v) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            self.seen.push(v);
+        }
+        (self.seen, at)
     }
 
     /// SIGTERM, then everything it printed; asserts it exits 0.

@@ -1,0 +1,265 @@
+//! Recording and reporting: `watch --record DIR` writes the stream into rotated, compressed
+//! segments; `conntrace report DIR` shows the verdicts `watch` printed live; a recorder killed
+//! with SIGKILL loses at most its last second; the directory stays within its bounds; the flight
+//! recorder writes nothing while healthy and, at a plateau, the minutes before it.
+
+mod common;
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use common::*;
+use serde_json::Value;
+
+/// One at a time: each test's conntrace sees every process of the host, and a plateau of one
+/// test would be another's (the flight recorder's "nothing while healthy").
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn fresh_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("conntrace-rec-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> =
+        std::fs::read_dir(dir).map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect()).unwrap_or_default();
+    v.retain(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with(".ndjson.gz")));
+    v.sort();
+    v
+}
+
+/// `conntrace report ARGS --json`: the report document and the exit code.
+fn report_json(args: &[&str]) -> (Value, Option<i32>, String) {
+    let out =
+        std::process::Command::new(conntrace_bin()).arg("report").args(args).arg("--json").output().expect("report");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let doc = stdout.lines().find(|l| l.starts_with('{')).map(|l| serde_json::from_str(l).expect("JSON"));
+    (doc.unwrap_or(Value::Null), out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// (cause, pid, since) of the verdicts that became active, as `watch` printed them.
+fn live_verdicts(lines: &[Value]) -> Vec<(String, u64, String)> {
+    let mut v: Vec<_> = lines
+        .iter()
+        .filter(|l| l["type"] == "verdict" && l["state"] == "active")
+        .map(|l| {
+            (
+                l["cause"].as_str().unwrap_or("").to_string(),
+                l["pid"].as_u64().unwrap_or(0),
+                l["since"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// The same from a report document's timeline.
+fn reported_verdicts(doc: &Value) -> Vec<(String, u64, String)> {
+    let mut v: Vec<_> = doc["timeline"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["first_state"] == "active")
+        .map(|e| {
+            (
+                e["cause"].as_str().unwrap_or("").to_string(),
+                e["pid"].as_u64().unwrap_or(0),
+                e["start"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// An EMFILE plateau and an ephemeral-port plateau recorded: the report of the recording names
+/// the same verdicts (cause, pid, start) `watch` printed live, and the session's own report at
+/// the end of `watch` says the same.
+#[test]
+fn a_recorded_plateau_is_reported_as_it_was_seen_live() {
+    if !require_root("a_recorded_plateau_is_reported_as_it_was_seen_live") {
+        return;
+    }
+    let _serial = one_at_a_time();
+    let dir = fresh_dir("plateau");
+    let d = dir.display().to_string();
+    let ct = Conntrace::start(&["--record", &d]);
+    let fds = in_netns("$WL emfile --nofile 64 --failures 30 --hold-ms 1000");
+    let ports = in_netns(
+        "sysctl -qw net.ipv4.ip_local_port_range='40000 40009'\n\
+         $WL ports --listen 127.0.0.1:9000 --connect 127.0.0.1:9000 --count 15 --hold-ms 1000",
+    );
+    let lines = ct.stop();
+    let (fd_pid, port_pid) = (report(&fds)["pid"].as_u64().unwrap(), report(&ports)["pid"].as_u64().unwrap());
+    let live = live_verdicts(&lines);
+    assert!(live.iter().any(|v| v.0 == "fd_limit" && v.1 == fd_pid), "{live:?}");
+    assert!(live.iter().any(|v| v.0 == "ephemeral_ports" && v.1 == port_pid), "{live:?}");
+    let (doc, code, err) = report_json(&[&d]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(reported_verdicts(&doc), live, "{doc}");
+    // The session's own report, the last line of `watch --json`.
+    let last = lines.last().expect("lines");
+    assert_eq!(last["type"], "report", "{last}");
+    assert_eq!(reported_verdicts(last), live);
+    // --pid keeps one process.
+    let (doc, _, _) = report_json(&[&d, "--pid", &fd_pid.to_string()]);
+    assert!(reported_verdicts(&doc).iter().all(|v| v.1 == fd_pid), "{doc}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// SIGKILL in the middle of a recording: every line `watch` printed more than a second and a
+/// half before the kill is in the recording, read with a warning for the torn tail, never an
+/// abort; the report of it works.
+#[test]
+fn a_killed_recorder_loses_at_most_its_last_second() {
+    if !require_root("a_killed_recorder_loses_at_most_its_last_second") {
+        return;
+    }
+    let _serial = one_at_a_time();
+    let dir = fresh_dir("kill");
+    let d = dir.display().to_string();
+    let ct = Conntrace::start(&["--record", &d]);
+    let mut wl = std::process::Command::new("unshare")
+        .args(["-n", "sh", "-ec", "ip link set lo up\nexec $WL emfile --nofile 64 --failures 200 --rate 50"])
+        .env("WL", workload_bin())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("workload");
+    std::thread::sleep(Duration::from_secs(4));
+    let (seen, killed_at) = ct.kill();
+    let _ = wl.kill();
+    let _ = wl.wait();
+    let read = probe_user::record::read_paths(std::slice::from_ref(&dir));
+    eprintln!("{} lines read; warnings: {:?}", read.lines.len(), read.warnings);
+    let recorded: std::collections::BTreeSet<String> = read.lines.iter().map(|l| l.value.to_string()).collect();
+    let cutoff = killed_at - Duration::from_millis(1500);
+    let mut missing = Vec::new();
+    let mut older = 0;
+    for v in &seen {
+        let ts = humantime::parse_rfc3339(v["ts"].as_str().unwrap_or("")).unwrap_or(killed_at);
+        if ts < cutoff {
+            older += 1;
+            if !recorded.contains(&v.to_string()) {
+                missing.push(v.clone());
+            }
+        }
+    }
+    assert!(older > 10, "the run printed {older} lines before the cutoff");
+    assert!(
+        missing.is_empty(),
+        "{} of {older} lines printed before the last second are not in the recording: {:?}",
+        missing.len(),
+        missing.first()
+    );
+    let (doc, code, err) = report_json(&[&d]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(doc["type"], "report");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// With small bounds (16 KiB, 4 files) and a busy stream the directory rotates and deletes its oldest segments,
+/// staying within --max-files and --max-size, and `status` counts the deletions.
+#[test]
+fn rotation_keeps_the_recording_within_its_bounds() {
+    if !require_root("rotation_keeps_the_recording_within_its_bounds") {
+        return;
+    }
+    let _serial = one_at_a_time();
+    let dir = fresh_dir("rotate");
+    let d = dir.display().to_string();
+    let ct = Conntrace::start(&["--record", &d, "--max-size", "16KiB", "--max-files", "4"]);
+    // 1,500 short-lived processes, one connection each: a sample line apiece.
+    let _ = in_netns("$WL procs --count 1500 --parallel 50");
+    let lines = ct.stop();
+    let segs = segments(&dir);
+    let total: u64 = segs.iter().map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)).sum();
+    let last = lines.iter().rev().find(|v| v["type"] == "status").expect("status");
+    eprintln!("{} segments, {total} bytes; {}", segs.len(), last["recording"]);
+    assert!(segs.len() <= 4, "{segs:?}");
+    assert!(total <= 16 * 1024, "{total} bytes");
+    assert!(last["recording"]["segments_deleted"].as_u64().unwrap_or(0) > 0, "{}", last["recording"]);
+    assert_eq!(last["recording"]["lines_lost"], 0);
+    let read = probe_user::record::read_paths(std::slice::from_ref(&dir));
+    assert_eq!(read.files_failed, 0, "{:?}", read.warnings);
+    assert!(read.lines.iter().all(|l| l.value.is_object()));
+    // Each segment is readable on its own: it starts with a header.
+    for s in &segs {
+        let one = probe_user::record::read_paths(std::slice::from_ref(s));
+        assert_eq!(one.lines.first().map(|l| l.value["type"].clone()), Some(Value::from("header")), "{s:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The flight recorder writes nothing while all is well; when the EMFILE plateau starts it
+/// writes the minutes it kept, so samples from before the first failure are in the file.
+#[test]
+fn the_flight_recorder_keeps_the_minutes_before_a_plateau() {
+    if !require_root("the_flight_recorder_keeps_the_minutes_before_a_plateau") {
+        return;
+    }
+    let _serial = one_at_a_time();
+    let dir = fresh_dir("flight");
+    let d = dir.display().to_string();
+    let ct = Conntrace::start(&["--record", &d, "--flight-recorder", "1m", "--post-trigger", "1s"]);
+    // Healthy for 3 s: connections that succeed.
+    let _ = in_netns("$WL churn --addr 127.0.0.1:9000 --seconds 3 --rate 50");
+    assert!(segments(&dir).is_empty(), "nothing written while healthy: {:?}", segments(&dir));
+    // A leak (20 fds a second under a limit of 128) then EMFILE.
+    let out = in_netns("$WL emfile --nofile 128 --failures 5 --rate 20 --hold-ms 1500");
+    let lines = ct.stop();
+    let pid = report(&out)["pid"].as_u64().unwrap();
+    let first_failure = report(&out)["first_failure_ms"].as_u64().expect("EMFILE") as f64 / 1000.0;
+    assert!(live_verdicts(&lines).iter().any(|v| v.0 == "fd_limit" && v.1 == pid));
+    let read = probe_user::record::read_paths(std::slice::from_ref(&dir));
+    assert!(!read.lines.is_empty(), "the plateau was written: {:?}", read.warnings);
+    let ts = |v: &Value| humantime::parse_rfc3339(v["ts"].as_str().unwrap_or("")).ok();
+    let secs = |v: &Value| ts(v).map(|t| t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64());
+    // The healthy minute's samples (the churn, seconds before the leak failed) and the leak's
+    // warning are in the file.
+    let before: Vec<&Value> = read
+        .lines
+        .iter()
+        .map(|l| &l.value)
+        .filter(|v| v["type"] == "sample" && secs(v).is_some_and(|t| t < first_failure - 2.0))
+        .collect();
+    eprintln!("{} samples from more than 2 s before the first EMFILE were written", before.len());
+    assert!(before.len() >= 3, "the minutes before the plateau are in the file");
+    assert!(
+        read.lines
+            .iter()
+            .any(|l| l.value["cause"] == "fd_pressure" && secs(&l.value).is_some_and(|t| t < first_failure)),
+        "the warning before the plateau is in the file"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A recording directory that cannot be created is a one-line error naming it, before anything
+/// is attached; a report on files that are not recordings names them and exits 1.
+#[test]
+fn bad_recording_paths_are_refused_with_the_fix() {
+    if !require_root("bad_recording_paths_are_refused_with_the_fix") {
+        return;
+    }
+    let _serial = one_at_a_time();
+    let out = std::process::Command::new(conntrace_bin())
+        .args(["watch", "--json", "--duration", "1s", "--record", "/proc/version/sub"])
+        .output()
+        .expect("conntrace");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/proc/version/sub") && err.trim().lines().count() == 1, "{err}");
+    let junk = std::env::temp_dir().join(format!("conntrace-junk-{}.ndjson.gz", std::process::id()));
+    std::fs::write(&junk, b"not a recording").unwrap();
+    let (_, code, err) = report_json(&[junk.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains(junk.to_str().unwrap()), "{err}");
+    let _ = std::fs::remove_file(&junk);
+}
