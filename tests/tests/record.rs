@@ -20,6 +20,16 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The recording and the report are user space only, the same on every kernel: these run on
+/// the host, not in each row of the kernel matrix (its time budget).
+fn on_the_host(name: &str) -> bool {
+    let vm = std::env::var("CONNTRACE_IN_VM").is_ok();
+    if vm {
+        eprintln!("SKIPPED {name}: recording and reports are user space only; the host suite runs them");
+    }
+    !vm
+}
+
 fn fresh_dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("conntrace-rec-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -85,7 +95,7 @@ fn reported_verdicts(doc: &Value) -> Vec<(String, u64, String)> {
 /// the end of `watch` says the same.
 #[test]
 fn a_recorded_plateau_is_reported_as_it_was_seen_live() {
-    if !require_root("a_recorded_plateau_is_reported_as_it_was_seen_live") {
+    if !require_root("a_recorded_plateau_is_reported_as_it_was_seen_live") || !on_the_host("a_recorded_plateau_is_reported_as_it_was_seen_live") {
         return;
     }
     let _serial = one_at_a_time();
@@ -120,7 +130,7 @@ fn a_recorded_plateau_is_reported_as_it_was_seen_live() {
 /// abort; the report of it works.
 #[test]
 fn a_killed_recorder_loses_at_most_its_last_second() {
-    if !require_root("a_killed_recorder_loses_at_most_its_last_second") {
+    if !require_root("a_killed_recorder_loses_at_most_its_last_second") || !on_the_host("a_killed_recorder_loses_at_most_its_last_second") {
         return;
     }
     let _serial = one_at_a_time();
@@ -169,7 +179,7 @@ fn a_killed_recorder_loses_at_most_its_last_second() {
 /// staying within --max-files and --max-size, and `status` counts the deletions.
 #[test]
 fn rotation_keeps_the_recording_within_its_bounds() {
-    if !require_root("rotation_keeps_the_recording_within_its_bounds") {
+    if !require_root("rotation_keeps_the_recording_within_its_bounds") || !on_the_host("rotation_keeps_the_recording_within_its_bounds") {
         return;
     }
     let _serial = one_at_a_time();
@@ -202,7 +212,7 @@ fn rotation_keeps_the_recording_within_its_bounds() {
 /// writes the minutes it kept, so samples from before the first failure are in the file.
 #[test]
 fn the_flight_recorder_keeps_the_minutes_before_a_plateau() {
-    if !require_root("the_flight_recorder_keeps_the_minutes_before_a_plateau") {
+    if !require_root("the_flight_recorder_keeps_the_minutes_before_a_plateau") || !on_the_host("the_flight_recorder_keeps_the_minutes_before_a_plateau") {
         return;
     }
     let _serial = one_at_a_time();
@@ -245,7 +255,7 @@ fn the_flight_recorder_keeps_the_minutes_before_a_plateau() {
 /// is attached; a report on files that are not recordings names them and exits 1.
 #[test]
 fn bad_recording_paths_are_refused_with_the_fix() {
-    if !require_root("bad_recording_paths_are_refused_with_the_fix") {
+    if !require_root("bad_recording_paths_are_refused_with_the_fix") || !on_the_host("bad_recording_paths_are_refused_with_the_fix") {
         return;
     }
     let _serial = one_at_a_time();
@@ -262,4 +272,76 @@ fn bad_recording_paths_are_refused_with_the_fix() {
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains(junk.to_str().unwrap()), "{err}");
     let _ = std::fs::remove_file(&junk);
+}
+
+/// The HTML report of a recorded EMFILE plateau, opened in headless Chromium: the screenshot
+/// shows its charts drawn (pixels in the series colors), the page fetches nothing.
+#[test]
+fn the_html_report_draws_its_charts_in_a_browser() {
+    let name = "the_html_report_draws_its_charts_in_a_browser";
+    if !require_root(name) || !on_the_host(name) {
+        return;
+    }
+    let Some(chromium) = ["chromium", "chromium-browser", "google-chrome"].into_iter().find(|b| {
+        std::process::Command::new("sh")
+            .args(["-c", &format!("command -v {b}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }) else {
+        eprintln!("SKIPPED {name}: no chromium (cargo xtask setup installs the Debian package)");
+        return;
+    };
+    let _serial = one_at_a_time();
+    let dir = fresh_dir("html");
+    let d = dir.display().to_string();
+    let ct = Conntrace::start(&["--record", &d]);
+    let _ = in_netns("$WL emfile --nofile 128 --failures 40 --rate 40 --hold-ms 1500");
+    let _ = ct.stop();
+    let html = dir.join("report.html");
+    let (_, code, err) = report_json(&[&d, "--html", html.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    let page = std::fs::read_to_string(&html).expect("the HTML report");
+    // Self-contained: no URL but the SVG namespace.
+    assert_eq!(page.matches("http").count(), page.matches("http://www.w3.org/2000/svg").count(), "a fetch in the page");
+    assert!(!page.contains("<script"), "no script needed");
+    // The same page with every series path emptied: what the legends and shading alone draw.
+    let mut bare = String::new();
+    let mut rest = page.as_str();
+    while let Some(i) = rest.find("class=\"series\" d=\"") {
+        let j = i + "class=\"series\" d=\"".len();
+        bare.push_str(&rest[..j]);
+        rest = &rest[j..];
+        rest = &rest[rest.find('"').unwrap_or(0)..];
+    }
+    bare.push_str(rest);
+    let bare_html = dir.join("bare.html");
+    std::fs::write(&bare_html, bare).unwrap();
+    let drawn = series_pixels(chromium, &html);
+    let without = series_pixels(chromium, &bare_html);
+    eprintln!("{drawn} pixels in the series colors; {without} with the series paths emptied");
+    assert!(drawn > without + 300, "the charts' lines were not drawn: {drawn} vs {without} without them");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Pixels in the report's series colors (anti-aliasing allowed for) on a headless Chromium
+/// screenshot of `page`.
+fn series_pixels(chromium: &str, page: &Path) -> usize {
+    let shot = page.with_extension("png");
+    let out = std::process::Command::new(chromium)
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1280,2000"])
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .expect("running chromium");
+    assert!(shot.exists(), "chromium wrote no screenshot: {}", String::from_utf8_lossy(&out.stderr));
+    let decoder = png::Decoder::new(std::fs::File::open(&shot).unwrap());
+    let mut reader = decoder.read_info().expect("a PNG");
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).expect("a frame");
+    let px = info.color_type.samples();
+    let palette: [[i32; 3]; 3] = [[0x1f, 0x77, 0xb4], [0xd6, 0x27, 0x28], [0x2c, 0xa0, 0x2c]];
+    buf[..info.buffer_size()]
+        .chunks(px)
+        .filter(|p| palette.iter().any(|c| (0..3).all(|i| (p[i] as i32 - c[i]).abs() < 24)))
+        .count()
 }

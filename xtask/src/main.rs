@@ -157,7 +157,14 @@ fn setup() -> Result<()> {
     }
 
     // 3. Tools the integration tests drive (Debian package names).
-    let wanted = [("ip", "iproute2"), ("unshare", "util-linux"), ("setpriv", "util-linux"), ("sysctl", "procps")];
+    // chromium: the HTML report is opened in it headless and its charts checked on a screenshot.
+    let wanted = [
+        ("ip", "iproute2"),
+        ("unshare", "util-linux"),
+        ("setpriv", "util-linux"),
+        ("sysctl", "procps"),
+        ("chromium", "chromium"),
+    ];
     let missing: Vec<&str> = wanted
         .iter()
         .filter(|(bin, _)| output(Command::new("sh").args(["-c", &format!("command -v {bin}")])).is_none())

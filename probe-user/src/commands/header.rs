@@ -31,37 +31,33 @@ pub fn header(status: &Status, pids: &[u32]) -> Value {
     put("fs.file-max", json!(sys.file_nr.map(|f| f.1)));
     put("fs.nr_open", json!(sys.nr_open));
     put("net.netfilter.nf_conntrack_max", json!(sys.conntrack.map(|c| c.1)));
-    put("net.ipv4.tcp_mem", json!(sys.tcp_mem.map(|(a, b, c)| [a, b, c])));
-    // Per namespace: conntrace's own, and those of the watched processes.
-    let mut namespaces = Vec::new();
+    put("net.ipv4.tcp_mem", json!(sys.tcp_mem.map(|(a, b, c)| format!("{a} {b} {c}"))));
+    // Per namespace (conntrace's own, and the watched processes'), one flat key each so a
+    // report lists them as it lists the machine's.
     let mut seen = std::collections::BTreeSet::new();
     for pid in std::iter::once(None).chain(pids.iter().map(|p| Some(*p))) {
         let ns = match pid {
             Some(p) => netdiag::netns_inode(p),
             None => netdiag::ns_link_inode("/proc/self/ns/net"),
         };
-        if !seen.insert(ns) {
-            continue;
-        }
+        let Some(ns) = ns.filter(|ns| seen.insert(*ns)) else { continue };
         let Ok(net) = netdiag::in_netns_of(pid, facts::read_port_limits_and_tables) else { continue };
-        namespaces.push(json!({
-            "netns": ns,
-            "net.ipv4.ip_local_port_range": net.port_range.map(|(l, h)| format!("{l} {h}")),
-            "net.ipv4.ip_local_reserved_ports": crate::domain::net::reserved_strings(&net.reserved),
-            "net.ipv4.tcp_tw_reuse": net.tcp_tw_reuse,
-            "net.ipv4.tcp_max_tw_buckets": net.tcp_max_tw_buckets,
-            "net.core.somaxconn": net.somaxconn,
-        }));
+        let at = |k: &str| format!("{k} (netns {ns})");
+        put(&at("net.ipv4.ip_local_port_range"), json!(net.port_range.map(|(l, h)| format!("{l} {h}"))));
+        let reserved = crate::domain::net::reserved_strings(&net.reserved);
+        if !reserved.is_empty() {
+            put(&at("net.ipv4.ip_local_reserved_ports"), json!(reserved.join(",")));
+        }
+        put(&at("net.ipv4.tcp_tw_reuse"), json!(net.tcp_tw_reuse));
+        put(&at("net.ipv4.tcp_max_tw_buckets"), json!(net.tcp_max_tw_buckets));
+        put(&at("net.core.somaxconn"), json!(net.somaxconn));
     }
-    put("namespaces", json!(namespaces));
-    let procs: Vec<Value> = pids
-        .iter()
-        .map(|&pid| {
-            let n = nofile_now(pid);
-            json!({"pid": pid, "comm": procinfo::comm(pid), "rlimit_nofile_soft": n.soft, "rlimit_nofile_hard": n.hard})
-        })
-        .collect();
-    put("processes", json!(procs));
+    for &pid in pids {
+        let n = nofile_now(pid);
+        let comm = procinfo::comm(pid).unwrap_or_default();
+        let fmt = |v: Option<u64>| v.map_or_else(|| "unlimited".to_string(), |v| v.to_string());
+        put(&format!("RLIMIT_NOFILE of {comm}[{pid}] (soft hard)"), json!(format!("{} {}", fmt(n.soft), fmt(n.hard))));
+    }
     json!({
         "hostname": read_trim("/proc/sys/kernel/hostname"),
         "boot_id": read_trim("/proc/sys/kernel/random/boot_id"),

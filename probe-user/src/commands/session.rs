@@ -99,6 +99,15 @@ impl Session {
         }
     }
 
+    /// Active verdicts with failures not reported yet (see `Engine::unreported`).
+    pub fn unreported(&mut self, now: SystemTime) -> Vec<Verdict> {
+        let mut v = self.engine.unreported(now);
+        if !self.filter.is_all() {
+            v.retain(|v| v.pid == UNATTRIBUTED || self.filter.matches(v.pid, &v.comm));
+        }
+        v
+    }
+
     pub fn filter(&self) -> &Filter {
         &self.filter
     }

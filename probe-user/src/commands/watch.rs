@@ -117,6 +117,8 @@ pub async fn watch(args: WatchArgs) -> Result<()> {
     // The last, partial interval, what the event rate limit still owes, and the last word on
     // what was lost.
     end_interval(&mut st, &mut probe, ring.get_mut(), offset, &mut out)?;
+    let last = st.session.unreported(SystemTime::now());
+    out.verdicts(&last)?;
     settle_owed(&mut st, &probe, &mut out, true)?;
     let losses = probe.final_losses()?;
     let recording = out.recording();

@@ -111,6 +111,21 @@ impl Engine {
         self.active.values().map(|a| &a.verdict)
     }
 
+    /// At the end of a run: the active verdicts whose failures grew since they were last
+    /// reported (repeats are spaced 10 s apart), so the stream's last word on each has its
+    /// final count.
+    pub fn unreported(&mut self, now: SystemTime) -> Vec<Verdict> {
+        let mut out = Vec::new();
+        for a in self.active.values_mut() {
+            if a.verdict.failures != a.emitted_failures && a.last_emit != SystemTime::UNIX_EPOCH {
+                a.last_emit = now;
+                a.emitted_failures = a.verdict.failures;
+                out.push(a.verdict.clone());
+            }
+        }
+        out
+    }
+
     /// Feeds one interval; returns the verdicts to report now (new, updated, resolved).
     pub fn tick(&mut self, w: &Window, ev: &mut dyn Evidence) -> Vec<Verdict> {
         let now = w.now.unwrap_or_else(SystemTime::now);
