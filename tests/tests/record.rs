@@ -95,7 +95,9 @@ fn reported_verdicts(doc: &Value) -> Vec<(String, u64, String)> {
 /// the end of `watch` says the same.
 #[test]
 fn a_recorded_plateau_is_reported_as_it_was_seen_live() {
-    if !require_root("a_recorded_plateau_is_reported_as_it_was_seen_live") || !on_the_host("a_recorded_plateau_is_reported_as_it_was_seen_live") {
+    if !require_root("a_recorded_plateau_is_reported_as_it_was_seen_live")
+        || !on_the_host("a_recorded_plateau_is_reported_as_it_was_seen_live")
+    {
         return;
     }
     let _serial = one_at_a_time();
@@ -130,7 +132,9 @@ fn a_recorded_plateau_is_reported_as_it_was_seen_live() {
 /// abort; the report of it works.
 #[test]
 fn a_killed_recorder_loses_at_most_its_last_second() {
-    if !require_root("a_killed_recorder_loses_at_most_its_last_second") || !on_the_host("a_killed_recorder_loses_at_most_its_last_second") {
+    if !require_root("a_killed_recorder_loses_at_most_its_last_second")
+        || !on_the_host("a_killed_recorder_loses_at_most_its_last_second")
+    {
         return;
     }
     let _serial = one_at_a_time();
@@ -179,7 +183,9 @@ fn a_killed_recorder_loses_at_most_its_last_second() {
 /// staying within --max-files and --max-size, and `status` counts the deletions.
 #[test]
 fn rotation_keeps_the_recording_within_its_bounds() {
-    if !require_root("rotation_keeps_the_recording_within_its_bounds") || !on_the_host("rotation_keeps_the_recording_within_its_bounds") {
+    if !require_root("rotation_keeps_the_recording_within_its_bounds")
+        || !on_the_host("rotation_keeps_the_recording_within_its_bounds")
+    {
         return;
     }
     let _serial = one_at_a_time();
@@ -212,7 +218,9 @@ fn rotation_keeps_the_recording_within_its_bounds() {
 /// writes the minutes it kept, so samples from before the first failure are in the file.
 #[test]
 fn the_flight_recorder_keeps_the_minutes_before_a_plateau() {
-    if !require_root("the_flight_recorder_keeps_the_minutes_before_a_plateau") || !on_the_host("the_flight_recorder_keeps_the_minutes_before_a_plateau") {
+    if !require_root("the_flight_recorder_keeps_the_minutes_before_a_plateau")
+        || !on_the_host("the_flight_recorder_keeps_the_minutes_before_a_plateau")
+    {
         return;
     }
     let _serial = one_at_a_time();
@@ -255,7 +263,9 @@ fn the_flight_recorder_keeps_the_minutes_before_a_plateau() {
 /// is attached; a report on files that are not recordings names them and exits 1.
 #[test]
 fn bad_recording_paths_are_refused_with_the_fix() {
-    if !require_root("bad_recording_paths_are_refused_with_the_fix") || !on_the_host("bad_recording_paths_are_refused_with_the_fix") {
+    if !require_root("bad_recording_paths_are_refused_with_the_fix")
+        || !on_the_host("bad_recording_paths_are_refused_with_the_fix")
+    {
         return;
     }
     let _serial = one_at_a_time();

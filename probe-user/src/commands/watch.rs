@@ -122,7 +122,8 @@ pub async fn watch(args: WatchArgs) -> Result<()> {
     settle_owed(&mut st, &probe, &mut out, true)?;
     let losses = probe.final_losses()?;
     let recording = out.recording();
-    if losses != st.status.losses || recording != st.status.recording {
+    // With a recording, always: the last word on what was written and lost.
+    if losses != st.status.losses || recording.is_some() {
         st.status.losses = losses;
         st.status.recording = recording;
         out.status(&st.status)?;

@@ -148,6 +148,11 @@ impl Recorder {
     /// loses nothing the kernel holds, only a machine that goes down does).
     pub fn flush(&mut self) {
         let Some(seg) = self.current.as_mut() else { return };
+        // Nothing written since the last sync flush: another would add an empty deflate block
+        // (an idle recording would grow by ~50 bytes a second for nothing).
+        if seg.pending == 0 && seg.pending_lines == 0 {
+            return;
+        }
         let checked = seg.sync().map_err(|e| (e, seg.pending_lines)).and_then(|()| match seg.still_there() {
             Ok(true) => Ok(()),
             // Every line of a removed file is gone with it.
