@@ -53,8 +53,13 @@ fn report_json(args: &[&str]) -> (Value, Option<i32>, String) {
     (doc.unwrap_or(Value::Null), out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
-/// (cause, pid, since) of the verdicts that became active, as `watch` printed them.
-fn live_verdicts(lines: &[Value]) -> Vec<(String, u64, String)> {
+/// Where a verdict record (or report entry) is: its destination or listener.
+fn place(v: &Value) -> String {
+    v["destination"].as_str().or(v["listener"].as_str()).unwrap_or("").to_string()
+}
+
+/// (cause, pid, since, destination) of the verdicts that became active, as `watch` printed them.
+fn live_verdicts(lines: &[Value]) -> Vec<(String, u64, String, String)> {
     let mut v: Vec<_> = lines
         .iter()
         .filter(|l| l["type"] == "verdict" && l["state"] == "active")
@@ -63,6 +68,7 @@ fn live_verdicts(lines: &[Value]) -> Vec<(String, u64, String)> {
                 l["cause"].as_str().unwrap_or("").to_string(),
                 l["pid"].as_u64().unwrap_or(0),
                 l["since"].as_str().unwrap_or("").to_string(),
+                place(l),
             )
         })
         .collect();
@@ -72,7 +78,7 @@ fn live_verdicts(lines: &[Value]) -> Vec<(String, u64, String)> {
 }
 
 /// The same from a report document's timeline.
-fn reported_verdicts(doc: &Value) -> Vec<(String, u64, String)> {
+fn reported_verdicts(doc: &Value) -> Vec<(String, u64, String, String)> {
     let mut v: Vec<_> = doc["timeline"]
         .as_array()
         .into_iter()
@@ -83,6 +89,7 @@ fn reported_verdicts(doc: &Value) -> Vec<(String, u64, String)> {
                 e["cause"].as_str().unwrap_or("").to_string(),
                 e["pid"].as_u64().unwrap_or(0),
                 e["start"].as_str().unwrap_or("").to_string(),
+                place(e),
             )
         })
         .collect();
@@ -91,7 +98,7 @@ fn reported_verdicts(doc: &Value) -> Vec<(String, u64, String)> {
 }
 
 /// An EMFILE plateau and an ephemeral-port plateau recorded: the report of the recording names
-/// the same verdicts (cause, pid, start) `watch` printed live, and the session's own report at
+/// the same verdicts (cause, pid, start, destination) `watch` printed live, and the session's own report at
 /// the end of `watch` says the same.
 #[test]
 fn a_recorded_plateau_is_reported_as_it_was_seen_live() {
@@ -256,6 +263,41 @@ fn the_flight_recorder_keeps_the_minutes_before_a_plateau() {
             .any(|l| l.value["cause"] == "fd_pressure" && secs(&l.value).is_some_and(|t| t < first_failure)),
         "the warning before the plateau is in the file"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// SIGUSR1 asks the flight recorder for what it kept, with no verdict: the healthy minutes
+/// before the signal are written, then the post-trigger window.
+#[test]
+fn sigusr1_makes_the_flight_recorder_write_what_it_kept() {
+    if !require_root("sigusr1_makes_the_flight_recorder_write_what_it_kept")
+        || !on_the_host("sigusr1_makes_the_flight_recorder_write_what_it_kept")
+    {
+        return;
+    }
+    let _serial = one_at_a_time();
+    let dir = fresh_dir("usr1");
+    let d = dir.display().to_string();
+    let ct = Conntrace::start(&["--record", &d, "--flight-recorder", "1m", "--post-trigger", "1s"]);
+    let out = in_netns("$WL churn --addr 127.0.0.1:9000 --seconds 2 --rate 50");
+    let pid = report(&out)["pid"].as_u64().unwrap();
+    assert!(segments(&dir).is_empty(), "nothing written before the signal");
+    let asked = std::time::SystemTime::now();
+    // SAFETY: kill(2) of the conntrace we started.
+    unsafe { libc::kill(ct.pid() as i32, libc::SIGUSR1) };
+    std::thread::sleep(Duration::from_millis(2500));
+    let lines = ct.stop();
+    let read = probe_user::record::read_paths(std::slice::from_ref(&dir));
+    let churn: Vec<&Value> =
+        read.lines.iter().map(|l| &l.value).filter(|v| v["type"] == "sample" && v["pid"] == pid).collect();
+    let live = lines.iter().filter(|v| v["type"] == "sample" && v["pid"] == pid).count();
+    eprintln!("{} of the churn's {live} samples written after SIGUSR1", churn.len());
+    assert_eq!(churn.len(), live, "every sample kept before the signal is written");
+    // Those from before the signal (the churn's last sample may come in the interval after it)
+    // came from memory.
+    let ts = |v: &Value| humantime::parse_rfc3339(v["ts"].as_str().unwrap_or("")).ok();
+    let before = churn.iter().filter(|v| ts(v).is_some_and(|t| t < asked)).count();
+    assert!(before >= 5, "{before} samples from before the signal were written");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -12,11 +12,13 @@ use crate::{
 /// Returns the exit code: 0 when something was read (files that could not be are named on
 /// stderr), 1 when nothing could be.
 pub fn report(args: ReportArgs) -> Result<u8> {
-    let read = record::read_paths(&args.paths);
+    // Streamed into the builder: a recording directory of 100 MB holds gigabytes of lines.
+    let mut b = ReportBuilder::new(Filter { since: args.since, until: args.until, pid: args.pid });
+    let read = record::each_line(&args.paths, &mut |_, v| b.add(&v));
     for w in &read.warnings {
         eprintln!("conntrace: {w}");
     }
-    if read.lines.is_empty() {
+    if read.lines_read == 0 {
         let names: Vec<String> = args.paths.iter().map(|p| p.display().to_string()).collect();
         eprintln!(
             "conntrace: nothing could be read from {}: give a directory written by `watch --record` or its \
@@ -24,10 +26,6 @@ pub fn report(args: ReportArgs) -> Result<u8> {
             names.join(", ")
         );
         return Ok(1);
-    }
-    let mut b = ReportBuilder::new(Filter { since: args.since, until: args.until, pid: args.pid });
-    for l in &read.lines {
-        b.add(&l.value);
     }
     let r = b.finish();
     if let Some(out) = &args.html {

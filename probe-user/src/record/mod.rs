@@ -21,7 +21,7 @@ mod tests;
 use std::time::Duration;
 
 pub use flight::{FlightRing, ENTRY_OVERHEAD};
-pub use read::{read_paths, Line, ReadOutcome, MAX_LINE};
+pub use read::{each_line, read_paths, Line, ReadOutcome, MAX_LINE};
 pub use segment::{list_segments, parse_segment_name, segment_name, FORMAT};
 pub use write::Recorder;
 

@@ -31,6 +31,8 @@ pub struct ReadOutcome {
     pub files_read: usize,
     /// Files that are not recordings or could not be opened.
     pub files_failed: usize,
+    /// Lines read (those in `lines`, or handed to [`each_line`]'s callback).
+    pub lines_read: u64,
 }
 
 /// The longest line read: past it a file is taken as damaged, rather than let one endless line
@@ -44,6 +46,16 @@ pub const MAX_LINE: usize = 16 << 20;
 /// that just ends, the file's length). A file that is not a recording (not gzip, or no header
 /// line first) is a warning "FILE: not a conntrace recording (...)" and counts in `files_failed`.
 pub fn read_paths(paths: &[PathBuf]) -> ReadOutcome {
+    let mut lines = Vec::new();
+    let mut out = each_line(paths, &mut |file, value| lines.push(Line { file: file.to_path_buf(), value }));
+    out.lines = lines;
+    out
+}
+
+/// Like [`read_paths`], handing each line to `f` as it is read instead of keeping them all (a
+/// report over a 100 MB recording holds gigabytes of lines otherwise). The outcome's `lines` is
+/// empty; `lines_read` counts them.
+pub fn each_line(paths: &[PathBuf], f: &mut dyn FnMut(&Path, Value)) -> ReadOutcome {
     let mut out = ReadOutcome::default();
     for path in paths {
         match fs::metadata(path) {
@@ -51,13 +63,13 @@ pub fn read_paths(paths: &[PathBuf]) -> ReadOutcome {
                 Ok(segments) if segments.is_empty() => {
                     out.warnings.push(format!("{}: no conntrace recording in this directory", path.display()))
                 }
-                Ok(segments) => segments.iter().for_each(|(_, file)| read_file(file, &mut out)),
+                Ok(segments) => segments.iter().for_each(|(_, file)| read_file(file, &mut out, f)),
                 Err(e) => {
                     out.warnings.push(format!("{}: cannot list the directory: {e}", path.display()));
                     out.files_failed += 1;
                 }
             },
-            Ok(_) => read_file(path, &mut out),
+            Ok(_) => read_file(path, &mut out, f),
             Err(e) => {
                 out.warnings.push(format!("{}: cannot read: {e}", path.display()));
                 out.files_failed += 1;
@@ -105,7 +117,7 @@ enum End {
     Error(io::Error),
 }
 
-fn read_file(path: &Path, out: &mut ReadOutcome) {
+fn read_file(path: &Path, out: &mut ReadOutcome, f: &mut dyn FnMut(&Path, Value)) {
     let shown = path.display();
     let mut src = match File::open(path) {
         Ok(f) => Consumed { inner: BufReader::new(f), at: 0 },
@@ -160,7 +172,10 @@ fn read_file(path: &Path, out: &mut ReadOutcome) {
         }
         lines += 1;
         match parsed {
-            Ok(value) => out.lines.push(Line { file: path.to_path_buf(), value }),
+            Ok(value) => {
+                out.lines_read += 1;
+                f(path, value);
+            }
             Err(e) => {
                 bad += 1;
                 first_bad.get_or_insert(format!("line {lines}: {e}"));

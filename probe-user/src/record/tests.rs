@@ -117,6 +117,14 @@ fn round_trip_across_rotations_in_order_each_segment_with_its_header() {
     assert_eq!((out.files_read, out.files_failed), (segs.len(), 0));
     assert!(out.warnings.is_empty(), "{:?}", out.warnings);
     assert_eq!(indexes(&out.lines), (0..1_000).collect::<Vec<_>>());
+    // Streamed, the same lines in the same order, none kept.
+    let mut streamed = Vec::new();
+    let each = crate::record::each_line(std::slice::from_ref(&dir.0), &mut |file, value| {
+        streamed.push(Line { file: file.to_path_buf(), value })
+    });
+    assert!(each.lines.is_empty());
+    assert_eq!(each.lines_read, out.lines.len() as u64);
+    assert_eq!(streamed, out.lines);
     for (seq, p) in &segs {
         let first = out.lines.iter().find(|l| l.file == *p).unwrap();
         assert_eq!(first.value["type"], "header");

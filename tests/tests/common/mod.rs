@@ -250,8 +250,15 @@ pub fn verdicts<'a>(lines: &'a [Value], pid: u64, cause: &str) -> Vec<&'a Value>
 }
 
 /// The verdicts of `cause` that became active (a slow run may also show their resolution).
+/// One per episode (its first record): an active verdict is repeated while its failures grow,
+/// and once more at the end of the run with its final count.
 pub fn activations<'a>(lines: &'a [Value], pid: u64, cause: &str) -> Vec<&'a Value> {
-    verdicts(lines, pid, cause).into_iter().filter(|v| v["state"] == "active").collect()
+    let mut seen = std::collections::BTreeSet::new();
+    verdicts(lines, pid, cause)
+        .into_iter()
+        .filter(|v| v["state"] == "active")
+        .filter(|v| seen.insert((v["since"].to_string(), v["destination"].to_string(), v["listener"].to_string())))
+        .collect()
 }
 
 /// Predictions (`state` "warning") of `cause` for `pid`.
