@@ -32,7 +32,7 @@ impl<'h> Cached<'h> {
 
 impl Evidence for Cached<'_> {
     fn comm(&mut self, pid: u32) -> String {
-        self.host.comm(pid).unwrap_or_else(|| "?".into())
+        self.host.comm(pid).unwrap_or_else(|| "unknown".into())
     }
 
     fn nofile(&mut self, pid: u32) -> Nofile {
