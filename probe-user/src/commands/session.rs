@@ -102,10 +102,17 @@ impl Session {
     /// Active verdicts with failures not reported yet (see `Engine::unreported`).
     pub fn unreported(&mut self, now: SystemTime) -> Vec<Verdict> {
         let mut v = self.engine.unreported(now);
-        if !self.filter.is_all() {
-            v.retain(|v| v.pid == UNATTRIBUTED || self.filter.matches(v.pid, &v.comm));
-        }
+        self.keep_watched(&mut v);
         v
+    }
+
+    /// Warnings read from a watched namespace may be charged to a process outside the filter
+    /// (the holder of the sockets): only the watched ones' are reported, and those charged to
+    /// nobody in particular (a table of the namespace or the machine).
+    fn keep_watched(&self, verdicts: &mut Vec<Verdict>) {
+        if !self.filter.is_all() {
+            verdicts.retain(|v| v.pid == UNATTRIBUTED || self.filter.matches(v.pid, &v.comm));
+        }
     }
 
     pub fn filter(&self) -> &Filter {
@@ -185,12 +192,7 @@ impl Session {
         let mut evidence = Cached::new(host, early);
         let mut verdicts = self.engine.tick(&window, &mut evidence);
         self.facts.settle(&self.engine, &window, fresh, evidence.into_cache());
-        // Warnings read from a watched namespace may be charged to a process outside the
-        // filter (the holder of the sockets): only the watched ones' are reported, and those
-        // charged to nobody in particular (a table of the namespace or the machine).
-        if !self.filter.is_all() {
-            verdicts.retain(|v| v.pid == UNATTRIBUTED || self.filter.matches(v.pid, &v.comm));
-        }
+        self.keep_watched(&mut verdicts);
         let (forget, forget_dest) = self.next_baseline(&gone_before, cur, cur_dest);
         Step { samples, verdicts, forget, forget_dest }
     }

@@ -81,7 +81,7 @@ pub async fn watch(args: WatchArgs) -> Result<()> {
 
     let mut st = Watch::new(&args, &mut probe)?;
     let sinks = sinks_of(&args, &st.status)?;
-    let mut out = Outputs::new(Printer::new(args.json, std::io::stdout().lock()), sinks);
+    let mut out = Outputs::new(args.json, Printer::new(std::io::stdout().lock()), sinks);
     st.status.recording = out.recording();
     out.status(&st.status)?;
     let mut sigusr1 = signal(SignalKind::user_defined1()).context("installing the SIGUSR1 handler")?;
@@ -130,7 +130,7 @@ pub async fn watch(args: WatchArgs) -> Result<()> {
     }
     if args.bpf_stats {
         let stats = probe.program_stats();
-        if out.printer.json {
+        if out.json {
             out.line(&status::bpf_stats_json(SystemTime::now(), &stats).to_string())?;
         } else {
             out.line(status::bpf_stats_text(&stats).trim_end())?;
@@ -253,7 +253,9 @@ fn end_interval<W: Write>(
     // A recording's losses and rotations show in status (its line counts alone do not
     // warrant one).
     let rec = out.recording();
-    let key = |r: &Option<RecordingStatus>| r.as_ref().map(|r| (r.lines_lost, r.segments, r.segments_deleted));
+    let key = |r: &Option<RecordingStatus>| {
+        r.as_ref().map(|r| (r.stats.lines_lost, r.stats.segments, r.stats.segments_deleted))
+    };
     if key(&rec) != key(&st.status.recording) {
         changed = true;
     }

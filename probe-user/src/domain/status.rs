@@ -180,19 +180,47 @@ pub struct Status {
     pub recording: Option<RecordingStatus>,
 }
 
+/// What was written and what was not, for `status` (never silent). `lines + lines_lost` is every
+/// line handed to the recorder.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecordStats {
+    /// The caller's lines in segments (headers not counted).
+    pub lines: u64,
+    /// Compressed bytes this recorder wrote (headers and gzip framing included).
+    pub bytes: u64,
+    /// Lines not known to be on disk: refused while the directory could not be written, and those
+    /// since the last successful flush of a segment that then failed (a reader may still find
+    /// some of these).
+    pub lines_lost: u64,
+    /// Segments opened.
+    pub segments: u64,
+    /// Segments deleted to keep the directory within its bounds.
+    pub segments_deleted: u64,
+    /// The latest I/O error, with the file it concerned.
+    pub last_error: Option<String>,
+}
+
+impl RecordStats {
+    /// Adds `o` (another recording of the same directory): the sums, and its error if it has one.
+    pub fn add(&mut self, o: &RecordStats) {
+        self.lines += o.lines;
+        self.bytes += o.bytes;
+        self.lines_lost += o.lines_lost;
+        self.segments += o.segments;
+        self.segments_deleted += o.segments_deleted;
+        if o.last_error.is_some() {
+            self.last_error.clone_from(&o.last_error);
+        }
+    }
+}
+
 /// A recording's figures for `status` (nothing the user asked to record is lost silently).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RecordingStatus {
     pub dir: String,
     /// "continuous" (`--record`) or "flight" (`--flight-recorder`: written around verdicts).
     pub mode: &'static str,
-    pub lines: u64,
-    pub bytes: u64,
-    /// Lines that could not be written (disk full, directory gone).
-    pub lines_lost: u64,
-    pub segments: u64,
-    pub segments_deleted: u64,
-    pub last_error: Option<String>,
+    pub stats: RecordStats,
     /// Flight recorder: memory held by the kept minutes, and lines dropped from them early
     /// because that memory hit its bound.
     pub kept_bytes: Option<u64>,

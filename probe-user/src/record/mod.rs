@@ -43,22 +43,4 @@ impl Default for Bounds {
     }
 }
 
-/// What was written and what was not, for `status` (never silent). `lines + lines_lost` is every
-/// line handed to [`Recorder::write`].
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct RecordStats {
-    /// The caller's lines in segments (headers not counted).
-    pub lines: u64,
-    /// Compressed bytes this recorder wrote (headers and gzip framing included).
-    pub bytes: u64,
-    /// Lines not known to be on disk: refused while the directory could not be written, and those
-    /// since the last successful flush of a segment that then failed (a reader may still find
-    /// some of these).
-    pub lines_lost: u64,
-    /// Segments opened.
-    pub segments: u64,
-    /// Segments deleted to keep the directory within its bounds.
-    pub segments_deleted: u64,
-    /// The latest I/O error, with the file it concerned.
-    pub last_error: Option<String>,
-}
+pub use crate::domain::status::RecordStats;

@@ -42,9 +42,10 @@ pub fn status_json(ts: SystemTime, s: &Status) -> Value {
         "btf_missing": s.missing_offsets,
     });
     if let Some(r) = &s.recording {
-        v["recording"] = json!({"dir": r.dir, "mode": r.mode, "lines": r.lines, "bytes": r.bytes,
-            "lines_lost": r.lines_lost, "segments": r.segments, "segments_deleted": r.segments_deleted,
-            "last_error": r.last_error, "kept_bytes": r.kept_bytes, "kept_dropped": r.kept_dropped});
+        let s = &r.stats;
+        v["recording"] = json!({"dir": r.dir, "mode": r.mode, "lines": s.lines, "bytes": s.bytes,
+            "lines_lost": s.lines_lost, "segments": s.segments, "segments_deleted": s.segments_deleted,
+            "last_error": s.last_error, "kept_bytes": r.kept_bytes, "kept_dropped": r.kept_dropped});
     }
     v
 }
@@ -98,14 +99,14 @@ pub fn status_text(s: &Status) -> String {
         let _ = write!(
             out,
             "  recording ({}) to {}: {} lines, {} bytes in {} segments",
-            r.mode, r.dir, r.lines, r.bytes, r.segments
+            r.mode, r.dir, r.stats.lines, r.stats.bytes, r.stats.segments
         );
-        if r.lines_lost > 0 {
+        if r.stats.lines_lost > 0 {
             let _ = write!(
                 out,
                 "; {} lines NOT written ({})",
-                r.lines_lost,
-                r.last_error.as_deref().unwrap_or("write error")
+                r.stats.lines_lost,
+                r.stats.last_error.as_deref().unwrap_or("write error")
             );
         }
         let _ = writeln!(out);

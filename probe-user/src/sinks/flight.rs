@@ -11,7 +11,7 @@ use std::{
 
 use serde_json::Value;
 
-use super::{recorder::recording_status, JsonSink};
+use super::JsonSink;
 use crate::{
     domain::status::RecordingStatus,
     record::{Bounds, FlightRing, Recorder},
@@ -57,8 +57,7 @@ impl FlightSink {
         if self.writing.is_some() {
             return;
         }
-        let bounds = Bounds { ..self.bounds };
-        match Recorder::create(&self.dir, bounds, self.header.clone()) {
+        match Recorder::create(&self.dir, self.bounds.clone(), self.header.clone()) {
             Ok(mut r) => {
                 for line in self.ring.drain() {
                     r.write(now, &line);
@@ -77,15 +76,7 @@ impl FlightSink {
 
     fn stop(&mut self) {
         if let Some((r, _)) = self.writing.take() {
-            let s = r.finish();
-            self.past.lines += s.lines;
-            self.past.bytes += s.bytes;
-            self.past.lines_lost += s.lines_lost;
-            self.past.segments += s.segments;
-            self.past.segments_deleted += s.segments_deleted;
-            if s.last_error.is_some() {
-                self.past.last_error = s.last_error;
-            }
+            self.past.stats.add(&r.finish());
         }
     }
 }
@@ -150,13 +141,7 @@ impl JsonSink for FlightSink {
     fn status(&self) -> Option<RecordingStatus> {
         let mut s = self.past.clone();
         if let Some((r, _)) = &self.writing {
-            let cur = recording_status(r, &s.dir, "flight");
-            s.lines += cur.lines;
-            s.bytes += cur.bytes;
-            s.lines_lost += cur.lines_lost;
-            s.segments += cur.segments;
-            s.segments_deleted += cur.segments_deleted;
-            s.last_error = cur.last_error.or(s.last_error);
+            s.stats.add(r.stats());
         }
         s.kept_bytes = Some(self.ring.bytes() as u64);
         s.kept_dropped = Some(self.ring.dropped_for_size());

@@ -31,18 +31,20 @@ pub trait JsonSink {
 
 /// The printer (text or JSON on the terminal) and the sinks, fed the same records.
 pub struct Outputs<W: std::io::Write> {
+    /// The terminal gets each record's JSON line (`--json`), else its text.
+    pub json: bool,
     pub printer: crate::render::printer::Printer<W>,
     pub sinks: Vec<Box<dyn JsonSink>>,
 }
 
 impl<W: std::io::Write> Outputs<W> {
-    pub fn new(printer: crate::render::printer::Printer<W>, sinks: Vec<Box<dyn JsonSink>>) -> Outputs<W> {
-        Outputs { printer, sinks }
+    pub fn new(json: bool, printer: crate::render::printer::Printer<W>, sinks: Vec<Box<dyn JsonSink>>) -> Outputs<W> {
+        Outputs { json, printer, sinks }
     }
 
     /// Whether the record's JSON is needed: for the terminal in JSON mode, or for a sink.
     fn wants_json(&self) -> bool {
-        self.printer.json || !self.sinks.is_empty()
+        self.json || !self.sinks.is_empty()
     }
 
     /// One record built once: printed as JSON (in JSON mode) and given to every sink, the same
@@ -50,7 +52,7 @@ impl<W: std::io::Write> Outputs<W> {
     fn emit(&mut self, v: &Value) -> anyhow::Result<()> {
         let now = SystemTime::now();
         let line = v.to_string();
-        if self.printer.json {
+        if self.json {
             self.printer.line(&line)?;
         }
         for s in &mut self.sinks {
@@ -60,7 +62,7 @@ impl<W: std::io::Write> Outputs<W> {
     }
 
     pub fn status(&mut self, s: &crate::domain::status::Status) -> anyhow::Result<()> {
-        if !self.printer.json {
+        if !self.json {
             self.printer.status(s)?;
         }
         if self.wants_json() {
@@ -70,7 +72,7 @@ impl<W: std::io::Write> Outputs<W> {
     }
 
     pub fn event(&mut self, e: &crate::domain::model::EventRecord) -> anyhow::Result<()> {
-        if !self.printer.json {
+        if !self.json {
             self.printer.event(e)?;
         }
         if self.wants_json() {
@@ -80,7 +82,7 @@ impl<W: std::io::Write> Outputs<W> {
     }
 
     pub fn samples(&mut self, samples: &[crate::domain::model::Sample]) -> anyhow::Result<()> {
-        if !self.printer.json {
+        if !self.json {
             self.printer.samples(samples)?;
         }
         if self.wants_json() {
@@ -93,7 +95,7 @@ impl<W: std::io::Write> Outputs<W> {
     }
 
     pub fn verdicts(&mut self, verdicts: &[crate::diagnosis::verdict::Verdict]) -> anyhow::Result<()> {
-        if !self.printer.json {
+        if !self.json {
             self.printer.verdicts(verdicts)?;
         }
         if self.wants_json() {
@@ -105,7 +107,7 @@ impl<W: std::io::Write> Outputs<W> {
     }
 
     pub fn suppressed(&mut self, pid: u32, comm: &str, kind: &str, count: u64) -> anyhow::Result<()> {
-        if !self.printer.json {
+        if !self.json {
             self.printer.suppressed(pid, comm, kind, count)?;
         }
         if self.wants_json() {
@@ -140,7 +142,7 @@ impl<W: std::io::Write> Outputs<W> {
 
     /// Closes every sink and prints what they leave (the session's report).
     pub fn finish(self) -> anyhow::Result<()> {
-        let Outputs { mut printer, sinks } = self;
+        let Outputs { mut printer, sinks, .. } = self;
         for s in sinks {
             for line in s.finish() {
                 printer.line(&line)?;

@@ -21,19 +21,7 @@ impl RecordSink {
 
 /// A recorder's figures as `status` shows them.
 pub fn recording_status(r: &Recorder, dir: &str, mode: &'static str) -> RecordingStatus {
-    let s = r.stats();
-    RecordingStatus {
-        dir: dir.to_string(),
-        mode,
-        lines: s.lines,
-        bytes: s.bytes,
-        lines_lost: s.lines_lost,
-        segments: s.segments,
-        segments_deleted: s.segments_deleted,
-        last_error: s.last_error.clone(),
-        kept_bytes: None,
-        kept_dropped: None,
-    }
+    RecordingStatus { dir: dir.to_string(), mode, stats: r.stats().clone(), kept_bytes: None, kept_dropped: None }
 }
 
 impl JsonSink for RecordSink {

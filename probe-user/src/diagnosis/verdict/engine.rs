@@ -55,6 +55,22 @@ pub struct Engine {
     binders: BTreeMap<(u32, u32), u64>,
 }
 
+/// The process of namespace `ns` with the most of `count` this interval, with that count;
+/// None when none has any (whom a namespace-wide warning is charged to).
+pub(super) fn busiest_in(
+    w: &Window,
+    ev: &mut dyn Evidence,
+    ns: u32,
+    count: impl Fn(&crate::domain::model::Counts) -> u64,
+) -> Option<(u32, u64)> {
+    w.counts
+        .iter()
+        .map(|(&pid, c)| (pid, count(c)))
+        .filter(|&(_, n)| n > 0)
+        .filter(|&(pid, _)| ev.netns(pid) == Some(ns))
+        .max_by_key(|&(_, n)| n)
+}
+
 /// A destination as a trend key: (namespace, address, port).
 pub(super) type PortKey = (u32, std::net::IpAddr, u16);
 

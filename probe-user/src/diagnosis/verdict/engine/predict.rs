@@ -95,13 +95,7 @@ impl Engine {
             if f.rate_per_s * TIME_WAIT_S < f.limit as f64 {
                 continue;
             }
-            let creator = w
-                .counts
-                .iter()
-                .filter(|(_, c)| c.time_wait_created > 0)
-                .filter(|(&pid, _)| ev.netns(pid) == Some(ns))
-                .max_by_key(|(_, c)| c.time_wait_created)
-                .map(|(&pid, _)| pid);
+            let creator = busiest_in(w, ev, ns, |c| c.time_wait_created).map(|(pid, _)| pid);
             let Some(pid) = creator.or_else(|| self.tw_charged.get(&ns).copied()) else { continue };
             self.tw_charged.insert(ns, pid);
             if self.is_active(pid, Cause::TwBuckets) {

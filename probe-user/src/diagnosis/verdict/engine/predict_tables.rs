@@ -4,7 +4,7 @@
 use std::time::SystemTime;
 
 use super::super::*;
-use super::{Engine, Key};
+use super::{busiest_in, Engine, Key};
 
 /// How long a closed TCP connection stays tracked by default.
 const CONNTRACK_TIME_WAIT_S: f64 = 120.0;
@@ -25,13 +25,7 @@ impl Engine {
             if f.seconds_left > CONNTRACK_TIME_WAIT_S {
                 continue;
             }
-            let busiest = w
-                .counts
-                .iter()
-                .filter(|(_, c)| c.connect_attempts > 0)
-                .filter(|(&pid, _)| ev.netns(pid) == Some(ns))
-                .max_by_key(|(_, c)| c.connect_attempts)
-                .map(|(&pid, _)| pid);
+            let busiest = busiest_in(w, ev, ns, |c| c.connect_attempts).map(|(pid, _)| pid);
             let pid = busiest
                 .or_else(|| self.ct_charged.get(&ns).copied().filter(|p| ev.alive(*p)))
                 .unwrap_or(NOBODY_IN_PARTICULAR);
@@ -66,17 +60,12 @@ impl Engine {
         let readings: Vec<(u32, u64, u64)> = w.range_use.iter().map(|(&ns, &(n, usable))| (ns, n, usable)).collect();
         self.range_trend.observe_values(now, &readings);
         for &ns in w.range_use.keys() {
-            let binder = w
-                .counts
-                .iter()
-                .filter(|(_, c)| c.bound_connects > 0)
-                .filter(|(&pid, _)| ev.netns(pid) == Some(ns))
-                .max_by_key(|(_, c)| c.bound_connects)
-                .map(|(&pid, c)| (pid, c.bound_connects));
-            if let Some((pid, n)) = binder {
+            if let Some((pid, n)) = busiest_in(w, ev, ns, |c| c.bound_connects) {
                 *self.binders.entry((ns, pid)).or_default() += n;
             }
-            self.binders.retain(|(_, pid), _| ev.alive(*pid));
+        }
+        self.binders.retain(|(_, pid), _| ev.alive(*pid));
+        for &ns in w.range_use.keys() {
             let Some(f) = self.range_trend.forecast(ns) else { continue };
             let Some((&(_, pid), &bound)) = self.binders.iter().filter(|((n, _), _)| *n == ns).max_by_key(|(_, b)| **b)
             else {
