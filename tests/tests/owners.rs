@@ -101,43 +101,19 @@ fn connections_older_than_conntrace_charge_their_time_wait_to_the_closer() {
     }
     let _serial = one_at_a_time();
     const HOLD: u64 = 200;
-    let ready = std::env::temp_dir().join(format!("conntrace-preexisting-{}", std::process::id()));
-    let go = std::env::temp_dir().join(format!("conntrace-preexisting-go-{}", std::process::id()));
-    let _ = std::fs::remove_file(&ready);
-    let _ = std::fs::remove_file(&go);
     // Opened first, closed (clients first) once conntrace has attached (the go file).
-    let netns = std::process::Command::new("unshare")
-        .args([
-            "-n",
-            "sh",
-            "-ec",
-            &format!(
-                "ip link set lo up\nexec $WL scale --hold {HOLD} --churn 0 --ready-file {} --open-ms 120000 --close-when {}",
-                ready.display(),
-                go.display()
-            ),
-        ])
-        .env("WL", workload_bin())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("unshare");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !ready.exists() {
-        assert!(std::time::Instant::now() < deadline, "the workload never opened its connections");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let wl = Gated::start(
+        "preexisting",
+        &format!("scale --hold {HOLD} --churn 0 --ready-file {{ready}} --open-ms 120000 --close-when {{go}}"),
+    );
     // Here, with the accept hooks of `always` (owners recorded by hooks, none for these
     // sockets); under emulation those tracepoints would not attach in time, and the kernels
     // there have fexit accept hooks anyway.
     let hooks = if std::env::var("CONNTRACE_IN_VM").is_ok() { "never" } else { "always" };
     let ct = Conntrace::start(&["--syscall-hooks", hooks]);
     // Attached (start() returns at the first status line): now close them.
-    std::fs::write(&go, "").expect("writing the go file");
-    let out = netns.wait_with_output().expect("the workload");
-    let _ = std::fs::remove_file(&go);
-    let _ = std::fs::remove_file(&ready);
+    let wl = wl.go();
     let lines = ct.stop();
-    let wl = report(&String::from_utf8_lossy(&out.stdout));
     let pid = wl["pid"].as_u64().unwrap();
     assert_eq!(wl["tw_growth"], HOLD, "every client closed first: {wl}");
     assert_signal_exact(&lines, "time_wait", &NETWORK_MODES);
@@ -169,41 +145,17 @@ fn a_server_older_than_conntrace_is_charged_for_its_accepted_connections() {
         return;
     }
     let _serial = one_at_a_time();
-    let ready = std::env::temp_dir().join(format!("conntrace-oldserver-{}", std::process::id()));
-    let go = std::env::temp_dir().join(format!("conntrace-oldserver-go-{}", std::process::id()));
-    let _ = std::fs::remove_file(&ready);
-    let _ = std::fs::remove_file(&go);
-    let wl = std::process::Command::new("unshare")
-        .args([
-            "-n",
-            "sh",
-            "-ec",
-            &format!(
-                "ip link set lo up\nexec $WL mem-hog --addr 127.0.0.1:9000 --conns 8 --bytes 1000000 --ready-file {} --go-file {} --hold-ms 1000",
-                ready.display(),
-                go.display()
-            ),
-        ])
-        .env("WL", workload_bin())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("unshare");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !ready.exists() {
-        assert!(std::time::Instant::now() < deadline, "the workload never opened its connections");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let wl = Gated::start(
+        "oldserver",
+        "mem-hog --addr 127.0.0.1:9000 --conns 8 --bytes 1000000 --ready-file {ready} --go-file {go} --hold-ms 1000",
+    );
     let ct = Conntrace::start(&[]);
     const TCP_MEM: &str = "/proc/sys/net/ipv4/tcp_mem";
     let restore = Sysctl(TCP_MEM, std::fs::read_to_string(TCP_MEM).unwrap());
     std::fs::write(TCP_MEM, "20 40 60").unwrap();
-    std::fs::write(&go, "").expect("writing the go file");
-    let out = wl.wait_with_output().expect("the workload");
+    let wl = wl.go();
     drop(restore);
-    let _ = std::fs::remove_file(&go);
-    let _ = std::fs::remove_file(&ready);
     let lines = ct.stop();
-    let wl = report(&String::from_utf8_lossy(&out.stdout));
     let pid = wl["pid"].as_u64().unwrap();
     let recv = total(&lines, pid, "tcp_mem_recv_refused");
     let nobody_recv = total(&lines, 0, "tcp_mem_recv_refused");

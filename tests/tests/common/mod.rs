@@ -321,3 +321,45 @@ pub fn the_row(name: &str) -> bool {
     }
     row
 }
+
+/// A workload started before conntrace: it opens its connections in a private namespace,
+/// creates a ready file, and goes on only once the go file exists. `args` follows
+/// `$WL` and ends with the workload's own flags naming those two files (`{ready}`, `{go}`).
+pub struct Gated {
+    child: Child,
+    ready: PathBuf,
+    go: PathBuf,
+}
+
+impl Gated {
+    /// Starts it and waits (at most 60 s) until its connections are open.
+    pub fn start(tag: &str, args: &str) -> Gated {
+        let file = |what: &str| std::env::temp_dir().join(format!("conntrace-{tag}-{what}-{}", std::process::id()));
+        let (ready, go) = (file("ready"), file("go"));
+        let _ = std::fs::remove_file(&ready);
+        let _ = std::fs::remove_file(&go);
+        let args = args.replace("{ready}", &ready.display().to_string()).replace("{go}", &go.display().to_string());
+        let mut child = Command::new("unshare")
+            .args(["-n", "sh", "-ec", &format!("ip link set lo up\nexec $WL {args}")])
+            .env("WL", workload_bin())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("unshare");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !ready.exists() {
+            assert!(Instant::now() < deadline, "the workload never opened its connections");
+            assert!(child.try_wait().expect("the workload").is_none(), "the workload exited early");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Gated { child, ready, go }
+    }
+
+    /// Lets it go on, waits for it to end, and returns its report.
+    pub fn go(self) -> Value {
+        std::fs::write(&self.go, "").expect("writing the go file");
+        let out = self.child.wait_with_output().expect("the workload");
+        let _ = std::fs::remove_file(&self.go);
+        let _ = std::fs::remove_file(&self.ready);
+        report(&String::from_utf8_lossy(&out.stdout))
+    }
+}

@@ -2,6 +2,23 @@
 
 use super::*;
 
+/// `conns` loopback connections to a listener at `addr` (client, accepted end): the clients
+/// non-blocking, nobody reading the accepted ends, so what the clients write waits in their
+/// receive queues, charged to TCP memory. The listener is returned too: it stays open for the
+/// run (the process listening is who an accepted socket's charges go to).
+fn unread_pairs(addr: SocketAddr, conns: u32) -> (TcpListener, Vec<(TcpStream, TcpStream)>) {
+    let l = TcpListener::bind(addr).expect("bind");
+    let pairs = (0..conns)
+        .map(|_| {
+            let c = TcpStream::connect(addr).expect("connect");
+            let (s, _) = l.accept().expect("accept");
+            c.set_nonblocking(true).expect("nonblocking");
+            (c, s)
+        })
+        .collect();
+    (l, pairs)
+}
+
 /// TCP memory exhaustion: `--conns N` loopback connections to a listener in this process
 /// that never reads; each client writes up to `--bytes` without blocking. With
 /// net.ipv4.tcp_mem lowered, the kernel refuses buffer memory long before the socket
@@ -11,14 +28,7 @@ pub(super) fn mem_hog(args: &[String]) {
     let addr: SocketAddr = req(args, "--addr");
     let conns: u32 = req(args, "--conns");
     let bytes: usize = req(args, "--bytes");
-    let l = TcpListener::bind(addr).expect("bind");
-    let mut pairs = Vec::new();
-    for _ in 0..conns {
-        let c = TcpStream::connect(addr).expect("connect");
-        let (s, _) = l.accept().expect("accept");
-        c.set_nonblocking(true).expect("nonblocking");
-        pairs.push((c, s));
-    }
+    let (_listener, mut pairs) = unread_pairs(addr, conns);
     // With --ready-file R --go-file G: say the connections are open (R), and write only once
     // G exists (at most 60 s): connections older than whoever watches.
     if let Some(r) = arg(args, "--ready-file") {
@@ -60,14 +70,7 @@ pub(super) fn mem_ramp(args: &[String]) {
     let conns: u32 = req(args, "--conns");
     let rate: usize = req(args, "--bytes-per-s");
     let seconds: u64 = req(args, "--seconds");
-    let l = TcpListener::bind(addr).expect("bind");
-    let mut pairs = Vec::new();
-    for _ in 0..conns {
-        let c = TcpStream::connect(addr).expect("connect");
-        let (s, _) = l.accept().expect("accept");
-        c.set_nonblocking(true).expect("nonblocking");
-        pairs.push((c, s));
-    }
+    let (_listener, mut pairs) = unread_pairs(addr, conns);
     let step = rate / 10 / conns as usize;
     let chunk = vec![0u8; step];
     let start = std::time::Instant::now();
