@@ -237,8 +237,11 @@ fn the_flight_recorder_keeps_the_minutes_before_a_plateau() {
     // Healthy for 3 s: connections that succeed.
     let _ = in_netns("$WL churn --addr 127.0.0.1:9000 --seconds 3 --rate 50");
     assert!(segments(&dir).is_empty(), "nothing written while healthy: {:?}", segments(&dir));
-    // A leak (20 fds a second under a limit of 128) then EMFILE.
-    let out = in_netns("$WL emfile --nofile 128 --failures 5 --rate 20 --hold-ms 1500");
+    // A leak (20 fds a second under a limit of 256) then EMFILE. A process that makes no
+    // connections is found by the scan of the host's fd tables once its table outgrows 64
+    // slots (3.2 s in), at most 2 s later; its trend then needs 3 s of readings. 256 leaves
+    // the warning ~3.5 s to spare before the first EMFILE (12.6 s in); 128 left none.
+    let out = in_netns("$WL emfile --nofile 256 --failures 5 --rate 20 --hold-ms 1500");
     let lines = ct.stop();
     let pid = report(&out)["pid"].as_u64().unwrap();
     let first_failure = report(&out)["first_failure_ms"].as_u64().expect("EMFILE") as f64 / 1000.0;
@@ -257,11 +260,16 @@ fn the_flight_recorder_keeps_the_minutes_before_a_plateau() {
         .collect();
     eprintln!("{} samples from more than 2 s before the first EMFILE were written", before.len());
     assert!(before.len() >= 3, "the minutes before the plateau are in the file");
+    let warned = read.lines.iter().filter(|l| l.value["cause"] == "fd_pressure").find_map(|l| secs(&l.value));
+    eprintln!("fd_pressure written {:.1} s before the first EMFILE", warned.map_or(f64::NAN, |t| first_failure - t));
     assert!(
-        read.lines
+        warned.is_some_and(|t| t < first_failure),
+        "the warning before the plateau is in the file (first EMFILE at {first_failure}; live warnings: {:?})",
+        lines
             .iter()
-            .any(|l| l.value["cause"] == "fd_pressure" && secs(&l.value).is_some_and(|t| t < first_failure)),
-        "the warning before the plateau is in the file"
+            .filter(|v| v["cause"] == "fd_pressure")
+            .map(|v| (v["ts"].clone(), v["state"].clone()))
+            .collect::<Vec<_>>()
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
