@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use super::MODES;
+use super::ALL_MODES;
 use crate::{is_root, output, run as run_cmd};
 
 /// Installs what the matrix needs on this machine (Debian packages, virtme-ng from PyPI).
@@ -61,8 +61,8 @@ pub(super) struct KernelSpec {
 }
 
 pub(super) const KERNELS: [KernelSpec; 3] = [
-    KernelSpec { name: "6.1", series: "6.1", flavour: Flavour::Generic, modes: &MODES },
-    KernelSpec { name: "6.12", series: "6.12", flavour: Flavour::Generic, modes: &MODES },
+    KernelSpec { name: "6.1", series: "6.1", flavour: Flavour::Generic, modes: &ALL_MODES },
+    KernelSpec { name: "6.12", series: "6.12", flavour: Flavour::Generic, modes: &ALL_MODES },
     KernelSpec { name: "6.12-rt", series: "6.12", flavour: Flavour::Rt, modes: &["auto"] },
 ];
 

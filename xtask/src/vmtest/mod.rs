@@ -20,7 +20,14 @@ mod table;
 use kernels::{ensure_host, ensure_kernel, KernelSpec, KERNELS};
 use table::{print_table, row};
 
+/// Every mode `--mode` accepts.
 const MODES: [&str; 4] = ["auto", "fexit", "kprobe", "tracepoint"];
+/// The modes `--mode all` boots. No fexit row: on these kernels auto must pick fexit for every
+/// signal a test checks (`CONNTRACE_EXPECT_MODE=fexit` in the auto row), so a forced-fexit row
+/// would load and attach the same programs and run the same tests again (~3 min a kernel).
+/// What forcing adds (no fallback allowed) is unit-tested in the loader's ladder;
+/// `--mode fexit` still boots it.
+pub(super) const ALL_MODES: [&str; 3] = ["auto", "kprobe", "tracepoint"];
 
 /// Release builds of conntrace and the test executables (name → path), copied to a stage
 /// directory so that building in the tree while the matrix runs cannot change what the
