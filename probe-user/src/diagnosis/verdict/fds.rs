@@ -83,12 +83,12 @@ pub fn fd_pressure(pid: u32, comm: String, since: SystemTime, f: &FdForecast, ha
     v.set_summary(
         format!(
             "{comm}[{pid}] opens file descriptors faster than it closes them ({:.1}/s): {} of {} open \
-             (RLIMIT_NOFILE); at this rate it hits the limit in about {:.0} s, then its accept(), connect() and \
+             (RLIMIT_NOFILE); at this rate it hits the limit {}, then its accept(), connect() and \
              open() calls fail with EMFILE",
             f.rate_per_s,
             thousands(f.open),
             thousands(f.limit),
-            f.seconds_left
+            in_about(f.seconds_left)
         ),
         String::new(),
     );

@@ -294,3 +294,25 @@ fn own_net(ev: &mut dyn Evidence, pid: u32) -> Result<NetFacts, String> {
 fn net_error(net: &Result<NetFacts, String>) -> Option<String> {
     net.as_ref().err().cloned()
 }
+
+/// "in about 12 s", or "within a second" when less is left (never "in about 0 s").
+pub(crate) fn in_about(seconds: f64) -> String {
+    if seconds < 1.0 {
+        "within a second".to_string()
+    } else {
+        format!("in about {seconds:.0} s")
+    }
+}
+
+#[cfg(test)]
+mod in_about_tests {
+    use super::in_about;
+
+    #[test]
+    fn less_than_a_second_is_said_in_words() {
+        assert_eq!(in_about(0.2), "within a second");
+        assert_eq!(in_about(0.0), "within a second");
+        assert_eq!(in_about(1.0), "in about 1 s");
+        assert_eq!(in_about(41.6), "in about 42 s");
+    }
+}

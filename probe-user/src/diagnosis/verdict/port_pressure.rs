@@ -24,12 +24,12 @@ pub fn port_pressure(pid: u32, comm: String, since: SystemTime, r: &PortReading,
     v.set_summary(
         format!(
             "{comm}[{pid}]'s connections toward {dest} are using up the ephemeral ports: {} of {} usable in use \
-             ({states}), {:.0} more a second; none left in about {:.0} s, then connect() to {dest} fails with \
+             ({states}), {:.0} more a second; none left {}, then connect() to {dest} fails with \
              EADDRNOTAVAIL (at most {} concurrent connections to it from one source address)",
             thousands(f.open),
             thousands(f.limit),
             f.rate_per_s,
-            f.seconds_left,
+            in_about(f.seconds_left),
             thousands(f.limit),
         ),
         String::new(),
@@ -95,13 +95,13 @@ pub fn bind_pressure(pid: u32, comm: String, since: SystemTime, netns: u32, boun
         format!(
             "{comm}[{pid}] binds before connect() ({} such connects so far): each takes a port of the range for itself, \
              whatever the destination, and {} of the {} usable ports of its namespace are in use, {:.0} more a second; \
-             none left in about {:.0} s, then bind() fails with EADDRINUSE (at most {} connections in all, however many \
+             none left {}, then bind() fails with EADDRINUSE (at most {} connections in all, however many \
              destinations)",
             thousands(bound),
             thousands(f.open),
             thousands(f.limit),
             f.rate_per_s,
-            f.seconds_left,
+            in_about(f.seconds_left),
             thousands(f.limit)
         ),
         String::new(),

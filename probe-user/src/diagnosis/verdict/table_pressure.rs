@@ -30,11 +30,11 @@ pub fn conntrack_pressure(pid: u32, comm: String, since: SystemTime, netns: u32,
     v.set_summary(
         format!(
             "the conntrack table of {whose} is filling: {} of net.netfilter.nf_conntrack_max {} entries, {:.0} more a \
-             second; full in about {:.0} s, then new connections' packets are dropped (\"nf_conntrack: table full\")",
+             second; full {}, then new connections' packets are dropped (\"nf_conntrack: table full\")",
             thousands(f.open),
             thousands(f.limit),
             f.rate_per_s,
-            f.seconds_left
+            in_about(f.seconds_left)
         ),
         String::new(),
     );
@@ -59,14 +59,14 @@ pub fn tcp_mem_pressure(pid: u32, comm: String, since: SystemTime, f: &FdForecas
     v.set_summary(
         format!(
             "TCP memory is growing toward net.ipv4.tcp_mem's pressure threshold: {} of {} pages ({} of {} MiB), {:.0} \
-             pages more a second; pressure in about {:.0} s, then every socket's buffers shrink (throughput drops) and \
+             pages more a second; pressure {}, then every socket's buffers shrink (throughput drops) and \
              at tcp_mem's third value allocations fail",
             thousands(f.open),
             thousands(f.limit),
             thousands(mib(f.open)),
             thousands(mib(f.limit)),
             f.rate_per_s,
-            f.seconds_left
+            in_about(f.seconds_left)
         ),
         String::new(),
     );

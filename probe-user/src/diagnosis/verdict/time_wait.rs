@@ -119,12 +119,12 @@ pub fn tw_table_pressure(pid: u32, comm: String, since: SystemTime, netns: u32, 
     v.set_summary(
         format!(
             "the TIME_WAIT table of {comm}[{pid}]'s namespace is filling: {} of net.ipv4.tcp_max_tw_buckets {}, \
-             {:.0} more a second; full in about {:.0} s, then closing connections skip TIME_WAIT \
+             {:.0} more a second; full {}, then closing connections skip TIME_WAIT \
              (TCPTimeWaitOverflow) and late segments of old connections can reach new ones",
             thousands(f.open),
             thousands(f.limit),
             f.rate_per_s,
-            f.seconds_left
+            in_about(f.seconds_left)
         ),
         String::new(),
     );
