@@ -329,7 +329,11 @@ impl Engine {
             .collect();
         for (key, a) in self.active.iter_mut() {
             let fresh = a.verdict.failures != a.emitted_failures || a.last_emit == a.verdict.since;
-            if seen.contains(key) {
+            // Before `seen`: a warning still predicted in the interval its failures began
+            // (the TIME_WAIT rate only falls once connect() fails) ends now all the same.
+            if realized.contains(key) {
+                resolved.push(key.clone());
+            } else if seen.contains(key) {
                 if a.last_emit == SystemTime::UNIX_EPOCH
                     || (fresh && now.duration_since(a.last_emit).unwrap_or_default() >= Duration::from_secs(10))
                 {
@@ -337,7 +341,7 @@ impl Engine {
                     a.emitted_failures = a.verdict.failures;
                     out.push(a.verdict.clone());
                 }
-            } else if now.duration_since(a.last_failure).unwrap_or_default() >= self.quiet || realized.contains(key) {
+            } else if now.duration_since(a.last_failure).unwrap_or_default() >= self.quiet {
                 resolved.push(key.clone());
             }
         }

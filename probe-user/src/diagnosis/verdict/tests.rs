@@ -343,6 +343,34 @@ fn time_wait_pressure_predicts_exhaustion_and_healthy_churn_stays_silent() {
 }
 
 #[test]
+fn time_wait_pressure_ends_in_the_interval_the_ports_run_out_and_says_so() {
+    let mut e = Engine::new(Duration::from_secs(5));
+    let mut fake = Fake::new(Ok(net(0, 10, 0)));
+    let mut w = window(0);
+    w.time_waits.insert((9, dest()), 20);
+    assert_eq!(e.tick(&w, &mut fake)[0].cause, Cause::TimeWaitPressure);
+    // The next interval still creates TIME_WAITs (the prediction still holds) and connect()
+    // fails: the warning ends now, not once the rate falls, and says why.
+    let mut w = window(1);
+    w.time_waits.insert((9, dest()), 20);
+    w.port_failures.insert((9, dest()), 3);
+    let out = e.tick(&w, &mut fake);
+    assert!(out.iter().any(|v| v.cause == Cause::EphemeralPorts && v.state == VerdictState::Active), "{out:?}");
+    let r = out.iter().find(|v| v.cause == Cause::TimeWaitPressure).expect("the warning ends at once");
+    assert_eq!(r.state, VerdictState::Resolved);
+    let why = r.resolution.as_deref().unwrap_or_default();
+    assert!(why.contains("ran out: connect() failures began"), "{why}");
+    assert!(!e.is_active(9, Cause::TimeWaitPressure));
+    // While connect() keeps failing at that rate, no new warning.
+    let mut w = window(2);
+    w.time_waits.insert((9, dest()), 20);
+    w.port_failures.insert((9, dest()), 3);
+    let out = e.tick(&w, &mut fake);
+    assert!(out.iter().all(|v| v.cause != Cause::TimeWaitPressure), "{out:?}");
+    assert!(!e.is_active(9, Cause::TimeWaitPressure));
+}
+
+#[test]
 fn thousands_separators() {
     assert_eq!(thousands(0), "0");
     assert_eq!(thousands(999), "999");

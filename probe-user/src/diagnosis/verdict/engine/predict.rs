@@ -166,6 +166,11 @@ impl Engine {
 
     /// Keeps a warning (a prediction) active with its latest figures.
     pub(super) fn warn(&mut self, key: Key, verdict: Verdict, now: SystemTime, seen: &mut Vec<Key>) {
+        // The failures it predicts have begun: their verdict says it all (a TIME_WAIT rate
+        // can stay high while connect() fails, and would warn again each interval).
+        if key.0.realized_by().is_some_and(|f| self.active.contains_key(&(f, key.1, key.2.clone()))) {
+            return;
+        }
         match self.active.get_mut(&key) {
             Some(a) => {
                 a.last_failure = now;
@@ -227,6 +232,10 @@ impl Engine {
                         v.comm
                     )
                 }
+            }
+            Cause::TimeWaitPressure if self.active.contains_key(&(Cause::EphemeralPorts, *pid, dest.clone())) => {
+                let endpoint = dest.as_ref().map(Dest::endpoint).unwrap_or_default();
+                port_calm_reason(&v.comm, *pid, &endpoint, &FdCalm::Gone, true)
             }
             _ if !ev.alive(*pid) => format!("{}[{pid}] has exited", v.comm),
             _ => {
