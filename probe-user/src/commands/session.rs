@@ -43,6 +43,7 @@ pub struct Session {
     /// Open fds read after the previous interval (processes near their limit, see
     /// `arming`), for the fd warning; this interval's samples add theirs.
     fd_readings: Vec<FdReading>,
+    fd_counted_from: Option<SystemTime>,
 }
 
 /// Counters read from the kernel at the end of an interval.
@@ -96,6 +97,7 @@ impl Session {
             infer_tw,
             tw_carry: BTreeMap::new(),
             fd_readings: Vec::new(),
+            fd_counted_from: None,
         }
     }
 
@@ -197,6 +199,12 @@ impl Session {
         Step { samples, verdicts, forget, forget_dest }
     }
 
+    /// When the fd-failure hook, attached on demand, was last attached (see
+    /// `Window::fd_counted_from`).
+    pub fn set_fd_counted_from(&mut self, at: SystemTime) {
+        self.fd_counted_from = Some(at);
+    }
+
     /// Open fds read outside the samples (see `arming::LiveArming::read`), for the next
     /// interval's fd warning.
     pub fn set_fd_readings(&mut self, readings: Vec<FdReading>) {
@@ -281,6 +289,7 @@ impl Session {
             }
         }
         window.fd_readings = fds.into_values().collect();
+        window.fd_counted_from = self.fd_counted_from;
         (samples, window)
     }
 

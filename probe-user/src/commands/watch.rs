@@ -248,6 +248,9 @@ fn end_interval<W: Write>(
     if st.on_demand && probe.arm_fd(want)? {
         st.status.signals = probe.status.signals.clone();
         changed = true;
+        if want {
+            st.session.set_fd_counted_from(SystemTime::now());
+        }
     }
     st.session.set_fd_readings(readings);
     // A recording's losses and rotations show in status (its line counts alone do not

@@ -175,20 +175,37 @@ impl Engine {
                 let comm = ev.comm(pid);
                 let Nofile { soft, hard, open } = ev.nofile(pid);
                 let sockets = ev.socket_fds(pid);
-                fd_limit(
+                let mut v = fd_limit(
                     pid,
                     comm,
                     since,
                     c.emfile,
                     FdLimitProof { nofile_soft: soft, nofile_hard: hard, open_fds: open, sockets, note: None },
-                )
+                );
+                if let Some(from) = counted_from_attach(&mut v, t.w.fd_counted_from, since, t.w.interval_s) {
+                    if let Proof::FdLimit(p) = &mut v.evidence {
+                        let why = format!(
+                            "EMFILE is counted while its hook is attached (on demand); it was attached at {}, as a \
+                             process neared its limit, just before the first failure counted here: failures before \
+                             it were not seen (--syscall-hooks fd counts every one)",
+                            clock(from)
+                        );
+                        p.note = Some(match p.note.take() {
+                            Some(n) => format!("{n}; {why}"),
+                            None => why,
+                        });
+                    }
+                }
+                v
             });
         }
         if c.enfile > 0 {
             let since = t.since(pid, Cause::FileMax);
             self.failure((Cause::FileMax, pid, None), c.enfile, t.now, since, &mut t.seen, || {
                 let comm = ev.comm(pid);
-                file_max(pid, comm, since, c.enfile, ev.file_nr())
+                let mut v = file_max(pid, comm, since, c.enfile, ev.file_nr());
+                counted_from_attach(&mut v, t.w.fd_counted_from, since, t.w.interval_s);
+                v
             });
         }
     }

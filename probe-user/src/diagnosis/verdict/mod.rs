@@ -190,6 +190,9 @@ pub struct Window {
     pub fd_readings: Vec<FdReading>,
     /// Each watched namespace's TIME_WAIT table: (sockets in it, tcp_max_tw_buckets).
     pub tw_tables: BTreeMap<u32, (u64, u64)>,
+    /// When EMFILE/ENFILE are counted only while their hook is attached (on demand): when it
+    /// was last attached. None when they are counted all the time (or not at all).
+    pub fd_counted_from: Option<SystemTime>,
     /// (owner pid, listener) of listeners whose accept queue is at least 4/5 full now.
     pub busy_listeners: Vec<(u32, ListenerDelta)>,
     /// Ports in use toward the busiest destinations of the namespaces walked this interval.
@@ -293,6 +296,25 @@ fn own_net(ev: &mut dyn Evidence, pid: u32) -> Result<NetFacts, String> {
 /// Why the namespace could not be read, for the evidence's `error`.
 fn net_error(net: &Result<NetFacts, String>) -> Option<String> {
     net.as_ref().err().cloned()
+}
+
+/// Failures counted only since `counted_from` (a hook attached on demand), first seen at
+/// `since`: when they began within `interval_s` of the attachment, some may have come before
+/// it, unseen. Then the count is a floor: the tally says "at least" and the time is returned.
+pub(crate) fn counted_from_attach(
+    v: &mut Verdict,
+    counted_from: Option<SystemTime>,
+    since: SystemTime,
+    interval_s: f64,
+) -> Option<SystemTime> {
+    let from = counted_from?;
+    // A `since` before the attachment (an interval without events) is right after it too.
+    let after = since.duration_since(from).map_or(0.0, |d| d.as_secs_f64());
+    if after > interval_s.max(1.0) {
+        return None;
+    }
+    v.tally = v.tally.replace("{n}", "at least {n}");
+    Some(from)
 }
 
 /// "in about 12 s", or "within a second" when less is left (never "in about 0 s").
