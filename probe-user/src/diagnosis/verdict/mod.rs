@@ -258,13 +258,30 @@ impl Verdict {
 
     /// `head; tally since HH:MM:SS`, with the current failure count.
     pub fn summary(&self) -> String {
-        let tally = self.tally.replace("{n}", &thousands(self.failures));
+        let tally = if self.failures == 1 { singular(&self.tally) } else { self.tally.clone() };
+        let tally = tally.replace("{n}", &thousands(self.failures));
         if tally.is_empty() {
             self.head.clone()
         } else {
             format!("{}; {tally} since {}", self.head, clock(self.since))
         }
     }
+}
+
+/// A tally for a count of one: "1 call failed", not "1 calls failed".
+fn singular(tally: &str) -> String {
+    const ONE: [(&str, &str); 9] = [
+        ("{n} calls failed", "{n} call failed"),
+        ("{n} connects failed", "{n} connect failed"),
+        ("{n} binds to port 0 failed", "{n} bind to port 0 failed"),
+        ("{n} SYNs/ACKs dropped", "{n} SYN/ACK dropped"),
+        ("{n} SYNs dropped", "{n} SYN dropped"),
+        ("{n} SYNs answered", "{n} SYN answered"),
+        ("{n} times", "once"),
+        ("{n} buffer allocations", "{n} buffer allocation"),
+        (" were refused", " was refused"),
+    ];
+    ONE.iter().fold(tally.to_string(), |t, (many, one)| t.replacen(many, one, 1))
 }
 
 fn base(cause: Cause, pid: u32, comm: String, since: SystemTime, failures: u64, evidence: Proof) -> Verdict {
@@ -329,6 +346,23 @@ pub(crate) fn in_about(seconds: f64) -> String {
 #[cfg(test)]
 mod in_about_tests {
     use super::in_about;
+
+    #[test]
+    fn a_count_of_one_is_singular() {
+        use super::singular;
+        assert_eq!(singular("{n} calls failed with EMFILE"), "{n} call failed with EMFILE");
+        assert_eq!(singular("at least {n} calls failed with EMFILE"), "at least {n} call failed with EMFILE");
+        assert_eq!(singular("python3[7] got ENFILE {n} times"), "python3[7] got ENFILE once");
+        assert_eq!(
+            singular("{n} buffer allocations of x[1] were refused"),
+            "{n} buffer allocation of x[1] was refused"
+        );
+        assert_eq!(
+            singular("{n} SYNs dropped or answered with syncookies"),
+            "{n} SYN dropped or answered with syncookies"
+        );
+        assert_eq!(singular("{n} of its packets dropped"), "{n} of its packets dropped");
+    }
 
     #[test]
     fn less_than_a_second_is_said_in_words() {
