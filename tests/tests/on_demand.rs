@@ -72,6 +72,42 @@ fn the_fd_hook_is_attached_while_a_process_nears_its_limit_and_counts_exactly() 
     assert!(detached, "still attached 30 s after the process exited");
 }
 
+/// A process that goes from a few fds to EMFILE within one interval fails before the hook is
+/// attached: what is counted is a floor, and the verdict says "at least" with the attach time.
+#[test]
+fn a_burst_before_the_hook_is_attached_is_reported_as_a_floor() {
+    let name = "a_burst_before_the_hook_is_attached_is_reported_as_a_floor";
+    if !require_root(name) {
+        return;
+    }
+    let ct = Conntrace::start(&["--syscall-hooks", "on-demand"]);
+    let fd = fd_signal(status(&ct.seen)).clone();
+    if fd["mode"] != "raw_tracepoint" {
+        eprintln!("SKIPPED {name}: fd_alloc runs in {} mode here (counted all the time)", fd["mode"]);
+        ct.stop();
+        return;
+    }
+    // 253 fds in 0.13 s, then EMFILE 2,000 times a second for 3 s.
+    let out = in_netns("$WL emfile --nofile 256 --failures 6000 --rate 2000");
+    let lines = ct.stop();
+    let report = report(&out);
+    let pid = report["pid"].as_u64().unwrap();
+    assert_eq!(report["errors"]["EMFILE"], 6000, "{report}");
+    let counted = total(&lines, pid, "emfile");
+    let last = verdicts(&lines, pid, "fd_limit").last().cloned().cloned().expect("an fd_limit verdict");
+    let summary = last["summary"].as_str().unwrap_or_default();
+    eprintln!("{counted} of 6,000 EMFILE counted; {summary}");
+    assert!(counted > 0 && counted <= 6000, "{counted}");
+    assert_eq!(last["failures"], counted, "{last}");
+    if counted < 6000 {
+        let n = counted.to_string();
+        let n = if n.len() > 3 { format!("{},{}", &n[..n.len() - 3], &n[n.len() - 3..]) } else { n };
+        assert!(summary.contains(&format!("at least {n} calls failed with EMFILE")), "{summary}");
+        let note = last["evidence"]["note"].as_str().unwrap_or_default();
+        assert!(note.contains("it was attached at ") && note.contains("--syscall-hooks fd"), "{note}");
+    }
+}
+
 /// `--syscall-hooks fd`: exact EMFILE counts with the fd hook always attached, and no other
 /// system-call tracepoint (none at system-call entry): connect and accept come from
 /// inet_sock_set_state as in the default.
