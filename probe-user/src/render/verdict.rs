@@ -55,9 +55,12 @@ pub fn to_text(v: &Verdict) -> String {
             match &v.resolution {
                 Some(why) => format!("<<< RESOLVED {}: {who} after {after:.1} s: {why}", v.cause.as_str()),
                 None => format!(
-                    "<<< RESOLVED {}: {who} after {after:.1} s, {} failures",
+                    "<<< RESOLVED {}: {who} after {after:.1} s, {}{} failure{}",
                     v.cause.as_str(),
-                    thousands(v.failures)
+                    // A count that is a floor (`counted_from_attach`) stays one here.
+                    if v.tally.contains("at least {n}") { "at least " } else { "" },
+                    thousands(v.failures),
+                    if v.failures == 1 { "" } else { "s" }
                 ),
             }
         }

@@ -131,7 +131,13 @@ impl Episodes {
                     None if a.warning => "warning".to_string(),
                     None => "active".to_string(),
                 };
-                let said = a.said.or(a.resolved_said);
+                // A warning's resolution says only why it ended: its last warning record says
+                // what it predicted. A failure verdict's records differ only in their count,
+                // so the latest one (the resolution, with the final count) says it best.
+                let said = match (a.said, a.resolved_said) {
+                    (Some(s), Some(r)) if !a.warning && r.ts >= s.ts => Some(r),
+                    (s, r) => s.or(r),
+                };
                 let (summary, evidence, fix) = said.map(|s| (s.summary, s.evidence, s.fix)).unwrap_or_default();
                 Episode {
                     cause,
