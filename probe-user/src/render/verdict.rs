@@ -68,3 +68,32 @@ pub fn to_text(v: &Verdict) -> String {
         VerdictState::Warning => fixes(format!("!!! WARNING {}: {}", v.cause.as_str().to_uppercase(), v.summary())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::to_text;
+    use crate::{
+        diagnosis::verdict::{fake::FakeEvidence, Cause, Engine, VerdictState, Window},
+        domain::model::Counts,
+    };
+
+    #[test]
+    fn a_resolved_floor_count_stays_a_floor_and_one_is_singular() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_790_000_000);
+        let mut e = Engine::new(Duration::from_secs(1));
+        let mut fake = FakeEvidence::new(Err(String::new()));
+        let mut w = Window { now: Some(t0), interval_s: 1.0, ..Default::default() };
+        w.counts.insert(42, Counts { emfile: 18, ..Default::default() });
+        // The on-demand hook was attached 0.8 s before: the count is a floor.
+        w.fd_counted_from = Some(t0 - Duration::from_millis(800));
+        let mut v = e.tick(&w, &mut fake).into_iter().find(|v| v.cause == Cause::FdLimit).expect("fd_limit");
+        (v.state, v.duration_s) = (VerdictState::Resolved, Some(3.0));
+        let text = to_text(&v);
+        assert!(text.ends_with("after 3.0 s, at least 18 failures"), "{text}");
+        (v.failures, v.tally) = (1, "{n} calls failed with EMFILE".into());
+        let text = to_text(&v);
+        assert!(text.ends_with("after 3.0 s, 1 failure"), "{text}");
+    }
+}

@@ -314,10 +314,6 @@ fn emfile_counted_from_a_hook_attached_just_before_is_a_floor() {
     assert!(fd.summary().contains("; at least 18 calls failed with EMFILE since"), "{}", fd.summary());
     let note = proof!(fd, FdLimit).note.clone().unwrap_or_default();
     assert!(note.contains("--syscall-hooks fd counts every one"), "{note}");
-    let mut ended = fd.clone();
-    (ended.state, ended.duration_s) = (VerdictState::Resolved, Some(3.0));
-    let text = crate::render::verdict::to_text(&ended);
-    assert!(text.ends_with("after 3.0 s, at least 18 failures"), "{text}");
     let fm = out.iter().find(|v| v.cause == Cause::FileMax).unwrap();
     assert!(fm.summary().contains("got ENFILE at least 2 times"), "{}", fm.summary());
     // Attached long before (the process neared its limit first), or counted all the time: exact.
