@@ -183,18 +183,7 @@ impl Engine {
                     FdLimitProof { nofile_soft: soft, nofile_hard: hard, open_fds: open, sockets, note: None },
                 );
                 if let Some(from) = counted_from_attach(&mut v, t.w.fd_counted_from, since, t.w.interval_s) {
-                    if let Proof::FdLimit(p) = &mut v.evidence {
-                        let why = format!(
-                            "EMFILE is counted while its hook is attached (on demand); it was attached at {}, as a \
-                             process neared its limit, just before the first failure counted here: failures before \
-                             it were not seen (--syscall-hooks fd counts every one)",
-                            clock(from)
-                        );
-                        p.note = Some(match p.note.take() {
-                            Some(n) => format!("{n}; {why}"),
-                            None => why,
-                        });
-                    }
+                    note_counted_from(&mut v, from);
                 }
                 v
             });
@@ -346,11 +335,7 @@ impl Engine {
             .collect();
         for (key, a) in self.active.iter_mut() {
             let fresh = a.verdict.failures != a.emitted_failures || a.last_emit == a.verdict.since;
-            // Before `seen`: a warning still predicted in the interval its failures began
-            // (the TIME_WAIT rate only falls once connect() fails) ends now all the same.
-            if realized.contains(key) {
-                resolved.push(key.clone());
-            } else if seen.contains(key) {
+            if seen.contains(key) {
                 if a.last_emit == SystemTime::UNIX_EPOCH
                     || (fresh && now.duration_since(a.last_emit).unwrap_or_default() >= Duration::from_secs(10))
                 {
@@ -358,7 +343,7 @@ impl Engine {
                     a.emitted_failures = a.verdict.failures;
                     out.push(a.verdict.clone());
                 }
-            } else if now.duration_since(a.last_failure).unwrap_or_default() >= self.quiet {
+            } else if now.duration_since(a.last_failure).unwrap_or_default() >= self.quiet || realized.contains(key) {
                 resolved.push(key.clone());
             }
         }

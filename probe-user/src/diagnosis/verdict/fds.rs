@@ -54,6 +54,23 @@ pub fn fd_limit(pid: u32, comm: String, since: SystemTime, n: u64, mut proof: Fd
     v
 }
 
+/// An fd_limit verdict counted only from `from`, when the on-demand hook was attached just
+/// before its first failure (see `counted_from_attach`): its note says what was not seen.
+pub fn note_counted_from(v: &mut Verdict, from: SystemTime) {
+    if let Proof::FdLimit(p) = &mut v.evidence {
+        let why = format!(
+            "EMFILE is counted while its hook is attached (on demand); it was attached at {}, as a process neared \
+             its limit, just before the first failure counted here: failures before it were not seen \
+             (--syscall-hooks fd counts every one)",
+            clock(from)
+        );
+        p.note = Some(match p.note.take() {
+            Some(n) => format!("{n}; {why}"),
+            None => why,
+        });
+    }
+}
+
 pub fn file_max(pid: u32, comm: String, since: SystemTime, n: u64, file_nr: Option<(u64, u64)>) -> Verdict {
     let proof = FileMaxProof { file_nr: file_nr.map(|f| f.0), file_max: file_nr.map(|f| f.1) };
     let mut v = base(Cause::FileMax, pid, comm.clone(), since, n, Proof::FileMax(proof));

@@ -298,34 +298,6 @@ fn fd_limit_and_file_max() {
 }
 
 #[test]
-fn emfile_counted_from_a_hook_attached_just_before_is_a_floor() {
-    let run = |counted_from: Option<SystemTime>| {
-        let mut e = Engine::new(Duration::from_secs(1));
-        let mut fake = Fake::new(Err(String::new()));
-        let mut w = window(0);
-        w.counts.insert(42, Counts { emfile: 18, enfile: 2, ..Default::default() });
-        w.first_seen.insert((42, Cause::FdLimit), at(0) - Duration::from_millis(500));
-        w.fd_counted_from = counted_from;
-        e.tick(&w, &mut fake)
-    };
-    // Attached 0.3 s before the first failure it counted: earlier ones went unseen.
-    let out = run(Some(at(0) - Duration::from_millis(800)));
-    let fd = out.iter().find(|v| v.cause == Cause::FdLimit).unwrap();
-    assert!(fd.summary().contains("; at least 18 calls failed with EMFILE since"), "{}", fd.summary());
-    let note = proof!(fd, FdLimit).note.clone().unwrap_or_default();
-    assert!(note.contains("--syscall-hooks fd counts every one"), "{note}");
-    let fm = out.iter().find(|v| v.cause == Cause::FileMax).unwrap();
-    assert!(fm.summary().contains("got ENFILE at least 2 times"), "{}", fm.summary());
-    // Attached long before (the process neared its limit first), or counted all the time: exact.
-    for from in [Some(at(0) - Duration::from_secs(5)), None] {
-        let out = run(from);
-        let fd = out.iter().find(|v| v.cause == Cause::FdLimit).unwrap();
-        assert!(fd.summary().contains("; 18 calls failed with EMFILE since"), "{}", fd.summary());
-        assert_eq!(proof!(fd, FdLimit).note, None);
-    }
-}
-
-#[test]
 fn failed_last_tick_names_the_failures_of_that_interval_only() {
     let mut e = Engine::new(Duration::from_secs(1));
     let mut fake = Fake::new(Err(String::new()));

@@ -167,7 +167,8 @@ impl Engine {
     /// Keeps a warning (a prediction) active with its latest figures.
     pub(super) fn warn(&mut self, key: Key, verdict: Verdict, now: SystemTime, seen: &mut Vec<Key>) {
         // The failures it predicts have begun: their verdict says it all (a TIME_WAIT rate
-        // can stay high while connect() fails, and would warn again each interval).
+        // can stay high while connect() fails, and would warn again each interval). Left
+        // unseen, the warning resolves in this very tick (`report`: realized).
         if key.0.realized_by().is_some_and(|f| self.active.contains_key(&(f, key.1, key.2.clone()))) {
             return;
         }
